@@ -1,0 +1,29 @@
+# Two commands on a fresh machine: `make demo` (the main job) and `make test`.
+# Each creates .venv and installs what it needs (pinned by constraints.txt).
+VENV ?= .venv
+PY := $(VENV)/bin/python
+CNNDSL := $(VENV)/bin/cnndsl
+SPEC ?= specs/vgg16.cnn
+OUT ?= build
+
+.PHONY: demo test lint bench clean
+
+$(VENV)/.installed: pyproject.toml constraints.txt
+	python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[all,dev]'
+	touch $@
+
+demo: $(VENV)/.installed
+	@mkdir -p $(OUT)
+	$(CNNDSL) check $(SPEC)
+	$(CNNDSL) compile $(SPEC) --to torch -o $(OUT)/model.py
+
+test: $(VENV)/.installed
+	$(PY) -m pytest
+
+lint: $(VENV)/.installed
+	$(VENV)/bin/ruff check cnndsl tests benchmarks
+
+clean:
+	rm -rf $(VENV) $(OUT) .pytest_cache

@@ -1,0 +1,98 @@
+"""The Python API: `cnndsl.load(...)` -> a checked `Model`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from .checker import Checker
+from .diagnostics import CnnError, Diagnostic
+from .ir import Network
+from .program import Program, display_path, read_spec
+
+
+class Model:
+    """A checked network: its IR (layers, shapes, counts) and the ways to compile it."""
+
+    def __init__(self, ir: Network, program: Program):
+        self.ir = ir
+        self.program = program
+
+    @property
+    def name(self) -> str:
+        return self.ir.name
+
+    @property
+    def layers(self):
+        return self.ir.nodes
+
+    @property
+    def inputs(self):
+        return self.ir.inputs
+
+    @property
+    def params(self) -> int:
+        return self.ir.total_params
+
+    @property
+    def macs(self) -> int:
+        return self.ir.total_macs
+
+    @property
+    def warnings(self) -> tuple[Diagnostic, ...]:
+        return self.ir.warnings
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        return self.ir.shape_of(name)
+
+    def to_torch(self):
+        """An `nn.Module` built in memory (needs torch)."""
+        from .backends.torch_module import build_module
+        return build_module(self.ir)
+
+    def to_torch_source(self) -> str:
+        """Readable standalone PyTorch source for this network (imports only torch)."""
+        from .backends.torch_source import generate_source
+        return generate_source(self.ir, self.program.definitions)
+
+    def summary(self) -> str:
+        from .report import layer_table
+        return layer_table(self.ir)
+
+    def __repr__(self) -> str:
+        return (f"<cnndsl.Model {self.name}: {len(self.layers)} layers, "
+                f"{self.params:,} parameters, {self.macs:,} MACs>")
+
+
+def load(source: str | Path, *, network: str | None = None, strict: bool = False,
+         **params: Any) -> Model:
+    """Parse and check a spec: a path to a .cnn file, or .cnn source text.
+
+    Keyword arguments override the network's parameters, e.g. `load(p, classes=10)`.
+    Raises `CnnError` (with located diagnostics) when the spec is wrong.
+    """
+    program = Program()
+    try:
+        program.load_stdlib()
+        if _is_path(source):
+            path = Path(source)
+            try:
+                text = read_spec(path)
+            except OSError as exc:
+                raise CnnError([Diagnostic(code="E-io", message=f"cannot read {path}: "
+                                           f"{exc.strerror or exc}")]) from None
+            program.main = program.load_text(text, display_path(path), path.parent)
+        else:
+            program.main = program.load_text(str(source), "<string>", None)
+        defn = program.network(network)
+        ir = Checker(program.definitions, strict=strict).network(defn, params)
+    except CnnError as exc:
+        exc.sources = program.sources
+        raise
+    return Model(ir, program)
+
+
+def _is_path(source: str | Path) -> bool:
+    if isinstance(source, Path):
+        return True
+    return "\n" not in source and "{" not in source

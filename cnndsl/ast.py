@@ -1,0 +1,173 @@
+"""Syntax tree of a .cnn file, as written (before any evaluation or checking)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Union
+
+from .source import Span
+
+# ---- expressions -------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Num:
+    value: int | float
+    span: Span
+
+
+@dataclass(frozen=True)
+class Name:
+    id: str
+    span: Span
+
+
+@dataclass(frozen=True)
+class Str:
+    value: str
+    span: Span
+
+
+@dataclass(frozen=True)
+class BinOp:
+    op: str  # + - * / // **
+    left: Expr
+    right: Expr
+    span: Span
+
+
+@dataclass(frozen=True)
+class Neg:
+    operand: Expr
+    span: Span
+
+
+@dataclass(frozen=True)
+class Func:
+    name: str
+    args: tuple[Expr, ...]
+    span: Span
+
+
+@dataclass(frozen=True)
+class Tuple:
+    items: tuple[Expr, ...]
+    span: Span
+
+
+Expr = Union[Num, Name, Str, BinOp, Neg, Func, Tuple]
+
+# ---- network structure ---------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class KwArg:
+    name: str
+    value: Expr
+    span: Span  # covers `name=value`
+    name_span: Span
+
+
+@dataclass(frozen=True)
+class Layer:
+    """`[label:] name[(args)]`: a layer, a block call or a tensor reference."""
+
+    name: str
+    args: tuple[Expr, ...]
+    kwargs: tuple[KwArg, ...]
+    has_call: bool
+    label: str | None
+    span: Span
+    name_span: Span
+
+
+@dataclass(frozen=True)
+class Repeat:
+    step: Layer
+    count: Expr
+    span: Span
+
+
+@dataclass(frozen=True)
+class Residual:
+    body: tuple[Stmt, ...]
+    shortcut: tuple[Stmt, ...] | None
+    span: Span
+
+
+@dataclass(frozen=True)
+class Branch:
+    mode: str
+    paths: tuple[Chain, ...]
+    span: Span
+    mode_span: Span
+
+
+Step = Union[Layer, Repeat, Residual, Branch]
+
+
+@dataclass(frozen=True)
+class Chain:
+    steps: tuple[Step, ...]
+    span: Span
+
+
+@dataclass(frozen=True)
+class InputDecl:
+    """`input x: C x H x W` in a network; `input x` (shape inferred) names a block's input."""
+
+    name: str
+    dims: tuple[Expr, ...] | None
+    span: Span
+
+
+@dataclass(frozen=True)
+class Output:
+    names: tuple[tuple[str, Span], ...]
+    span: Span
+
+
+@dataclass(frozen=True)
+class Assign:
+    target: str
+    chain: Chain
+    span: Span
+    target_span: Span
+
+
+Stmt = Union[InputDecl, Output, Assign, Chain]
+
+# ---- top level -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Param:
+    name: str
+    type: str
+    default: Expr | None
+    span: Span
+
+
+@dataclass(frozen=True)
+class Definition:
+    """A `network` or a `block`: both are parametric bodies of statements."""
+
+    kind: str  # "network" | "block"
+    name: str
+    params: tuple[Param, ...]
+    body: tuple[Stmt, ...]
+    span: Span
+    name_span: Span
+
+
+@dataclass(frozen=True)
+class Import:
+    path: str
+    span: Span
+
+
+@dataclass(frozen=True)
+class Module:
+    file: str
+    imports: tuple[Import, ...] = ()
+    definitions: tuple[Definition, ...] = field(default=())

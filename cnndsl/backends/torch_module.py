@@ -1,0 +1,71 @@
+"""PyTorch back end (a): an `nn.Module` built in memory from the IR.
+
+Module paths follow the spec's names (block instances and labelled repeats nest), so the
+state_dict is stable and equal to that of the generated source.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..ir import Network
+from .torch_ops import TorchLayer, torch_layer
+
+
+class CnnModule(nn.Module):
+    """Runs the IR's nodes in order; each layer lives at its spec path."""
+
+    def __init__(self, ir: Network):
+        super().__init__()
+        self.network_name = ir.name
+        self.input_names = [i.name for i in ir.inputs]
+        self.output_names = list(ir.outputs)
+        self._steps: list[tuple[str, tuple[str, ...], TorchLayer, nn.Module | None]] = []
+        for node in ir.nodes:
+            spec = torch_layer(node)
+            module = None
+            if spec.cls is not None:
+                module = getattr(nn, spec.cls)(*spec.args, **spec.kwargs)
+                self._container(node.path[:-1]).add_module(node.local, module)
+            self._steps.append((node.name, node.inputs, spec, module))
+
+    def _container(self, path: tuple[str, ...]) -> nn.Module:
+        parent: nn.Module = self
+        for part in path:
+            if not hasattr(parent, part):
+                parent.add_module(part, nn.Module())
+            parent = getattr(parent, part)
+        return parent
+
+    def forward(self, *inputs: torch.Tensor):
+        values = self.run_all(*inputs)
+        outs = tuple(values[name] for name in self.output_names)
+        return outs[0] if len(outs) == 1 else outs
+
+    def run_all(self, *inputs: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Every named value of the network, inputs included (for inspection and tests)."""
+        if len(inputs) != len(self.input_names):
+            raise TypeError(f"{self.network_name} takes {len(self.input_names)} input(s) "
+                            f"({', '.join(self.input_names)}), got {len(inputs)}")
+        values = dict(zip(self.input_names, inputs))
+        for name, sources, spec, module in self._steps:
+            args = [values[s] for s in sources]
+            if spec.join == "add":
+                out = args[0]
+                for other in args[1:]:
+                    out = out + other
+            elif spec.join == "concat":
+                out = torch.cat(args, dim=1)
+            else:
+                x = args[0]
+                if spec.pre_pad is not None:
+                    x = F.pad(x, spec.pre_pad, value=spec.pad_value)
+                out = module(x)
+            values[name] = out
+        return values
+
+
+def build_module(ir: Network) -> CnnModule:
+    return CnnModule(ir)

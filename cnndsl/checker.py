@@ -1,0 +1,601 @@
+"""The shape pass: syntax tree + parameter values -> checked IR (cnndsl.ir.Network).
+
+It evaluates parameters, expands blocks and repeats, wires named tensors, and asks each
+layer kind (cnndsl.layers) for its output shape, parameters and MACs. Errors are collected,
+not raised one by one: a tensor whose producer failed is "poisoned" (shape None) and layers
+fed by it are skipped silently, so one mistake gives one error.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from . import ast
+from .diagnostics import CnnError, Diagnostic, Label
+from .ir import Input, Network, Node, Scope
+from .layers import REGISTRY, REQUIRED, Arg, LayerError, LayerKind, Warn, as_int, boolean, \
+    fmt, number
+from .source import Span
+from .suggest import did_you_mean
+from .values import describe, evaluate, render_expr
+
+MAX_REPEAT = 10_000
+MAX_NODES = 200_000
+PARAM_TYPES = {"int": as_int, "float": number, "bool": boolean, "any": lambda v: v}
+
+
+@dataclass
+class Tensor:
+    name: str  # node name (dotted) or network input name
+    shape: tuple[int, ...] | None  # None: its producer failed; consumers stay quiet
+    span: Span
+    op: str  # producer op, "input" for inputs
+
+    @property
+    def origin(self) -> str:
+        return "the input" if self.op == "input" else f"{self.op} at line {self.span.line}"
+
+
+@dataclass
+class Frame:
+    """Where we are: parameter values, visible tensors, module path and name prefix."""
+
+    params: dict[str, Any]
+    path: tuple[str, ...] = ()
+    prefix: str = ""
+    tensors: dict[str, Tensor] = field(default_factory=dict)
+    used: set[str] = field(default_factory=set)
+    assigned: dict[str, Span] = field(default_factory=dict)
+    counters: dict[str, int] = field(default_factory=dict)
+    taken: set[str] = field(default_factory=set)
+    blocks: tuple[str, ...] = ()  # block calls being expanded, for recursion errors
+
+    def with_prefix(self, prefix: str) -> Frame:
+        """Same scope, names prefixed (shortcut_, b1_); shares tensors and counters."""
+        return Frame(self.params, self.path, self.prefix + prefix, self.tensors, self.used,
+                     self.assigned, self.counters, self.taken, self.blocks)
+
+
+class _Abort(Exception):
+    """Stops elaborating the current statement after an error was recorded."""
+
+
+class Checker:
+    def __init__(self, definitions: dict[str, ast.Definition], strict: bool = False):
+        self.definitions = definitions
+        self.strict = strict
+        self.errors: list[Diagnostic] = []
+        self.warnings: list[Diagnostic] = []
+        self.nodes: list[Node] = []
+        self.scopes: list[Scope] = []
+
+    # ---- entry point ----------------------------------------------------------------
+
+    def network(self, defn: ast.Definition, overrides: dict[str, Any]) -> Network:
+        params = self.bind_network_params(defn, overrides)
+        frame = Frame(params)
+        inputs: list[Input] = []
+        outputs: list[str] = []
+        current = self.statements(defn.body, None, frame, inputs=inputs, outputs=outputs)
+        if not inputs and not self.errors:
+            self.fail("E-input", f"network `{defn.name}` has no input", defn.name_span,
+                      label="no `input` statement",
+                      help="declare one first, e.g. `input image: 3 x 224 x 224`")
+        if not outputs and current is not None:
+            outputs.append(current.name)
+        self.warn_unused(frame, outputs)
+        if self.errors:
+            raise CnnError(self.errors + self.warnings)
+        return Network(name=defn.name, file=defn.span.file, params=params,
+                       inputs=tuple(inputs), nodes=tuple(self.nodes), outputs=tuple(outputs),
+                       scopes=tuple(self.scopes), warnings=tuple(self.warnings))
+
+    # ---- diagnostics ----------------------------------------------------------------
+
+    def fail(self, code: str, message: str, span: Span, **kw) -> _Abort:
+        self.errors.append(Diagnostic(code=code, message=message, span=span, **kw))
+        return _Abort()
+
+    def report(self, exc: CnnError) -> _Abort:
+        self.errors.extend(exc.diagnostics)
+        return _Abort()
+
+    # ---- parameters -----------------------------------------------------------------
+
+    def bind_network_params(self, defn: ast.Definition, overrides: dict[str, Any]):
+        known = {p.name for p in defn.params}
+        for name in overrides:
+            if name not in known:
+                hint = did_you_mean(name, known) or (
+                    f"its parameters are: {', '.join(sorted(known))}" if known else
+                    "it takes no parameters")
+                raise CnnError([Diagnostic(
+                    code="E-param", message=f"network `{defn.name}` has no parameter `{name}`",
+                    span=defn.name_span, label="this network", help=hint)])
+        values: dict[str, Any] = {}
+        for param in defn.params:
+            coerce = self.param_type(param)
+            if param.name in overrides:
+                raw, span = overrides[param.name], param.span
+            elif param.default is not None:
+                raw, span = self.eval(param.default, values), param.default.span
+            else:
+                raise CnnError([Diagnostic(
+                    code="E-param", message=f"network parameter `{param.name}` has no value",
+                    span=param.span, help=f"give it a default or pass --set {param.name}=...")])
+            values[param.name] = self.coerce(coerce, raw, span, f"parameter `{param.name}`")
+        return values
+
+    def param_type(self, param: ast.Param):
+        if param.type not in PARAM_TYPES:
+            raise CnnError([Diagnostic(
+                code="E-type", message=f"unknown type `{param.type}`", span=param.span,
+                help=did_you_mean(param.type, PARAM_TYPES) or "types: int, float, bool, any")])
+        return PARAM_TYPES[param.type]
+
+    def eval(self, expr: ast.Expr, params: dict[str, Any]) -> Any:
+        return evaluate(expr, params)
+
+    def coerce(self, coerce, value, span: Span, what: str):
+        try:
+            return coerce(value)
+        except LayerError as exc:
+            raise CnnError([Diagnostic(code=exc.code, message=f"{what}: {exc.message}",
+                                       span=span, help=exc.help)]) from None
+
+    # ---- statements -----------------------------------------------------------------
+
+    def statements(self, body, x: Tensor | None, frame: Frame, inputs=None, outputs=None,
+                   block_input: Tensor | None = None) -> Tensor | None:
+        current = x
+        for stmt in body:
+            try:
+                current = self.statement(stmt, current, frame, inputs, outputs, block_input)
+            except _Abort:
+                current = Tensor("<error>", None, stmt.span, "error")
+            except CnnError as exc:
+                self.report(exc)
+                current = Tensor("<error>", None, stmt.span, "error")
+        return current
+
+    def statement(self, stmt, current, frame, inputs, outputs, block_input):
+        if isinstance(stmt, ast.InputDecl):
+            return self.input_decl(stmt, frame, inputs, block_input)
+        if isinstance(stmt, ast.Output):
+            return self.output_stmt(stmt, frame, outputs)
+        if isinstance(stmt, ast.Assign):
+            result = self.chain(stmt.chain, current, frame)
+            self.bind_tensor(stmt.target, stmt.target_span, result, frame)
+            return result
+        return self.chain(stmt, current, frame)
+
+    def input_decl(self, stmt: ast.InputDecl, frame, inputs, block_input) -> Tensor:
+        if inputs is None:  # inside a block: `input x` names the incoming tensor
+            if stmt.dims is not None:
+                raise self.fail("E-input", "a block's input shape is inferred, not written",
+                                stmt.span, label="drop the shape", help=f"write `input {stmt.name}`")
+            tensor = block_input
+        else:
+            if stmt.dims is None:
+                raise self.fail("E-input", f"input `{stmt.name}` needs a shape", stmt.span,
+                                help=f"e.g. `input {stmt.name}: 3 x 224 x 224`")
+            dims = tuple(self.coerce(lambda v: as_int(v, 1), self.eval(d, frame.params),
+                                     d.span, "input size") for d in stmt.dims)
+            if len(dims) > 3:
+                raise self.fail("E-input", f"inputs have at most 3 axes (C x H x W), found "
+                                f"{len(dims)}", stmt.span)
+            inputs.append(Input(name=stmt.name, shape=dims, span=stmt.span))
+            tensor = Tensor(stmt.name, dims, stmt.span, "input")
+        self.check_name_free(stmt.name, stmt.span, frame)
+        frame.tensors[stmt.name] = tensor
+        return tensor
+
+    def output_stmt(self, stmt: ast.Output, frame, outputs) -> Tensor | None:
+        result = None
+        for name, span in stmt.names:
+            result = self.lookup_tensor(name, span, frame)
+            if outputs is not None:
+                outputs.append(result.name)
+        return result
+
+    def bind_tensor(self, name: str, span: Span, tensor: Tensor, frame: Frame) -> None:
+        self.check_name_free(name, span, frame)
+        frame.tensors[name] = tensor
+        frame.assigned[name] = span
+
+    def check_name_free(self, name: str, span: Span, frame: Frame) -> None:
+        if name in frame.tensors:
+            raise self.fail("E-name", f"`{name}` is already defined", span,
+                            label="defined again here",
+                            related=(Label(span=frame.tensors[name].span, text="first here"),))
+        if name in REGISTRY or name in self.definitions:
+            kind = "layer" if name in REGISTRY else "block"
+            raise self.fail("E-name", f"`{name}` is a {kind} name", span,
+                            label="choose another name for this tensor")
+
+    def lookup_tensor(self, name: str, span: Span, frame: Frame) -> Tensor:
+        if name not in frame.tensors:
+            raise self.fail("E-name", f"unknown tensor `{name}`", span, label="not defined",
+                            help=did_you_mean(name, frame.tensors))
+        frame.used.add(name)
+        return frame.tensors[name]
+
+    def warn_unused(self, frame: Frame, outputs: list[str]) -> None:
+        for name, span in frame.assigned.items():
+            if name not in frame.used and frame.tensors[name].name not in outputs:
+                self.warnings.append(Diagnostic(
+                    code="W-unused", severity="warning", message=f"tensor `{name}` is never used",
+                    span=span, label="assigned here", help="use it, list it in `output`, or drop "
+                    "the assignment"))
+
+    # ---- chains and steps -----------------------------------------------------------
+
+    def chain(self, chain: ast.Chain, current: Tensor | None, frame: Frame) -> Tensor:
+        steps = list(chain.steps)
+        first = steps[0]
+        if isinstance(first, ast.Layer) and not first.has_call and first.label is None \
+                and first.name in frame.tensors:
+            current = self.lookup_tensor(first.name, first.span, frame)
+            steps.pop(0)
+        elif isinstance(first, ast.Layer) and first.name in REGISTRY \
+                and REGISTRY[first.name].many_inputs:
+            current = None  # `concat(a, b)` starting a line joins a and b only
+        for step in steps:
+            if current is not None and current.shape is None:
+                return current  # poisoned: an earlier error already explains this
+            current = self.step(step, current, frame)
+        return current
+
+    def step(self, step, x: Tensor | None, frame: Frame) -> Tensor:
+        if isinstance(step, ast.Repeat):
+            return self.repeat(step, x, frame)
+        if isinstance(step, ast.Residual):
+            return self.residual(step, self.need_input(x, step.span), frame)
+        if isinstance(step, ast.Branch):
+            return self.branch(step, self.need_input(x, step.span), frame)
+        return self.layer(step, x, frame)
+
+    def need_input(self, x: Tensor | None, span: Span) -> Tensor:
+        if x is None:
+            raise self.fail("E-input", "this layer has no input yet", span,
+                            help="declare the input first, e.g. `input image: 3 x 32 x 32`")
+        return x
+
+    def layer(self, step: ast.Layer, x: Tensor | None, frame: Frame, name: str | None = None):
+        if step.name in REGISTRY:
+            return self.primitive(REGISTRY[step.name], step, x, frame, name)
+        if step.name in self.definitions and self.definitions[step.name].kind == "block":
+            return self.call_block(self.definitions[step.name], step, x, frame, name)
+        if not step.has_call and step.name in frame.tensors:
+            raise self.fail("E-name", f"tensor `{step.name}` can only start a chain", step.span,
+                            help=f"start a new line with `{step.name} -> ...`")
+        blocks = [d.name for d in self.definitions.values() if d.kind == "block"]
+        raise self.fail("E-name", f"unknown layer `{step.name}`", step.name_span,
+                        label="not a layer, block or tensor",
+                        help=did_you_mean(step.name, [*REGISTRY, *blocks, *frame.tensors]))
+
+    def repeat(self, step: ast.Repeat, x: Tensor | None, frame: Frame) -> Tensor:
+        count = self.coerce(lambda v: as_int(v, 1), self.eval(step.count, frame.params),
+                            step.count.span, "repeat count")
+        if count > MAX_REPEAT:
+            raise self.fail("E-limit", f"repeat count {count} is over the limit of {MAX_REPEAT}",
+                            step.count.span)
+        inner = step.step
+        if inner.label is None:
+            for _ in range(count):
+                x = self.layer(inner, x, frame)
+            return x
+        container = frame.path + (self.claim(inner.label, inner.span, frame),)
+        self.scopes.append(Scope(path=container, block=None, span=step.span,
+                                 inputs=(x.name,) if x else ()))
+        sub = Frame(frame.params, container, blocks=frame.blocks)
+        unlabeled = ast.Layer(inner.name, inner.args, inner.kwargs, inner.has_call, None,
+                              inner.span, inner.name_span)
+        for i in range(count):
+            x = self.layer(unlabeled, x, sub, name=str(i))
+            if x.shape is None:
+                break
+        self.scopes[-1] = self.scopes[-1].model_copy(update={"output": x.name})
+        if inner.label is not None:
+            frame.tensors.setdefault(inner.label, x)
+            frame.used.add(inner.label)
+        return x
+
+    # ---- names ------------------------------------------------------------------------
+
+    def claim(self, label: str, span: Span, frame: Frame) -> str:
+        if label in frame.taken:
+            raise self.fail("E-name", f"the name `{label}` is already used in this scope", span)
+        frame.taken.add(label)
+        return label
+
+    def auto_name(self, base: str, frame: Frame) -> str:
+        base = frame.prefix + base
+        n = frame.counters.get(base, 0)
+        while True:
+            n += 1
+            if f"{base}{n}" not in frame.taken:
+                break
+        frame.counters[base] = n
+        frame.taken.add(f"{base}{n}")
+        return f"{base}{n}"
+
+    def local_name(self, step: ast.Layer, base: str, frame: Frame, name: str | None) -> str:
+        if name is not None:
+            frame.taken.add(name)
+            return name
+        if step.label is not None:
+            return self.claim(frame.prefix + step.label, step.span, frame)
+        return self.auto_name(base, frame)
+
+    # ---- primitive layers -------------------------------------------------------------
+
+    def primitive(self, kind: LayerKind, step: ast.Layer, x: Tensor | None, frame: Frame,
+                  name: str | None = None) -> Tensor:
+        if kind.many_inputs:
+            xs = self.merge_inputs(step, x, frame)
+            attrs, derivations = {}, {}
+        else:
+            xs = [self.need_input(x, step.span)]
+            attrs, derivations = self.bind_args(kind.args, step, frame, f"`{kind.op}`")
+        local = self.local_name(step, kind.op, frame, name)
+        tensor = self.emit(kind, attrs, xs, frame.path + (local,), step, derivations)
+        if step.label is not None:
+            frame.tensors.setdefault(step.label, tensor)
+        return tensor
+
+    def merge_inputs(self, step: ast.Layer, x: Tensor | None, frame: Frame) -> list[Tensor]:
+        if step.kwargs:
+            kw = step.kwargs[0]
+            raise self.fail("E-arg", f"`{step.name}` takes tensors, not `{kw.name}=`", kw.span)
+        named = []
+        for arg in step.args:
+            if not isinstance(arg, ast.Name):
+                raise self.fail("E-arg", f"`{step.name}` takes tensor names", arg.span,
+                                label="not a tensor name")
+            named.append(self.lookup_tensor(arg.id, arg.span, frame))
+        xs = ([x] if x is not None else []) + named
+        if len(xs) < 2:
+            raise self.fail("E-arg", f"`{step.name}` needs at least two tensors", step.span,
+                            help=f"e.g. `{step.name}(a, b)`, or `-> {step.name}(skip)` in a chain")
+        return xs
+
+    def emit(self, kind: LayerKind, attrs: dict, xs: list[Tensor], path: tuple[str, ...],
+             step, derivations=None) -> Tensor:
+        if any(t.shape is None for t in xs):
+            return Tensor(".".join(path), None, step.span, kind.op)
+        if len(self.nodes) >= MAX_NODES:
+            raise self.fail("E-limit", f"the network has more than {MAX_NODES} layers", step.span)
+        shapes = [t.shape for t in xs]
+        warn = Warn()
+        try:
+            shape = kind.infer(attrs, shapes, warn)
+            params = kind.count_params(attrs, shapes, shape)
+            buffers = kind.count_buffers(attrs, shapes, shape)
+            macs = kind.count_macs(attrs, shapes, shape)
+        except LayerError as exc:
+            self.errors.append(self.located(exc, step, xs))
+            return Tensor(".".join(path), None, step.span, kind.op)
+        for w in warn.items:
+            self.warning(w, step, xs)
+        node = Node(path=path, op=kind.op, attrs=attrs, inputs=tuple(t.name for t in xs),
+                    in_shapes=tuple(shapes), shape=shape, params=params, buffers=buffers,
+                    macs=macs, span=step.span, derivations=derivations or {})
+        self.nodes.append(node)
+        return Tensor(node.name, shape, step.span, kind.op)
+
+    def located(self, exc: LayerError, step, xs: list[Tensor]) -> Diagnostic:
+        span = self.arg_span(step, exc.arg) if exc.arg else None
+        related: tuple[Label, ...] = ()
+        if exc.inputs:
+            related = tuple(Label(span=xs[i].span, text=f"{fmt(xs[i].shape)} from here")
+                            for i in exc.inputs if xs[i].span != step.span)
+        x = xs[0]
+        context = f"the input here is {fmt(x.shape)} (after {x.origin})" if len(xs) == 1 else ""
+        return Diagnostic(code=exc.code, message=exc.message, span=span or step.span,
+                          label=context if span is None else "", notes=(
+                              *((context,) if span is not None and context else ()),
+                              *exc.notes), help=exc.help, related=related)
+
+    def warning(self, w: LayerError, step, xs: list[Tensor]) -> None:
+        span = self.arg_span(step, w.arg) if w.arg else None
+        d = Diagnostic(code=w.code, severity="error" if self.strict else "warning",
+                       message=w.message, span=span or step.span, help=w.help,
+                       notes=(f"the input here is {fmt(xs[0].shape)} (after {xs[0].origin})",))
+        (self.errors if self.strict else self.warnings).append(d)
+
+    @staticmethod
+    def arg_span(step, arg: str) -> Span | None:
+        if not isinstance(step, ast.Layer):
+            return None
+        for kw in step.kwargs:
+            if kw.name == arg:
+                return kw.span
+        kind = REGISTRY.get(step.name)
+        if kind is not None:
+            positional = [a.name for a in kind.args if a.positional]
+            if arg in positional and positional.index(arg) < len(step.args):
+                return step.args[positional.index(arg)].span
+        return None
+
+    # ---- arguments --------------------------------------------------------------------
+
+    def bind_args(self, signature: tuple[Arg, ...], step: ast.Layer, frame: Frame,
+                  what: str) -> tuple[dict, dict]:
+        """Match a call's arguments to a signature; evaluate and coerce each value."""
+        positional = [a for a in signature if a.positional]
+        by_name = {a.name: a for a in signature}
+        given: dict[str, ast.Expr] = {}
+        spans: dict[str, Span] = {}
+        if len(step.args) > len(positional):
+            extra = step.args[len(positional)]
+            raise self.fail("E-arg", f"{what} takes at most {len(positional)} positional "
+                            f"argument{'s' if len(positional) != 1 else ''}, found "
+                            f"{len(step.args)}", extra.span, label="one too many",
+                            help=self.signature_help(signature, what))
+        for arg, expr in zip(positional, step.args):
+            given[arg.name], spans[arg.name] = expr, expr.span
+        for kw in step.kwargs:
+            if kw.name not in by_name:
+                raise self.fail("E-arg", f"unknown argument `{kw.name}` for {what}",
+                                kw.name_span, label="unknown argument",
+                                help=did_you_mean(kw.name, by_name) or
+                                self.signature_help(signature, what))
+            if kw.name in given:
+                raise self.fail("E-arg", f"argument `{kw.name}` is given twice", kw.span,
+                                related=(Label(span=spans[kw.name], text="first here"),))
+            given[kw.name], spans[kw.name] = kw.value, kw.span
+        values, derivations = {}, {}
+        for arg in signature:
+            if arg.name in given:
+                expr = given[arg.name]
+                raw = self.eval(expr, frame.params)
+                values[arg.name] = self.coerce(arg.coerce, raw, expr.span,
+                                               f"{what} argument `{arg.name}`")
+                if _is_derived(expr, frame.params):
+                    derivations[arg.name] = explain(expr, frame.params, raw)
+            elif arg.default is REQUIRED:
+                raise self.fail("E-arg", f"{what} needs `{arg.name}`", step.span,
+                                label=f"`{arg.name}` missing",
+                                help=self.signature_help(signature, what))
+            else:
+                values[arg.name] = arg.default
+        return values, derivations
+
+    @staticmethod
+    def signature_help(signature: tuple[Arg, ...], what: str) -> str:
+        parts = [a.name if a.default is REQUIRED else f"{a.name}={describe(a.default)}"
+                 for a in signature]
+        return f"{what.strip('`')}({', '.join(parts)})"
+
+    # ---- blocks -------------------------------------------------------------------
+
+    def block_signature(self, defn: ast.Definition) -> tuple[Arg, ...]:
+        return tuple(Arg(p.name, self.param_type(p), REQUIRED if p.default is None else p.default)
+                     for p in defn.params)
+
+    def call_block(self, defn: ast.Definition, step: ast.Layer, x: Tensor | None, frame: Frame,
+                   name: str | None = None) -> Tensor:
+        x = self.need_input(x, step.span)
+        if defn.name in frame.blocks:
+            raise self.fail("E-recursion", f"block `{defn.name}` calls itself", step.span,
+                            notes=("calls: " + " -> ".join((*frame.blocks, defn.name)),),
+                            help="blocks cannot be recursive; use `* N` to repeat")
+        values = self.bind_block_args(defn, self.block_signature(defn), step, frame)
+        local = self.local_name(step, defn.name, frame, name)
+        path = frame.path + (local,)
+        inner = Frame(values, path, blocks=frame.blocks + (defn.name,))
+        outputs: list[str] = []
+        result = self.statements(defn.body, x, inner, outputs=outputs, block_input=x)
+        if outputs:
+            result = Tensor(outputs[-1], frame_shape(inner, outputs[-1], result), step.span,
+                            defn.name)
+        self.warn_unused(inner, outputs)
+        self.scopes.append(Scope(path=path, block=defn.name, args=values, span=step.span,
+                                 inputs=(x.name,), output=result.name if result else ""))
+        if result is None or result is x:
+            return Tensor(x.name, x.shape, step.span, defn.name)
+        return Tensor(result.name, result.shape, step.span, defn.name)
+
+    def bind_block_args(self, defn, signature, step, frame) -> dict[str, Any]:
+        """Block defaults are expressions over earlier parameters, evaluated at the call."""
+        placeholders = tuple(Arg(a.name, a.coerce, _LATER if a.default is not REQUIRED
+                                 else REQUIRED) for a in signature)
+        values, _ = self.bind_args(placeholders, step, frame, f"block `{defn.name}`")
+        for arg, param in zip(signature, defn.params):
+            if values[arg.name] is _LATER:
+                raw = self.eval(param.default, values)
+                values[arg.name] = self.coerce(arg.coerce, raw, param.default.span,
+                                               f"parameter `{param.name}`")
+        return values
+
+    # ---- residual and branch --------------------------------------------------------
+
+    def residual(self, step: ast.Residual, x: Tensor, frame: Frame) -> Tensor:
+        body = self.statements(step.body, x, frame)
+        if body is None or body.shape is None:
+            raise _Abort()
+        if step.shortcut is not None:
+            shortcut = self.statements(step.shortcut, x, frame.with_prefix("shortcut_"))
+            if shortcut is None or shortcut.shape is None:
+                raise _Abort()
+            if shortcut.shape != body.shape:
+                raise self.fail(
+                    "E-residual", f"the residual body gives {fmt(body.shape)} but the shortcut "
+                    f"gives {fmt(shortcut.shape)}", step.span, label="these cannot be added",
+                    notes=(f"the input is {fmt(x.shape)}",),
+                    help="make the body keep the shape, or project in the shortcut "
+                    "(e.g. `shortcut { conv(C, 1, stride=S) -> batchnorm }`)")
+        elif body.shape == x.shape:
+            shortcut = x
+        else:
+            shortcut = self.projection(x, body, step, frame.with_prefix("shortcut_"))
+        return self.emit(REGISTRY["add"], {}, [body, shortcut],
+                         frame.path + (self.auto_name("add", frame),), step)
+
+    def projection(self, x: Tensor, body: Tensor, step, frame: Frame) -> Tensor:
+        """The automatic shortcut: 1x1 conv (stride to match) + batchnorm."""
+        if len(x.shape) != 3 or len(body.shape) != 3:
+            raise self.fail("E-residual", f"cannot project {fmt(x.shape)} to "
+                            f"{fmt(body.shape)} automatically", step.span,
+                            help="write the shortcut explicitly with `shortcut { ... }`")
+        strides = []
+        for n, m in zip(x.shape[1:], body.shape[1:]):
+            s = next((s for s in range(1, n + 1) if (n - 1) // s + 1 == m), None)
+            if s is None:
+                raise self.fail("E-residual", f"the residual body turns {fmt(x.shape)} into "
+                                f"{fmt(body.shape)}: no strided 1x1 projection matches",
+                                step.span, help="write the shortcut with `shortcut { ... }`")
+            strides.append(s)
+        conv = {"out_channels": body.shape[0], "kernel": (1, 1), "stride": tuple(strides),
+                "padding": (0, 0), "dilation": (1, 1), "groups": 1, "bias": False}
+        y = self.emit(REGISTRY["conv"], conv, [x], frame.path + (self.auto_name("conv", frame),),
+                      step)
+        return self.emit(REGISTRY["batchnorm"], {"eps": 1e-5, "momentum": 0.1}, [y],
+                         frame.path + (self.auto_name("bn", frame),), step)
+
+    def branch(self, step: ast.Branch, x: Tensor, frame: Frame) -> Tensor:
+        if step.mode not in ("concat", "add"):
+            raise self.fail("E-branch", f"unknown branch join `{step.mode}`", step.mode_span,
+                            help=did_you_mean(step.mode, ("concat", "add")) or
+                            "branches join by `concat` or `add`")
+        outs = []
+        for i, path in enumerate(step.paths, 1):
+            try:
+                outs.append(self.chain(path, x, frame.with_prefix(f"b{i}_")))
+            except _Abort:
+                outs.append(Tensor("<error>", None, path.span, "error"))
+        if len(outs) < 2:
+            raise self.fail("E-branch", "a branch needs at least two paths", step.span,
+                            help="put each path on its own line")
+        return self.emit(REGISTRY[step.mode], {}, outs,
+                         frame.path + (self.auto_name(step.mode, frame),), step)
+
+
+_LATER = object()
+
+
+def frame_shape(frame: Frame, name: str, fallback: Tensor | None):
+    for tensor in frame.tensors.values():
+        if tensor.name == name:
+            return tensor.shape
+    return fallback.shape if fallback else None
+
+
+def explain(expr: ast.Expr, params: dict[str, Any], value: Any) -> str:
+    """`divisible(32 * width, 8) = divisible(32 * 1.1, 8) = 40`: how a value was computed."""
+    written, substituted = render_expr(expr, {}), render_expr(expr, params)
+    steps = [written] + ([substituted] if substituted not in (written, describe(value)) else [])
+    return " = ".join([*steps, describe(value)])
+
+
+def _is_derived(expr: ast.Expr, params: dict[str, Any]) -> bool:
+    """Whether a value was computed (worth explaining), not written as a literal."""
+    if isinstance(expr, ast.Name):
+        return expr.id in params
+    if isinstance(expr, ast.Tuple):
+        return any(_is_derived(item, params) for item in expr.items)
+    return not isinstance(expr, (ast.Num, ast.Str))
+
+

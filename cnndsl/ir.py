@@ -1,0 +1,105 @@
+"""The checked IR: a DAG of concrete layers with every shape, count and source span.
+
+Produced only by `cnndsl.checker`; consumed by every back end, which never re-derives a
+shape, a padding or a channel count. Imports no torch, onnx or graphviz.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, PrivateAttr
+
+from .diagnostics import Diagnostic
+from .source import Span
+
+Shape = tuple[int, ...]
+
+
+class Node(BaseModel):
+    """One layer instance. `path` is its module path, e.g. ("layer1", "0", "conv1")."""
+
+    model_config = ConfigDict(frozen=True)
+
+    path: tuple[str, ...]
+    op: str
+    attrs: dict[str, Any]
+    inputs: tuple[str, ...]  # names (dotted paths) of producer nodes or network inputs
+    in_shapes: tuple[Shape, ...]
+    shape: Shape
+    params: int
+    buffers: int = 0
+    macs: int
+    span: Span
+    derivations: dict[str, str] = {}  # argument -> how its value was computed
+
+    @property
+    def name(self) -> str:
+        return ".".join(self.path)
+
+    @property
+    def local(self) -> str:
+        return self.path[-1]
+
+
+class Input(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    name: str
+    shape: Shape
+    span: Span
+
+
+class Scope(BaseModel):
+    """A block instance or a labelled repeat: one nested module in the back ends."""
+
+    model_config = ConfigDict(frozen=True)
+
+    path: tuple[str, ...]
+    block: str | None  # the block definition's name; None for a repeat container
+    args: dict[str, Any] = {}
+    span: Span
+    inputs: tuple[str, ...] = ()
+    output: str = ""
+
+
+class Network(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    name: str
+    file: str
+    params: dict[str, Any]  # the network's parameters, as used
+    inputs: tuple[Input, ...]
+    nodes: tuple[Node, ...]  # topological order
+    outputs: tuple[str, ...]
+    scopes: tuple[Scope, ...] = ()
+    warnings: tuple[Diagnostic, ...] = ()
+    _index: dict[str, Node] | None = PrivateAttr(default=None)
+
+    @property
+    def total_params(self) -> int:
+        return sum(n.params for n in self.nodes)
+
+    @property
+    def total_macs(self) -> int:
+        return sum(n.macs for n in self.nodes)
+
+    @property
+    def activations(self) -> int:
+        """Values produced per image, inputs included (activation memory = 4 bytes each)."""
+        from math import prod
+        return sum(prod(i.shape) for i in self.inputs) + sum(prod(n.shape) for n in self.nodes)
+
+    def node(self, name: str) -> Node:
+        return self._by_name()[name]
+
+    def shape_of(self, name: str) -> Shape:
+        by_name = self._by_name()
+        if name in by_name:
+            return by_name[name].shape
+        return next(i.shape for i in self.inputs if i.name == name)
+
+    def _by_name(self) -> dict[str, Node]:
+        if self._index is None:
+            self._index = {n.name: n for n in self.nodes}
+        return self._index

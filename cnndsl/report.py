@@ -1,0 +1,87 @@
+"""Tables and JSON for `cnndsl check` (and `summary`): one renderer for both."""
+
+from __future__ import annotations
+
+from math import prod
+
+from .ir import Network
+from .layers import fmt
+
+MACS_CONVENTION = "MACs count conv, transposed conv and linear multiply-accumulates only"
+
+
+def human(n: float, unit: str = "") -> str:
+    for scale, suffix in ((1e12, " T"), (1e9, " G"), (1e6, " M"), (1e3, " k")):
+        if abs(n) >= scale:
+            return f"{n / scale:.2f}{suffix}{unit}"
+    return f"{n:g} {unit}".rstrip()
+
+
+def human_bytes(n: float) -> str:
+    for scale, suffix in ((2**30, "GiB"), (2**20, "MiB"), (2**10, "KiB")):
+        if n >= scale:
+            return f"{n / scale:.2f} {suffix}"
+    return f"{n:.0f} B"
+
+
+def render_table(headers: list[str], rows: list[list[str]], right: set[int]) -> str:
+    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h)
+              for i, h in enumerate(headers)]
+
+    def line(cells):
+        return "  ".join(c.rjust(w) if i in right else c.ljust(w)
+                         for i, (c, w) in enumerate(zip(cells, widths))).rstrip()
+
+    rule = "  ".join("-" * w for w in widths)
+    return "\n".join([line(headers), rule, *(line(r) for r in rows)])
+
+
+def layer_rows(ir: Network) -> list[list[str]]:
+    rows = [[i.name, "input", str(i.span.line), fmt(i.shape), "", ""] for i in ir.inputs]
+    for n in ir.nodes:
+        rows.append([n.name, n.op, str(n.span.line), fmt(n.shape),
+                     f"{n.params:,}" if n.params else "", f"{n.macs:,}" if n.macs else ""])
+        for arg, how in n.derivations.items():
+            rows.append([f"  {arg}: {how}", "", "", "", "", ""])
+    return rows
+
+
+def totals(ir: Network) -> list[str]:
+    acts = ir.activations
+    return [
+        f"parameters  {ir.total_params:,} ({human_bytes(4 * ir.total_params)} as fp32)",
+        f"MACs        {ir.total_macs:,} ({human(ir.total_macs)}) per image; {MACS_CONVENTION}",
+        f"activations {acts:,} values per image ({human_bytes(4 * acts)} as fp32, every "
+        "layer output kept: an upper-bound estimate)",
+    ]
+
+
+def layer_table(ir: Network) -> str:
+    table = render_table(["layer", "op", "line", "output", "params", "MACs"], layer_rows(ir),
+                         right={2, 4, 5})
+    return f"network {ir.name} ({ir.file})\n{table}\n\n" + "\n".join(totals(ir)) + "\n"
+
+
+def to_json(ir: Network) -> dict:
+    return {
+        "network": ir.name,
+        "file": ir.file,
+        "network_params": ir.params,
+        "inputs": [{"name": i.name, "shape": list(i.shape), "line": i.span.line}
+                   for i in ir.inputs],
+        "outputs": list(ir.outputs),
+        "params": ir.total_params,
+        "macs": ir.total_macs,
+        "activations": ir.activations,
+        "layers": [{
+            "name": n.name, "op": n.op, "line": n.span.line, "column": n.span.column,
+            "inputs": list(n.inputs), "output_shape": list(n.shape), "params": n.params,
+            "buffers": n.buffers, "macs": n.macs, "derivations": n.derivations,
+        } for n in ir.nodes],
+        "warnings": [w.to_json() for w in ir.warnings],
+        "conventions": {"macs": MACS_CONVENTION, "shapes": "per image, batch axis omitted"},
+    }
+
+
+def numel(shape) -> int:
+    return prod(shape)

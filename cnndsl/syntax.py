@@ -1,0 +1,285 @@
+"""Front end: .cnn text -> syntax tree (cnndsl.ast), with located syntax errors."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from importlib import resources
+from pathlib import Path
+
+from lark import Lark, Token, Transformer, v_args
+from lark.exceptions import (UnexpectedCharacters, UnexpectedEOF, UnexpectedInput,
+                             UnexpectedToken, VisitError)
+
+from . import ast
+from .diagnostics import CnnError, Diagnostic, Label
+from .source import Span
+
+
+def grammar_text() -> str:
+    """The grammar ships inside the wheel; in a checkout it lives in grammars/."""
+    packaged = resources.files("cnndsl") / "grammars" / "cnn.lark"
+    if packaged.is_file():
+        return packaged.read_text()
+    return (Path(__file__).resolve().parent.parent / "grammars" / "cnn.lark").read_text()
+
+
+class _Newlines:
+    """Post-lexer: newlines inside (...), after `->` or repeated carry no meaning."""
+
+    always_accept = ("_NL",)
+
+    def __init__(self) -> None:
+        self.open_parens: list[Token] = []
+
+    def process(self, stream):
+        self.open_parens = []
+        previous = None
+        for tok in stream:
+            if tok.type == "_NL":
+                if self.open_parens or previous is None or previous.type == "_NL" \
+                        or previous.value == "->":
+                    continue
+            elif tok.value == "(":
+                self.open_parens.append(tok)
+            elif tok.value == ")" and self.open_parens:
+                self.open_parens.pop()
+            previous = tok
+            yield tok
+
+
+@lru_cache(maxsize=1)
+def _parser() -> Lark:
+    return Lark(grammar_text(), parser="lalr", lexer="contextual",
+                propagate_positions=True, postlex=_Newlines(), maybe_placeholders=True)
+
+
+def parse(text: str, file: str = "<string>") -> ast.Module:
+    parser = _parser()
+    try:
+        tree = parser.parse(text)
+    except UnexpectedInput as exc:
+        raise CnnError([_syntax_diagnostic(exc, text, file, parser)]) from None
+    try:
+        return _Builder(file).transform(tree)
+    except VisitError as exc:  # Lark wraps what a transformer raises; users never see that
+        if isinstance(exc.orig_exc, CnnError):
+            raise exc.orig_exc from None
+        raise
+
+
+# ---- syntax errors in words ------------------------------------------------------
+
+_TERMINAL_WORDS = {"NAME": "a name", "NUMBER": "a number", "STRING": "a string",
+                   "_NL": "a new line", "$END": "the end of the file"}
+
+
+def _describe(terminal: str, parser: Lark) -> str:
+    if terminal in _TERMINAL_WORDS:
+        return _TERMINAL_WORDS[terminal]
+    try:
+        pattern = parser.get_terminal(terminal).pattern
+    except KeyError:
+        return terminal.lower()
+    if pattern.type == "str":
+        return f"`{pattern.value}`"
+    return terminal.lower()
+
+
+def _expected(names, parser: Lark) -> str:
+    words = sorted({_describe(n, parser) for n in names})
+    if len(words) > 6:  # a long list helps nobody; name the usual suspects
+        common = [w for w in words if w in ("`)`", "`,`", "`->`", "`}`", "a new line")]
+        words = common or words[:6]
+    return words[0] if len(words) == 1 else ", ".join(words[:-1]) + " or " + words[-1]
+
+
+def _syntax_diagnostic(exc: UnexpectedInput, text: str, file: str, parser: Lark) -> Diagnostic:
+    postlex = parser.options.postlex
+    unclosed = list(getattr(postlex, "open_parens", []))
+    if isinstance(exc, UnexpectedToken) and exc.token.type == "$END" or isinstance(
+            exc, UnexpectedEOF):
+        lines = text.splitlines() or [""]
+        line, column = len(lines), len(lines[-1]) + 1
+        found, width = "the end of the file", 1
+        expected = _expected(exc.expected, parser)
+    elif isinstance(exc, UnexpectedToken):
+        line, column = exc.token.line, exc.token.column
+        found = "a new line" if exc.token.type == "_NL" else f"`{exc.token.value}`"
+        width = 1 if exc.token.type == "_NL" else max(1, len(exc.token.value))
+        expected = _expected(exc.expected, parser)
+    else:
+        assert isinstance(exc, UnexpectedCharacters)
+        line, column = exc.line, exc.column
+        char = text[exc.pos_in_stream] if exc.pos_in_stream < len(text) else "?"
+        found, width = f"character `{char}`", 1
+        expected = _expected(exc.allowed, parser) if exc.allowed else "something else"
+    span = Span(file=file, line=line, column=column, end_line=line, end_column=column + width)
+    related = ()
+    if unclosed and unclosed[-1].line < line:
+        paren = unclosed[-1]
+        related = (Label(span=Span(file=file, line=paren.line, column=paren.column,
+                                   end_line=paren.line, end_column=paren.column + 1),
+                         text="this `(` is never closed"),)
+    return Diagnostic(code="E-syntax", message=f"expected {expected}, found {found}",
+                      span=span, label=f"unexpected {found}", related=related)
+
+
+# ---- tree -> ast ---------------------------------------------------------------
+
+
+class _Builder(Transformer):
+    """One method per grammar rule; spans come from `_span` alone."""
+
+    def __init__(self, file: str):
+        super().__init__()
+        self.file = file
+
+    def _span(self, meta) -> Span:
+        """The one place a Lark position (Token or Meta) becomes a Span."""
+        return Span(file=self.file, line=meta.line, column=meta.column,
+                    end_line=meta.end_line, end_column=meta.end_column)
+
+    # top level
+    @v_args(meta=True)
+    def start(self, meta, items):
+        imports = tuple(i for i in items if isinstance(i, ast.Import))
+        defs = tuple(i for i in items if isinstance(i, ast.Definition))
+        return ast.Module(file=self.file, imports=imports, definitions=defs)
+
+    @v_args(meta=True)
+    def import_stmt(self, meta, children):
+        return ast.Import(path=children[0][1:-1], span=self._span(meta))
+
+    def _definition(self, kind, meta, children):
+        name, params, body = children
+        return ast.Definition(kind=kind, name=str(name), params=tuple(params or ()),
+                              body=body, span=self._span(meta), name_span=self._span(name))
+
+    @v_args(meta=True)
+    def block_def(self, meta, children):
+        return self._definition("block", meta, children)
+
+    @v_args(meta=True)
+    def network_def(self, meta, children):
+        return self._definition("network", meta, children)
+
+    def params(self, children):
+        return tuple(children)
+
+    @v_args(meta=True)
+    def param(self, meta, children):
+        name, type_, default = children
+        return ast.Param(name=str(name), type=str(type_), default=default, span=self._span(meta))
+
+    def body(self, children):
+        return tuple(children)
+
+    # statements
+    @v_args(meta=True)
+    def input_decl(self, meta, children):
+        name, dims = children
+        return ast.InputDecl(name=str(name), dims=dims, span=self._span(meta))
+
+    def shape(self, children):
+        return tuple(children)
+
+    @v_args(meta=True)
+    def output_stmt(self, meta, children):
+        return ast.Output(names=tuple((str(n), self._span(n)) for n in children),
+                          span=self._span(meta))
+
+    @v_args(meta=True)
+    def assign(self, meta, children):
+        target, chain = children
+        return ast.Assign(target=str(target), chain=chain, span=self._span(meta),
+                          target_span=self._span(target))
+
+    @v_args(meta=True)
+    def chain(self, meta, children):
+        return ast.Chain(steps=tuple(children), span=self._span(meta))
+
+    @v_args(meta=True)
+    def repeat(self, meta, children):
+        layer, count = children
+        return ast.Repeat(step=layer, count=count, span=self._span(meta))
+
+    @v_args(meta=True)
+    def layer(self, meta, children):
+        label, name, call = children
+        args, kwargs = call if call is not None else ((), ())
+        return ast.Layer(name=str(name), args=args, kwargs=kwargs, has_call=call is not None,
+                         label=str(label) if label is not None else None,
+                         span=self._span(meta), name_span=self._span(name))
+
+    def call_args(self, children):
+        children = [c for c in children if c is not None]
+        seen_keyword = False
+        for child in children:
+            if isinstance(child, ast.KwArg):
+                seen_keyword = True
+            elif seen_keyword:
+                raise CnnError([Diagnostic(
+                    code="E-syntax", message="positional argument after a keyword argument",
+                    span=child.span, label="move this before the keyword arguments")])
+        args = tuple(c for c in children if not isinstance(c, ast.KwArg))
+        kwargs = tuple(c for c in children if isinstance(c, ast.KwArg))
+        return args, kwargs
+
+    @v_args(meta=True)
+    def kwarg(self, meta, children):
+        name, value = children
+        return ast.KwArg(name=str(name), value=value, span=self._span(meta),
+                         name_span=self._span(name))
+
+    @v_args(meta=True)
+    def residual(self, meta, children):
+        body, shortcut = children
+        return ast.Residual(body=body, shortcut=shortcut, span=self._span(meta))
+
+    def shortcut(self, children):
+        return children[0]
+
+    @v_args(meta=True)
+    def branch(self, meta, children):
+        mode, *paths = children
+        return ast.Branch(mode=str(mode), paths=tuple(paths), span=self._span(meta),
+                          mode_span=self._span(mode))
+
+    # expressions
+    @v_args(meta=True)
+    def number(self, meta, children):
+        text = str(children[0])
+        value = float(text) if any(c in text for c in ".eE") else int(text)
+        return ast.Num(value=value, span=self._span(meta))
+
+    @v_args(meta=True)
+    def name(self, meta, children):
+        return ast.Name(id=str(children[0]), span=self._span(meta))
+
+    @v_args(meta=True)
+    def string(self, meta, children):
+        return ast.Str(value=str(children[0])[1:-1], span=self._span(meta))
+
+    @v_args(meta=True)
+    def func(self, meta, children):
+        name, *args = children
+        return ast.Func(name=str(name), args=tuple(a for a in args if a is not None),
+                        span=self._span(meta))
+
+    @v_args(meta=True)
+    def tuple(self, meta, children):
+        return ast.Tuple(items=tuple(c for c in children if c is not None), span=self._span(meta))
+
+    @v_args(meta=True)
+    def neg(self, meta, children):
+        return ast.Neg(operand=children[0], span=self._span(meta))
+
+    def _binop(op):  # noqa: N805 - a factory evaluated in the class body
+        @v_args(meta=True)
+        def method(self, meta, children):
+            left, right = children
+            return ast.BinOp(op=op, left=left, right=right, span=self._span(meta))
+        return method
+
+    add, sub, mul = _binop("+"), _binop("-"), _binop("*")
+    div, floordiv, pow = _binop("/"), _binop("//"), _binop("**")

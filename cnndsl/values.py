@@ -1,0 +1,151 @@
+"""Values of the .cnn expression language and their evaluation (never Python's eval)."""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable
+
+from . import ast
+from .diagnostics import error
+
+
+class Symbol(str):
+    """A bare word that is not a parameter: `same`, `valid`, `nearest`..."""
+
+
+Value = Any  # int | float | bool | Symbol | str | tuple
+LIMIT = 2**62  # any number beyond this is refused, so arithmetic stays bounded
+
+
+def divisible(value: float, divisor: int = 8, min_value: int | None = None) -> int:
+    """Round a channel count to a multiple of `divisor`, never dropping below 90%.
+
+    The rule of MobileNet v2 / EfficientNet (`_make_divisible` in torchvision).
+    """
+    min_value = divisor if min_value is None else min_value
+    rounded = max(min_value, int(value + divisor / 2) // divisor * divisor)
+    if rounded < 0.9 * value:
+        rounded += divisor
+    return rounded
+
+
+def _round(x, ndigits=None):
+    return round(x) if ndigits is None else round(x, ndigits)
+
+
+FUNCTIONS: dict[str, Callable[..., Value]] = {
+    "min": min, "max": max, "round": _round, "ceil": math.ceil, "floor": math.floor,
+    "abs": abs, "int": int, "float": float, "divisible": divisible,
+}
+
+
+def describe(value: Value) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, tuple):
+        return "(" + ", ".join(describe(v) for v in value) + ")"
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
+
+
+def type_name(value: Value) -> str:
+    if isinstance(value, bool):
+        return "bool"
+    if isinstance(value, Symbol):
+        return "word"
+    return {int: "int", float: "float", str: "string", tuple: "tuple"}.get(type(value), "value")
+
+
+def evaluate(expr: ast.Expr, env: dict[str, Value]) -> Value:
+    """Evaluate an expression over parameter values; errors point at the sub-expression."""
+    if isinstance(expr, ast.Num):
+        return _bounded(expr.value, expr)
+    if isinstance(expr, ast.Str):
+        return expr.value
+    if isinstance(expr, ast.Name):
+        if expr.id in env:
+            return env[expr.id]
+        if expr.id in ("true", "false"):
+            return expr.id == "true"
+        return Symbol(expr.id)
+    if isinstance(expr, ast.Tuple):
+        return tuple(evaluate(item, env) for item in expr.items)
+    if isinstance(expr, ast.Neg):
+        value = evaluate(expr.operand, env)
+        _require_number(value, expr.operand, "-")
+        return -value
+    if isinstance(expr, ast.BinOp):
+        return _binop(expr, evaluate(expr.left, env), evaluate(expr.right, env))
+    if isinstance(expr, ast.Func):
+        return _call(expr, [evaluate(arg, env) for arg in expr.args])
+    raise AssertionError(f"unknown expression {expr!r}")
+
+
+def _require_number(value: Value, expr: ast.Expr, op: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        hint = None
+        if isinstance(value, Symbol):
+            hint = f"`{value}` is not a parameter here"
+        raise error("E-type", f"`{op}` needs a number, found {type_name(value)} "
+                    f"`{describe(value)}`", expr.span, label="not a number", help=hint)
+
+
+def _bounded(value: Value, expr) -> Value:
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        if isinstance(value, float) and not math.isfinite(value) or abs(value) > LIMIT:
+            raise error("E-value", "number out of range", expr.span,
+                        label=f"larger than {LIMIT:.3g}")
+    return value
+
+
+def _binop(expr: ast.BinOp, left: Value, right: Value) -> Value:
+    _require_number(left, expr.left, expr.op)
+    _require_number(right, expr.right, expr.op)
+    if expr.op in ("/", "//") and right == 0:
+        raise error("E-value", "division by zero", expr.right.span, label="this is zero")
+    if expr.op == "**" and left != 0 and abs(right) * math.log2(max(abs(left), 2)) > 62:
+        raise error("E-value", "number out of range", expr.span, label=f"larger than {LIMIT:.3g}")
+    if expr.op == "**" and left == 0 and right < 0:
+        raise error("E-value", "division by zero", expr.span, label="0 to a negative power")
+    result = {"+": lambda: left + right, "-": lambda: left - right, "*": lambda: left * right,
+              "/": lambda: left / right, "//": lambda: left // right,
+              "**": lambda: left ** right}[expr.op]()
+    return _bounded(result, expr)
+
+
+def _call(expr: ast.Func, args: list[Value]) -> Value:
+    function = FUNCTIONS.get(expr.name)
+    if function is None:
+        from .suggest import did_you_mean
+        raise error("E-name", f"unknown function `{expr.name}`", expr.span,
+                    label="not a function", help=did_you_mean(expr.name, FUNCTIONS))
+    for arg, node in zip(args, expr.args):
+        _require_number(arg, node, expr.name)
+    try:
+        return _bounded(function(*args), expr)
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise error("E-value", f"`{expr.name}` cannot take these arguments: {exc}",
+                    expr.span) from None
+
+
+_PRECEDENCE = {"+": 1, "-": 1, "*": 2, "/": 2, "//": 2, "**": 3}
+
+
+def render_expr(expr: ast.Expr, env: dict[str, Value], outer: int = 0) -> str:
+    """The expression as written, with parameter values substituted: `divisible(32 * 1.1, 8)`."""
+    if isinstance(expr, ast.Num):
+        return describe(expr.value)
+    if isinstance(expr, ast.Str):
+        return f'"{expr.value}"'
+    if isinstance(expr, ast.Name):
+        return describe(env[expr.id]) if expr.id in env else expr.id
+    if isinstance(expr, ast.Tuple):
+        return "(" + ", ".join(render_expr(i, env) for i in expr.items) + ")"
+    if isinstance(expr, ast.Neg):
+        return "-" + render_expr(expr.operand, env, 4)
+    if isinstance(expr, ast.Func):
+        return f"{expr.name}(" + ", ".join(render_expr(a, env) for a in expr.args) + ")"
+    level = _PRECEDENCE[expr.op]
+    text = f"{render_expr(expr.left, env, level)} {expr.op} {render_expr(expr.right, env, level + 1)}"
+    return f"({text})" if level < outer else text

@@ -1,0 +1,48 @@
+"""Shared helpers. Every spec in specs/ is exercised through ZOO_SPECS."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+SPECS = ROOT / "specs"
+ZOO_SPECS = sorted(p.name for p in SPECS.glob("*.cnn"))
+UPDATE_GOLDEN = os.environ.get("CNNDSL_UPDATE_GOLDEN") == "1"
+
+# REFERENCES.md: parameters (and MACs where it gives them) of torchvision's models.
+REFERENCE = {
+    "lenet5": (61_706, None),
+    "alexnet": (61_100_840, 714_188_480),
+    "vgg11": (132_863_336, 7_609_090_048),
+    "vgg16": (138_357_544, 15_470_264_320),
+    "vgg19": (143_667_240, 19_632_062_464),
+}
+
+
+def golden(path: Path, actual: str) -> None:
+    """Compare with a golden file; CNNDSL_UPDATE_GOLDEN=1 rewrites it."""
+    if UPDATE_GOLDEN or not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(actual)
+        if not UPDATE_GOLDEN:
+            pytest.fail(f"golden file {path} was missing and has been written; check it in")
+    assert actual == path.read_text(), f"output differs from {path}"
+
+
+def run_cli(*args: str, cwd: Path = ROOT, env: dict | None = None) -> subprocess.CompletedProcess:
+    full_env = {**os.environ, "NO_COLOR": "1", **(env or {})}
+    return subprocess.run([sys.executable, "-m", "cnndsl", *args], cwd=cwd, env=full_env,
+                          capture_output=True, text=True, timeout=300)
+
+
+def import_file(path: Path, name: str = "generated_model"):
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
