@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Union
 
 from .source import Span
 
@@ -55,7 +54,7 @@ class Tuple:
     span: Span
 
 
-Expr = Union[Num, Name, Str, BinOp, Neg, Func, Tuple]
+Expr = Num | Name | Str | BinOp | Neg | Func | Tuple
 
 # ---- network structure ---------------------------------------------------------
 
@@ -103,7 +102,7 @@ class Branch:
     mode_span: Span
 
 
-Step = Union[Layer, Repeat, Residual, Branch]
+Step = Layer | Repeat | Residual | Branch
 
 
 @dataclass(frozen=True)
@@ -135,7 +134,7 @@ class Assign:
     target_span: Span
 
 
-Stmt = Union[InputDecl, Output, Assign, Chain]
+Stmt = InputDecl | Output | Assign | Chain
 
 # ---- top level -------------------------------------------------------------------
 

@@ -24,11 +24,10 @@ def atomic_path(target: str | Path):
 
 
 def write_bytes(target: str | Path, data: bytes) -> None:
-    with atomic_path(target) as tmp:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
+    with atomic_path(target) as tmp, open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
 
 
 def write_text(target: str | Path, text: str) -> None:

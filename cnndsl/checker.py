@@ -14,12 +14,23 @@ from typing import Any
 from . import ast
 from .diagnostics import CnnError, Diagnostic, Label
 from .ir import Input, Network, Node, Scope
-from .layers import REGISTRY, REQUIRED, Arg, LayerError, LayerKind, Warn, as_int, boolean, \
-    fmt, number
+from .layers import (
+    REGISTRY,
+    REQUIRED,
+    Arg,
+    LayerError,
+    LayerKind,
+    Warn,
+    as_int,
+    boolean,
+    fmt,
+    number,
+)
 from .source import Span
 from .suggest import did_you_mean
 from .values import describe, evaluate, render_expr
 
+SHAPE_CODES = ("E-shape", "E-groups")
 MAX_REPEAT = 10_000
 MAX_NODES = 200_000
 PARAM_TYPES = {"int": as_int, "float": number, "bool": boolean, "any": lambda v: v}
@@ -34,7 +45,9 @@ class Tensor:
 
     @property
     def origin(self) -> str:
-        return "the input" if self.op == "input" else f"{self.op} at line {self.span.line}"
+        if self.op == "input":
+            return f"the input `{self.name}`"
+        return f"after {self.op} at line {self.span.line}"
 
 
 @dataclass
@@ -57,7 +70,7 @@ class Frame:
                      self.assigned, self.counters, self.taken, self.blocks)
 
 
-class _Abort(Exception):
+class _StatementError(Exception):
     """Stops elaborating the current statement after an error was recorded."""
 
 
@@ -68,6 +81,7 @@ class Checker:
         self.errors: list[Diagnostic] = []
         self.warnings: list[Diagnostic] = []
         self.nodes: list[Node] = []
+        self.by_name: dict[str, Node] = {}
         self.scopes: list[Scope] = []
 
     # ---- entry point ----------------------------------------------------------------
@@ -93,13 +107,13 @@ class Checker:
 
     # ---- diagnostics ----------------------------------------------------------------
 
-    def fail(self, code: str, message: str, span: Span, **kw) -> _Abort:
+    def fail(self, code: str, message: str, span: Span, **kw) -> _StatementError:
         self.errors.append(Diagnostic(code=code, message=message, span=span, **kw))
-        return _Abort()
+        return _StatementError()
 
-    def report(self, exc: CnnError) -> _Abort:
+    def report(self, exc: CnnError) -> _StatementError:
         self.errors.extend(exc.diagnostics)
-        return _Abort()
+        return _StatementError()
 
     # ---- parameters -----------------------------------------------------------------
 
@@ -152,7 +166,7 @@ class Checker:
         for stmt in body:
             try:
                 current = self.statement(stmt, current, frame, inputs, outputs, block_input)
-            except _Abort:
+            except _StatementError:
                 current = Tensor("<error>", None, stmt.span, "error")
             except CnnError as exc:
                 self.report(exc)
@@ -174,7 +188,8 @@ class Checker:
         if inputs is None:  # inside a block: `input x` names the incoming tensor
             if stmt.dims is not None:
                 raise self.fail("E-input", "a block's input shape is inferred, not written",
-                                stmt.span, label="drop the shape", help=f"write `input {stmt.name}`")
+                                stmt.span, label="drop the shape",
+                                help=f"write `input {stmt.name}`")
             tensor = block_input
         else:
             if stmt.dims is None:
@@ -241,9 +256,7 @@ class Checker:
         elif isinstance(first, ast.Layer) and first.name in REGISTRY \
                 and REGISTRY[first.name].many_inputs:
             current = None  # `concat(a, b)` starting a line joins a and b only
-        for step in steps:
-            if current is not None and current.shape is None:
-                return current  # poisoned: an earlier error already explains this
+        for step in steps:  # a poisoned input still gets its arguments checked
             current = self.step(step, current, frame)
         return current
 
@@ -271,7 +284,8 @@ class Checker:
             raise self.fail("E-name", f"tensor `{step.name}` can only start a chain", step.span,
                             help=f"start a new line with `{step.name} -> ...`")
         blocks = [d.name for d in self.definitions.values() if d.kind == "block"]
-        raise self.fail("E-name", f"unknown layer `{step.name}`", step.name_span,
+        what = "layer" if step.has_call else "name"
+        raise self.fail("E-name", f"unknown {what} `{step.name}`", step.name_span,
                         label="not a layer, block or tensor",
                         help=did_you_mean(step.name, [*REGISTRY, *blocks, *frame.tensors]))
 
@@ -383,26 +397,47 @@ class Checker:
                     in_shapes=tuple(shapes), shape=shape, params=params, buffers=buffers,
                     macs=macs, span=step.span, derivations=derivations or {})
         self.nodes.append(node)
+        self.by_name[node.name] = node
         return Tensor(node.name, shape, step.span, kind.op)
 
     def located(self, exc: LayerError, step, xs: list[Tensor]) -> Diagnostic:
+        """A layer's complaint, placed on its argument (or the layer) with the input's story."""
         span = self.arg_span(step, exc.arg) if exc.arg else None
-        related: tuple[Label, ...] = ()
-        if exc.inputs:
-            related = tuple(Label(span=xs[i].span, text=f"{fmt(xs[i].shape)} from here")
-                            for i in exc.inputs if xs[i].span != step.span)
-        x = xs[0]
-        context = f"the input here is {fmt(x.shape)} (after {x.origin})" if len(xs) == 1 else ""
+        related = tuple(Label(span=xs[i].span, text=f"{fmt(xs[i].shape)} from here")
+                        for i in exc.inputs if xs[i].span != step.span)
+        notes = list(exc.notes)
+        context = ""
+        if len(xs) == 1:
+            x = xs[0]
+            context = f"the input here is {fmt(x.shape)} ({x.origin})"
+            if exc.code in SHAPE_CODES:
+                if x.op != "input" and x.span.line != step.span.line:
+                    related = (Label(span=x.span, text=f"this makes it {fmt(x.shape)}"),)
+                trace = self.trace(x)
+                if len(trace) > 2:
+                    notes.insert(0, "sizes so far: " + " -> ".join(trace))
+            if span is not None:
+                notes.insert(0, context)
         return Diagnostic(code=exc.code, message=exc.message, span=span or step.span,
-                          label=context if span is None else "", notes=(
-                              *((context,) if span is not None and context else ()),
-                              *exc.notes), help=exc.help, related=related)
+                          label=context if span is None else "", notes=tuple(notes),
+                          help=exc.help, related=related)
+
+    def trace(self, x: Tensor, limit: int = 8) -> list[str]:
+        """Sizes along first inputs back to the network input: 32x32 -> 16x16 -> ..."""
+        shapes = [x.shape]
+        node = self.by_name.get(x.name)
+        while node is not None and len(shapes) < 64:
+            shapes.append(node.in_shapes[0])
+            node = self.by_name.get(node.inputs[0])
+        sizes = [f"{s[1]}x{s[2]}" if len(s) == 3 else fmt(s) for s in reversed(shapes)]
+        distinct = [v for i, v in enumerate(sizes) if i == 0 or v != sizes[i - 1]]
+        return distinct[-limit:]
 
     def warning(self, w: LayerError, step, xs: list[Tensor]) -> None:
         span = self.arg_span(step, w.arg) if w.arg else None
         d = Diagnostic(code=w.code, severity="error" if self.strict else "warning",
                        message=w.message, span=span or step.span, help=w.help,
-                       notes=(f"the input here is {fmt(xs[0].shape)} (after {xs[0].origin})",))
+                       notes=(f"the input here is {fmt(xs[0].shape)} ({xs[0].origin})",))
         (self.errors if self.strict else self.warnings).append(d)
 
     @staticmethod
@@ -465,8 +500,10 @@ class Checker:
 
     @staticmethod
     def signature_help(signature: tuple[Arg, ...], what: str) -> str:
-        parts = [a.name if a.default is REQUIRED else f"{a.name}={describe(a.default)}"
-                 for a in signature]
+        def short(v):
+            return v[0] if isinstance(v, tuple) and len(set(v)) == 1 else v
+        parts = [a.name if a.default is REQUIRED else f"{a.name}={describe(short(a.default))}"
+                 for a in signature if a.default is not _LATER]
         return f"{what.strip('`')}({', '.join(parts)})"
 
     # ---- blocks -------------------------------------------------------------------
@@ -515,11 +552,11 @@ class Checker:
     def residual(self, step: ast.Residual, x: Tensor, frame: Frame) -> Tensor:
         body = self.statements(step.body, x, frame)
         if body is None or body.shape is None:
-            raise _Abort()
+            raise _StatementError()
         if step.shortcut is not None:
             shortcut = self.statements(step.shortcut, x, frame.with_prefix("shortcut_"))
             if shortcut is None or shortcut.shape is None:
-                raise _Abort()
+                raise _StatementError()
             if shortcut.shape != body.shape:
                 raise self.fail(
                     "E-residual", f"the residual body gives {fmt(body.shape)} but the shortcut "
@@ -564,7 +601,7 @@ class Checker:
         for i, path in enumerate(step.paths, 1):
             try:
                 outs.append(self.chain(path, x, frame.with_prefix(f"b{i}_")))
-            except _Abort:
+            except _StatementError:
                 outs.append(Tensor("<error>", None, path.span, "error"))
         if len(outs) < 2:
             raise self.fail("E-branch", "a branch needs at least two paths", step.span,

@@ -101,8 +101,9 @@ def render(d: Diagnostic, sources: SourceMap, color: bool = False) -> str:
         pad = " " * width
         out.append(f"{pad}{paint('-->', 'blue')} {d.span}")
         out.append(f"{pad} {paint('|', 'blue')}")
-        for span, text, style in [(d.span, d.label, d.severity)] + [
-                (lab.span, lab.text, "blue") for lab in d.related]:
+        quotes = [(d.span, d.label, d.severity)] + [
+            (lab.span, lab.text, "blue") for lab in d.related if lab.span.file == d.span.file]
+        for span, text, style in sorted(quotes, key=lambda q: (q[0].line, q[0].column)):
             out.extend(_quote(span, text, sources, width, paint, style))
         out.append(f"{pad} {paint('|', 'blue')}")
     else:

@@ -14,8 +14,9 @@ MACs follow torchvision's convention: conv, transposed conv and linear layers on
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable, ClassVar
+from typing import Any, ClassVar
 
 from .values import Symbol, describe, type_name
 
@@ -187,15 +188,32 @@ def windowed(op: str, x: Shape, a: dict, warn: Warn, ceil_mode=False,
     k, s, d = a["kernel"], a["stride"], a.get("dilation", (1, 1))
     pads = resolve_padding(a["padding"], (h, w), k, s, d)
     a["padding"] = pads
-    out = []
-    for axis, n, ki, si, di, lo, hi in ((0, h, k[0], s[0], d[0], pads[0], pads[1]),
-                                        (1, w, k[1], s[1], d[1], pads[2], pads[3])):
+    out, dropped, sums = [], [], []
+    for n, ki, si, di, lo, hi in ((h, k[0], s[0], d[0], pads[0], pads[1]),
+                                  (w, k[1], s[1], d[1], pads[2], pads[3])):
         o = window_out(n, ki, si, di, lo, hi, ceil_mode)
         if o is None or o < 1:
             raise _does_not_fit(op, (h, w), k, d, pads, s, fit_help)
-        _check_tiling(axis, n, ki, si, di, lo, hi, o, ceil_mode, warn)
         out.append(o)
+        last_covered = (o - 1) * si + di * (ki - 1)
+        dropped.append(0 if ceil_mode else max(0, (lo + n - 1) - last_covered))
+        sums.append(f"({n} + {lo + hi} - {di * (ki - 1) + 1}) / {si} + 1 = "
+                    f"{(n + lo + hi - di * (ki - 1) - 1) / si + 1:.2f}")
+    if any(dropped):
+        _warn_tiling(dropped, sums, s, warn)
     return out[0], out[1]
+
+
+def _warn_tiling(dropped: list[int], sums: list[str], s, warn: Warn) -> None:
+    words = [f"{n} {('row', 'rows')[n > 1]}" for n in dropped[:1] if n] + \
+            [f"{n} {('column', 'columns')[n > 1]}" for n in dropped[1:] if n]
+    axes = [sums[i] for i in (0, 1) if dropped[i]]
+    if len(axes) == 2 and axes[0] == axes[1]:
+        axes = axes[:1]
+    stride = s[0] if s[0] == s[1] else f"{s[0]}x{s[1]}"
+    warn(f"stride {stride} does not tile the input: {'; '.join(axes)}; the last "
+         f"{' and '.join(words)} of the input are ignored", code="W-stride", arg="stride",
+         help="change the padding or the stride so that the windows cover the input")
 
 
 def _does_not_fit(op, hw, k, d, pads, s, fit_help) -> LayerError:
@@ -209,20 +227,6 @@ def _does_not_fit(op, hw, k, d, pads, s, fit_help) -> LayerError:
                f"{d[1]}*{f - 1} - 1)/{s[1]}) + 1 = {(n + p - d[1] * (f - 1) - 1) // s[1] + 1}")
     return LayerError(f"{kernel} does not fit {where}", arg="kernel", notes=(formula,),
                       help=fit_help or "pad it (e.g. padding=same) or drop a pooling layer")
-
-
-def _check_tiling(axis, n, k, s, d, lo, hi, out, ceil_mode, warn: Warn) -> None:
-    if ceil_mode:
-        return
-    last_covered = (out - 1) * s + d * (k - 1)
-    dropped = (lo + n - 1) - last_covered
-    if dropped > 0:
-        what = ("row", "rows") if axis == 0 else ("column", "columns")
-        exact = (n + lo + hi - d * (k - 1) - 1) / s + 1
-        warn(f"stride {s} does not tile the input: ({n} + {lo + hi} - {d * (k - 1) + 1}) / {s}"
-             f" + 1 = {exact:.2f}; the last {dropped} {what[dropped > 1]} of the input "
-             "are ignored", code="W-stride", arg="stride",
-             help="change the padding or the stride so that the windows cover the input")
 
 
 # ---- the registry ------------------------------------------------------------------
@@ -462,7 +466,7 @@ class Upsample(LayerKind):
 
 class Pad(LayerKind):
     op, family = "pad", "reshape"
-    doc = "constant padding (top, bottom, left, right)"
+    doc = "constant padding on every side: pad(1) or pad((rows, columns))"
     args = (Arg("padding", pair0), Arg("value", number, 0.0))
 
     def infer(self, a, xs, warn):

@@ -7,8 +7,13 @@ from importlib import resources
 from pathlib import Path
 
 from lark import Lark, Token, Transformer, v_args
-from lark.exceptions import (UnexpectedCharacters, UnexpectedEOF, UnexpectedInput,
-                             UnexpectedToken, VisitError)
+from lark.exceptions import (
+    UnexpectedCharacters,
+    UnexpectedEOF,
+    UnexpectedInput,
+    UnexpectedToken,
+    VisitError,
+)
 
 from . import ast
 from .diagnostics import CnnError, Diagnostic, Label
@@ -120,8 +125,9 @@ def _syntax_diagnostic(exc: UnexpectedInput, text: str, file: str, parser: Lark)
         related = (Label(span=Span(file=file, line=paren.line, column=paren.column,
                                    end_line=paren.line, end_column=paren.column + 1),
                          text="this `(` is never closed"),)
+    label = "the file ends here" if found == "the end of the file" else f"unexpected {found}"
     return Diagnostic(code="E-syntax", message=f"expected {expected}, found {found}",
-                      span=span, label=f"unexpected {found}", related=related)
+                      span=span, label=label, related=related)
 
 
 # ---- tree -> ast ---------------------------------------------------------------

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import math
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from . import ast
 from .diagnostics import error
@@ -92,9 +93,9 @@ def _require_number(value: Value, expr: ast.Expr, op: str) -> None:
 
 
 def _bounded(value: Value, expr) -> Value:
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        if isinstance(value, float) and not math.isfinite(value) or abs(value) > LIMIT:
-            raise error("E-value", "number out of range", expr.span,
+    is_number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if is_number and (isinstance(value, float) and not math.isfinite(value) or abs(value) > LIMIT):
+        raise error("E-value", "number out of range", expr.span,
                         label=f"larger than {LIMIT:.3g}")
     return value
 
@@ -147,5 +148,6 @@ def render_expr(expr: ast.Expr, env: dict[str, Value], outer: int = 0) -> str:
     if isinstance(expr, ast.Func):
         return f"{expr.name}(" + ", ".join(render_expr(a, env) for a in expr.args) + ")"
     level = _PRECEDENCE[expr.op]
-    text = f"{render_expr(expr.left, env, level)} {expr.op} {render_expr(expr.right, env, level + 1)}"
+    left = render_expr(expr.left, env, level)
+    text = f"{left} {expr.op} {render_expr(expr.right, env, level + 1)}"
     return f"({text})" if level < outer else text

@@ -7,8 +7,9 @@ functional join. Arguments equal to PyTorch's defaults are left out to keep sour
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from ..ir import Node
 
@@ -37,10 +38,10 @@ def _non_default(**pairs) -> dict[str, Any]:
 
 def _padding(node: Node, pad_value: float = 0.0):
     """Symmetric padding goes to the layer; asymmetric (`same` at stride 2) to F.pad."""
-    t, b, l, r = node.attrs["padding"]
-    if t == b and l == r:
-        return (t, l), None
-    return (0, 0), (l, r, t, b)
+    top, bottom, left, right = node.attrs["padding"]
+    if top == bottom and left == right:
+        return (top, left), None
+    return (0, 0), (left, right, top, bottom)
 
 
 def conv(node: Node) -> TorchLayer:

@@ -25,7 +25,8 @@ def py_literal(value) -> str:
             return "float('-inf')"
         return repr(value)
     if isinstance(value, tuple):
-        return "(" + ", ".join(py_literal(v) for v in value) + ("," if len(value) == 1 else "") + ")"
+        inner = ", ".join(py_literal(v) for v in value)
+        return f"({inner},)" if len(value) == 1 else f"({inner})"
     return repr(value)
 
 

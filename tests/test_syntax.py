@@ -1,0 +1,50 @@
+"""The front end: what the grammar accepts and how the syntax tree keeps positions."""
+
+from __future__ import annotations
+
+import pytest
+
+import cnndsl
+from cnndsl import CnnError, ast
+from cnndsl.syntax import parse
+
+
+def test_layout_freedom_comments_newlines_and_semicolons():
+    model = cnndsl.load(
+        "# a comment\n\nnetwork t(c: int = 4) {  # trailing\n"
+        "    input x: 3x16x16\n"
+        "    conv(c,\n         3,   # arguments may span lines\n         padding=same) ->\n"
+        "        relu; maxpool(2)\n"
+        "}\n")
+    assert [n.op for n in model.layers] == ["conv", "relu", "maxpool"]
+    assert model.layers[-1].shape == (4, 8, 8)
+
+
+def test_spans_point_at_the_source():
+    module = parse("network t() {\n    input x: 1 x 8 x 8\n    c1: conv(2, 3)\n}\n", "t.cnn")
+    (chain,) = [s for s in module.definitions[0].body if isinstance(s, ast.Chain)]
+    layer = chain.steps[0]
+    assert (layer.label, layer.name) == ("c1", "conv")
+    assert (layer.span.line, layer.span.column) == (3, 5)
+    assert (layer.name_span.line, layer.name_span.column) == (3, 9)
+    assert layer.args[1].span.column == 17
+
+
+def test_expressions_follow_precedence():
+    model = cnndsl.load("network t(a: int = 3) {\n    input x: 8\n"
+                        "    linear(a + 2 * 3 ** 2 - 10 // 4)\n}\n")
+    assert model.layers[0].shape == (3 + 18 - 2,)
+
+
+def test_positional_after_keyword_is_a_syntax_error():
+    with pytest.raises(CnnError) as info:
+        parse("network t() {\n    input x: 1 x 8 x 8\n    conv(2, kernel=3, 1)\n}\n", "t.cnn")
+    (d,) = info.value.diagnostics
+    assert d.message == "positional argument after a keyword argument"
+    assert (d.span.line, d.span.column) == (3, 23)
+
+
+def test_nothing_is_evaluated_as_python():
+    with pytest.raises(CnnError) as info:
+        cnndsl.load("network t() {\n    input x: 8\n    linear(__import__(1))\n}\n")
+    assert info.value.diagnostics[0].message == "unknown function `__import__`"
