@@ -42,6 +42,22 @@ class Neg:
 
 
 @dataclass(frozen=True)
+class Compare:
+    op: str  # == != < > <= >=
+    left: Expr
+    right: Expr
+    span: Span
+
+
+@dataclass(frozen=True)
+class BoolOp:
+    op: str  # and, or, not (not has right=None)
+    left: Expr
+    right: Expr | None
+    span: Span
+
+
+@dataclass(frozen=True)
 class Func:
     name: str
     args: tuple[Expr, ...]
@@ -54,7 +70,7 @@ class Tuple:
     span: Span
 
 
-Expr = Num | Name | Str | BinOp | Neg | Func | Tuple
+Expr = Num | Name | Str | BinOp | Neg | Func | Tuple | Compare | BoolOp
 
 # ---- network structure ---------------------------------------------------------
 
@@ -92,6 +108,7 @@ class Residual:
     body: tuple[Stmt, ...]
     shortcut: tuple[Stmt, ...] | None
     span: Span
+    kwargs: tuple[KwArg, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -134,7 +151,16 @@ class Assign:
     target_span: Span
 
 
-Stmt = InputDecl | Output | Assign | Chain
+@dataclass(frozen=True)
+class Conditional:
+    """`a -> b -> c if condition`: the whole line applies only when the condition holds."""
+
+    chain: Chain
+    condition: Expr
+    span: Span
+
+
+Stmt = InputDecl | Output | Assign | Chain | Conditional
 
 # ---- top level -------------------------------------------------------------------
 

@@ -42,6 +42,7 @@ class Tensor:
     shape: tuple[int, ...] | None  # None: its producer failed; consumers stay quiet
     span: Span
     op: str  # producer op, "input" for inputs
+    sym: Any = None  # channels as an expression of the enclosing block's parameters
 
     @property
     def origin(self) -> str:
@@ -178,6 +179,10 @@ class Checker:
             return self.input_decl(stmt, frame, inputs, block_input)
         if isinstance(stmt, ast.Output):
             return self.output_stmt(stmt, frame, outputs)
+        if isinstance(stmt, ast.Conditional):
+            condition = self.coerce(boolean, self.eval(stmt.condition, frame.params),
+                                    stmt.condition.span, "condition")
+            return self.chain(stmt.chain, current, frame) if condition else current
         if isinstance(stmt, ast.Assign):
             result = self.chain(stmt.chain, current, frame)
             self.bind_tensor(stmt.target, stmt.target_span, result, frame)
@@ -290,7 +295,7 @@ class Checker:
                         help=did_you_mean(step.name, [*REGISTRY, *blocks, *frame.tensors]))
 
     def repeat(self, step: ast.Repeat, x: Tensor | None, frame: Frame) -> Tensor:
-        count = self.coerce(lambda v: as_int(v, 1), self.eval(step.count, frame.params),
+        count = self.coerce(lambda v: as_int(v, 0), self.eval(step.count, frame.params),
                             step.count.span, "repeat count")
         if count > MAX_REPEAT:
             raise self.fail("E-limit", f"repeat count {count} is over the limit of {MAX_REPEAT}",
@@ -325,7 +330,7 @@ class Checker:
         return label
 
     def auto_name(self, base: str, frame: Frame) -> str:
-        base = frame.prefix + base
+        base = frame.prefix + base + ("_" if base[-1].isdigit() else "")  # relu6_1, not relu61
         n = frame.counters.get(base, 0)
         while True:
             n += 1
@@ -349,12 +354,12 @@ class Checker:
                   name: str | None = None) -> Tensor:
         if kind.many_inputs:
             xs = self.merge_inputs(step, x, frame)
-            attrs, derivations = {}, {}
+            attrs, derivations, exprs = {}, {}, {}
         else:
             xs = [self.need_input(x, step.span)]
-            attrs, derivations = self.bind_args(kind.args, step, frame, f"`{kind.op}`")
+            attrs, derivations, exprs = self.bind_args(kind.args, step, frame, f"`{kind.op}`")
         local = self.local_name(step, kind.op, frame, name)
-        tensor = self.emit(kind, attrs, xs, frame.path + (local,), step, derivations)
+        tensor = self.emit(kind, attrs, xs, frame.path + (local,), step, derivations, exprs)
         if step.label is not None:
             frame.tensors.setdefault(step.label, tensor)
         return tensor
@@ -376,7 +381,7 @@ class Checker:
         return xs
 
     def emit(self, kind: LayerKind, attrs: dict, xs: list[Tensor], path: tuple[str, ...],
-             step, derivations=None) -> Tensor:
+             step, derivations=None, syms=None) -> Tensor:
         if any(t.shape is None for t in xs):
             return Tensor(".".join(path), None, step.span, kind.op)
         if len(self.nodes) >= MAX_NODES:
@@ -393,12 +398,15 @@ class Checker:
             return Tensor(".".join(path), None, step.span, kind.op)
         for w in warn.items:
             self.warning(w, step, xs)
+        syms = dict(syms or {})
+        if kind.channels_in and xs[0].sym is not None:
+            syms[kind.channels_in] = xs[0].sym
         node = Node(path=path, op=kind.op, attrs=attrs, inputs=tuple(t.name for t in xs),
                     in_shapes=tuple(shapes), shape=shape, params=params, buffers=buffers,
-                    macs=macs, span=step.span, derivations=derivations or {})
+                    macs=macs, span=step.span, derivations=derivations or {}, syms=syms)
         self.nodes.append(node)
         self.by_name[node.name] = node
-        return Tensor(node.name, shape, step.span, kind.op)
+        return Tensor(node.name, shape, step.span, kind.op, out_sym(kind, syms, xs, shape))
 
     def located(self, exc: LayerError, step, xs: list[Tensor]) -> Diagnostic:
         """A layer's complaint, placed on its argument (or the layer) with the input's story."""
@@ -457,8 +465,11 @@ class Checker:
     # ---- arguments --------------------------------------------------------------------
 
     def bind_args(self, signature: tuple[Arg, ...], step: ast.Layer, frame: Frame,
-                  what: str) -> tuple[dict, dict]:
-        """Match a call's arguments to a signature; evaluate and coerce each value."""
+                  what: str) -> tuple[dict, dict, dict]:
+        """Match a call's arguments to a signature; evaluate and coerce each value.
+
+        Returns the values, how derived values were computed, and the given expressions.
+        """
         positional = [a for a in signature if a.positional]
         by_name = {a.name: a for a in signature}
         given: dict[str, ast.Expr] = {}
@@ -496,7 +507,8 @@ class Checker:
                                 help=self.signature_help(signature, what))
             else:
                 values[arg.name] = arg.default
-        return values, derivations
+        exprs = {k: e for k, e in given.items() if not isinstance(values[k], str)}
+        return values, derivations, exprs
 
     @staticmethod
     def signature_help(signature: tuple[Arg, ...], what: str) -> str:
@@ -519,40 +531,51 @@ class Checker:
             raise self.fail("E-recursion", f"block `{defn.name}` calls itself", step.span,
                             notes=("calls: " + " -> ".join((*frame.blocks, defn.name)),),
                             help="blocks cannot be recursive; use `* N` to repeat")
-        values = self.bind_block_args(defn, self.block_signature(defn), step, frame)
+        values, exprs = self.bind_block_args(defn, self.block_signature(defn), step, frame)
+        if x.shape is not None:  # a block sees the channels it is given
+            values = {**values, "in_channels": x.shape[0]}
+        arg_syms = {**exprs, "in_channels": x.sym}
         local = self.local_name(step, defn.name, frame, name)
         path = frame.path + (local,)
         inner = Frame(values, path, blocks=frame.blocks + (defn.name,))
+        entry = Tensor(x.name, x.shape, x.span, x.op, ast.Name("in_channels", step.span))
         outputs: list[str] = []
-        result = self.statements(defn.body, x, inner, outputs=outputs, block_input=x)
+        result = self.statements(defn.body, entry, inner, outputs=outputs, block_input=entry)
         if outputs:
-            result = Tensor(outputs[-1], frame_shape(inner, outputs[-1], result), step.span,
-                            defn.name)
+            result = next(t for t in inner.tensors.values() if t.name == outputs[-1])
         self.warn_unused(inner, outputs)
         self.scopes.append(Scope(path=path, block=defn.name, args=values, span=step.span,
-                                 inputs=(x.name,), output=result.name if result else ""))
-        if result is None or result is x:
-            return Tensor(x.name, x.shape, step.span, defn.name)
-        return Tensor(result.name, result.shape, step.span, defn.name)
+                                 inputs=(x.name,), output=result.name if result else "",
+                                 arg_syms=arg_syms))
+        result = result or entry
+        mapping = {**{k: e for k, e in arg_syms.items() if e is not None},
+                   **{k: ast.Num(v, step.span) for k, v in values.items()
+                      if k not in arg_syms and isinstance(v, (int, float))}}
+        return Tensor(result.name, result.shape, step.span, defn.name,
+                      substitute(result.sym, mapping))
 
     def bind_block_args(self, defn, signature, step, frame) -> dict[str, Any]:
         """Block defaults are expressions over earlier parameters, evaluated at the call."""
         placeholders = tuple(Arg(a.name, a.coerce, _LATER if a.default is not REQUIRED
                                  else REQUIRED) for a in signature)
-        values, _ = self.bind_args(placeholders, step, frame, f"block `{defn.name}`")
+        values, _, exprs = self.bind_args(placeholders, step, frame, f"block `{defn.name}`")
         for arg, param in zip(signature, defn.params):
             if values[arg.name] is _LATER:
                 raw = self.eval(param.default, values)
                 values[arg.name] = self.coerce(arg.coerce, raw, param.default.span,
                                                f"parameter `{param.name}`")
-        return values
+        return values, exprs
 
     # ---- residual and branch --------------------------------------------------------
 
     def residual(self, step: ast.Residual, x: Tensor, frame: Frame) -> Tensor:
+        options, _, _ = self.bind_args(RESIDUAL_ARGS, ast.Layer(
+            "residual", (), step.kwargs, True, None, step.span, step.span), frame, "`residual`")
         body = self.statements(step.body, x, frame)
-        if body is None or body.shape is None:
+        if body is None or body.shape is None or x.shape is None:
             raise _StatementError()
+        if body.shape != x.shape and not options["project"] and step.shortcut is None:
+            return body  # MobileNet v2 / MBConv: a shortcut only where the shapes agree
         if step.shortcut is not None:
             shortcut = self.statements(step.shortcut, x, frame.with_prefix("shortcut_"))
             if shortcut is None or shortcut.shape is None:
@@ -588,7 +611,7 @@ class Checker:
         conv = {"out_channels": body.shape[0], "kernel": (1, 1), "stride": tuple(strides),
                 "padding": (0, 0), "dilation": (1, 1), "groups": 1, "bias": False}
         y = self.emit(REGISTRY["conv"], conv, [x], frame.path + (self.auto_name("conv", frame),),
-                      step)
+                      step, syms={"out_channels": body.sym} if body.sym is not None else {})
         return self.emit(REGISTRY["batchnorm"], {"eps": 1e-5, "momentum": 0.1}, [y],
                          frame.path + (self.auto_name("bn", frame),), step)
 
@@ -611,13 +634,44 @@ class Checker:
 
 
 _LATER = object()
+RESIDUAL_ARGS = (Arg("project", boolean, True, positional=False),)
 
 
-def frame_shape(frame: Frame, name: str, fallback: Tensor | None):
-    for tensor in frame.tensors.values():
-        if tensor.name == name:
-            return tensor.shape
-    return fallback.shape if fallback else None
+def out_sym(kind: LayerKind, syms: dict, xs: list[Tensor], shape) -> Any:
+    """The output's channels as an expression of the block's parameters, where one exists."""
+    if kind.channels_out is None:
+        return xs[0].sym
+    if kind.channels_out == "+":
+        if any(t.sym is None for t in xs):
+            return None
+        total = xs[0].sym
+        for t in xs[1:]:
+            total = ast.BinOp("+", total, t.sym, t.span)
+        return total
+    if kind.channels_out == "-":
+        return None
+    return syms.get(kind.channels_out)
+
+
+def substitute(expr: Any, mapping: dict[str, Any]) -> Any:
+    """Rewrite an expression of a callee's parameters into the caller's terms (or None)."""
+    if expr is None:
+        return None
+    if isinstance(expr, ast.Name):
+        return mapping.get(expr.id)
+    if isinstance(expr, (ast.Num, ast.Str)):
+        return expr
+    if isinstance(expr, ast.BinOp):
+        left, right = substitute(expr.left, mapping), substitute(expr.right, mapping)
+        return None if left is None or right is None else ast.BinOp(expr.op, left, right,
+                                                                      expr.span)
+    if isinstance(expr, ast.Neg):
+        operand = substitute(expr.operand, mapping)
+        return None if operand is None else ast.Neg(operand, expr.span)
+    if isinstance(expr, ast.Func):
+        args = [substitute(a, mapping) for a in expr.args]
+        return None if None in args else ast.Func(expr.name, tuple(args), expr.span)
+    return None
 
 
 def explain(expr: ast.Expr, params: dict[str, Any], value: Any) -> str:

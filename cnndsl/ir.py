@@ -32,6 +32,9 @@ class Node(BaseModel):
     macs: int
     span: Span
     derivations: dict[str, str] = {}  # argument -> how its value was computed
+    # argument -> its expression (cnndsl.ast) over the enclosing block's parameters and
+    # `in_channels`; lets the source back end write parametric block classes.
+    syms: dict[str, Any] = {}
 
     @property
     def name(self) -> str:
@@ -61,6 +64,8 @@ class Scope(BaseModel):
     span: Span
     inputs: tuple[str, ...] = ()
     output: str = ""
+    # the call's arguments (and "in_channels") as expressions of the caller's parameters
+    arg_syms: dict[str, Any] = {}
 
 
 class Network(BaseModel):

@@ -242,6 +242,10 @@ class LayerKind:
     args: ClassVar[tuple[Arg, ...]] = ()
     many_inputs: ClassVar[bool] = False  # merges take several tensors
     doc: ClassVar[str] = ""
+    # For generated block classes: the attribute holding the inferred input channels, and
+    # how output channels relate to arguments (None: passes the input's channels through).
+    channels_in: ClassVar[str | None] = None
+    channels_out: ClassVar[str | None] = None
 
     def __init_subclass__(cls, **kw):
         super().__init_subclass__(**kw)
@@ -266,6 +270,7 @@ class LayerKind:
 
 class Conv(LayerKind):
     op, family = "conv", "conv"
+    channels_in, channels_out = "in_channels", "out_channels"
     doc = "2-D convolution; input channels are inferred"
     args = (Arg("out_channels", positive), Arg("kernel", pair), Arg("stride", pair, 1),
             Arg("padding", padding, 0), Arg("dilation", pair, 1), Arg("groups", positive, 1),
@@ -294,6 +299,7 @@ class Conv(LayerKind):
 
 class ConvTranspose(LayerKind):
     op, family = "conv_transpose", "conv"
+    channels_in, channels_out = "in_channels", "out_channels"
     doc = "2-D transposed convolution (upsampling); out = (W-1)S - 2P + D(F-1) + output_padding + 1"
     args = (Arg("out_channels", positive), Arg("kernel", pair), Arg("stride", pair, 1),
             Arg("padding", pair0, 0), Arg("output_padding", pair0, 0),
@@ -394,6 +400,7 @@ class AdaptiveAvgPool(LayerKind):
 
 class BatchNorm(LayerKind):
     op, family = "batchnorm", "norm"
+    channels_in = "num_features"
     doc = "batch normalisation over channels (2-D) or features (1-D)"
     args = (Arg("eps", number, 1e-5), Arg("momentum", number, 0.1))
 
@@ -429,6 +436,7 @@ class Dropout(LayerKind):
 
 class Flatten(LayerKind):
     op, family = "flatten", "reshape"
+    channels_out = "-"  # C*H*W: not an expression of the block's parameters
     doc = "C x H x W -> C*H*W"
 
     def infer(self, a, xs, warn):
@@ -437,6 +445,7 @@ class Flatten(LayerKind):
 
 class Linear(LayerKind):
     op, family = "linear", "linear"
+    channels_in, channels_out = "in_features", "out_features"
     doc = "fully connected layer; input features are inferred"
     args = (Arg("out_features", positive), Arg("bias", boolean, True))
 
@@ -508,8 +517,21 @@ class Add(LayerKind):
         return xs[0]
 
 
+class Mul(LayerKind):
+    op, family, many_inputs = "mul", "merge", True
+    doc = "element-wise product; later tensors may be 1 on any axis (squeeze-excite gates)"
+
+    def infer(self, a, xs, warn):
+        for i, x in enumerate(xs[1:], 1):
+            if len(x) != len(xs[0]) or any(m not in (n, 1) for n, m in zip(xs[0], x)):
+                raise LayerError(f"mul of {fmt(xs[0])} by {fmt(x)}: each size must match or "
+                                 "be 1", inputs=(0, i))
+        return xs[0]
+
+
 class Concat(LayerKind):
     op, family, many_inputs = "concat", "merge", True
+    channels_out = "+"  # the sum of the inputs' channels
     doc = "concatenation along channels; all other sizes must agree"
 
     def infer(self, a, xs, warn):

@@ -24,25 +24,30 @@ def human_bytes(n: float) -> str:
     return f"{n:.0f} B"
 
 
-def render_table(headers: list[str], rows: list[list[str]], right: set[int]) -> str:
-    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h)
+def render_table(headers: list[str], rows: list[list[str] | str], right: set[int]) -> str:
+    """Columns sized to the cells; a plain string row is a note printed as it is."""
+    cells = [r for r in rows if not isinstance(r, str)]
+    widths = [max(len(h), *(len(r[i]) for r in cells)) if cells else len(h)
               for i, h in enumerate(headers)]
 
-    def line(cells):
+    def line(row):
+        if isinstance(row, str):
+            return row
         return "  ".join(c.rjust(w) if i in right else c.ljust(w)
-                         for i, (c, w) in enumerate(zip(cells, widths))).rstrip()
+                         for i, (c, w) in enumerate(zip(row, widths))).rstrip()
 
     rule = "  ".join("-" * w for w in widths)
     return "\n".join([line(headers), rule, *(line(r) for r in rows)])
 
 
-def layer_rows(ir: Network) -> list[list[str]]:
+def layer_rows(ir: Network) -> list[list[str] | str]:
     rows = [[i.name, "input", str(i.span.line), fmt(i.shape), "", ""] for i in ir.inputs]
     for n in ir.nodes:
         rows.append([n.name, n.op, str(n.span.line), fmt(n.shape),
                      f"{n.params:,}" if n.params else "", f"{n.macs:,}" if n.macs else ""])
         for arg, how in n.derivations.items():
-            rows.append([f"  {arg}: {how}", "", "", "", "", ""])
+            if how.count(" = ") > 1 or "(" in how.split(" = ")[0]:  # not a bare pass-through
+                rows.append(f"    {arg} = {how}")
     return rows
 
 

@@ -29,7 +29,11 @@ def grammar_text() -> str:
 
 
 class _Newlines:
-    """Post-lexer: newlines inside (...), after `->` or repeated carry no meaning."""
+    """Post-lexer: newlines inside (...), after `->` or repeated carry no meaning.
+
+    (A newline *before* `->` is part of the `_ARROW` terminal itself: Lark's contextual
+    lexer lexes in the parser's current state, so a post-lexer must not look ahead.)
+    """
 
     always_accept = ("_NL",)
 
@@ -41,8 +45,7 @@ class _Newlines:
         previous = None
         for tok in stream:
             if tok.type == "_NL":
-                if self.open_parens or previous is None or previous.type == "_NL" \
-                        or previous.value == "->":
+                if self.open_parens or previous is None or previous.type in ("_NL", "_ARROW"):
                     continue
             elif tok.value == "(":
                 self.open_parens.append(tok)
@@ -75,6 +78,7 @@ def parse(text: str, file: str = "<string>") -> ast.Module:
 # ---- syntax errors in words ------------------------------------------------------
 
 _TERMINAL_WORDS = {"NAME": "a name", "NUMBER": "a number", "STRING": "a string",
+                   "_ARROW": "`->`", "COMPARE": "a comparison",
                    "_NL": "a new line", "$END": "the end of the file"}
 
 
@@ -239,8 +243,35 @@ class _Builder(Transformer):
 
     @v_args(meta=True)
     def residual(self, meta, children):
-        body, shortcut = children
-        return ast.Residual(body=body, shortcut=shortcut, span=self._span(meta))
+        call, body, shortcut = children
+        if call is not None and call[0]:
+            raise CnnError([Diagnostic(code="E-arg", message="`residual` takes keyword "
+                                       "arguments only", span=call[0][0].span,
+                                       help="residual(project=false) { ... }")])
+        return ast.Residual(body=body, shortcut=shortcut, span=self._span(meta),
+                            kwargs=call[1] if call is not None else ())
+
+    @v_args(meta=True)
+    def conditional(self, meta, children):
+        chain, condition = children
+        return ast.Conditional(chain=chain, condition=condition, span=self._span(meta))
+
+    @v_args(meta=True)
+    def compare(self, meta, children):
+        left, op, right = children
+        return ast.Compare(op=str(op), left=left, right=right, span=self._span(meta))
+
+    @v_args(meta=True)
+    def and_(self, meta, children):
+        return ast.BoolOp(op="and", left=children[0], right=children[1], span=self._span(meta))
+
+    @v_args(meta=True)
+    def or_(self, meta, children):
+        return ast.BoolOp(op="or", left=children[0], right=children[1], span=self._span(meta))
+
+    @v_args(meta=True)
+    def not_(self, meta, children):
+        return ast.BoolOp(op="not", left=children[0], right=None, span=self._span(meta))
 
     def shortcut(self, children):
         return children[0]

@@ -80,6 +80,10 @@ def evaluate(expr: ast.Expr, env: dict[str, Value]) -> Value:
         return _binop(expr, evaluate(expr.left, env), evaluate(expr.right, env))
     if isinstance(expr, ast.Func):
         return _call(expr, [evaluate(arg, env) for arg in expr.args])
+    if isinstance(expr, ast.Compare):
+        return _compare(expr, evaluate(expr.left, env), evaluate(expr.right, env))
+    if isinstance(expr, ast.BoolOp):
+        return _boolean(expr, env)
     raise AssertionError(f"unknown expression {expr!r}")
 
 
@@ -115,6 +119,33 @@ def _binop(expr: ast.BinOp, left: Value, right: Value) -> Value:
     return _bounded(result, expr)
 
 
+_COMPARE = {"==": lambda a, b: a == b, "!=": lambda a, b: a != b, "<": lambda a, b: a < b,
+            ">": lambda a, b: a > b, "<=": lambda a, b: a <= b, ">=": lambda a, b: a >= b}
+
+
+def _compare(expr: ast.Compare, left: Value, right: Value) -> bool:
+    if expr.op not in ("==", "!="):
+        _require_number(left, expr.left, expr.op)
+        _require_number(right, expr.right, expr.op)
+    return _COMPARE[expr.op](left, right)
+
+
+def _require_bool(value: Value, expr: ast.Expr, op: str) -> bool:
+    if not isinstance(value, bool):
+        raise error("E-type", f"`{op}` needs true or false, found {type_name(value)} "
+                    f"`{describe(value)}`", expr.span, label="not a condition")
+    return value
+
+
+def _boolean(expr: ast.BoolOp, env: dict[str, Value]) -> bool:
+    left = _require_bool(evaluate(expr.left, env), expr.left, expr.op)
+    if expr.op == "not":
+        return not left
+    if expr.op == "and" and not left or expr.op == "or" and left:
+        return left
+    return _require_bool(evaluate(expr.right, env), expr.right, expr.op)
+
+
 def _call(expr: ast.Func, args: list[Value]) -> Value:
     function = FUNCTIONS.get(expr.name)
     if function is None:
@@ -147,6 +178,12 @@ def render_expr(expr: ast.Expr, env: dict[str, Value], outer: int = 0) -> str:
         return "-" + render_expr(expr.operand, env, 4)
     if isinstance(expr, ast.Func):
         return f"{expr.name}(" + ", ".join(render_expr(a, env) for a in expr.args) + ")"
+    if isinstance(expr, ast.Compare):
+        return f"{render_expr(expr.left, env, 1)} {expr.op} {render_expr(expr.right, env, 1)}"
+    if isinstance(expr, ast.BoolOp):
+        if expr.op == "not":
+            return f"not {render_expr(expr.left, env, 1)}"
+        return f"{render_expr(expr.left, env)} {expr.op} {render_expr(expr.right, env)}"
     level = _PRECEDENCE[expr.op]
     left = render_expr(expr.left, env, level)
     text = f"{left} {expr.op} {render_expr(expr.right, env, level + 1)}"

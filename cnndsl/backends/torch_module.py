@@ -56,6 +56,10 @@ class CnnModule(nn.Module):
                 out = args[0]
                 for other in args[1:]:
                     out = out + other
+            elif spec.join == "mul":
+                out = args[0]
+                for other in args[1:]:
+                    out = out * other
             elif spec.join == "concat":
                 out = torch.cat(args, dim=1)
             else:

@@ -141,6 +141,7 @@ TORCH_OPS: dict[str, Callable[[Node], TorchLayer]] = {
     "identity": _simple("Identity"),
     "add": lambda n: TorchLayer(None, join="add"),
     "concat": lambda n: TorchLayer(None, join="concat"),
+    "mul": lambda n: TorchLayer(None, join="mul"),
 }
 
 

@@ -1,33 +1,93 @@
 """PyTorch back end (b): readable, standalone source that imports only torch.
 
-The module layout (attribute names) equals the in-memory module's, so a state_dict saved
-from one loads into the other.
+Each block definition becomes an `nn.Module` class whose constructor takes the block's
+parameters (and `in_channels`); a layer's arguments are written as the spec wrote them
+(`nn.Conv2d(in_channels, c * expansion, ...)`), using the expressions the checker recorded.
+An expression is used only if it gives the checker's value for every call of that class;
+otherwise the value is written literally, and calls that then differ (in structure or in a
+literal) get classes of their own (`Bottleneck`, `Bottleneck2`).
+
+Attribute names equal the in-memory module's paths, so their state_dicts are the same.
 """
 
 from __future__ import annotations
 
 import keyword
 from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
 
-from .. import __version__
-from ..ir import Network, Node
+from .. import __version__, ast
+from ..ir import Network, Node, Scope
 from ..layers import fmt
+from ..values import evaluate
 from .torch_ops import TorchLayer, torch_layer
+
+# ---- Python text ----------------------------------------------------------------------
 
 
 def class_name(name: str) -> str:
     return "".join(part[:1].upper() + part[1:] for part in name.split("_") if part) or "Net"
 
 
+def identifier(name: str) -> str:
+    name = name.replace(".", "_")
+    reserved = ("self", "torch", "nn", "F", "math", "x")
+    return name + "_" if keyword.iskeyword(name) or name in reserved else name
+
+
 def py_literal(value) -> str:
+    if isinstance(value, Sym):
+        return value.code
     if isinstance(value, float):
-        if value == float("-inf"):
-            return "float('-inf')"
-        return repr(value)
+        return "float('-inf')" if value == float("-inf") else repr(value)
     if isinstance(value, tuple):
         inner = ", ".join(py_literal(v) for v in value)
         return f"({inner},)" if len(value) == 1 else f"({inner})"
     return repr(value)
+
+
+_PY_FUNCS = {"divisible": "_divisible", "ceil": "math.ceil", "floor": "math.floor"}
+_PRECEDENCE = {"or": 1, "and": 2, "not": 3, "cmp": 4, "+": 5, "-": 5, "*": 6, "/": 6,
+               "//": 6, "neg": 7, "**": 8}
+
+
+def py_expr(expr: ast.Expr, needs: set[str], outer: int = 0) -> str:
+    """A .cnn expression in Python syntax (parameter names kept)."""
+    if isinstance(expr, ast.Num):
+        return repr(expr.value)
+    if isinstance(expr, ast.Name):
+        return {"true": "True", "false": "False"}.get(expr.id, identifier(expr.id))
+    if isinstance(expr, ast.Func):
+        name = _PY_FUNCS.get(expr.name, expr.name)
+        needs.add(name.split(".")[0])
+        return f"{name}({', '.join(py_expr(a, needs) for a in expr.args)})"
+    if isinstance(expr, ast.Tuple):
+        return "(" + ", ".join(py_expr(i, needs) for i in expr.items) + ")"
+    if isinstance(expr, ast.Neg):
+        text, level = "-" + py_expr(expr.operand, needs, _PRECEDENCE["neg"]), _PRECEDENCE["neg"]
+    elif isinstance(expr, ast.BoolOp) and expr.op == "not":
+        text, level = "not " + py_expr(expr.left, needs, 3), 3
+    else:
+        level = _PRECEDENCE["cmp" if isinstance(expr, ast.Compare) else expr.op]
+        right_level = level if expr.op == "**" else level + 1
+        text = (f"{py_expr(expr.left, needs, level + (expr.op == '**'))} {expr.op} "
+                f"{py_expr(expr.right, needs, right_level)}")
+    return f"({text})" if level < outer else text
+
+
+class Sym:
+    """An argument written as an expression. Equal only to the same expression, so a
+    handler never drops it as a 'default' value but still sees symmetric padding."""
+
+    def __init__(self, code: str):
+        self.code = code
+
+    def __eq__(self, other):
+        return isinstance(other, Sym) and other.code == self.code
+
+    def __hash__(self):
+        return hash(self.code)
 
 
 def constructor(spec: TorchLayer) -> str:
@@ -36,86 +96,315 @@ def constructor(spec: TorchLayer) -> str:
     return f"nn.{spec.cls}({', '.join(parts)})"
 
 
-def _identifier(name: str) -> str:
-    name = name.replace(".", "_")
-    return name + "_" if keyword.iskeyword(name) or name in ("self", "torch", "nn", "F") else name
+# ---- the scope tree -------------------------------------------------------------------
+
+
+@dataclass
+class Item:
+    """A direct child of a scope: a layer (node) or a nested scope."""
+
+    local: str
+    node: Node | None = None
+    scope: Scope | None = None
+    children: list[Item] = field(default_factory=list)
+    inputs: tuple[str, ...] = ()
+    output: str = ""
+
+
+def build_tree(ir: Network) -> Item:
+    root = Item("", scope=Scope(path=(), block=None, span=ir.inputs[0].span))
+    items: dict[tuple[str, ...], Item] = {(): root}
+    for scope in sorted(ir.scopes, key=lambda s: len(s.path)):
+        items[scope.path] = Item(scope.path[-1], scope=scope, inputs=scope.inputs,
+                                 output=scope.output)
+    attached: set[tuple[str, ...]] = set()
+
+    def attach(path: tuple[str, ...]) -> None:
+        if path in attached or path == ():
+            return
+        attached.add(path)
+        attach(path[:-1])
+        items[path[:-1]].children.append(items[path])
+
+    for node in ir.nodes:
+        items[node.path] = Item(node.local, node=node, inputs=node.inputs, output=node.name)
+        attach(node.path)
+    return root
+
+
+# ---- class planning -------------------------------------------------------------------
+
+
+@dataclass
+class ClassPlan:
+    name: str
+    block: str
+    params: list[str]  # constructor parameters, in_channels first
+    init: list[str]
+    forward: list[str]
+    doc: str
+
+
+class _Planner:
+    def __init__(self, ir: Network, definitions: dict[str, ast.Definition]):
+        self.ir = ir
+        self.definitions = definitions
+        self.needs: set[str] = set()
+        self.classes: list[ClassPlan] = []
+        self.by_signature: dict[tuple, ClassPlan] = {}
+        self.class_of: dict[tuple[str, ...], ClassPlan] = {}  # scope path -> its class
+        self.taken = {class_name(ir.name)}
+
+    # a block instance -> (class, constructor call)
+    def plan_block(self, item: Item) -> None:
+        for child in item.children:
+            if child.scope is not None:
+                self.plan_scope_children(child)
+        scope = item.scope
+        env = scope.args
+        init, params = self.init_lines(item, env)
+        forward = self.forward_lines(item, ("x",))
+        ordered = ["in_channels"] + [p.name for p in self.definitions[scope.block].params] \
+            if scope.block in self.definitions else ["in_channels"]
+        used = [p for p in ordered if p in params]
+        signature = (scope.block, tuple(used), tuple(init), tuple(forward))
+        plan = self.by_signature.get(signature)
+        if plan is None:
+            plan = ClassPlan(self.fresh_name(scope.block), scope.block, used, init, forward,
+                             self.doc(scope.block))
+            self.by_signature[signature] = plan
+            self.classes.append(plan)
+        self.class_of[scope.path] = plan
+
+    def plan_scope_children(self, item: Item) -> None:
+        if item.scope.block is None:  # a labelled repeat: plan what it holds
+            for child in item.children:
+                if child.scope is not None:
+                    self.plan_scope_children(child)
+        else:
+            self.plan_block(item)
+
+    def fresh_name(self, block: str) -> str:
+        base = class_name(block)
+        name, n = base, 1
+        while name in self.taken:
+            n += 1
+            name = f"{base}{n}"
+        self.taken.add(name)
+        return name
+
+    def doc(self, block: str) -> str:
+        defn = self.definitions.get(block)
+        if defn is None:
+            return f"block {block}"
+        params = ", ".join(p.name for p in defn.params)
+        return f"block {block}({params}), {defn.span.file}:{defn.span.line}"
+
+    # constructor lines; `env` is the instance's parameter values (None at the network)
+    def init_lines(self, item: Item, env: dict | None) -> tuple[list[str], set[str]]:
+        lines: list[str] = []
+        used: set[str] = set()
+        for child in item.children:
+            code = self.make(child, env, used)
+            if code is not None:
+                lines.append(f"self.{child.local} = {code}")
+        return lines, used
+
+    def make(self, item: Item, env: dict | None, used: set[str]) -> str | None:
+        if item.node is not None:
+            spec = self.symbolic_layer(item.node, env, used)
+            return None if spec.cls is None else constructor(spec)
+        scope = item.scope
+        if scope.block is None:
+            parts = [self.make(child, env, used) for child in item.children]
+            return f"nn.Sequential({', '.join(p for p in parts if p)})"
+        plan = self.class_of[scope.path]
+        args = [self.argument(scope.arg_syms.get(p), scope.args[p], env, used)
+                for p in plan.params]
+        return f"{plan.name}({', '.join(args)})"
+
+    def argument(self, expr, value, env: dict | None, used: set[str]) -> str:
+        """An expression of the enclosing block's parameters if it gives `value`, else a literal."""
+        if env is not None and expr is not None and _gives(expr, env, value):
+            used.update(_names(expr))
+            return py_expr(expr, self.needs)
+        return py_literal(value)
+
+    def symbolic_layer(self, node: Node, env: dict | None, used: set[str]) -> TorchLayer:
+        if env is None or not node.syms:
+            return torch_layer(node)
+        attrs, names = dict(node.attrs), set()
+        for attr, expr in node.syms.items():
+            value = attrs.get(attr)
+            if isinstance(value, tuple) and len(value) == 4:  # resolved padding
+                symbolic = _symmetric_padding(expr, env, value, self.needs)
+                if symbolic is not None:
+                    attrs[attr] = symbolic
+                    names.update(_names(expr))
+            elif attr in attrs and _gives(expr, env, value):
+                attrs[attr] = Sym(py_expr(expr, self.needs))
+                names.update(_names(expr))
+        try:
+            spec = torch_layer(node.model_copy(update={"attrs": attrs}))
+        except (TypeError, ValueError):  # a handler that needs the number itself
+            return torch_layer(node)
+        used.update(names)
+        return spec
+
+    # forward lines of a scope whose inputs are `inputs`
+    def forward_lines(self, item: Item, inputs: tuple[str, ...]) -> list[str]:
+        external = dict(zip(item.scope.inputs, inputs)) if item.scope.path else {
+            i.name: identifier(i.name) for i in self.ir.inputs}
+        return _Forward(item, external, self.ir, shapes=False).lines()
 
 
 class _Forward:
     """Writes forward(): a chain reuses `x`; a value used elsewhere gets its own name."""
 
-    def __init__(self, ir: Network):
+    def __init__(self, item: Item, external: dict[str, str], ir: Network, shapes: bool):
+        self.item = item
         self.ir = ir
-        self.uses = Counter(i for n in ir.nodes for i in n.inputs)
-        self.uses.update(ir.outputs)
-        self.var = {i.name: _identifier(i.name) for i in ir.inputs}
-        self.lines: list[str] = []
+        self.shapes = shapes  # shape comments only where one instance is meant
+        self.var = dict(external)
+        self.uses = Counter(i for child in item.children for i in child.inputs)
+        self.outputs = [item.output] if item.scope.path else list(ir.outputs)
+        self.uses.update(self.outputs)
         self.needs_functional = False
 
-    def emit(self, index: int, node: Node, spec: TorchLayer) -> None:
-        args = [self.var[i] for i in node.inputs]
-        if spec.join == "add":
-            expr = " + ".join(args)
-        elif spec.join == "concat":
-            expr = f"torch.cat([{', '.join(args)}], dim=1)"
-        else:
-            arg = args[0]
-            if spec.pre_pad is not None:
-                self.needs_functional = True
-                value = "" if spec.pad_value == 0 else f", value={py_literal(spec.pad_value)}"
-                arg = f"F.pad({arg}, {py_literal(spec.pre_pad)}{value})"
-            expr = f"self.{node.name}({arg})"
-        nodes = self.ir.nodes
-        last = index + 1 == len(nodes)
-        chained = self.uses[node.name] == 1 and (
-            not last and node.name in nodes[index + 1].inputs and node.name not in self.ir.outputs
-            or last and self.ir.outputs == (node.name,))
-        target = "x" if chained else _identifier(node.name)
-        self.var[node.name] = target
-        self.lines.append(f"{target} = {expr}  # {fmt(node.shape)}")
+    def lines(self) -> list[str]:
+        out = []
+        children = self.item.children
+        remaining = Counter(self.uses)
+        for index, child in enumerate(children):
+            expr = self.expression(child)
+            remaining.subtract(child.inputs)
+            nxt = children[index + 1] if index + 1 < len(children) else None
+            last = nxt is None
+            chained = self.uses[child.output] == 1 and (
+                not last and child.output in nxt.inputs and child.output not in self.outputs
+                or last and self.outputs == [child.output])
+            target = self.free_running_var(child, remaining) if chained else None
+            target = target or identifier(child.local)
+            self.var[child.output] = target
+            shape = fmt(self.ir.shape_of(child.output)) if self.shapes else ""
+            out.append(f"{target} = {expr}" + (f"  # {shape}" if shape else ""))
+        missing = [o for o in self.outputs if o not in self.var]
+        if missing:  # an empty block passes its input through
+            return out + ["return x"]
+        return out + ["return " + ", ".join(self.var[o] for o in self.outputs)]
 
-    def returns(self) -> str:
-        return "return " + ", ".join(self.var[o] for o in self.ir.outputs)
+    def free_running_var(self, child: Item, remaining: Counter) -> str | None:
+        """`x`, else `y`, `z`: the first whose value nobody needs any more (or this child's)."""
+        for candidate in ("x", "y", "z"):
+            holders = [n for n, v in self.var.items() if v == candidate]
+            if all(remaining[n] <= 0 for n in holders):
+                return candidate
+        return None
+
+    def expression(self, child: Item) -> str:
+        args = [self.var[i] for i in child.inputs]
+        if child.node is None:
+            return f"self.{child.local}({args[0]})"
+        spec = torch_layer(child.node)
+        if spec.join in ("add", "mul"):
+            return (" + " if spec.join == "add" else " * ").join(args)
+        if spec.join == "concat":
+            return f"torch.cat([{', '.join(args)}], dim=1)"
+        arg = args[0]
+        if spec.pre_pad is not None:
+            self.needs_functional = True
+            value = "" if spec.pad_value == 0 else f", value={py_literal(spec.pad_value)}"
+            arg = f"F.pad({arg}, {py_literal(spec.pre_pad)}{value})"
+        return f"self.{child.local}({arg})"
 
 
-def generate_source(ir: Network, definitions=None) -> str:
-    if any(len(n.path) > 1 for n in ir.nodes):
-        raise NotImplementedError("source generation for blocks arrives with block classes")
+def _gives(expr, env: dict, value: Any) -> bool:
+    """Whether the expression, evaluated with this instance's parameters, is `value`."""
+    try:
+        result = evaluate(expr, env)
+    except Exception:  # noqa: BLE001 - any failure means: not usable as an expression
+        return False
+    if isinstance(value, tuple) and not isinstance(result, tuple):
+        result = (result,) * len(value)
+    return type(result) is type(value) and result == value or (
+        isinstance(value, tuple) and result == value)
+
+
+def _symmetric_padding(expr, env: dict, value: tuple, needs: set[str]):
+    """(top, bottom, left, right) as expressions, when the written padding gives it."""
+    top, bottom, left, right = value
+    if top != bottom or left != right or not _gives(expr, env, (top, left)):
+        return None
+    if isinstance(expr, ast.Tuple):
+        rows, cols = (Sym(py_expr(e, needs)) for e in expr.items)
+    else:
+        rows = cols = Sym(py_expr(expr, needs))
+    return (rows, rows, cols, cols)
+
+
+def _names(expr) -> set[str]:
+    if isinstance(expr, ast.Name):
+        return {expr.id}
+    found: set[str] = set()
+    for part in vars(expr).values():
+        if isinstance(part, tuple):
+            for sub in part:
+                if hasattr(sub, "span"):
+                    found |= _names(sub)
+        elif hasattr(part, "span") and not isinstance(part, type(expr.span)):
+            found |= _names(part)
+    return found
+
+
+_DIVISIBLE = '''def _divisible(value, divisor=8, min_value=None):
+    """Round a channel count to a multiple of divisor, never dropping below 90%."""
+    min_value = divisor if min_value is None else min_value
+    rounded = max(min_value, int(value + divisor / 2) // divisor * divisor)
+    if rounded < 0.9 * value:
+        rounded += divisor
+    return rounded'''
+
+
+def generate_source(ir: Network, definitions: dict[str, ast.Definition] | None = None) -> str:
+    planner = _Planner(ir, definitions or {})
+    root = build_tree(ir)
+    for child in root.children:
+        if child.scope is not None:
+            planner.plan_scope_children(child)
+    init, _ = planner.init_lines(root, None)
+    forward = _Forward(root, {i.name: identifier(i.name) for i in ir.inputs}, ir, shapes=True)
+    forward_lines = forward.lines()
+    needs_functional = forward.needs_functional or any(
+        "F.pad(" in line for plan in planner.classes for line in plan.forward)
     name = class_name(ir.name)
-    init, forward = [], _Forward(ir)
-    for index, node in enumerate(ir.nodes):
-        spec = torch_layer(node)
-        if spec.cls is not None:
-            init.append(f"self.{node.local} = {constructor(spec)}")
-        forward.emit(index, node, spec)
     inputs = ", ".join(f"{i.name}: {fmt(i.shape)}" for i in ir.inputs)
-    header = [
-        f'"""{ir.name}: generated by cnndsl {__version__} from {ir.file}; edit the spec, not this.',
+    out = [
+        f'"""{ir.name}: generated by cnndsl {__version__} from {ir.file}; edit the spec, '
+        'not this.',
         "",
         f"{ir.total_params:,} parameters, {ir.total_macs:,} MACs per image "
         "(conv and linear multiply-accumulates).",
         '"""',
         "",
+        *(["import math", ""] if "math" in planner.needs else []),
         "import torch",
-        *(["import torch.nn.functional as F"] if forward.needs_functional else []),
+        *(["import torch.nn.functional as F"] if needs_functional else []),
         "from torch import nn",
         "",
-        "",
-        f"class {name}(nn.Module):",
-        f'    """Input {inputs}."""',
-        "",
-        "    def __init__(self):",
-        "        super().__init__()",
-        *(f"        {line}" for line in init),
-        "",
-        f"    def forward(self, {', '.join(forward.var[i.name] for i in ir.inputs)}):",
-        *(f"        {line}" for line in forward.lines),
-        f"        {forward.returns()}",
-        "",
-        "",
-        f"def build() -> {name}:",
-        f'    """A fresh, randomly initialised {ir.name}."""',
-        f"    return {name}()",
-        "",
     ]
-    return "\n".join(header)
+    if "_divisible" in planner.needs:
+        out += ["", _DIVISIBLE, ""]
+    for plan in planner.classes:
+        signature = ", ".join(["self", *(identifier(p) for p in plan.params)])
+        out += ["", f"class {plan.name}(nn.Module):", f'    """{plan.doc}"""', "",
+                f"    def __init__({signature}):", "        super().__init__()",
+                *(f"        {line}" for line in plan.init), "",
+                "    def forward(self, x):", *(f"        {line}" for line in plan.forward), ""]
+    args = ", ".join(identifier(i.name) for i in ir.inputs)
+    out += ["", f"class {name}(nn.Module):", f'    """Input {inputs}."""', "",
+            "    def __init__(self):", "        super().__init__()",
+            *(f"        {line}" for line in init), "",
+            f"    def forward(self, {args}):", *(f"        {line}" for line in forward_lines),
+            "", "", f"def build() -> {name}:",
+            f'    """A fresh, randomly initialised {ir.name}."""', f"    return {name}()", ""]
+    return "\n".join(out)
