@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import gc
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -72,6 +75,24 @@ def load(source: str | Path, *, network: str | None = None, strict: bool = False
     Raises `CnnError` (with located diagnostics) when the spec is wrong.
     """
     program = Program()
+    with _gc_paused():
+        return _load(program, source, network, strict, params)
+
+
+@contextmanager
+def _gc_paused() -> Iterator[None]:
+    """Parsing and checking allocate many acyclic objects; the cyclic GC rescanning them
+    made parsing superlinear (12k lines: 5.2 s with it, 3.0 s without). Pause it meanwhile."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
+def _load(program: Program, source, network, strict, params) -> Model:
     try:
         program.load_stdlib()
         if _is_path(source):

@@ -226,9 +226,10 @@ class Checker:
 
     def check_name_free(self, name: str, span: Span, frame: Frame) -> None:
         if name in frame.tensors:
+            first = frame.assigned.get(name, frame.tensors[name].span)
             raise self.fail("E-name", f"`{name}` is already defined", span,
-                            label="defined again here",
-                            related=(Label(span=frame.tensors[name].span, text="first here"),))
+                            label="defined again here", related=(Label(span=first,
+                                                                       text="first here"),))
         if name in REGISTRY or name in self.definitions:
             kind = "layer" if name in REGISTRY else "block"
             raise self.fail("E-name", f"`{name}` is a {kind} name", span,
@@ -414,6 +415,12 @@ class Checker:
         related = tuple(Label(span=xs[i].span, text=f"{fmt(xs[i].shape)} from here")
                         for i in exc.inputs if xs[i].span != step.span)
         notes = list(exc.notes)
+        for i in exc.inputs:  # a rounding that breaks a merge: say how each side was computed
+            producer = self.by_name.get(xs[i].name)
+            how = producer.derivations.get("out_channels") if producer else None
+            if how:
+                notes.append(f"{fmt(xs[i].shape)} has out_channels = {how} (line "
+                             f"{producer.span.line})")
         context = ""
         if len(xs) == 1:
             x = xs[0]
@@ -510,13 +517,18 @@ class Checker:
         exprs = {k: e for k, e in given.items() if not isinstance(values[k], str)}
         return values, derivations, exprs
 
-    @staticmethod
-    def signature_help(signature: tuple[Arg, ...], what: str) -> str:
-        def short(v):
-            return v[0] if isinstance(v, tuple) and len(set(v)) == 1 else v
-        parts = [a.name if a.default is REQUIRED else f"{a.name}={describe(short(a.default))}"
-                 for a in signature if a.default is not _LATER]
-        return f"{what.strip('`')}({', '.join(parts)})"
+    def signature_help(self, signature: tuple[Arg, ...], what: str) -> str:
+        def default(arg: Arg) -> str:
+            if arg.default is _LATER:  # a block parameter: its default as written
+                param = next(p for p in self.definitions[name].params if p.name == arg.name)
+                return render_expr(param.default, {})
+            value = arg.default
+            return describe(value[0] if isinstance(value, tuple) and len(set(value)) == 1
+                            else value)
+        name = what.split("`")[1]
+        parts = [a.name if a.default is REQUIRED else f"{a.name}={default(a)}"
+                 for a in signature]
+        return f"{name}({', '.join(parts)})"
 
     # ---- blocks -------------------------------------------------------------------
 
@@ -531,9 +543,10 @@ class Checker:
             raise self.fail("E-recursion", f"block `{defn.name}` calls itself", step.span,
                             notes=("calls: " + " -> ".join((*frame.blocks, defn.name)),),
                             help="blocks cannot be recursive; use `* N` to repeat")
-        values, exprs = self.bind_block_args(defn, self.block_signature(defn), step, frame)
-        if x.shape is not None:  # a block sees the channels it is given
-            values = {**values, "in_channels": x.shape[0]}
+        channels = {"in_channels": x.shape[0]} if x.shape is not None else {}
+        values, exprs = self.bind_block_args(defn, self.block_signature(defn), step, frame,
+                                             channels)
+        values = {**values, **channels}  # a block sees the channels it is given
         arg_syms = {**exprs, "in_channels": x.sym}
         local = self.local_name(step, defn.name, frame, name)
         path = frame.path + (local,)
@@ -554,14 +567,14 @@ class Checker:
         return Tensor(result.name, result.shape, step.span, defn.name,
                       substitute(result.sym, mapping))
 
-    def bind_block_args(self, defn, signature, step, frame) -> dict[str, Any]:
-        """Block defaults are expressions over earlier parameters, evaluated at the call."""
+    def bind_block_args(self, defn, signature, step, frame, channels) -> tuple[dict, dict]:
+        """Block defaults are expressions over earlier parameters and `in_channels`."""
         placeholders = tuple(Arg(a.name, a.coerce, _LATER if a.default is not REQUIRED
                                  else REQUIRED) for a in signature)
         values, _, exprs = self.bind_args(placeholders, step, frame, f"block `{defn.name}`")
         for arg, param in zip(signature, defn.params):
             if values[arg.name] is _LATER:
-                raw = self.eval(param.default, values)
+                raw = self.eval(param.default, {**channels, **values})
                 values[arg.name] = self.coerce(arg.coerce, raw, param.default.span,
                                                f"parameter `{param.name}`")
         return values, exprs
@@ -584,6 +597,9 @@ class Checker:
                 raise self.fail(
                     "E-residual", f"the residual body gives {fmt(body.shape)} but the shortcut "
                     f"gives {fmt(shortcut.shape)}", step.span, label="these cannot be added",
+                    related=(Label(span=body.span, text=f"the body gives {fmt(body.shape)}"),
+                             Label(span=step.shortcut[-1].span,
+                                   text=f"the shortcut gives {fmt(shortcut.shape)}")),
                     notes=(f"the input is {fmt(x.shape)}",),
                     help="make the body keep the shape, or project in the shortcut "
                     "(e.g. `shortcut { conv(C, 1, stride=S) -> batchnorm }`)")

@@ -36,7 +36,8 @@ class Program:
         path = (base / imp.path).resolve()
         key = str(path)
         if key in self._loading:
-            chain = " -> ".join([*self._loading[self._loading.index(key):], key])
+            cycle = [*self._loading[self._loading.index(key):], key]
+            chain = " -> ".join(display_path(Path(p)) for p in cycle)
             raise CnnError([Diagnostic(code="E-import", message="import cycle", span=imp.span,
                                        notes=(f"cycle: {chain}",))])
         if key in self._loaded:
@@ -46,7 +47,7 @@ class Program:
         except OSError as exc:
             raise CnnError([Diagnostic(code="E-import", message=f"cannot read `{imp.path}`: "
                                        f"{exc.strerror or exc}", span=imp.span,
-                                       notes=(f"looked for {path}",))]) from None
+                                       notes=(f"looked for {display_path(path)}",))]) from None
         self._loading.append(key)
         self.load_text(text, display_path(path), path.parent)
         self._loading.pop()

@@ -34,11 +34,34 @@ EXPECTED = {
     "empty_network.cnn": ("E-input", 1, 9),
     "unknown_type.cnn": ("E-type", 1, 11),
     "two_errors.cnn": ("E-shape", 4, 13),
+    "residual_identity_changes_shape.cnn": ("E-residual", 3, 5),
+    "concat_sizes.cnn": ("E-shape", 3, 5),
+    "add_channels_after_rounding.cnn": ("E-shape", 3, 5),
+    "unknown_block.cnn": ("E-name", 3, 5),
+    "block_too_many_arguments.cnn": ("E-arg", 3, 18),
+    "block_argument_type.cnn": ("E-arg", 3, 22),
+    "recursive_block.cnn": ("E-recursion", 3, 5),
+    "undefined_output.cnn": ("E-name", 4, 15),
+    "duplicate_tensor.cnn": ("E-name", 4, 5),
+    "missing_import.cnn": ("E-import", 1, 1),
 }
+
+# errors located in another file than the one checked
+ELSEWHERE = {"import_cycle.cnn": ("E-import", "tests/broken/imports/cycle_b.cnn", 1, 1)}
+
+
+@pytest.mark.parametrize("name", sorted(ELSEWHERE))
+def test_error_in_an_imported_file_points_there(name):
+    code, file, line, column = ELSEWHERE[name]
+    result = run_cli("check", f"tests/broken/{name}")
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert result.stderr.startswith(f"error[{code}]")
+    assert f"--> {file}:{line}:{column}\n" in result.stderr
+    golden(GOLDEN / name.replace(".cnn", ".txt"), result.stderr)
 
 
 def test_every_broken_spec_is_listed():
-    assert sorted(p.name for p in BROKEN.glob("*.cnn")) == sorted(EXPECTED)
+    assert sorted(p.name for p in BROKEN.glob("*.cnn")) == sorted({**EXPECTED, **ELSEWHERE})
 
 
 @pytest.mark.parametrize("name", sorted(EXPECTED))
