@@ -58,6 +58,36 @@ class Model:
         from .backends.torch_source import generate_source
         return generate_source(self.ir, self.program.definitions)
 
+    def weights(self, weights=None, seed: int = 0):
+        """Weights by state_dict name as numpy arrays: from a file (.pt state_dict or
+        .safetensors), a state_dict (tensors or arrays), or freshly initialised."""
+        from .weights import check_weights, initial_weights, load_weights
+        if weights is None:
+            return initial_weights(self.ir, seed)
+        if isinstance(weights, (str, Path)):
+            return load_weights(weights, self.ir)
+        arrays = {k: v.detach().cpu().numpy() if hasattr(v, "detach") else v
+                  for k, v in weights.items()}
+        return check_weights(arrays, self.ir, "the given state_dict")
+
+    def to_onnx(self, path: str | Path | None = None, *, weights=None, opset: int | None = None,
+                fold_batchnorm: bool = True, seed: int = 0):
+        """An `onnx.ModelProto` written from the IR (no torch needed); saved atomically to
+        `path` if given. `weights` as for `Model.weights`."""
+        from .backends.onnx_export import DEFAULT_OPSET, save, to_onnx
+        model, _ = to_onnx(self.ir, self.weights(weights, seed), opset or DEFAULT_OPSET,
+                           fold_batchnorm)
+        if path is not None:
+            save(model, path)
+        return model
+
+    def onnx_session(self, provider: str = "auto", *, weights=None, seed: int = 0,
+                     threads: int | None = None):
+        """An onnxruntime session on this network (`.run(x)`, `.provider`, `.benchmark`)."""
+        from .runtime import create_session
+        model = self.to_onnx(weights=weights, seed=seed)
+        return create_session(model.SerializeToString(), provider, threads)
+
     def summary(self) -> str:
         from .report import layer_table
         return layer_table(self.ir)

@@ -64,10 +64,68 @@ def cmd_compile(args) -> int:
     from .atomic import write_text
     model = _load(args)
     if args.to == "torch":
-        text = model.to_torch_source()
-        write_text(args.output, text)
-    print(f"wrote {args.output} ({args.to}, {model.params:,} parameters)", file=sys.stderr)
+        write_text(args.output, model.to_torch_source())
+        detail = ""
+    else:
+        onnx_model = model.to_onnx(args.output, weights=args.weights, opset=args.opset,
+                                   fold_batchnorm=not args.keep_batchnorm, seed=args.seed)
+        detail = (f", opset {onnx_model.opset_import[0].version}, "
+                  f"{len(onnx_model.graph.node)} nodes, weights "
+                  f"{'from ' + args.weights if args.weights else f'initialised (seed {args.seed})'}")
+    print(f"wrote {args.output} ({args.to}, {model.params:,} parameters{detail})",
+          file=sys.stderr)
     return EXIT_OK
+
+
+def cmd_run(args) -> int:
+    from .runtime import create_session, random_inputs, read_input
+    if args.model.endswith(".cnn"):
+        args.spec = args.model
+        model = _load(args)
+        data = model.to_onnx(weights=args.weights, seed=args.seed).SerializeToString()
+        shapes = [i.shape for i in model.inputs]
+        source = f"{args.model} (compiled now)"
+    else:
+        if args.weights or args.set:
+            raise UsageError("--weights and --set apply to .cnn specs, not to .onnx files")
+        data, source = args.model, args.model
+        if not Path(args.model).is_file():
+            raise _spec_error(f"cannot read {args.model}: no such file")
+        shapes = None
+    session = create_session(data, args.provider, args.threads, benchmark=bool(args.bench))
+    if shapes is None:
+        shapes = [tuple(d for d in s[1:]) for s in session.input_shapes]
+    if args.input:
+        inputs = [read_input(args.input, shapes[0])]
+    else:
+        inputs = random_inputs(shapes, args.batch, args.seed)
+    print(f"{source}: running on {session.provider} "
+          f"({session.session.get_providers()[0]})", file=sys.stderr)
+    outputs = session.run(*inputs)
+    for name, out in zip([o.name for o in session.session.get_outputs()], outputs):
+        line = f"output {name}: {' x '.join(map(str, out.shape))}"
+        if out.ndim == 2:
+            line += f", argmax {out.argmax(axis=1).tolist()[:8]}"
+        print(line)
+    if args.output:
+        from .atomic import atomic_path
+        import numpy as np
+        with atomic_path(args.output) as tmp:
+            with open(tmp, "wb") as f:
+                np.save(f, outputs[0])
+    if args.bench:
+        stats = session.benchmark(inputs, args.bench)
+        if args.json:
+            print(json.dumps(stats))
+        else:
+            print(f"{stats['runs']} runs, batch {stats['batch']} on {stats['provider']}: "
+                  f"p50 {stats['p50_ms']:.2f} ms, p90 {stats['p90_ms']:.2f} ms, "
+                  f"p99 {stats['p99_ms']:.2f} ms, {stats['images_per_s']:.1f} images/s")
+    return EXIT_OK
+
+
+def _spec_error(message: str) -> CnnError:
+    return CnnError([Diagnostic(code="E-io", message=message)])
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -90,11 +148,35 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--strict", action="store_true", help="treat warnings as errors")
     check.set_defaults(run=cmd_check)
 
-    comp = spec_command("compile", "compile to PyTorch source")
-    comp.add_argument("--to", choices=["torch"], required=True, help="the target")
+    comp = spec_command("compile", "compile to PyTorch source or ONNX")
+    comp.add_argument("--to", choices=["torch", "onnx"], required=True, help="the target")
     comp.add_argument("-o", "--output", required=True, help="the file to write")
     comp.add_argument("--strict", action="store_true", help="treat warnings as errors")
+    comp.add_argument("--opset", type=int, help="ONNX opset (default 18)")
+    comp.add_argument("--weights", help="a state_dict (.pt, loaded with weights_only=True) "
+                      "or .safetensors file; default: fresh PyTorch-style initialisation")
+    comp.add_argument("--keep-batchnorm", action="store_true",
+                      help="do not fold batch norm into the preceding conv")
+    comp.add_argument("--seed", type=int, default=0, help="seed for fresh weights")
     comp.set_defaults(run=cmd_compile)
+
+    run = sub.add_parser("run", help="run a model with onnxruntime",
+                         description="Run a .onnx model, or a .cnn spec compiled on the fly, "
+                         "with onnxruntime.")
+    run.add_argument("model", help="a .onnx file or a .cnn spec")
+    run.add_argument("--provider", default="auto", choices=["auto", "cpu", "cuda", "tensorrt"])
+    run.add_argument("--batch", type=int, default=1, help="batch size of the random input")
+    run.add_argument("--input", help="a .npy array (N x C x H x W, or C x H x W)")
+    run.add_argument("--output", help="write the first output to this .npy file")
+    run.add_argument("--bench", type=int, default=0, metavar="N",
+                     help="time N runs: latency percentiles and images/s")
+    run.add_argument("--threads", type=int, help="onnxruntime intra-op threads")
+    run.add_argument("--weights", help="weights for a .cnn spec (as for compile)")
+    run.add_argument("--seed", type=int, default=0)
+    run.add_argument("--set", action="append", metavar="NAME=VALUE")
+    run.add_argument("--network")
+    run.add_argument("--json", action="store_true", help="benchmark figures as JSON")
+    run.set_defaults(run=cmd_run)
     return parser
 
 

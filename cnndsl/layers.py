@@ -258,11 +258,19 @@ class LayerKind:
         """Output shape; may complete `a` with resolved values (in_channels, padding)."""
         return xs[0]
 
+    def param_shapes(self, a: dict) -> dict[str, Shape]:
+        """Trainable tensors by state_dict suffix (`weight`, `bias`), as PyTorch lays them out."""
+        return {}
+
+    def buffer_shapes(self, a: dict) -> dict[str, Shape]:
+        """Non-trainable state (batch-norm running statistics)."""
+        return {}
+
     def count_params(self, a: dict, xs: list[Shape], y: Shape) -> int:
-        return 0
+        return sum(math.prod(s) for s in self.param_shapes(a).values())
 
     def count_buffers(self, a: dict, xs: list[Shape], y: Shape) -> int:
-        return 0
+        return sum(math.prod(s) for s in self.buffer_shapes(a).values())
 
     def count_macs(self, a: dict, xs: list[Shape], y: Shape) -> int:
         return 0
@@ -287,10 +295,9 @@ class Conv(LayerKind):
         h, w = windowed(self.op, xs[0], a, warn)
         return (a["out_channels"], h, w)
 
-    def count_params(self, a, xs, y):
-        kh, kw = a["kernel"]
-        weights = a["out_channels"] * (a["in_channels"] // a["groups"]) * kh * kw
-        return weights + (a["out_channels"] if a["bias"] else 0)
+    def param_shapes(self, a):
+        weight = (a["out_channels"], a["in_channels"] // a["groups"], *a["kernel"])
+        return {"weight": weight, **({"bias": (a["out_channels"],)} if a["bias"] else {})}
 
     def count_macs(self, a, xs, y):
         kh, kw = a["kernel"]
@@ -324,10 +331,9 @@ class ConvTranspose(LayerKind):
             out.append(o)
         return (a["out_channels"], out[0], out[1])
 
-    def count_params(self, a, xs, y):
-        kh, kw = a["kernel"]
-        weights = a["in_channels"] * (a["out_channels"] // a["groups"]) * kh * kw
-        return weights + (a["out_channels"] if a["bias"] else 0)
+    def param_shapes(self, a):
+        weight = (a["in_channels"], a["out_channels"] // a["groups"], *a["kernel"])
+        return {"weight": weight, **({"bias": (a["out_channels"],)} if a["bias"] else {})}
 
     def count_macs(self, a, xs, y):
         kh, kw = a["kernel"]
@@ -410,11 +416,12 @@ class BatchNorm(LayerKind):
         a["num_features"] = xs[0][0]
         return xs[0]
 
-    def count_params(self, a, xs, y):
-        return 2 * a["num_features"]
+    def param_shapes(self, a):
+        return {"weight": (a["num_features"],), "bias": (a["num_features"],)}
 
-    def count_buffers(self, a, xs, y):
-        return 2 * a["num_features"] + 1  # running mean, running var, batches tracked
+    def buffer_shapes(self, a):
+        c = a["num_features"]
+        return {"running_mean": (c,), "running_var": (c,), "num_batches_tracked": ()}
 
 
 class LRN(LayerKind):
@@ -456,8 +463,9 @@ class Linear(LayerKind):
         a["in_features"] = xs[0][0]
         return (a["out_features"],)
 
-    def count_params(self, a, xs, y):
-        return a["in_features"] * a["out_features"] + (a["out_features"] if a["bias"] else 0)
+    def param_shapes(self, a):
+        weight = (a["out_features"], a["in_features"])
+        return {"weight": weight, **({"bias": (a["out_features"],)} if a["bias"] else {})}
 
     def count_macs(self, a, xs, y):
         return a["in_features"] * a["out_features"]

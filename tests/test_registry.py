@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import pytest
 
+from cnndsl.backends.onnx_ops import ONNX_OPS
 from cnndsl.backends.torch_ops import TORCH_OPS
 from cnndsl.layers import REGISTRY
 
-BACKENDS = {"torch": TORCH_OPS}
+BACKENDS = {"torch": TORCH_OPS, "onnx": ONNX_OPS}
 
 
 @pytest.mark.parametrize("backend", sorted(BACKENDS))

@@ -1,0 +1,170 @@
+"""ONNX back end: an ONNX model written directly from the checked IR (no tracing, no torch).
+
+Node and initializer names come from the spec (initializers use state_dict names, e.g.
+`layer1.0.conv1.weight`), the batch axis is dynamic, and batch norm that follows a conv is
+folded into it (exact in eval mode) unless `fold_batchnorm=False`.
+
+Opset 18 by default: every op here exists in it with the semantics PyTorch uses, and it is
+read by onnxruntime >= 1.14 and TensorRT >= 8.6; `opset >= 20` writes GELU as one node.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from .. import __version__
+from ..diagnostics import CnnError, Diagnostic
+from ..ir import Network, Node
+from ..weights import Weights
+from .onnx_ops import ONNX_OPS
+
+DEFAULT_OPSET = 18
+SUPPORTED_OPSETS = range(13, 22)
+EXTERNAL_DATA_BYTES = 1_800_000_000  # protobuf's 2 GB limit, with room for the graph
+
+
+class GraphBuilder:
+    def __init__(self, ir: Network, weights: Weights, opset: int, fold: dict[str, str]):
+        self.ir = ir
+        self.weights = weights
+        self.opset = opset
+        self.fold = fold  # batchnorm name -> conv name it is folded into
+        self.folded_into = {conv: bn for bn, conv in fold.items()}
+        self.nodes: list[onnx.NodeProto] = []
+        self.initializers: dict[str, onnx.TensorProto] = {}
+        self.value_of: dict[str, str] = {i.name: i.name for i in ir.inputs}
+
+    # ---- used by handlers -----------------------------------------------------------------
+
+    def op(self, op_type: str, inputs: list[str], node: Node, output: str | None = None,
+           **attrs) -> str:
+        output = output or node.name
+        self.nodes.append(helper.make_node(op_type, inputs, [output], name=output, **attrs))
+        return output
+
+    def alias(self, node: Node, value: str) -> str:
+        return value
+
+    def weight(self, node: Node, suffix: str) -> str:
+        name = f"{node.name}.{suffix}"
+        self.constant(name, self.weights[name].astype(np.float32))
+        return name
+
+    def constant(self, name: str, array: np.ndarray) -> str:
+        if name not in self.initializers:
+            self.initializers[name] = numpy_helper.from_array(array, name)
+        return name
+
+    def conv_weights(self, node: Node) -> tuple[str, str | None]:
+        """The conv's weight and bias, with a following batch norm folded in if planned."""
+        bn = self.folded_into.get(node.name)
+        if bn is None:
+            weight = self.weight(node, "weight")
+            return weight, (self.weight(node, "bias") if node.attrs["bias"] else None)
+        w = self.weights[f"{node.name}.weight"].astype(np.float64)
+        b = self.weights.get(f"{node.name}.bias", np.zeros(w.shape[0])).astype(np.float64)
+        gamma, beta, mean, var = (self.weights[f"{bn}.{k}"].astype(np.float64) for k in
+                                  ("weight", "bias", "running_mean", "running_var"))
+        scale = gamma / np.sqrt(var + self.ir.node(bn).attrs["eps"])
+        weight = self.constant(f"{node.name}.weight", (w * scale[:, None, None, None])
+                               .astype(np.float32))
+        bias = self.constant(f"{node.name}.bias", ((b - mean) * scale + beta).astype(np.float32))
+        return weight, bias
+
+    def unsupported(self, node: Node, what: str) -> None:
+        raise CnnError([Diagnostic(code="E-onnx", message=f"the ONNX back end cannot write "
+                                   f"{what}", span=node.span)])
+
+    # ---- assembly -----------------------------------------------------------------------
+
+    def build(self) -> onnx.ModelProto:
+        for node in self.ir.nodes:
+            xs = [self.value_of[i] for i in node.inputs]
+            if node.name in self.fold:  # folded into its conv: same value
+                self.value_of[node.name] = xs[0]
+                continue
+            handler = ONNX_OPS.get(node.op)
+            if handler is None:
+                self.unsupported(node, f"`{node.op}`")
+            out = handler(self, node, xs)
+            if node.name in self.folded_into:  # the conv's output carries the BN's name
+                out = self.nodes[-1].output[0] = self.folded_into[node.name]
+            self.value_of[node.name] = out
+        return self.model()
+
+    def model(self) -> onnx.ModelProto:
+        inputs = [helper.make_tensor_value_info(i.name, TensorProto.FLOAT, ["batch", *i.shape])
+                  for i in self.ir.inputs]
+        outputs, renames = [], []
+        for name in self.ir.outputs:  # outputs keep their spec names
+            if self.value_of[name] != name:  # e.g. a trailing dropout, which emits nothing
+                renames.append(helper.make_node("Identity", [self.value_of[name]], [name],
+                                                name=name))
+            outputs.append(helper.make_tensor_value_info(
+                name, TensorProto.FLOAT, ["batch", *self.ir.shape_of(name)]))
+        graph = helper.make_graph(self.nodes + renames, self.ir.name, inputs, outputs,
+                                  list(self.initializers.values()))
+        opsets = [helper.make_opsetid("", self.opset)]
+        model = helper.make_model(graph, opset_imports=opsets, producer_name="cnndsl",
+                                  producer_version=__version__,
+                                  doc_string=f"{self.ir.name} from {self.ir.file}")
+        model.ir_version = helper.find_min_ir_version_for(opsets)
+        return model
+
+
+def fold_plan(ir: Network) -> dict[str, str]:
+    """batchnorm -> conv pairs where folding is exact: the conv feeds only the batch norm."""
+    uses = Counter(i for n in ir.nodes for i in n.inputs)
+    uses.update(ir.outputs)
+    producers = {n.name: n for n in ir.nodes}
+    plan = {}
+    for node in ir.nodes:
+        if node.op != "batchnorm" or len(node.shape) != 3:
+            continue
+        conv = producers.get(node.inputs[0])
+        if conv is not None and conv.op == "conv" and uses[conv.name] == 1:
+            plan[node.name] = conv.name
+    return plan
+
+
+def to_onnx(ir: Network, weights: Weights, opset: int = DEFAULT_OPSET,
+            fold_batchnorm: bool = True) -> tuple[onnx.ModelProto, dict[str, str]]:
+    """The model, and for each IR node the ONNX value that holds its output."""
+    if opset not in SUPPORTED_OPSETS:
+        raise CnnError([Diagnostic(code="E-onnx", message=f"opset {opset} is not supported",
+                                   help=f"use {SUPPORTED_OPSETS.start}..."
+                                   f"{SUPPORTED_OPSETS.stop - 1} (default {DEFAULT_OPSET})")])
+    builder = GraphBuilder(ir, weights, opset, fold_plan(ir) if fold_batchnorm else {})
+    model = builder.build()
+    return model, dict(builder.value_of)
+
+
+def save(model: onnx.ModelProto, path: str | Path,
+         external_over: int = EXTERNAL_DATA_BYTES) -> None:
+    """Write atomically; a model whose weights pass `external_over` bytes keeps them in
+    `<path>.data` beside it (protobuf cannot hold more than 2 GB)."""
+    import os
+    import tempfile
+
+    from ..atomic import atomic_path
+    path = Path(path)
+    size = sum(t.ByteSize() for t in model.graph.initializer)
+    if size <= external_over:
+        with atomic_path(path) as tmp:
+            onnx.save_model(model, str(tmp))
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = path.name + ".data"
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)  # saving with external data rewrites the proto it is given
+    model = copy
+    with tempfile.TemporaryDirectory(dir=path.parent, prefix=f".{path.name}.") as work:
+        onnx.save_model(model, os.path.join(work, path.name), save_as_external_data=True,
+                        all_tensors_to_one_file=True, location=data, size_threshold=1024)
+        os.replace(os.path.join(work, data), path.parent / data)
+        os.replace(os.path.join(work, path.name), path)
