@@ -69,9 +69,9 @@ def cmd_compile(args) -> int:
     else:
         onnx_model = model.to_onnx(args.output, weights=args.weights, opset=args.opset,
                                    fold_batchnorm=not args.keep_batchnorm, seed=args.seed)
+        origin = f"from {args.weights}" if args.weights else f"initialised (seed {args.seed})"
         detail = (f", opset {onnx_model.opset_import[0].version}, "
-                  f"{len(onnx_model.graph.node)} nodes, weights "
-                  f"{'from ' + args.weights if args.weights else f'initialised (seed {args.seed})'}")
+                  f"{len(onnx_model.graph.node)} nodes, weights {origin}")
     print(f"wrote {args.output} ({args.to}, {model.params:,} parameters{detail})",
           file=sys.stderr)
     return EXIT_OK
@@ -108,11 +108,11 @@ def cmd_run(args) -> int:
             line += f", argmax {out.argmax(axis=1).tolist()[:8]}"
         print(line)
     if args.output:
-        from .atomic import atomic_path
         import numpy as np
-        with atomic_path(args.output) as tmp:
-            with open(tmp, "wb") as f:
-                np.save(f, outputs[0])
+
+        from .atomic import atomic_path
+        with atomic_path(args.output) as tmp, open(tmp, "wb") as f:
+            np.save(f, outputs[0])
     if args.bench:
         stats = session.benchmark(inputs, args.bench)
         if args.json:

@@ -8,7 +8,8 @@ into it by the exporter (onnx_export.py) where that is exact.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import numpy as np
 
