@@ -3,7 +3,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 CNNDSL := $(VENV)/bin/cnndsl
-SPEC ?= specs/vgg16.cnn
+SPEC ?= specs/resnet18.cnn
 OUT ?= build
 
 .PHONY: demo test lint bench clean
@@ -18,6 +18,10 @@ demo: $(VENV)/.installed
 	@mkdir -p $(OUT)
 	$(CNNDSL) check $(SPEC)
 	$(CNNDSL) compile $(SPEC) --to torch -o $(OUT)/model.py
+	$(CNNDSL) compile $(SPEC) --to onnx -o $(OUT)/model.onnx
+	$(CNNDSL) render $(SPEC) -o $(OUT)/model.svg || echo "(no graphviz: wrote $(OUT)/model.dot)"
+	$(CNNDSL) summary $(SPEC) --depth 1
+	$(CNNDSL) run $(OUT)/model.onnx --batch 1 --bench 20
 
 test: $(VENV)/.installed
 	$(PY) -m pytest

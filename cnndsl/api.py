@@ -88,9 +88,34 @@ class Model:
         model = self.to_onnx(weights=weights, seed=seed)
         return create_session(model.SerializeToString(), provider, threads)
 
-    def summary(self) -> str:
-        from .report import layer_table
-        return layer_table(self.ir)
+    def summary(self, depth: int = 3) -> str:
+        """The summary table (as `cnndsl summary`)."""
+        from .report import summary_table
+        return summary_table(self.ir, depth)
+
+    def to_dot(self, **options) -> str:
+        """The architecture diagram as Graphviz DOT (`depth`, `direction`, `shapes`, `params`)."""
+        from .backends.diagram import to_dot
+        return to_dot(self.ir, **options)
+
+    def render(self, path: str | Path, **options) -> Path:
+        """Draw the diagram to .svg, .png, .pdf or .dot (needs graphviz's `dot` but for .dot)."""
+        from .backends.diagram import write
+        return write(self.ir, path, **options)
+
+    def _repr_svg_(self) -> str | None:
+        """Notebooks show the diagram (None, so the text form shows, without graphviz)."""
+        from .backends.diagram import DotMissingError, render
+        try:
+            return render(self.to_dot(), "svg").decode()
+        except (DotMissingError, RuntimeError):
+            return None
+
+    def _repr_html_(self) -> str:
+        import html
+        svg = self._repr_svg_() or ""
+        return (f"{svg}<details><summary>{html.escape(repr(self))}</summary>"
+                f"<pre>{html.escape(self.summary())}</pre></details>")
 
     def __repr__(self) -> str:
         return (f"<cnndsl.Model {self.name}: {len(self.layers)} layers, "

@@ -629,7 +629,7 @@ class Checker:
         y = self.emit(REGISTRY["conv"], conv, [x], frame.path + (self.auto_name("conv", frame),),
                       step, syms={"out_channels": body.sym} if body.sym is not None else {})
         return self.emit(REGISTRY["batchnorm"], {"eps": 1e-5, "momentum": 0.1}, [y],
-                         frame.path + (self.auto_name("bn", frame),), step)
+                         frame.path + (self.auto_name("batchnorm", frame),), step)
 
     def branch(self, step: ast.Branch, x: Tensor, frame: Frame) -> Tensor:
         if step.mode not in ("concat", "add"):

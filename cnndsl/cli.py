@@ -124,6 +124,36 @@ def cmd_run(args) -> int:
     return EXIT_OK
 
 
+def cmd_render(args) -> int:
+    from .backends.diagram import DotMissingError, write
+    model = _load(args)
+    suffix = Path(args.output).suffix.lower()
+    if suffix not in (".svg", ".png", ".pdf", ".dot"):
+        raise UsageError(f"-o must end in .svg, .png, .pdf or .dot, not `{suffix or args.output}`")
+    try:
+        write(model.ir, args.output, depth=args.depth, direction=args.direction,
+              shapes=not args.no_shapes, params=args.params)
+    except DotMissingError as exc:
+        dot_path = Path(args.output).with_suffix(".dot")
+        print(f"wrote {dot_path} instead of {args.output}: {exc}", file=sys.stderr)
+        return EXIT_SPEC
+    except RuntimeError as exc:
+        raise _spec_error(str(exc)) from None
+    print(f"wrote {args.output}", file=sys.stderr)
+    return EXIT_OK
+
+
+def cmd_summary(args) -> int:
+    from .report import summary_rows, summary_table, summary_totals
+    model = _load(args)
+    if args.json:
+        print(json.dumps({"network": model.name, "rows": summary_rows(model.ir, args.depth),
+                          "totals": summary_totals(model.ir)}, indent=2))
+    else:
+        print(summary_table(model.ir, args.depth), end="")
+    return EXIT_OK
+
+
 def _spec_error(message: str) -> CnnError:
     return CnnError([Diagnostic(code="E-io", message=message)])
 
@@ -159,6 +189,19 @@ def build_parser() -> argparse.ArgumentParser:
                       help="do not fold batch norm into the preceding conv")
     comp.add_argument("--seed", type=int, default=0, help="seed for fresh weights")
     comp.set_defaults(run=cmd_compile)
+
+    render = spec_command("render", "draw the architecture with graphviz")
+    render.add_argument("-o", "--output", required=True, help="a .svg, .png, .pdf or .dot file")
+    render.add_argument("--direction", choices=["TB", "LR"], default="TB")
+    render.add_argument("--depth", type=int, help="fold blocks nested deeper than N into one "
+                        "node (default: the deepest view of at most 100 nodes)")
+    render.add_argument("--no-shapes", action="store_true", help="no shapes on the edges")
+    render.add_argument("--params", action="store_true", help="parameter counts on the nodes")
+    render.set_defaults(run=cmd_render)
+
+    summ = spec_command("summary", "a table of layers and blocks with parameters, MACs, memory")
+    summ.add_argument("--depth", type=int, default=3, help="block nesting shown (default 3)")
+    summ.set_defaults(run=cmd_summary)
 
     run = sub.add_parser("run", help="run a model with onnxruntime",
                          description="Run a .onnx model, or a .cnn spec compiled on the fly, "

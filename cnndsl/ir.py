@@ -44,6 +44,10 @@ class Node(BaseModel):
     def local(self) -> str:
         return self.path[-1]
 
+    @property
+    def output(self) -> str:
+        return self.name
+
 
 class Input(BaseModel):
     model_config = ConfigDict(frozen=True)
@@ -108,3 +112,53 @@ class Network(BaseModel):
         if self._index is None:
             self._index = {n.name: n for n in self.nodes}
         return self._index
+
+
+class ScopeTree:
+    """The IR's nesting: block instances (and labelled repeats) holding layers and blocks,
+    in the order they run. Built by `scope_tree`; read by the diagram, the summary and the
+    generated source."""
+
+    def __init__(self, scope: Scope | None, path: tuple[str, ...]):
+        self.scope = scope
+        self.path = path
+        self.items: list[Node | ScopeTree] = []
+
+    @property
+    def local(self) -> str:
+        return self.path[-1] if self.path else ""
+
+    @property
+    def inputs(self) -> tuple[str, ...]:
+        return self.scope.inputs if self.scope else ()
+
+    @property
+    def output(self) -> str:
+        return self.scope.output if self.scope else ""
+
+    def nodes(self) -> list[Node]:
+        out: list[Node] = []
+        for item in self.items:
+            out.extend(item.nodes() if isinstance(item, ScopeTree) else [item])
+        return out
+
+    def depth(self) -> int:
+        """How many levels of scopes lie below this one."""
+        return max((1 + i.depth() for i in self.items if isinstance(i, ScopeTree)), default=0)
+
+
+def scope_tree(ir: Network) -> ScopeTree:
+    root = ScopeTree(None, ())
+    trees = {(): root}
+    scopes = {s.path: s for s in ir.scopes}
+
+    def get(path: tuple[str, ...]) -> ScopeTree:
+        if path not in trees:
+            parent = get(path[:-1])
+            trees[path] = ScopeTree(scopes.get(path), path)
+            parent.items.append(trees[path])
+        return trees[path]
+
+    for node in ir.nodes:
+        get(node.path[:-1]).items.append(node)
+    return root

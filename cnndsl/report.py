@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from math import prod
 
-from .ir import Network
+from .ir import Network, Node, ScopeTree, scope_tree
 from .layers import fmt
 
 MACS_CONVENTION = "MACs count conv, transposed conv and linear multiply-accumulates only"
@@ -90,3 +90,73 @@ def to_json(ir: Network) -> dict:
 
 def numel(shape) -> int:
     return prod(shape)
+
+
+# ---- summary: a torchinfo-like table from the static pass -----------------------------
+
+ACTIVATION_CONVENTION = ("fp32, every layer output of one image counted once, inputs "
+                         "included: an estimate (an upper bound for inference)")
+
+
+def summary_rows(ir: Network, depth: int) -> list[dict]:
+    """One row per layer or block down to `depth`; deeper content is summed into its block."""
+    total = ir.total_params or 1
+    rows: list[dict] = []
+
+    def visit(tree: ScopeTree, level: int) -> None:
+        for item in tree.items:
+            if isinstance(item, Node):
+                nodes, name, kind = [item], item.local, item.op
+            else:
+                nodes = item.nodes()
+                name = item.local
+                kind = item.scope.block if item.scope and item.scope.block else "repeat"
+            if not nodes:
+                continue
+            params = sum(n.params for n in nodes)
+            rows.append({"depth": level, "name": name, "path": ".".join(
+                nodes[0].path[:level + 1]) if isinstance(item, ScopeTree) else item.name,
+                "kind": kind, "output_shape": list(ir.shape_of(item.output)),
+                "params": params, "buffers": sum(n.buffers for n in nodes),
+                "macs": sum(n.macs for n in nodes), "percent": 100 * params / total})
+            if isinstance(item, ScopeTree) and level + 1 < depth:
+                visit(item, level + 1)
+
+    visit(scope_tree(ir), 0)
+    return rows
+
+
+def summary_totals(ir: Network) -> dict:
+    acts = ir.activations
+    buffers = sum(n.buffers for n in ir.nodes)
+    return {"params": ir.total_params, "trainable_params": ir.total_params,
+            "non_trainable_params": 0, "buffers": buffers, "macs": ir.total_macs,
+            "param_bytes": 4 * ir.total_params, "buffer_bytes": 4 * buffers,
+            "activation_values": acts, "activation_bytes": 4 * acts,
+            "conventions": {"macs": MACS_CONVENTION, "activations": ACTIVATION_CONVENTION}}
+
+
+def summary_table(ir: Network, depth: int = 3) -> str:
+    rows = summary_rows(ir, depth)
+    table = render_table(
+        ["layer (type)", "output", "params", "buffers", "MACs", "% params"],
+        [["  " * r["depth"] + f"{r['name']} ({r['kind']})", fmt(r["output_shape"]),
+          f"{r['params']:,}" if r["params"] else "--", f"{r['buffers']:,}" if r["buffers"] else "",
+          f"{r['macs']:,}" if r["macs"] else "", f"{r['percent']:.1f}%" if r["params"] else ""]
+         for r in rows], right={2, 3, 4, 5})
+    t = summary_totals(ir)
+    lines = [
+        f"network {ir.name} ({ir.file}); inputs "
+        + ", ".join(f"{i.name}: {fmt(i.shape)}" for i in ir.inputs),
+        table, "",
+        f"parameters         {t['params']:,} (trainable {t['trainable_params']:,}, "
+        f"non-trainable {t['non_trainable_params']:,})",
+        f"buffers            {t['buffers']:,} (batch-norm running statistics; not parameters)",
+        f"MACs               {t['macs']:,} ({human(t['macs'])}) per image; {MACS_CONVENTION}",
+        f"parameter memory   {human_bytes(t['param_bytes'] + t['buffer_bytes'])} "
+        "(fp32, parameters and buffers)",
+        f"activation memory  {human_bytes(t['activation_bytes'])} per image "
+        f"({ACTIVATION_CONVENTION})",
+        "every figure comes from the static shape pass; nothing was run",
+    ]
+    return "\n".join(lines) + "\n"

@@ -53,7 +53,7 @@ def test_automatic_shortcut_identity_and_projection():
     projected = net("    residual {\n        conv(32, 3, stride=2, padding=1)\n    }")
     ops = [(n.local, n.op, n.shape) for n in projected.layers]
     assert ops == [("conv1", "conv", (32, 4, 4)), ("shortcut_conv1", "conv", (32, 4, 4)),
-                   ("shortcut_bn1", "batchnorm", (32, 4, 4)), ("add1", "add", (32, 4, 4))]
+                   ("shortcut_batchnorm1", "batchnorm", (32, 4, 4)), ("add1", "add", (32, 4, 4))]
     assert projected.layers[1].attrs["stride"] == (2, 2)
     values = run(projected)
     assert tuple(values["add1"].shape) == (2, 32, 4, 4)

@@ -14,11 +14,11 @@ from __future__ import annotations
 
 import keyword
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from .. import __version__, ast
-from ..ir import Network, Node, Scope
+from ..ir import Network, Node, ScopeTree, scope_tree
 from ..layers import fmt
 from ..values import evaluate
 from .torch_ops import TorchLayer, torch_layer
@@ -96,42 +96,6 @@ def constructor(spec: TorchLayer) -> str:
     return f"nn.{spec.cls}({', '.join(parts)})"
 
 
-# ---- the scope tree -------------------------------------------------------------------
-
-
-@dataclass
-class Item:
-    """A direct child of a scope: a layer (node) or a nested scope."""
-
-    local: str
-    node: Node | None = None
-    scope: Scope | None = None
-    children: list[Item] = field(default_factory=list)
-    inputs: tuple[str, ...] = ()
-    output: str = ""
-
-
-def build_tree(ir: Network) -> Item:
-    root = Item("", scope=Scope(path=(), block=None, span=ir.inputs[0].span))
-    items: dict[tuple[str, ...], Item] = {(): root}
-    for scope in sorted(ir.scopes, key=lambda s: len(s.path)):
-        items[scope.path] = Item(scope.path[-1], scope=scope, inputs=scope.inputs,
-                                 output=scope.output)
-    attached: set[tuple[str, ...]] = set()
-
-    def attach(path: tuple[str, ...]) -> None:
-        if path in attached or path == ():
-            return
-        attached.add(path)
-        attach(path[:-1])
-        items[path[:-1]].children.append(items[path])
-
-    for node in ir.nodes:
-        items[node.path] = Item(node.local, node=node, inputs=node.inputs, output=node.name)
-        attach(node.path)
-    return root
-
-
 # ---- class planning -------------------------------------------------------------------
 
 
@@ -156,9 +120,9 @@ class _Planner:
         self.taken = {class_name(ir.name)}
 
     # a block instance -> (class, constructor call)
-    def plan_block(self, item: Item) -> None:
-        for child in item.children:
-            if child.scope is not None:
+    def plan_block(self, item: ScopeTree) -> None:
+        for child in item.items:
+            if isinstance(child, ScopeTree):
                 self.plan_scope_children(child)
         scope = item.scope
         env = scope.args
@@ -176,10 +140,10 @@ class _Planner:
             self.classes.append(plan)
         self.class_of[scope.path] = plan
 
-    def plan_scope_children(self, item: Item) -> None:
+    def plan_scope_children(self, item: ScopeTree) -> None:
         if item.scope.block is None:  # a labelled repeat: plan what it holds
-            for child in item.children:
-                if child.scope is not None:
+            for child in item.items:
+                if isinstance(child, ScopeTree):
                     self.plan_scope_children(child)
         else:
             self.plan_block(item)
@@ -201,22 +165,22 @@ class _Planner:
         return f"block {block}({params}), {defn.span.file}:{defn.span.line}"
 
     # constructor lines; `env` is the instance's parameter values (None at the network)
-    def init_lines(self, item: Item, env: dict | None) -> tuple[list[str], set[str]]:
+    def init_lines(self, item: ScopeTree, env: dict | None) -> tuple[list[str], set[str]]:
         lines: list[str] = []
         used: set[str] = set()
-        for child in item.children:
+        for child in item.items:
             code = self.make(child, env, used)
             if code is not None:
                 lines.append(f"self.{child.local} = {code}")
         return lines, used
 
-    def make(self, item: Item, env: dict | None, used: set[str]) -> str | None:
-        if item.node is not None:
-            spec = self.symbolic_layer(item.node, env, used)
+    def make(self, item: Node | ScopeTree, env: dict | None, used: set[str]) -> str | None:
+        if isinstance(item, Node):
+            spec = self.symbolic_layer(item, env, used)
             return None if spec.cls is None else constructor(spec)
         scope = item.scope
         if scope.block is None:
-            parts = [self.make(child, env, used) for child in item.children]
+            parts = [self.make(child, env, used) for child in item.items]
             return f"nn.Sequential({', '.join(p for p in parts if p)})"
         plan = self.class_of[scope.path]
         args = [self.argument(scope.arg_syms.get(p), scope.args[p], env, used)
@@ -252,8 +216,8 @@ class _Planner:
         return spec
 
     # forward lines of a scope whose inputs are `inputs`
-    def forward_lines(self, item: Item, inputs: tuple[str, ...]) -> list[str]:
-        external = dict(zip(item.scope.inputs, inputs)) if item.scope.path else {
+    def forward_lines(self, item: ScopeTree, inputs: tuple[str, ...]) -> list[str]:
+        external = dict(zip(item.inputs, inputs)) if item.path else {
             i.name: identifier(i.name) for i in self.ir.inputs}
         return _Forward(item, external, self.ir, shapes=False).lines()
 
@@ -261,19 +225,19 @@ class _Planner:
 class _Forward:
     """Writes forward(): a chain reuses `x`; a value used elsewhere gets its own name."""
 
-    def __init__(self, item: Item, external: dict[str, str], ir: Network, shapes: bool):
+    def __init__(self, item: ScopeTree, external: dict[str, str], ir: Network, shapes: bool):
         self.item = item
         self.ir = ir
         self.shapes = shapes  # shape comments only where one instance is meant
         self.var = dict(external)
-        self.uses = Counter(i for child in item.children for i in child.inputs)
-        self.outputs = [item.output] if item.scope.path else list(ir.outputs)
+        self.uses = Counter(i for child in item.items for i in child.inputs)
+        self.outputs = [item.output] if item.path else list(ir.outputs)
         self.uses.update(self.outputs)
         self.needs_functional = False
 
     def lines(self) -> list[str]:
         out = []
-        children = self.item.children
+        children = self.item.items
         remaining = Counter(self.uses)
         for index, child in enumerate(children):
             expr = self.expression(child)
@@ -293,7 +257,7 @@ class _Forward:
             return out + ["return x"]
         return out + ["return " + ", ".join(self.var[o] for o in self.outputs)]
 
-    def free_running_var(self, child: Item, remaining: Counter) -> str | None:
+    def free_running_var(self, child: Node | ScopeTree, remaining: Counter) -> str | None:
         """`x`, else `y`, `z`: the first whose value nobody needs any more (or this child's)."""
         for candidate in ("x", "y", "z"):
             holders = [n for n, v in self.var.items() if v == candidate]
@@ -301,11 +265,11 @@ class _Forward:
                 return candidate
         return None
 
-    def expression(self, child: Item) -> str:
+    def expression(self, child: Node | ScopeTree) -> str:
         args = [self.var[i] for i in child.inputs]
-        if child.node is None:
+        if isinstance(child, ScopeTree):
             return f"self.{child.local}({args[0]})"
-        spec = torch_layer(child.node)
+        spec = torch_layer(child)
         if spec.join in ("add", "mul"):
             return (" + " if spec.join == "add" else " * ").join(args)
         if spec.join == "concat":
@@ -367,9 +331,9 @@ _DIVISIBLE = '''def _divisible(value, divisor=8, min_value=None):
 
 def generate_source(ir: Network, definitions: dict[str, ast.Definition] | None = None) -> str:
     planner = _Planner(ir, definitions or {})
-    root = build_tree(ir)
-    for child in root.children:
-        if child.scope is not None:
+    root = scope_tree(ir)
+    for child in root.items:
+        if isinstance(child, ScopeTree):
             planner.plan_scope_children(child)
     init, _ = planner.init_lines(root, None)
     forward = _Forward(root, {i.name: identifier(i.name) for i in ir.inputs}, ir, shapes=True)

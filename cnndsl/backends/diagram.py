@@ -1,0 +1,295 @@
+"""Diagram back end: the IR as a Graphviz DOT graph, rendered by the `dot` program.
+
+- one node per layer, labelled with its op and key hyperparameters (`conv 3x3/2, 64`),
+  coloured by layer family, with a legend;
+- tensor shapes on the edges;
+- block calls as labelled clusters; below `depth` a block folds into one node, and a run of
+  identical folded calls into one node labelled `x N`;
+- merges (add, mul, concat) are small nodes of their own, so shortcuts and branches show.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+from ..ir import Network, Node, ScopeTree, scope_tree
+from ..layers import REGISTRY
+from ..report import human
+
+FAMILY_COLORS = {
+    "conv": "#9cc9e8", "pool": "#ffd27a", "norm": "#b9e4c4", "activation": "#f6c1cb",
+    "linear": "#d4c1e6", "reshape": "#e6e6e6", "dropout": "#eeeeee", "merge": "#ffffff",
+    "block": "#fff3d6", "io": "#ffffff",
+}
+FAMILY_NAMES = {"conv": "convolution", "pool": "pooling", "norm": "normalisation",
+                "activation": "activation", "linear": "fully connected",
+                "reshape": "reshape / resize", "dropout": "dropout", "merge": "merge",
+                "block": "folded block"}
+MAX_AUTO_NODES = 100
+INSTALL_HINT = ("graphviz's `dot` is not installed: apt-get install graphviz (Debian/Ubuntu), "
+                "brew install graphviz (macOS) or conda install graphviz")
+
+
+def _pair(value) -> str:
+    if isinstance(value, tuple) and len(set(value)) == 1:
+        return str(value[0])
+    if isinstance(value, tuple):
+        return "x".join(map(str, value))
+    return str(value)
+
+
+def _kernel(a: dict) -> str:
+    k = a["kernel"]
+    text = f"{k[0]}x{k[1]}"
+    if a.get("stride") not in (None, (1, 1)):
+        text += f"/{_pair(a['stride'])}"
+    return text
+
+
+def describe(node: Node) -> str:
+    """`conv 3x3/2, 64`: the op and what a reader needs of its arguments."""
+    a = node.attrs
+    if node.op == "conv":
+        extra = ""
+        if a["groups"] == a["in_channels"] == a["out_channels"] and a["groups"] > 1:
+            extra = " depthwise"
+        elif a["groups"] > 1:
+            extra = f" g{a['groups']}"
+        if a["dilation"] != (1, 1):
+            extra += f" d{_pair(a['dilation'])}"
+        return f"conv {_kernel(a)}, {a['out_channels']}{extra}"
+    if node.op == "conv_transpose":
+        return f"conv_transpose {_kernel(a)}, {a['out_channels']}"
+    if node.op in ("maxpool", "avgpool"):
+        return f"{node.op} {_kernel(a)}"
+    if node.op == "linear":
+        return f"linear {a['out_features']}"
+    if node.op == "adaptive_avgpool":
+        return f"adaptive_avgpool {_pair(a['size'])}"
+    if node.op == "dropout":
+        return f"dropout {a['p']:g}"
+    if node.op == "upsample":
+        return f"upsample x{_pair(a['scale'])} {a['mode']}"
+    return {"add": "+", "mul": "×", "concat": "concat"}.get(node.op, node.op)
+
+
+def shape_text(shape) -> str:
+    return "×".join(map(str, shape))
+
+
+def _count(tree: ScopeTree, depth: int, level: int = 0) -> int:
+    total = 0
+    for item in tree.items:
+        if isinstance(item, ScopeTree):
+            total += 1 if level + 1 > depth else _count(item, depth, level + 1)
+        else:
+            total += 1
+    return total
+
+
+def auto_depth(ir: Network) -> int:
+    """The deepest view with at most MAX_AUTO_NODES nodes (at least the top level)."""
+    tree = scope_tree(ir)
+    best = 0
+    for depth in range(tree.depth() + 1):
+        if _count(tree, depth) <= MAX_AUTO_NODES:
+            best = depth
+    return best
+
+
+def _call_label(tree: ScopeTree) -> str:
+    scope = tree.scope
+    local = tree.path[-1]
+    if scope is None or scope.block is None:
+        return local
+    args = ", ".join(_pair(v) if not isinstance(v, float) else f"{v:g}"
+                     for k, v in scope.args.items() if k != "in_channels")
+    call = f"{scope.block}({args})"
+    return call if _auto_named(local, scope.block) else f"{local}: {call}"
+
+
+def _auto_named(local: str, base: str) -> bool:
+    """`conv3`, `relu6_2`, `b2_conv1`: a name the checker made up, not the user's."""
+    return re.fullmatch(rf"(b\d+_|shortcut_)*{re.escape(base)}_?\d+", local) is not None
+
+
+class _Dot:
+    def __init__(self, ir: Network, depth: int, direction: str, shapes: bool, params: bool):
+        self.ir, self.depth, self.shapes, self.params = ir, depth, shapes, params
+        self.direction = direction
+        self.lines: list[str] = []
+        self.families: set[str] = set()
+        self.owner: dict[str, str] = {}  # IR value -> diagram node that shows it
+        self.edges: list[tuple[str, str, str]] = []
+
+    def q(self, text: str) -> str:
+        """A DOT string; a newline becomes DOT's centred line break."""
+        escaped = text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+        return f'"{escaped}"'
+
+    def render(self) -> str:
+        ir = self.ir
+        title = (f"{ir.name}: {ir.total_params:,} parameters, {human(ir.total_macs)} MACs "
+                 "per image")
+        out = [f"digraph {self.q(ir.name)} {{",
+               f"  graph [rankdir={self.direction}, fontname=\"Helvetica\", fontsize=16, "
+               f"labelloc=t, label={self.q(title)}, nodesep=0.3, ranksep=0.32, "
+               "newrank=true];",
+               "  node [shape=box, style=\"rounded,filled\", fontname=\"Helvetica\", "
+               "fontsize=11, height=0.32, margin=\"0.10,0.04\", color=\"#555555\"];",
+               "  edge [fontname=\"Helvetica\", fontsize=9, color=\"#666666\", "
+               "fontcolor=\"#444444\", arrowsize=0.6];"]
+        for i in ir.inputs:
+            self.owner[i.name] = i.name
+            label = self.q(i.name + "\n" + shape_text(i.shape))
+            out.append(f"  {self.q(i.name)} [label={label}, shape=ellipse, "
+                       "fillcolor=\"#ffffff\"];")
+        self.lines = out
+        self.emit_tree(scope_tree(ir), 0, "  ")
+        for name in ir.outputs:
+            node_id = f"output:{name}" if len(ir.outputs) > 1 else "output"
+            self.lines.append(f"  {self.q(node_id)} [label=\"output\", shape=ellipse, "
+                              "fillcolor=\"#ffffff\"];")
+            self.edge(name, node_id)
+        seen = set()
+        for source, target, label in self.edges:
+            if (source, target) in seen or source == target:
+                continue
+            seen.add((source, target))
+            attrs = f" [label={self.q(' ' + label)}]" if label and self.shapes else ""
+            self.lines.append(f"  {self.q(source)} -> {self.q(target)}{attrs};")
+        self.legend()
+        self.lines.append("}")
+        return "\n".join(self.lines) + "\n"
+
+    def edge(self, value: str, target: str) -> None:
+        source = self.owner[value]
+        self.edges.append((source, target, shape_text(self.ir.shape_of(value))))
+
+    def emit_tree(self, tree: ScopeTree, level: int, indent: str) -> None:
+        items = tree.items
+        i = 0
+        while i < len(items):
+            item = items[i]
+            if isinstance(item, Node):
+                self.emit_node(item, indent)
+            elif level + 1 > self.depth:
+                run = self.identical_run(items, i)
+                self.emit_folded(items[i:i + run], indent)
+                i += run
+                continue
+            else:
+                label = _call_label(item)
+                self.lines.append(f"{indent}subgraph {self.q('cluster_' + '.'.join(item.path))} {{")
+                self.lines.append(f"{indent}  label={self.q(label)}; labeljust=l; fontsize=11; "
+                                  "style=\"rounded,dashed\"; color=\"#999999\";")
+                self.emit_tree(item, level + 1, indent + "  ")
+                self.lines.append(f"{indent}}}")
+            i += 1
+
+    def emit_node(self, node: Node, indent: str) -> None:
+        family = REGISTRY[node.op].family
+        self.families.add(family)
+        label = describe(node)
+        if not _auto_named(node.local, node.op) and node.op not in ("add", "mul", "concat"):
+            label = f"{node.local}: {label}"
+        if self.params and node.params:
+            label += f"\n{node.params:,} params"
+        style = ""
+        if family == "merge":
+            style = ", shape=circle, width=0.3, fixedsize=false, margin=0.02" \
+                if node.op != "concat" else ", shape=box, style=\"filled\""
+        elif family == "activation":
+            style = ", fontsize=10, height=0.24"
+        self.lines.append(f"{indent}{self.q(node.name)} [label={self.q(label)}, "
+                          f"fillcolor=\"{FAMILY_COLORS[family]}\"{style}];")
+        for value in node.inputs:
+            self.edge(value, node.name)
+        self.owner[node.name] = node.name
+
+    def identical_run(self, items: list, start: int) -> int:
+        first = items[start]
+        run = 1
+        while start + run < len(items):
+            other = items[start + run]
+            if not (isinstance(other, ScopeTree) and other.scope and first.scope
+                    and other.scope.block == first.scope.block and first.scope.block
+                    and other.scope.args == first.scope.args
+                    and other.inputs == (items[start + run - 1].output,)):
+                break
+            run += 1
+        return run
+
+    def emit_folded(self, run: list[ScopeTree], indent: str) -> None:
+        first = run[0]
+        nodes = [n for t in run for n in t.nodes()]
+        node_id = ".".join(first.path)
+        label = _call_label(first) + (f" × {len(run)}" if len(run) > 1 else "")
+        if self.params:
+            label += f"\n{sum(n.params for n in nodes):,} params"
+        self.families.add("block")
+        self.lines.append(f"{indent}{self.q(node_id)} [label={self.q(label)}, "
+                          f"fillcolor=\"{FAMILY_COLORS['block']}\", style=\"filled\", "
+                          "shape=box3d];")
+        inside = {n.name for n in nodes}
+        for node in nodes:
+            for value in node.inputs:
+                if value not in inside:
+                    self.edge(value, node_id)
+        for node in nodes:
+            self.owner[node.name] = node_id
+
+    def legend(self) -> None:
+        families = [f for f in FAMILY_NAMES if f in self.families]
+        rows = "".join(f'<TR><TD BGCOLOR="{FAMILY_COLORS[f]}" WIDTH="14" BORDER="1"></TD>'
+                       f'<TD ALIGN="LEFT">{FAMILY_NAMES[f]}</TD></TR>' for f in families)
+        self.lines.append("  subgraph cluster_legend {")
+        self.lines.append("    label=\"legend\"; fontsize=10; style=\"rounded\"; "
+                          "color=\"#bbbbbb\";")
+        self.lines.append(f"    legend [shape=plaintext, style=\"\", fontsize=9, label=<"
+                          f'<TABLE BORDER="0" CELLSPACING="2">{rows}</TABLE>>];')
+        self.lines.append("  }")
+
+
+def to_dot(ir: Network, depth: int | None = None, direction: str = "TB", shapes: bool = True,
+           params: bool = False) -> str:
+    depth = auto_depth(ir) if depth is None else depth
+    return _Dot(ir, depth, direction, shapes, params).render()
+
+
+class DotMissingError(Exception):
+    """The `dot` program is not installed."""
+
+
+def render(dot_text: str, fmt: str) -> bytes:
+    """Run `dot -T<fmt>`; raises DotMissingError when graphviz is not installed."""
+    program = shutil.which("dot")
+    if program is None:
+        raise DotMissingError(INSTALL_HINT)
+    result = subprocess.run([program, f"-T{fmt}"], input=dot_text.encode(), capture_output=True,
+                            timeout=120)
+    if result.returncode != 0:
+        raise RuntimeError(f"dot failed: {result.stderr.decode(errors='replace').strip()}")
+    return result.stdout
+
+
+def write(ir: Network, output: str | Path, **options) -> Path:
+    """Write the diagram; the format follows the extension (.svg, .png, .pdf, .dot).
+    Without graphviz, the .dot is written beside it and DotMissingError is raised."""
+    from ..atomic import write_bytes
+    output = Path(output)
+    dot_text = to_dot(ir, **options)
+    fmt = output.suffix.lstrip(".").lower()
+    if fmt == "dot":
+        write_bytes(output, dot_text.encode())
+        return output
+    try:
+        data = render(dot_text, fmt)
+    except DotMissingError:
+        write_bytes(output.with_suffix(".dot"), dot_text.encode())
+        raise
+    write_bytes(output, data)
+    return output
