@@ -123,15 +123,17 @@ class Model:
 
 
 def load(source: str | Path, *, network: str | None = None, strict: bool = False,
-         **params: Any) -> Model:
+         memory_limit: int | None = None, **params: Any) -> Model:
     """Parse and check a spec: a path to a .cnn file, or .cnn source text.
 
     Keyword arguments override the network's parameters, e.g. `load(p, classes=10)`.
-    Raises `CnnError` (with located diagnostics) when the spec is wrong.
+    `memory_limit` (bytes) caps parameter memory and activation memory per image (default:
+    half this machine's memory). Raises `CnnError` (located diagnostics) when the spec is
+    wrong or over a limit.
     """
     program = Program()
     with _gc_paused():
-        return _load(program, source, network, strict, params)
+        return _load(program, source, network, strict, memory_limit, params)
 
 
 @contextmanager
@@ -147,7 +149,7 @@ def _gc_paused() -> Iterator[None]:
             gc.enable()
 
 
-def _load(program: Program, source, network, strict, params) -> Model:
+def _load(program: Program, source, network, strict, memory_limit, params) -> Model:
     try:
         program.load_stdlib()
         if _is_path(source):
@@ -161,7 +163,7 @@ def _load(program: Program, source, network, strict, params) -> Model:
         else:
             program.main = program.load_text(str(source), "<string>", None)
         defn = program.network(network)
-        ir = Checker(program.definitions, strict=strict).network(defn, params)
+        ir = Checker(program.definitions, strict, memory_limit).network(defn, params)
     except CnnError as exc:
         exc.sources = program.sources
         raise

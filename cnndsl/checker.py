@@ -33,6 +33,9 @@ from .values import describe, evaluate, render_expr
 SHAPE_CODES = ("E-shape", "E-groups")
 MAX_REPEAT = 10_000
 MAX_NODES = 200_000
+MAX_STEPS = 1_000_000  # layers and block calls expanded, failed ones included
+MAX_BLOCK_DEPTH = 32
+DEFAULT_MEMORY_FRACTION = 0.5  # of this machine's memory, for parameters or activations
 PARAM_TYPES = {"int": as_int, "float": number, "bool": boolean, "any": lambda v: v}
 
 
@@ -75,10 +78,17 @@ class _StatementError(Exception):
     """Stops elaborating the current statement after an error was recorded."""
 
 
+class _FatalError(Exception):
+    """A global limit was hit: stop elaborating altogether."""
+
+
 class Checker:
-    def __init__(self, definitions: dict[str, ast.Definition], strict: bool = False):
+    def __init__(self, definitions: dict[str, ast.Definition], strict: bool = False,
+                 memory_limit: int | None = None):
         self.definitions = definitions
         self.strict = strict
+        self.memory_limit = default_memory_limit() if memory_limit is None else memory_limit
+        self.steps = 0
         self.errors: list[Diagnostic] = []
         self.warnings: list[Diagnostic] = []
         self.nodes: list[Node] = []
@@ -92,7 +102,10 @@ class Checker:
         frame = Frame(params)
         inputs: list[Input] = []
         outputs: list[str] = []
-        current = self.statements(defn.body, None, frame, inputs=inputs, outputs=outputs)
+        try:
+            current = self.statements(defn.body, None, frame, inputs=inputs, outputs=outputs)
+        except _FatalError:
+            raise CnnError(self.errors + self.warnings) from None
         if not inputs and not self.errors:
             self.fail("E-input", f"network `{defn.name}` has no input", defn.name_span,
                       label="no `input` statement",
@@ -102,9 +115,26 @@ class Checker:
         self.warn_unused(frame, outputs)
         if self.errors:
             raise CnnError(self.errors + self.warnings)
-        return Network(name=defn.name, file=defn.span.file, params=params,
-                       inputs=tuple(inputs), nodes=tuple(self.nodes), outputs=tuple(outputs),
-                       scopes=tuple(self.scopes), warnings=tuple(self.warnings))
+        network = Network(name=defn.name, file=defn.span.file, params=params,
+                          inputs=tuple(inputs), nodes=tuple(self.nodes), outputs=tuple(outputs),
+                          scopes=tuple(self.scopes), warnings=tuple(self.warnings))
+        self.check_memory(network, defn)
+        return network
+
+    def check_memory(self, network: Network, defn: ast.Definition) -> None:
+        """Refuse, before anything is allocated, a network this machine cannot hold."""
+        from .report import human_bytes
+        weights = 4 * (network.total_params + sum(n.buffers for n in network.nodes))
+        activations = 4 * network.activations
+        for what, size in (("parameters", weights), ("activations per image", activations)):
+            if size > self.memory_limit:
+                raise CnnError([Diagnostic(
+                    code="E-limit", message=f"the {what} need {human_bytes(size)} (fp32), over "
+                    f"the limit of {human_bytes(self.memory_limit)}", span=defn.name_span,
+                    notes=(f"{network.total_params:,} parameters; {network.activations:,} "
+                           "activation values per image",),
+                    help="raise the limit with --memory-limit (e.g. --memory-limit 64GiB) if "
+                    "the machine that runs it has the memory")])
 
     # ---- diagnostics ----------------------------------------------------------------
 
@@ -150,7 +180,11 @@ class Checker:
         return PARAM_TYPES[param.type]
 
     def eval(self, expr: ast.Expr, params: dict[str, Any]) -> Any:
-        return evaluate(expr, params)
+        try:
+            return evaluate(expr, params)
+        except RecursionError:
+            raise CnnError([Diagnostic(code="E-limit", message="expression nested too deeply",
+                                       span=expr.span)]) from None
 
     def coerce(self, coerce, value, span: Span, what: str):
         try:
@@ -282,6 +316,11 @@ class Checker:
         return x
 
     def layer(self, step: ast.Layer, x: Tensor | None, frame: Frame, name: str | None = None):
+        self.steps += 1
+        if self.steps > MAX_STEPS:
+            self.fail("E-limit", f"expanding this network takes more than {MAX_STEPS:,} steps "
+                      "(layers and block calls)", step.span, help="lower the repeat counts")
+            raise _FatalError()
         if step.name in REGISTRY:
             return self.primitive(REGISTRY[step.name], step, x, frame, name)
         if step.name in self.definitions and self.definitions[step.name].kind == "block":
@@ -305,6 +344,8 @@ class Checker:
         if inner.label is None:
             for _ in range(count):
                 x = self.layer(inner, x, frame)
+                if x.shape is None:  # failed once: it fails the same way N times
+                    break
             return x
         container = frame.path + (self.claim(inner.label, inner.span, frame),)
         self.scopes.append(Scope(path=container, block=None, span=step.span,
@@ -386,7 +427,8 @@ class Checker:
         if any(t.shape is None for t in xs):
             return Tensor(".".join(path), None, step.span, kind.op)
         if len(self.nodes) >= MAX_NODES:
-            raise self.fail("E-limit", f"the network has more than {MAX_NODES} layers", step.span)
+            self.fail("E-limit", f"the network has more than {MAX_NODES:,} layers", step.span)
+            raise _FatalError()
         shapes = [t.shape for t in xs]
         warn = Warn()
         try:
@@ -543,6 +585,10 @@ class Checker:
             raise self.fail("E-recursion", f"block `{defn.name}` calls itself", step.span,
                             notes=("calls: " + " -> ".join((*frame.blocks, defn.name)),),
                             help="blocks cannot be recursive; use `* N` to repeat")
+        if len(frame.blocks) >= MAX_BLOCK_DEPTH:
+            raise self.fail("E-limit", f"block calls nested more than {MAX_BLOCK_DEPTH} deep",
+                            step.span, notes=("calls: " + " -> ".join(frame.blocks[-4:]) +
+                                              f" -> {defn.name}",))
         channels = {"in_channels": x.shape[0]} if x.shape is not None else {}
         values, exprs = self.bind_block_args(defn, self.block_signature(defn), step, frame,
                                              channels)
@@ -651,6 +697,16 @@ class Checker:
 
 _LATER = object()
 RESIDUAL_ARGS = (Arg("project", boolean, True, positional=False),)
+
+
+def default_memory_limit() -> int:
+    """Half of this machine's memory (8 GiB where it cannot be read)."""
+    import os
+    try:
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        total = 16 * 2**30
+    return int(DEFAULT_MEMORY_FRACTION * total)
 
 
 def out_sym(kind: LayerKind, syms: dict, xs: list[Tensor], shape) -> Any:

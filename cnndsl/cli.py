@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
 from .diagnostics import CnnError, Diagnostic, render_all, use_color
 from .source import SourceMap
 
-EXIT_OK, EXIT_SPEC, EXIT_USAGE = 0, 1, 2
+EXIT_OK, EXIT_SPEC, EXIT_USAGE, EXIT_INTERNAL = 0, 1, 2, 3
 
 
 class UsageError(Exception):
@@ -41,10 +42,25 @@ def parse_sets(pairs: list[str]) -> dict:
     return values
 
 
+def parse_size(text: str) -> int:
+    """`12GiB`, `500MB`, `2e9` -> bytes."""
+    units = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
+             "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
+    number = text.strip().rstrip("BbIiKkMmGgTt")
+    unit = text.strip()[len(number):].lower()
+    try:
+        value = float(number) * units[unit]
+    except (ValueError, KeyError):
+        raise argparse.ArgumentTypeError(f"not a size: `{text}` (e.g. 12GiB, 500MB)") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError("the size must be positive")
+    return int(value)
+
+
 def _load(args):
     from .api import load
     return load(Path(args.spec), network=args.network, strict=getattr(args, "strict", False),
-                **parse_sets(args.set))
+                memory_limit=getattr(args, "memory_limit", None), **parse_sets(args.set))
 
 
 def cmd_check(args) -> int:
@@ -172,6 +188,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="override a network parameter (repeatable)")
         p.add_argument("--network", help="which network, when the file defines several")
         p.add_argument("--json", action="store_true", help="machine-readable output")
+        p.add_argument("--memory-limit", type=parse_size, metavar="SIZE",
+                       help="refuse networks whose parameters or activations per image need "
+                       "more (default: half this machine's memory)")
         return p
 
     check = spec_command("check", "check every shape; print the layer table and totals")
@@ -218,6 +237,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--seed", type=int, default=0)
     run.add_argument("--set", action="append", metavar="NAME=VALUE")
     run.add_argument("--network")
+    run.add_argument("--memory-limit", type=parse_size, metavar="SIZE")
     run.add_argument("--json", action="store_true", help="benchmark figures as JSON")
     run.set_defaults(run=cmd_run)
     return parser
@@ -236,6 +256,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:  # noqa: BLE001 - the last line of defence for users
+        if os.environ.get("CNNDSL_DEBUG"):
+            raise
+        print(f"internal error: {type(exc).__name__}: {exc}\n(this is a bug in cnndsl; "
+              "CNNDSL_DEBUG=1 shows the traceback)", file=sys.stderr)
+        return EXIT_INTERNAL
     return EXIT_OK
 
 

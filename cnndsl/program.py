@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from functools import lru_cache
 from importlib import resources
 from pathlib import Path
 
 from . import ast
 from .diagnostics import CnnError, Diagnostic, Label
-from .source import SourceMap
+from .source import SourceMap, Span
 from .syntax import parse
 
 MAX_SOURCE_BYTES = 4 * 1024 * 1024
@@ -63,14 +64,10 @@ class Program:
 
     def load_stdlib(self) -> None:
         """Standard blocks are always visible; a user's definition of the same name wins."""
-        folder = resources.files("cnndsl") / "stdlib"
-        for entry in sorted(folder.iterdir(), key=lambda e: e.name):
-            if entry.name.endswith(".cnn"):
-                name = f"<stdlib>/{entry.name}"
-                text = entry.read_text()
-                self.sources.add(name, text)
-                for defn in parse(text, name).definitions:
-                    self.definitions[defn.name] = defn
+        for name, text, module in _stdlib():
+            self.sources.add(name, text)
+            for defn in module.definitions:
+                self.definitions[defn.name] = defn
 
     def network(self, name: str | None) -> ast.Definition:
         assert self.main is not None
@@ -85,8 +82,10 @@ class Program:
                 help=did_you_mean(name, [d.name for d in networks]) or
                 f"networks here: {', '.join(d.name for d in networks) or 'none'}")])
         if not networks:
+            start = Span(file=self.main.file, line=1, column=1, end_line=1, end_column=2)
             raise CnnError([Diagnostic(code="E-input", message=f"{self.main.file} defines no "
-                                       "network", help="add `network name() { ... }`")])
+                                       "network", span=start,
+                                       help="add `network name() { ... }`")])
         if len(networks) > 1:
             raise CnnError([Diagnostic(
                 code="E-name", message=f"{self.main.file} defines several networks",
@@ -94,6 +93,18 @@ class Program:
                 help="choose one with --network " + " / --network ".join(
                     d.name for d in networks))])
         return networks[0]
+
+
+@lru_cache(maxsize=1)
+def _stdlib() -> tuple[tuple[str, str, ast.Module], ...]:
+    """The standard library, parsed once per process (syntax trees are immutable)."""
+    folder = resources.files("cnndsl") / "stdlib"
+    files = []
+    for entry in sorted(folder.iterdir(), key=lambda e: e.name):
+        if entry.name.endswith(".cnn"):
+            name, text = f"<stdlib>/{entry.name}", entry.read_text()
+            files.append((name, text, parse(text, name)))
+    return tuple(files)
 
 
 def read_spec(path: Path) -> str:
@@ -105,8 +116,14 @@ def read_spec(path: Path) -> str:
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise CnnError([Diagnostic(code="E-syntax", message=f"{path} is not UTF-8 text "
-                                   f"(byte {exc.start})")]) from None
+        before = data[:exc.start].decode("utf-8", errors="replace")
+        line = before.count("\n") + 1
+        column = len(before) - (before.rfind("\n") + 1) + 1
+        span = Span(file=display_path(path), line=line, column=column, end_line=line,
+                    end_column=column + 1)
+        raise CnnError([Diagnostic(code="E-syntax", message=f"not UTF-8 text: byte "
+                                   f"0x{data[exc.start]:02x} at offset {exc.start}",
+                                   span=span)]) from None
 
 
 def display_path(path: Path) -> str:

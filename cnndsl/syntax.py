@@ -6,7 +6,7 @@ from functools import lru_cache
 from importlib import resources
 from pathlib import Path
 
-from lark import Lark, Token, Transformer, v_args
+from lark import Lark, Token, v_args
 from lark.exceptions import (
     UnexpectedCharacters,
     UnexpectedEOF,
@@ -14,10 +14,13 @@ from lark.exceptions import (
     UnexpectedToken,
     VisitError,
 )
+from lark.visitors import Transformer_NonRecursive
 
 from . import ast
 from .diagnostics import CnnError, Diagnostic, Label
 from .source import Span
+
+MAX_NESTING = 64  # ( and { levels; keeps every later recursive pass far from Python's limit
 
 
 def grammar_text() -> str:
@@ -39,9 +42,11 @@ class _Newlines:
 
     def __init__(self) -> None:
         self.open_parens: list[Token] = []
+        self.file = "<string>"
 
     def process(self, stream):
         self.open_parens = []
+        braces = 0
         previous = None
         for tok in stream:
             if tok.type == "_NL":
@@ -49,10 +54,24 @@ class _Newlines:
                     continue
             elif tok.value == "(":
                 self.open_parens.append(tok)
+                if len(self.open_parens) > MAX_NESTING:
+                    raise self.too_deep(tok, "parentheses")
             elif tok.value == ")" and self.open_parens:
                 self.open_parens.pop()
+            elif tok.value == "{":
+                braces += 1
+                if braces > MAX_NESTING:
+                    raise self.too_deep(tok, "braces")
+            elif tok.value == "}":
+                braces -= 1
             previous = tok
             yield tok
+
+    def too_deep(self, tok: Token, what: str) -> CnnError:
+        span = Span(file=self.file, line=tok.line, column=tok.column, end_line=tok.line,
+                    end_column=tok.column + 1)
+        return CnnError([Diagnostic(code="E-limit", message=f"{what} nested more than "
+                                    f"{MAX_NESTING} deep", span=span, label="too deep here")])
 
 
 @lru_cache(maxsize=1)
@@ -63,6 +82,7 @@ def _parser() -> Lark:
 
 def parse(text: str, file: str = "<string>") -> ast.Module:
     parser = _parser()
+    parser.options.postlex.file = file
     try:
         tree = parser.parse(text)
     except UnexpectedInput as exc:
@@ -137,7 +157,7 @@ def _syntax_diagnostic(exc: UnexpectedInput, text: str, file: str, parser: Lark)
 # ---- tree -> ast ---------------------------------------------------------------
 
 
-class _Builder(Transformer):
+class _Builder(Transformer_NonRecursive):  # iterative: a huge expression cannot overflow
     """One method per grammar rule; spans come from `_span` alone."""
 
     def __init__(self, file: str):

@@ -116,6 +116,10 @@ def _binop(expr: ast.BinOp, left: Value, right: Value) -> Value:
     result = {"+": lambda: left + right, "-": lambda: left - right, "*": lambda: left * right,
               "/": lambda: left / right, "//": lambda: left // right,
               "**": lambda: left ** right}[expr.op]()
+    if isinstance(result, complex):  # a negative number to a fractional power
+        base = f"({describe(left)})" if left < 0 else describe(left)
+        raise error("E-value", f"{base} ** {describe(right)} is not a real number",
+                    expr.span, label="not a real number")
     return _bounded(result, expr)
 
 
@@ -156,7 +160,7 @@ def _call(expr: ast.Func, args: list[Value]) -> Value:
         _require_number(arg, node, expr.name)
     try:
         return _bounded(function(*args), expr)
-    except (TypeError, ValueError, OverflowError) as exc:
+    except (TypeError, ValueError, OverflowError, ZeroDivisionError) as exc:
         raise error("E-value", f"`{expr.name}` cannot take these arguments: {exc}",
                     expr.span) from None
 
