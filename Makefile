@@ -27,7 +27,7 @@ test: $(VENV)/.installed
 	$(PY) -m pytest
 
 lint: $(VENV)/.installed
-	$(VENV)/bin/ruff check cnndsl tests benchmarks
+	$(VENV)/bin/ruff check cnndsl tests tools benchmarks
 
 clean:
 	rm -rf $(VENV) $(OUT) .pytest_cache

@@ -75,11 +75,21 @@ class Model:
         """An `onnx.ModelProto` written from the IR (no torch needed); saved atomically to
         `path` if given. `weights` as for `Model.weights`."""
         from .backends.onnx_export import DEFAULT_OPSET, save, to_onnx
-        model, _ = to_onnx(self.ir, self.weights(weights, seed), opset or DEFAULT_OPSET,
-                           fold_batchnorm)
+        with self._located():
+            model, _ = to_onnx(self.ir, self.weights(weights, seed), opset or DEFAULT_OPSET,
+                               fold_batchnorm)
         if path is not None:
             save(model, path)
         return model
+
+    @contextmanager
+    def _located(self) -> Iterator[None]:
+        """Errors from back ends quote the spec like the checker's do."""
+        try:
+            yield
+        except CnnError as exc:
+            exc.sources = self.program.sources
+            raise
 
     def onnx_session(self, provider: str = "auto", *, weights=None, seed: int = 0,
                      threads: int | None = None):
@@ -136,6 +146,23 @@ def load(source: str | Path, *, network: str | None = None, strict: bool = False
         return _load(program, source, network, strict, memory_limit, params)
 
 
+def loads(text: str, *, name: str = "<string>", network: str | None = None,
+          strict: bool = False, memory_limit: int | None = None, **params: Any) -> Model:
+    """Parse and check .cnn source text (imports resolve from the current directory)."""
+    program = Program()
+    with _gc_paused():
+        return _load(program, _Source(text, name), network, strict, memory_limit, params)
+
+
+class _Source(str):
+    """Source text passed by `loads`, never mistaken for a path."""
+
+    def __new__(cls, text: str, name: str):
+        obj = super().__new__(cls, text)
+        obj.name = name
+        return obj
+
+
 @contextmanager
 def _gc_paused() -> Iterator[None]:
     """Parsing and checking allocate many acyclic objects; the cyclic GC rescanning them
@@ -161,7 +188,8 @@ def _load(program: Program, source, network, strict, memory_limit, params) -> Mo
                                            f"{exc.strerror or exc}")]) from None
             program.main = program.load_text(text, display_path(path), path.parent)
         else:
-            program.main = program.load_text(str(source), "<string>", None)
+            program.main = program.load_text(str(source), getattr(source, "name", "<string>"),
+                                             None)
         defn = program.network(network)
         ir = Checker(program.definitions, strict, memory_limit).network(defn, params)
     except CnnError as exc:
@@ -171,6 +199,7 @@ def _load(program: Program, source, network, strict, memory_limit, params) -> Mo
 
 
 def _is_path(source: str | Path) -> bool:
+    """`load` takes a path, or source text: a str with a newline or a brace is source."""
     if isinstance(source, Path):
         return True
-    return "\n" not in source and "{" not in source
+    return not isinstance(source, _Source) and "\n" not in source and "{" not in source

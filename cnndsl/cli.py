@@ -170,6 +170,15 @@ def cmd_summary(args) -> int:
     return EXIT_OK
 
 
+def cmd_explain(args) -> int:
+    from .catalogue import BY_CODE, explain
+    text = explain(args.code)
+    if text is None:
+        raise UsageError(f"no code `{args.code}`; codes: {', '.join(BY_CODE)}")
+    print(text, end="")
+    return EXIT_OK
+
+
 def _spec_error(message: str) -> CnnError:
     return CnnError([Diagnostic(code="E-io", message=message)])
 
@@ -222,6 +231,10 @@ def build_parser() -> argparse.ArgumentParser:
     summ.add_argument("--depth", type=int, default=3, help="block nesting shown (default 3)")
     summ.set_defaults(run=cmd_summary)
 
+    explain = sub.add_parser("explain", help="explain an error code (e.g. E-shape)")
+    explain.add_argument("code")
+    explain.set_defaults(run=cmd_explain)
+
     run = sub.add_parser("run", help="run a model with onnxruntime",
                          description="Run a .onnx model, or a .cnn spec compiled on the fly, "
                          "with onnxruntime.")
@@ -252,6 +265,11 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(str(exc))
     except CnnError as exc:
         _report(exc, args)
+        return EXIT_SPEC
+    except OSError as exc:  # reading or writing a file the user named
+        where = f" {exc.filename}" if exc.filename else ""
+        _report(CnnError([Diagnostic(code="E-io", message=f"cannot access{where}: "
+                                     f"{exc.strerror or exc}")]), args)
         return EXIT_SPEC
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -1,0 +1,112 @@
+"""Whatever file cnndsl is fed: a located error or a correct model, in bounded time.
+
+The short fuzz campaign runs here; `python tools/fuzz.py --cases 50000` runs a long one.
+Every crash the fuzzing and probing found is a regression case below.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+import tracemalloc
+
+import pytest
+
+import cnndsl
+from cnndsl import CnnError
+from conftest import ROOT, run_cli
+
+sys.path.insert(0, str(ROOT / "tools"))
+import fuzz  # noqa: E402
+
+BODY = "network n() {\n    input x: 3 x 16 x 16\n    %s\n}\n"
+
+# text -> (code, line, column) of the first error; each was a crash or a hang once
+REGRESSIONS = {
+    "divisible_by_zero": (BODY % "conv(divisible(9, 0), 3)", ("E-value", 3, 10)),
+    "complex_power": (BODY % "conv((-8) ** 0.5, 3)", ("E-value", 3, 10)),
+    "long_expression": (BODY % ("conv(" + "+".join(["1"] * 20000) + ", 1)"),
+                        ("E-limit", 3, 10)),
+    "deep_parentheses": (BODY % ("conv(" + "(" * 3000 + "1" + ")" * 3000 + ", 1)"),
+                         ("E-limit", 3, 73)),
+    "deep_residuals": (BODY % ("residual {\n" * 500 + "relu\n" + "}\n" * 500),
+                       ("E-limit", 66, 10)),
+    "deep_block_calls": ("\n".join(f"block b{i}() {{\n    b{i + 1}\n}}" for i in range(400))
+                         + "\nblock b400() {\n    relu\n}\n" + BODY % "b0",
+                         ("E-limit", 95, 5)),
+    "nested_huge_repeats": ("block r() {\n    relu * 10000\n}\n" + BODY % "r * 10000",
+                            ("E-limit", 2, 5)),
+    "huge_channels": (BODY % "conv(4000000000, 3)", ("E-limit", 1, 9)),
+    "huge_input": ("network n() {\n    input x: 3 x 100000 x 100000\n    conv(8, 3)\n}\n",
+                   ("E-limit", 1, 9)),
+    "stray_unicode": (BODY % "conv(3, 1) → relu", ("E-syntax", 3, 16)),
+    "no_network": ("block a() {\n    relu\n}\n", ("E-input", 1, 1)),
+}
+
+
+@pytest.mark.parametrize("name", sorted(REGRESSIONS))
+def test_regression(name):
+    text, (code, line, column) = REGRESSIONS[name]
+    start = time.perf_counter()
+    with pytest.raises(CnnError) as info:
+        cnndsl.loads(text, name="case.cnn")
+    assert time.perf_counter() - start < 10
+    first = info.value.diagnostics[0]
+    assert (first.code, first.span.line, first.span.column) == (code, line, column), first
+    info.value.render()
+
+
+def test_short_fuzz_campaign():
+    outcomes, failures, elapsed = fuzz.campaign(count=600, seed=11, time_bound=10)
+    assert not failures, failures[:3]
+    assert outcomes["checked"] > 50 and outcomes["located error"] > 300  # both paths taken
+
+
+def test_fuzzed_files_through_the_cli(tmp_path):
+    texts = list(fuzz.cases(12, seed=5))
+    texts.append(bytes(range(256)).decode("latin-1"))
+    for i, text in enumerate(texts):
+        path = tmp_path / f"case{i}.cnn"
+        path.write_text(text, encoding="latin-1" if i == len(texts) - 1 else "utf-8")
+        result = run_cli("check", str(path))
+        assert result.returncode in (0, 1), result.stderr
+        assert "Traceback" not in result.stderr and "internal error" not in result.stderr
+        if result.returncode == 1:
+            assert f"--> {path}:" in result.stderr or f"{path.name}:" in result.stderr
+
+
+def test_non_utf8_file_is_located(tmp_path):
+    path = tmp_path / "bad.cnn"
+    path.write_bytes(b"network n() {\n    input x: 3 x 8 x 8\n    conv(4, 3) \xff\n}\n")
+    result = run_cli("check", str(path))
+    assert result.returncode == 1
+    assert "not UTF-8 text: byte 0xff" in result.stderr and f"{path}:3:16" in result.stderr
+
+
+def test_memory_limit_refuses_before_allocating_anything():
+    text = "network big() {\n    input x: 3 x 224 x 224\n    flatten -> linear(2000000)\n}\n"
+    tracemalloc.start()
+    with pytest.raises(CnnError) as info:
+        cnndsl.loads(text)  # 150,528 x 2,000,000 weights + bias: 1.2 TB
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    (error,) = info.value.diagnostics
+    assert error.code == "E-limit" and "the parameters need 1121.53 GiB" in error.message
+    assert "301,058,000,000 parameters" in error.notes[0]
+    assert peak < 50 * 2**20  # nothing the size of a tensor was allocated
+
+
+def test_memory_limit_is_a_flag():
+    small = ["check", "specs/resnet18.cnn", "--memory-limit", "40MiB"]
+    refused = run_cli(*small)
+    assert refused.returncode == 1 and "over the limit of 40.00 MiB" in refused.stderr
+    assert run_cli("check", "specs/resnet18.cnn", "--memory-limit", "1GiB").returncode == 0
+    assert run_cli("check", "specs/resnet18.cnn", "--memory-limit", "lots").returncode == 2
+
+
+def test_load_and_loads():
+    text = (ROOT / "specs" / "lenet5.cnn").read_text()
+    assert cnndsl.loads(text).params == cnndsl.load(ROOT / "specs" / "lenet5.cnn").params
+    with pytest.raises(CnnError) as info:
+        cnndsl.loads("relu")
+    assert info.value.diagnostics[0].span.file == "<string>"
