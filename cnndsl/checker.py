@@ -25,6 +25,7 @@ from .layers import (
     boolean,
     fmt,
     number,
+    short,
 )
 from .source import Span
 from .suggest import did_you_mean
@@ -564,9 +565,7 @@ class Checker:
             if arg.default is _LATER:  # a block parameter: its default as written
                 param = next(p for p in self.definitions[name].params if p.name == arg.name)
                 return render_expr(param.default, {})
-            value = arg.default
-            return describe(value[0] if isinstance(value, tuple) and len(set(value)) == 1
-                            else value)
+            return describe(short(arg.default))
         name = what.split("`")[1]
         parts = [a.name if a.default is REQUIRED else f"{a.name}={default(a)}"
                  for a in signature]
@@ -611,7 +610,7 @@ class Checker:
                    **{k: ast.Num(v, step.span) for k, v in values.items()
                       if k not in arg_syms and isinstance(v, (int, float))}}
         return Tensor(result.name, result.shape, step.span, defn.name,
-                      substitute(result.sym, mapping))
+                      bounded(substitute(result.sym, mapping)))
 
     def bind_block_args(self, defn, signature, step, frame, channels) -> tuple[dict, dict]:
         """Block defaults are expressions over earlier parameters and `in_channels`."""
@@ -709,6 +708,24 @@ def default_memory_limit() -> int:
     return int(DEFAULT_MEMORY_FRACTION * total)
 
 
+MAX_SYM_DEPTH = 24  # deeper channel expressions are written as numbers in generated code
+
+
+def sym_depth(expr: Any, limit: int = MAX_SYM_DEPTH + 1) -> int:
+    """Nesting depth of an expression, counted no further than `limit`."""
+    if limit <= 0 or not isinstance(expr, (ast.BinOp, ast.Neg, ast.Func)):
+        return 0
+    parts = ((expr.left, expr.right) if isinstance(expr, ast.BinOp) else
+             (expr.operand,) if isinstance(expr, ast.Neg) else expr.args)
+    return 1 + max((sym_depth(p, limit - 1) for p in parts), default=0)
+
+
+def bounded(expr: Any) -> Any:
+    """The expression, or None once it is too deep to be worth writing (a DenseNet block
+    of 10,000 layers would otherwise build `in_channels + growth + ...` 10,000 deep)."""
+    return None if expr is None or sym_depth(expr) > MAX_SYM_DEPTH else expr
+
+
 def out_sym(kind: LayerKind, syms: dict, xs: list[Tensor], shape) -> Any:
     """The output's channels as an expression of the block's parameters, where one exists."""
     if kind.channels_out is None:
@@ -719,7 +736,7 @@ def out_sym(kind: LayerKind, syms: dict, xs: list[Tensor], shape) -> Any:
         total = xs[0].sym
         for t in xs[1:]:
             total = ast.BinOp("+", total, t.sym, t.span)
-        return total
+        return bounded(total)
     if kind.channels_out == "-":
         return None
     return syms.get(kind.channels_out)

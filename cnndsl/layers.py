@@ -177,6 +177,13 @@ def image(x: Shape, op: str) -> tuple[int, int, int]:
     return x
 
 
+def short(value):
+    """(3, 3) -> 3: a pair the way a person would write it."""
+    if isinstance(value, tuple) and len(value) == 2 and value[0] == value[1]:
+        return value[0]
+    return value
+
+
 def fmt(shape: Shape) -> str:
     return " x ".join(str(n) for n in shape)
 

@@ -41,6 +41,11 @@ REGRESSIONS = {
                    ("E-limit", 1, 9)),
     "stray_unicode": (BODY % "conv(3, 1) → relu", ("E-syntax", 3, 16)),
     "no_network": ("block a() {\n    relu\n}\n", ("E-input", 1, 1)),
+    # found by `tools/fuzz.py --cases 50000 --seed 7`: a 10,000-layer dense block once
+    # built a 10,000-deep channel expression and overflowed the stack
+    "fuzz_7_49290_dense_block_10000": (
+        (ROOT / "specs" / "densenet121.cnn").read_text().replace(
+            "dense_block(24, growth)", "dense_block(10000, growth)"), ("E-limit", 4, 9)),
 }
 
 

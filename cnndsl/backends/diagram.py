@@ -16,7 +16,7 @@ import subprocess
 from pathlib import Path
 
 from ..ir import Network, Node, ScopeTree, scope_tree
-from ..layers import REGISTRY
+from ..layers import REGISTRY, short
 from ..report import human
 
 FAMILY_COLORS = {
@@ -34,11 +34,8 @@ INSTALL_HINT = ("graphviz's `dot` is not installed: apt-get install graphviz (De
 
 
 def _pair(value) -> str:
-    if isinstance(value, tuple) and len(set(value)) == 1:
-        return str(value[0])
-    if isinstance(value, tuple):
-        return "x".join(map(str, value))
-    return str(value)
+    value = short(value)
+    return "x".join(map(str, value)) if isinstance(value, tuple) else str(value)
 
 
 def _kernel(a: dict) -> str:

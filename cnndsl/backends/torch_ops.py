@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..ir import Node
+from ..layers import short
 
 
 @dataclass(frozen=True)
@@ -24,16 +25,9 @@ class TorchLayer:
     join: str | None = None  # "add" | "concat" for merges
 
 
-def _short(value):
-    """(3, 3) -> 3: the form a person would write."""
-    if isinstance(value, tuple) and len(value) == 2 and value[0] == value[1]:
-        return value[0]
-    return value
-
-
 def _non_default(**pairs) -> dict[str, Any]:
     """Keyword arguments whose value differs from PyTorch's default (value, default)."""
-    return {k: _short(v) for k, (v, default) in pairs.items() if _short(v) != default}
+    return {k: short(v) for k, (v, default) in pairs.items() if short(v) != default}
 
 
 def _padding(node: Node, pad_value: float = 0.0):
@@ -48,7 +42,7 @@ def conv(node: Node) -> TorchLayer:
     a = node.attrs
     padding, pre_pad = _padding(node)
     return TorchLayer("Conv2d", (a["in_channels"], a["out_channels"]),
-                      {"kernel_size": _short(a["kernel"]), **_non_default(
+                      {"kernel_size": short(a["kernel"]), **_non_default(
                           stride=(a["stride"], 1), padding=(padding, 0),
                           dilation=(a["dilation"], 1), groups=(a["groups"], 1),
                           bias=(a["bias"], True))}, pre_pad)
@@ -57,7 +51,7 @@ def conv(node: Node) -> TorchLayer:
 def conv_transpose(node: Node) -> TorchLayer:
     a = node.attrs
     return TorchLayer("ConvTranspose2d", (a["in_channels"], a["out_channels"]),
-                      {"kernel_size": _short(a["kernel"]), **_non_default(
+                      {"kernel_size": short(a["kernel"]), **_non_default(
                           stride=(a["stride"], 1), padding=(a["padding"], 0),
                           output_padding=(a["output_padding"], 0), groups=(a["groups"], 1),
                           bias=(a["bias"], True), dilation=(a["dilation"], 1))})
@@ -66,8 +60,8 @@ def conv_transpose(node: Node) -> TorchLayer:
 def maxpool(node: Node) -> TorchLayer:
     a = node.attrs
     padding, pre_pad = _padding(node)
-    return TorchLayer("MaxPool2d", (_short(a["kernel"]),), _non_default(
-        stride=(a["stride"], _short(a["kernel"])), padding=(padding, 0),
+    return TorchLayer("MaxPool2d", (short(a["kernel"]),), _non_default(
+        stride=(a["stride"], short(a["kernel"])), padding=(padding, 0),
         dilation=(a["dilation"], 1), ceil_mode=(a["ceil_mode"], False)),
         pre_pad, float("-inf"))
 
@@ -75,8 +69,8 @@ def maxpool(node: Node) -> TorchLayer:
 def avgpool(node: Node) -> TorchLayer:
     a = node.attrs
     padding, pre_pad = _padding(node)
-    return TorchLayer("AvgPool2d", (_short(a["kernel"]),), _non_default(
-        stride=(a["stride"], _short(a["kernel"])), padding=(padding, 0),
+    return TorchLayer("AvgPool2d", (short(a["kernel"]),), _non_default(
+        stride=(a["stride"], short(a["kernel"])), padding=(padding, 0),
         ceil_mode=(a["ceil_mode"], False),
         count_include_pad=(a["count_include_pad"], True)), pre_pad)
 
@@ -91,7 +85,7 @@ def batchnorm(node: Node) -> TorchLayer:
 def upsample(node: Node) -> TorchLayer:
     a = node.attrs
     scale = tuple(float(s) for s in a["scale"])
-    kwargs = {"scale_factor": _short(scale), "mode": a["mode"]}
+    kwargs = {"scale_factor": short(scale), "mode": a["mode"]}
     if a["mode"] == "bilinear":
         kwargs["align_corners"] = False
     return TorchLayer("Upsample", (), kwargs)
@@ -105,7 +99,7 @@ def _simple(cls: str, *args: Callable[[Node], Any], **kwargs: Callable[[Node], A
 
 
 def _attr(name: str) -> Callable[[Node], Any]:
-    return lambda node: _short(node.attrs[name])
+    return lambda node: short(node.attrs[name])
 
 
 TORCH_OPS: dict[str, Callable[[Node], TorchLayer]] = {

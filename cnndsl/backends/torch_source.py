@@ -64,7 +64,9 @@ def py_expr(expr: ast.Expr, needs: set[str], outer: int = 0) -> str:
         return f"{name}({', '.join(py_expr(a, needs) for a in expr.args)})"
     if isinstance(expr, ast.Tuple):
         return "(" + ", ".join(py_expr(i, needs) for i in expr.items) + ")"
-    if isinstance(expr, ast.Neg):
+    if isinstance(expr, ast.BinOp) and expr.op == "+":
+        text, level = _sum(expr, needs), _PRECEDENCE["+"]
+    elif isinstance(expr, ast.Neg):
         text, level = "-" + py_expr(expr.operand, needs, _PRECEDENCE["neg"]), _PRECEDENCE["neg"]
     elif isinstance(expr, ast.BoolOp) and expr.op == "not":
         text, level = "not " + py_expr(expr.left, needs, 3), 3
@@ -74,6 +76,28 @@ def py_expr(expr: ast.Expr, needs: set[str], outer: int = 0) -> str:
         text = (f"{py_expr(expr.left, needs, level + (expr.op == '**'))} {expr.op} "
                 f"{py_expr(expr.right, needs, right_level)}")
     return f"({text})" if level < outer else text
+
+
+def _sum(expr: ast.BinOp, needs: set[str]) -> str:
+    """`in_channels + growth + growth` -> `in_channels + 2 * growth` (terms in first order)."""
+    terms: list[ast.Expr] = []
+    stack = [expr]
+    while stack:  # flatten the left-leaning chain of additions
+        node = stack.pop()
+        if isinstance(node, ast.BinOp) and node.op == "+":
+            stack += [node.right, node.left]
+        else:
+            terms.append(node)
+    counts = Counter(py_expr(t, needs, _PRECEDENCE["+"]) for t in terms)
+    parts = []
+    for text in dict.fromkeys(py_expr(t, needs, _PRECEDENCE["+"]) for t in terms):
+        n = counts[text]
+        parts.append(text if n == 1 else f"{n} * {py_expr_wrap(text)}")
+    return " + ".join(parts)
+
+
+def py_expr_wrap(text: str) -> str:
+    return text if text.isidentifier() or text.isdigit() else f"({text})"
 
 
 class Sym:
