@@ -17,10 +17,21 @@ def atomic_path(target: str | Path):
     os.close(fd)
     try:
         yield Path(tmp)
+        os.chmod(tmp, _mode_for(target))  # mkstemp makes 0600; outputs are ordinary files
         os.replace(tmp, target)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def _mode_for(target: Path) -> int:
+    """The mode the file already has, else what a plain open() would give it."""
+    try:
+        return target.stat().st_mode & 0o777
+    except FileNotFoundError:
+        umask = os.umask(0)
+        os.umask(umask)
+        return 0o666 & ~umask
 
 
 def write_bytes(target: str | Path, data: bytes) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import os
 
 import onnx
 import pytest
@@ -44,6 +45,17 @@ def test_a_writer_that_dies_halfway_leaves_nothing(tmp_path, monkeypatch):
     monkeypatch.setattr(onnx, "save_model", real_save)
     cnndsl.load(SPECS / "lenet5.cnn").to_onnx(out)
     assert onnx.load(str(out)).graph.name == "lenet5"
+
+
+def test_outputs_get_ordinary_permissions(tmp_path):
+    out = tmp_path / "lenet.py"
+    assert main(["compile", str(SPECS / "lenet5.cnn"), "--to", "torch", "-o", str(out)]) == 0
+    umask = os.umask(0)
+    os.umask(umask)
+    assert out.stat().st_mode & 0o777 == 0o666 & ~umask
+    out.chmod(0o640)
+    assert main(["compile", str(SPECS / "lenet5.cnn"), "--to", "torch", "-o", str(out)]) == 0
+    assert out.stat().st_mode & 0o777 == 0o640  # an existing file keeps its mode
 
 
 class _Tty(io.StringIO):
