@@ -364,10 +364,6 @@ class _Pool(LayerKind):
         return (c, h, w)
 
 
-def optional_pair(value):
-    return None if value is None else pair(value)
-
-
 class MaxPool(_Pool):
     op = "maxpool"
     doc = "max pooling; stride defaults to the kernel"
@@ -557,7 +553,3 @@ class Concat(LayerKind):
                     f"{fmt(x[1:]) or fmt(x)}", inputs=(0, i),
                     help="make the spatial sizes agree (padding, ceil_mode or a crop)")
         return (sum(x[0] for x in xs), *xs[0][1:])
-
-
-def bind_defaults(kind: LayerKind) -> dict[str, Any]:
-    return {arg.name: arg.default for arg in kind.args if arg.default is not REQUIRED}

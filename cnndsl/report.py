@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from math import prod
-
 from .ir import Network, Node, ScopeTree, scope_tree
 from .layers import fmt
 
@@ -86,10 +84,6 @@ def to_json(ir: Network) -> dict:
         "warnings": [w.to_json() for w in ir.warnings],
         "conventions": {"macs": MACS_CONVENTION, "shapes": "per image, batch axis omitted"},
     }
-
-
-def numel(shape) -> int:
-    return prod(shape)
 
 
 # ---- summary: a torchinfo-like table from the static pass -----------------------------

@@ -191,3 +191,16 @@ def test_every_layer_kind_agrees(opset):
     assert_close(create_session(proto.SerializeToString(), "cpu").run(x)[0], expected)
     gelu_nodes = sum(n.op_type == "Gelu" for n in proto.graph.node)
     assert gelu_nodes == (1 if opset >= 20 else 0)
+
+
+def test_onnx_session_api():
+    model = cnndsl.load(SPECS / "lenet5.cnn")
+    module = model.to_torch().eval()
+    session = model.onnx_session("cpu", weights=module.state_dict())
+    assert session.provider == "cpu" and session.input_names == ["image"]
+    x = np.random.default_rng(1).standard_normal((4, 1, 32, 32)).astype(np.float32)
+    with torch.no_grad():
+        expected = module(torch.from_numpy(x)).numpy()
+    assert_close(session.run(x)[0], expected)
+    stats = session.benchmark([x], runs=3, progress=False)
+    assert stats["batch"] == 4 and stats["p50_ms"] > 0 and stats["images_per_s"] > 0
