@@ -143,10 +143,6 @@ class Checker:
         self.errors.append(Diagnostic(code=code, message=message, span=span, **kw))
         return _StatementError()
 
-    def report(self, exc: CnnError) -> _StatementError:
-        self.errors.extend(exc.diagnostics)
-        return _StatementError()
-
     # ---- parameters -----------------------------------------------------------------
 
     def bind_network_params(self, defn: ast.Definition, overrides: dict[str, Any]):
@@ -205,7 +201,7 @@ class Checker:
             except _StatementError:
                 current = Tensor("<error>", None, stmt.span, "error")
             except CnnError as exc:
-                self.report(exc)
+                self.errors.extend(exc.diagnostics)
                 current = Tensor("<error>", None, stmt.span, "error")
         return current
 
@@ -359,9 +355,8 @@ class Checker:
             if x.shape is None:
                 break
         self.scopes[-1] = self.scopes[-1].model_copy(update={"output": x.name})
-        if inner.label is not None:
-            frame.tensors.setdefault(inner.label, x)
-            frame.used.add(inner.label)
+        frame.tensors.setdefault(inner.label, x)
+        frame.used.add(inner.label)
         return x
 
     # ---- names ------------------------------------------------------------------------
@@ -450,7 +445,7 @@ class Checker:
                     macs=macs, span=step.span, derivations=derivations or {}, syms=syms)
         self.nodes.append(node)
         self.by_name[node.name] = node
-        return Tensor(node.name, shape, step.span, kind.op, out_sym(kind, syms, xs, shape))
+        return Tensor(node.name, shape, step.span, kind.op, out_sym(kind, syms, xs))
 
     def located(self, exc: LayerError, step, xs: list[Tensor]) -> Diagnostic:
         """A layer's complaint, placed on its argument (or the layer) with the input's story."""
@@ -574,7 +569,8 @@ class Checker:
     # ---- blocks -------------------------------------------------------------------
 
     def block_signature(self, defn: ast.Definition) -> tuple[Arg, ...]:
-        return tuple(Arg(p.name, self.param_type(p), REQUIRED if p.default is None else p.default)
+        """Defaults are expressions evaluated at each call (`_LATER`), not values."""
+        return tuple(Arg(p.name, self.param_type(p), REQUIRED if p.default is None else _LATER)
                      for p in defn.params)
 
     def call_block(self, defn: ast.Definition, step: ast.Layer, x: Tensor | None, frame: Frame,
@@ -589,8 +585,7 @@ class Checker:
                             step.span, notes=("calls: " + " -> ".join(frame.blocks[-4:]) +
                                               f" -> {defn.name}",))
         channels = {"in_channels": x.shape[0]} if x.shape is not None else {}
-        values, exprs = self.bind_block_args(defn, self.block_signature(defn), step, frame,
-                                             channels)
+        values, exprs = self.bind_block_args(defn, step, frame, channels)
         values = {**values, **channels}  # a block sees the channels it is given
         arg_syms = {**exprs, "in_channels": x.sym}
         local = self.local_name(step, defn.name, frame, name)
@@ -612,11 +607,10 @@ class Checker:
         return Tensor(result.name, result.shape, step.span, defn.name,
                       bounded(substitute(result.sym, mapping)))
 
-    def bind_block_args(self, defn, signature, step, frame, channels) -> tuple[dict, dict]:
+    def bind_block_args(self, defn, step, frame, channels) -> tuple[dict, dict]:
         """Block defaults are expressions over earlier parameters and `in_channels`."""
-        placeholders = tuple(Arg(a.name, a.coerce, _LATER if a.default is not REQUIRED
-                                 else REQUIRED) for a in signature)
-        values, _, exprs = self.bind_args(placeholders, step, frame, f"block `{defn.name}`")
+        signature = self.block_signature(defn)
+        values, _, exprs = self.bind_args(signature, step, frame, f"block `{defn.name}`")
         for arg, param in zip(signature, defn.params):
             if values[arg.name] is _LATER:
                 raw = self.eval(param.default, {**channels, **values})
@@ -669,11 +663,11 @@ class Checker:
                                 f"{fmt(body.shape)}: no strided 1x1 projection matches",
                                 step.span, help="write the shortcut with `shortcut { ... }`")
             strides.append(s)
-        conv = {"out_channels": body.shape[0], "kernel": (1, 1), "stride": tuple(strides),
-                "padding": (0, 0), "dilation": (1, 1), "groups": 1, "bias": False}
+        conv = {**REGISTRY["conv"].defaults(), "out_channels": body.shape[0], "kernel": (1, 1),
+                "stride": tuple(strides), "bias": False}
         y = self.emit(REGISTRY["conv"], conv, [x], frame.path + (self.auto_name("conv", frame),),
                       step, syms={"out_channels": body.sym} if body.sym is not None else {})
-        return self.emit(REGISTRY["batchnorm"], {"eps": 1e-5, "momentum": 0.1}, [y],
+        return self.emit(REGISTRY["batchnorm"], REGISTRY["batchnorm"].defaults(), [y],
                          frame.path + (self.auto_name("batchnorm", frame),), step)
 
     def branch(self, step: ast.Branch, x: Tensor, frame: Frame) -> Tensor:
@@ -726,7 +720,7 @@ def bounded(expr: Any) -> Any:
     return None if expr is None or sym_depth(expr) > MAX_SYM_DEPTH else expr
 
 
-def out_sym(kind: LayerKind, syms: dict, xs: list[Tensor], shape) -> Any:
+def out_sym(kind: LayerKind, syms: dict, xs: list[Tensor]) -> Any:
     """The output's channels as an expression of the block's parameters, where one exists."""
     if kind.channels_out is None:
         return xs[0].sym

@@ -265,6 +265,10 @@ class LayerKind:
         """Output shape; may complete `a` with resolved values (in_channels, padding)."""
         return xs[0]
 
+    def defaults(self) -> dict[str, Any]:
+        """The arguments a call may leave out, with their values."""
+        return {arg.name: arg.default for arg in self.args if arg.default is not REQUIRED}
+
     def param_shapes(self, a: dict) -> dict[str, Shape]:
         """Trainable tensors by state_dict suffix (`weight`, `bias`), as PyTorch lays them out."""
         return {}

@@ -257,7 +257,6 @@ class _Forward:
         self.uses = Counter(i for child in item.items for i in child.inputs)
         self.outputs = [item.output] if item.path else list(ir.outputs)
         self.uses.update(self.outputs)
-        self.needs_functional = False
 
     def lines(self) -> list[str]:
         out = []
@@ -271,7 +270,7 @@ class _Forward:
             chained = self.uses[child.output] == 1 and (
                 not last and child.output in nxt.inputs and child.output not in self.outputs
                 or last and self.outputs == [child.output])
-            target = self.free_running_var(child, remaining) if chained else None
+            target = self.free_running_var(remaining) if chained else None
             target = target or identifier(child.local)
             self.var[child.output] = target
             shape = fmt(self.ir.shape_of(child.output)) if self.shapes else ""
@@ -281,7 +280,7 @@ class _Forward:
             return out + ["return x"]
         return out + ["return " + ", ".join(self.var[o] for o in self.outputs)]
 
-    def free_running_var(self, child: Node | ScopeTree, remaining: Counter) -> str | None:
+    def free_running_var(self, remaining: Counter) -> str | None:
         """`x`, else `y`, `z`: the first whose value nobody needs any more (or this child's)."""
         for candidate in ("x", "y", "z"):
             holders = [n for n, v in self.var.items() if v == candidate]
@@ -300,7 +299,6 @@ class _Forward:
             return f"torch.cat([{', '.join(args)}], dim=1)"
         arg = args[0]
         if spec.pre_pad is not None:
-            self.needs_functional = True
             value = "" if spec.pad_value == 0 else f", value={py_literal(spec.pad_value)}"
             arg = f"F.pad({arg}, {py_literal(spec.pre_pad)}{value})"
         return f"self.{child.local}({arg})"
@@ -362,8 +360,8 @@ def generate_source(ir: Network, definitions: dict[str, ast.Definition] | None =
     init, _ = planner.init_lines(root, None)
     forward = _Forward(root, {i.name: identifier(i.name) for i in ir.inputs}, ir, shapes=True)
     forward_lines = forward.lines()
-    needs_functional = forward.needs_functional or any(
-        "F.pad(" in line for plan in planner.classes for line in plan.forward)
+    needs_functional = any("F.pad(" in line for line in [
+        *forward_lines, *(line for plan in planner.classes for line in plan.forward)])
     name = class_name(ir.name)
     inputs = ", ".join(f"{i.name}: {fmt(i.shape)}" for i in ir.inputs)
     out = [
