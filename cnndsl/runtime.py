@@ -74,13 +74,17 @@ class Session:
         return [i.shape for i in self.session.get_inputs()]
 
     def run(self, *inputs: np.ndarray) -> list[np.ndarray]:
-        feeds = dict(zip(self.input_names, (np.ascontiguousarray(x, np.float32)
-                                            for x in inputs)))
+        feeds = self._feeds(inputs)
         if self.provider == "cpu":
             return self.session.run(None, feeds)
         binding = self._bind(feeds)
         self.session.run_with_iobinding(binding)
         return binding.copy_outputs_to_cpu()
+
+    def _feeds(self, inputs) -> dict[str, np.ndarray]:
+        """Inputs by name, as the contiguous float32 arrays the model takes."""
+        return dict(zip(self.input_names, (np.ascontiguousarray(x, np.float32)
+                                           for x in inputs)))
 
     def _bind(self, feeds: dict[str, np.ndarray]):
         import onnxruntime as ort
@@ -94,7 +98,7 @@ class Session:
     def benchmark(self, inputs: list[np.ndarray], runs: int, warmup: int = 3,
                   progress: bool = True) -> dict:
         """Latency percentiles (ms) and images/s; inputs stay on the device between runs."""
-        feeds = dict(zip(self.input_names, inputs))
+        feeds = self._feeds(inputs)
         if self.provider == "cpu":
             def call():
                 self.session.run(None, feeds)

@@ -202,5 +202,5 @@ def test_onnx_session_api():
     with torch.no_grad():
         expected = module(torch.from_numpy(x)).numpy()
     assert_close(session.run(x)[0], expected)
-    stats = session.benchmark([x], runs=3, progress=False)
+    stats = session.benchmark([x.astype(np.float64)], runs=3, progress=False)  # as run() takes
     assert stats["batch"] == 4 and stats["p50_ms"] > 0 and stats["images_per_s"] > 0
