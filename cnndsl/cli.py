@@ -256,9 +256,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def expand_sets(argv: list[str]) -> list[str]:
+    """`--set a=1 b=2` means `--set a=1 --set b=2`: every NAME=VALUE word that follows a
+    `--set` belongs to it (argparse's nargs would also swallow the spec's path)."""
+    out: list[str] = []
+    in_set = False
+    for word in argv:
+        is_pair = (word.partition("=")[0].isidentifier() and "=" in word
+                   and not word.endswith((".cnn", ".onnx")))
+        if in_set and is_pair and out[-1] != "--set":
+            out.append("--set")
+        out.append(word)
+        in_set = word == "--set" or (in_set and is_pair)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(expand_sets(sys.argv[1:] if argv is None else argv))
     try:
         return args.run(args)
     except UsageError as exc:
