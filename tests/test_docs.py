@@ -1,0 +1,149 @@
+"""The README is executed: every fenced block is tagged, and every `cnn`, `console` and
+`python` block runs and does what the text says (docs/errors.md is kept in step by
+tests/test_catalogue.py, which runs its examples)."""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import cnndsl
+from conftest import ROOT
+
+DOCS = [ROOT / "README.md"]
+FENCE = re.compile(r"^```([^\n`]*)\n(.*?)^```\s*$", re.M | re.S)
+KINDS = {"cnn", "console", "python", "sh", "text"}
+
+
+def blocks(kind: str) -> list[tuple[str, str]]:
+    """(id, text) of every block of one kind, the id naming its file and line."""
+    found = []
+    for doc in DOCS:
+        text = doc.read_text()
+        for m in FENCE.finditer(text):
+            if m.group(1).strip() == kind:
+                line = text.count("\n", 0, m.start()) + 1
+                found.append((f"{doc.name}:{line}", m.group(2)))
+    return found
+
+
+def ids(items):
+    return [i for i, _ in items]
+
+
+def test_every_block_says_what_it_is():
+    for doc in DOCS:
+        text = doc.read_text()
+        for m in FENCE.finditer(text):
+            line = text.count("\n", 0, m.start()) + 1
+            assert m.group(1).strip() in KINDS, f"{doc.name}:{line}: tag the block ({KINDS})"
+
+
+@pytest.fixture
+def workdir(tmp_path: Path) -> Path:
+    """A scratch folder that sees the repository's specs and examples: commands and
+    snippets write their outputs here, never into the checkout."""
+    for name in ("specs", "examples", "tests"):
+        (tmp_path / name).symlink_to(ROOT / name)
+    return tmp_path
+
+
+CNN_BLOCKS = blocks("cnn")
+
+
+@pytest.mark.parametrize("block", [b for _, b in CNN_BLOCKS], ids=ids(CNN_BLOCKS))
+def test_cnn_snippet_checks(block, tmp_path):
+    """A `cnn` block is a whole file that checks clean, unless its first line says
+    `# error: E-CODE`, in which case it fails with that code."""
+    first = block.splitlines()[0]
+    expected = re.match(r"#\s*error:\s*([EW]-\w+)", first)
+    if expected:
+        with pytest.raises(cnndsl.CnnError) as info:
+            cnndsl.loads(block, strict=True)
+        assert expected.group(1) in {d.code for d in info.value.diagnostics}
+    else:
+        model = cnndsl.loads(block, strict=True)
+        assert model.params >= 0 and not model.warnings
+
+
+def test_a_snippet_that_names_its_file_is_that_file():
+    """`# specs/lenet5.cnn` over a snippet: the snippet is that file's network, verbatim."""
+    for _, block in CNN_BLOCKS:
+        named = re.match(r"# ((?:specs|examples)/[\w/]+\.cnn)\n", block)
+        if named:
+            assert block[named.end():] in (ROOT / named.group(1)).read_text()
+
+
+CONSOLE_BLOCKS = blocks("console")
+
+
+def run_shell(command: str, cwd: Path) -> str:
+    words = shlex.split(command)
+    assert words[0] == "cnndsl", f"console blocks run cnndsl, not {words[0]}"
+    env = {**os.environ, "NO_COLOR": "1", "COLUMNS": "100"}
+    result = subprocess.run([sys.executable, "-m", "cnndsl", *words[1:]], cwd=cwd, env=env,
+                            capture_output=True, text=True, timeout=300)
+    return (result.stdout + result.stderr).rstrip("\n")
+
+
+def matches(actual: str, shown: str) -> bool:
+    """The shown output, where a line `...` (maybe indented) stands for any lines, equals
+    the actual one."""
+    parts = [p.strip("\n") for p in re.split(r"^[ \t]*\.\.\.$", shown, flags=re.M)]
+    pattern = ".*".join(re.escape(p) for p in parts)
+    return re.fullmatch(pattern, actual, flags=re.S) is not None
+
+
+@pytest.mark.parametrize("block", [b for _, b in CONSOLE_BLOCKS], ids=ids(CONSOLE_BLOCKS))
+def test_console_block_prints_what_it_shows(block, workdir):
+    """`$ cnndsl ...` lines run; what follows each is its output (stdout and stderr)."""
+    sessions = re.split(r"^\$ ", block, flags=re.M)[1:]
+    assert sessions, "a console block starts with `$ cnndsl ...`"
+    for session in sessions:
+        command, _, shown = session.partition("\n")
+        actual = run_shell(command, workdir)
+        assert matches(actual, shown.rstrip("\n")), f"$ {command}\n{actual}"
+
+
+PYTHON_BLOCKS = blocks("python")
+
+
+@pytest.mark.parametrize("block", [b for _, b in PYTHON_BLOCKS], ids=ids(PYTHON_BLOCKS))
+def test_python_block_runs(block, workdir, monkeypatch):
+    monkeypatch.chdir(workdir)
+    exec(compile(block, "README.md", "exec"), {"__name__": "readme"})  # noqa: S102
+
+
+def test_generated_source_snippet_is_what_compile_writes():
+    """The README's `class Bottleneck` excerpt, `...` standing for omitted lines."""
+    excerpt = next(b for _, b in blocks("text") if b.startswith("class Bottleneck("))
+    source = cnndsl.load(ROOT / "specs" / "resnet50.cnn").to_torch_source()
+    assert matches(source, "...\n" + excerpt.rstrip("\n") + "\n...")
+
+
+def test_sh_blocks_name_real_make_targets():
+    targets = set(re.findall(r"^([a-z]+):", (ROOT / "Makefile").read_text(), re.M))
+    for _, block in blocks("sh"):
+        for command in re.findall(r"^make (\w+)", block, re.M):
+            assert command in targets, command
+
+
+def test_make_demo_runs(tmp_path):
+    """The main job, as `make demo` runs it, with this interpreter's installation."""
+    venv = Path(sys.prefix)
+    if not (venv / "bin" / "cnndsl").exists():
+        pytest.skip("not running inside the project's virtual environment")
+    result = subprocess.run(["make", "-o", f"{venv}/.installed", "demo", f"VENV={venv}",
+                             f"OUT={tmp_path}"], cwd=ROOT, capture_output=True, text=True,
+                            timeout=600, env={**os.environ, "NO_COLOR": "1"})
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert (tmp_path / "model.onnx").stat().st_size > 40_000_000  # resnet18's weights
+    assert "class " in (tmp_path / "model.py").read_text()
+    assert "images/s" in result.stdout + result.stderr
+    assert "warning" not in result.stderr  # a stock ResNet-18 checks clean
