@@ -8,18 +8,21 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from . import ast
 from .checker import Checker
 from .diagnostics import CnnError, Diagnostic
 from .ir import Network
 from .program import Program, display_path, read_spec
+from .values import evaluate
 
 
 class Model:
     """A checked network: its IR (layers, shapes, counts) and the ways to compile it."""
 
-    def __init__(self, ir: Network, program: Program):
+    def __init__(self, ir: Network, program: Program, train: ast.TrainDef | None = None):
         self.ir = ir
         self.program = program
+        self.train_def = train  # the spec's `train` definition for this network, if any
 
     @property
     def name(self) -> str:
@@ -52,6 +55,31 @@ class Model:
         """An `nn.Module` built in memory (needs torch)."""
         from .backends.torch_module import build_module
         return build_module(self.ir)
+
+    def fit(self, data=None, *, epochs: int | None = None, batch: int | None = None,
+            lr: float | None = None, seed: int | None = None, out=None, device: str = "auto",
+            resume=None, weights=None, progress: bool | None = None, _stop_at=None,
+            **settings) -> dict:
+        """Train as the spec's `train` definition says (defaults where it has none).
+
+        `data`: "digits" or an image folder (class subfolders, or train/ and val/).
+        `settings` override the definition: `fit("digits", optimizer="sgd",
+        **{"optimizer.momentum": 0.9})`. Writes checkpoints, metrics.json and plots to
+        `out` if given. Returns the per-epoch history and the final metrics; the trained
+        `nn.Module` is under "module"."""
+        from .training.run import fit_model
+        overrides = {**settings, **{k: v for k, v in (
+            ("epochs", epochs), ("batch", batch), ("seed", seed), ("optimizer.lr", lr))
+            if v is not None}}
+        return fit_model(self, data, out=out, device=device, resume=resume, weights=weights,
+                         progress=progress, overrides=overrides, stop_at=_stop_at)
+
+    def evaluate(self, data=None, *, weights=None, device: str = "auto",
+                 batch: int | None = None) -> dict:
+        """Accuracy, top-5, per-class precision/recall/F1, macro and weighted averages and
+        the confusion matrix on the validation split of `data`."""
+        from .training.run import evaluate_model
+        return evaluate_model(self, data, weights=weights, device=device, batch=batch)
 
     def to_torch_source(self) -> str:
         """Readable standalone PyTorch source for this network (imports only torch)."""
@@ -191,11 +219,26 @@ def _load(program: Program, source, network, strict, memory_limit, params) -> Mo
             program.main = program.load_text(str(source), getattr(source, "name", "<string>"),
                                              None)
         defn = program.network(network)
+        train = program.train_def(defn.name)
+        params = {**_train_args(train), **params}
         ir = Checker(program.definitions, strict, memory_limit).network(defn, params)
+        if train is not None:  # checked with the network, before anything runs
+            from .training.spec import check_loss_fits, check_train
+            check_loss_fits(check_train(train, defn.name, ir.params), ir)
     except CnnError as exc:
         exc.sources = program.sources
         raise
-    return Model(ir, program)
+    return Model(ir, program, train)
+
+
+def _train_args(train: ast.TrainDef | None) -> dict[str, Any]:
+    """`train lenet5(classes=10)`: the network's parameters for training, by name."""
+    if train is None:
+        return {}
+    if train.args:
+        raise CnnError([Diagnostic(code="E-arg", message="name the network's parameters: "
+                                   "`train net(classes=10)`", span=train.args[0].span)])
+    return {kw.name: evaluate(kw.value, {}) for kw in train.kwargs}
 
 
 def _is_path(source: str | Path) -> bool:

@@ -62,6 +62,7 @@ class Func:
     name: str
     args: tuple[Expr, ...]
     span: Span
+    kwargs: tuple[KwArg, ...] = ()  # only settings' calls take them: `sgd(lr=0.1)`
 
 
 @dataclass(frozen=True)
@@ -186,6 +187,28 @@ class Definition:
 
 
 @dataclass(frozen=True)
+class Setting:
+    """`name: value` in a `train` definition; `value -> value` makes a pipeline."""
+
+    name: str
+    values: tuple[Expr, ...]
+    span: Span
+    name_span: Span
+
+
+@dataclass(frozen=True)
+class TrainDef:
+    """`train network(args) { settings }`: how to train a network of the program."""
+
+    network: str
+    args: tuple[Expr, ...]
+    kwargs: tuple[KwArg, ...]
+    settings: tuple[Setting, ...]
+    span: Span
+    name_span: Span
+
+
+@dataclass(frozen=True)
 class Import:
     path: str
     span: Span
@@ -196,3 +219,4 @@ class Module:
     file: str
     imports: tuple[Import, ...] = ()
     definitions: tuple[Definition, ...] = field(default=())
+    trains: tuple[TrainDef, ...] = ()

@@ -136,6 +136,23 @@ CATALOGUE: tuple[Entry, ...] = (
           "Install onnxruntime-gpu (`pip install 'cnndsl[gpu]'`) on a machine with a CUDA "
           "GPU, or use `--provider auto`.",
           argv=("run", "example.cnn", "--provider", "tensorrt")),
+    Entry("E-train", "a training setting that cannot be used",
+          "The `train` definition (or a --set override of it) names an unknown setting, "
+          "optimizer, loss, schedule or augmentation, gives an argument a value it cannot "
+          "take, or asks for a loss the network's output does not fit.",
+          "network net(classes: int = 10) {\n    input image: 1 x 8 x 8\n"
+          "    flatten -> linear(classes)\n}\n\ntrain net() {\n"
+          "    optimizer: sdg(lr=0.1)\n    epochs: 0\n}\n",
+          "Spell the choice as listed in the help (`sgd`), and give a value in range "
+          "(`epochs: 10`)."),
+    Entry("E-data", "training data that cannot be used",
+          "The data folder is missing or empty, a class folder holds no readable image, "
+          "train/ and val/ disagree on the classes, or an .npz file's labels are out of "
+          "range. Unreadable files are skipped with a warning, not an error.",
+          "network net(classes: int = 10) {\n    input image: 1 x 8 x 8\n"
+          "    flatten -> linear(classes)\n}\n",
+          "Point --data at `digits` or at a folder with one subfolder of images per class.",
+          argv=("train", "example.cnn", "--data", "no_such_folder", "--out", "run")),
     Entry("W-stride", "a stride that leaves rows or columns of the input unread",
           "(W + 2P - D(F-1) - 1) / S is not a whole number and the windows stop before the "
           "last rows or columns of real input (padding aside). A warning; an error with "

@@ -36,7 +36,7 @@ def parse_sets(pairs: list[str]) -> dict:
     values = {}
     for pair in pairs or []:
         name, eq, value = pair.partition("=")
-        if not eq or not name.strip().isidentifier():
+        if not eq or not all(part.isidentifier() for part in name.strip().split(".")):
             raise UsageError(f"--set expects NAME=VALUE, got `{pair}`")
         values[name.strip()] = parse_value(value.strip())
     return values
@@ -179,6 +179,74 @@ def cmd_explain(args) -> int:
     return EXIT_OK
 
 
+TRAIN_KEYS = ("epochs", "batch", "seed", "clip", "val_split", "data", "amp", "channels_last",
+              "loss", "optimizer", "schedule", "early_stop")
+
+
+def _split_sets(args) -> tuple[dict, dict]:
+    """--set: training settings (`epochs=3`, `optimizer.lr=0.1`) and network parameters."""
+    sets = parse_sets(args.set)
+    train = {k: v for k, v in sets.items() if "." in k or k in TRAIN_KEYS}
+    return {k: v for k, v in sets.items() if k not in train}, train
+
+
+def _load_for_training(args):
+    from .api import load
+    params, train = _split_sets(args)
+    for flag, key in (("epochs", "epochs"), ("batch", "batch"), ("lr", "optimizer.lr"),
+                      ("seed", "seed")):
+        if getattr(args, flag, None) is not None:
+            train[key] = getattr(args, flag)
+    model = load(Path(args.spec), network=args.network,
+                 memory_limit=getattr(args, "memory_limit", None), **params)
+    return model, train
+
+
+def cmd_train(args) -> int:
+    from .training.loop import TrainingStopped
+    from .training.run import fit_model, is_main_rank
+    model, overrides = _load_for_training(args)
+    out = Path(args.out)
+    try:
+        summary = fit_model(model, args.data, out=out, device=args.device, resume=args.resume,
+                            weights=args.weights, overrides=overrides,
+                            progress=None if not args.json else False)
+    except TrainingStopped as stop:
+        print(f"interrupted at epoch {stop.epoch + 1}, step {stop.step}: the state is saved; "
+              f"continue with --resume {out}", file=sys.stderr)
+        return 130
+    summary.pop("module")
+    if not is_main_rank():
+        return EXIT_OK
+    if args.json:
+        print(json.dumps(summary, indent=2))
+    else:
+        print(f"best epoch {summary['best_epoch']}: val accuracy "
+              f"{summary['history'][summary['best_epoch'] - 1]['val_accuracy']:.4f}; "
+              f"wrote {out}/best.safetensors, last.safetensors, metrics.json, curves.png, "
+              "confusion.png")
+    return EXIT_OK
+
+
+def cmd_eval(args) -> int:
+    from .training.metrics import format_report
+    from .training.run import evaluate_model
+    model, overrides = _load_for_training(args)
+    report = evaluate_model(model, args.data, weights=args.weights, device=args.device,
+                            batch=args.batch, overrides=overrides)
+    if args.plot:
+        from .training.plots import plot_confusion
+        plot_confusion(report["confusion_matrix"], [c["class"] for c in report["per_class"]],
+                       Path(args.plot))
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        print(f"{model.name} on {report['source']} (validation split, "
+              f"{report['samples']} images)")
+        print(format_report(report))
+    return EXIT_OK
+
+
 def _spec_error(message: str) -> CnnError:
     return CnnError([Diagnostic(code="E-io", message=message)])
 
@@ -230,6 +298,30 @@ def build_parser() -> argparse.ArgumentParser:
     summ = spec_command("summary", "a table of layers and blocks with parameters, MACs, memory")
     summ.add_argument("--depth", type=int, default=3, help="block nesting shown (default 3)")
     summ.set_defaults(run=cmd_summary)
+
+    train = spec_command("train", "train the network (the spec's `train` definition)")
+    train.add_argument("--data", help="digits, or an image folder (class subfolders, or "
+                       "train/ and val/ inside)")
+    train.add_argument("--epochs", type=int)
+    train.add_argument("--batch", type=int)
+    train.add_argument("--lr", type=float, help="the optimizer's learning rate")
+    train.add_argument("--seed", type=int)
+    train.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    train.add_argument("--out", default="runs/train", help="checkpoints, metrics and plots "
+                       "(default runs/train)")
+    train.add_argument("--resume", metavar="DIR", help="continue a run from its folder")
+    train.add_argument("--weights", help="start from these weights (.safetensors or .pt)")
+    train.set_defaults(run=cmd_train)
+
+    evaluate = spec_command("eval", "evaluate weights on the validation split: accuracy, "
+                            "precision, recall, F1, confusion matrix")
+    evaluate.add_argument("--weights", required=True, help="a checkpoint `train` wrote, or "
+                          "any state_dict of this spec")
+    evaluate.add_argument("--data", help="digits, or an image folder")
+    evaluate.add_argument("--batch", type=int)
+    evaluate.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    evaluate.add_argument("--plot", metavar="FILE.png", help="draw the confusion matrix")
+    evaluate.set_defaults(run=cmd_eval)
 
     explain = sub.add_parser("explain", help="explain an error code (e.g. E-shape)")
     explain.add_argument("code")

@@ -72,6 +72,10 @@ class Program:
     def network(self, name: str | None) -> ast.Definition:
         assert self.main is not None
         networks = [d for d in self.main.definitions if d.kind == "network"]
+        for train in self.main.trains:  # a file may train a network it imports
+            defn = self._trained_network(train)
+            if defn not in networks:
+                networks.append(defn)
         if name is not None:
             for d in networks:
                 if d.name == name:
@@ -93,6 +97,30 @@ class Program:
                 help="choose one with --network " + " / --network ".join(
                     d.name for d in networks))])
         return networks[0]
+
+
+    def _trained_network(self, train: ast.TrainDef) -> ast.Definition:
+        defn = self.definitions.get(train.network)
+        if defn is None or defn.kind != "network":
+            from .suggest import did_you_mean
+            known = [d.name for d in self.definitions.values() if d.kind == "network"]
+            raise CnnError([Diagnostic(
+                code="E-name", message=f"`train` names no network `{train.network}`",
+                span=train.name_span, label="not a network defined or imported here",
+                help=did_you_mean(train.network, known) or
+                "define it in this file or import the file that defines it")])
+        return defn
+
+    def train_def(self, network: str) -> ast.TrainDef | None:
+        """The main file's `train` definition for a network, if it has one."""
+        assert self.main is not None
+        found = [t for t in self.main.trains if t.network == network]
+        if len(found) > 1:
+            raise CnnError([Diagnostic(
+                code="E-name", message=f"`{network}` has two `train` definitions",
+                span=found[1].name_span, related=(Label(span=found[0].name_span,
+                                                        text="the first"),))])
+        return found[0] if found else None
 
 
 @lru_cache(maxsize=1)

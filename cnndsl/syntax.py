@@ -174,7 +174,8 @@ class _Builder(Transformer_NonRecursive):  # iterative: a huge expression cannot
     def start(self, meta, items):
         imports = tuple(i for i in items if isinstance(i, ast.Import))
         defs = tuple(i for i in items if isinstance(i, ast.Definition))
-        return ast.Module(file=self.file, imports=imports, definitions=defs)
+        trains = tuple(i for i in items if isinstance(i, ast.TrainDef))
+        return ast.Module(file=self.file, imports=imports, definitions=defs, trains=trains)
 
     @v_args(meta=True)
     def import_stmt(self, meta, children):
@@ -192,6 +193,20 @@ class _Builder(Transformer_NonRecursive):  # iterative: a huge expression cannot
     @v_args(meta=True)
     def network_def(self, meta, children):
         return self._definition("network", meta, children)
+
+    @v_args(meta=True)
+    def train_def(self, meta, children):
+        name, call, *settings = children
+        args, kwargs = call if call is not None else ((), ())
+        return ast.TrainDef(network=str(name), args=args, kwargs=kwargs,
+                            settings=tuple(settings), span=self._span(meta),
+                            name_span=self._span(name))
+
+    @v_args(meta=True)
+    def setting(self, meta, children):
+        name, *values = children
+        return ast.Setting(name=str(name), values=tuple(values), span=self._span(meta),
+                           name_span=self._span(name))
 
     def params(self, children):
         return tuple(children)
@@ -254,6 +269,9 @@ class _Builder(Transformer_NonRecursive):  # iterative: a huge expression cannot
         args = tuple(c for c in children if not isinstance(c, ast.KwArg))
         kwargs = tuple(c for c in children if isinstance(c, ast.KwArg))
         return args, kwargs
+
+    def func_args(self, children):
+        return self.call_args(children)
 
     @v_args(meta=True)
     def kwarg(self, meta, children):
@@ -319,9 +337,8 @@ class _Builder(Transformer_NonRecursive):  # iterative: a huge expression cannot
 
     @v_args(meta=True)
     def func(self, meta, children):
-        name, *args = children
-        return ast.Func(name=str(name), args=tuple(a for a in args if a is not None),
-                        span=self._span(meta))
+        name, (args, kwargs) = children
+        return ast.Func(name=str(name), args=args, kwargs=kwargs, span=self._span(meta))
 
     @v_args(meta=True)
     def tuple(self, meta, children):

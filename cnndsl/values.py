@@ -156,6 +156,9 @@ def _call(expr: ast.Func, args: list[Value]) -> Value:
         from .suggest import did_you_mean
         raise error("E-name", f"unknown function `{expr.name}`", expr.span,
                     label="not a function", help=did_you_mean(expr.name, FUNCTIONS))
+    if expr.kwargs:
+        raise error("E-arg", f"`{expr.name}` takes no keyword arguments",
+                    expr.kwargs[0].span, label="write the value alone")
     for arg, node in zip(args, expr.args):
         _require_number(arg, node, expr.name)
     try:

@@ -1,0 +1,1 @@
+"""Training and evaluation from a spec: `cnndsl train`, `cnndsl eval`, `Model.fit`."""

@@ -1,0 +1,527 @@
+"""The training loop behind `cnndsl train` and `Model.fit`.
+
+One loop serves a single process and `torchrun` (DistributedDataParallel): the spec's
+`batch` is the global batch, split across ranks, and each rank's loss is scaled so that
+the averaged gradient equals the single-process one. Randomness: the shuffling order comes
+from a generator seeded by (seed, epoch); augmentation and dropout draw from torch's global
+generator, whose state is saved with every resumable checkpoint, so an interrupted run
+resumed from its last step ends with the same weights as an uninterrupted one (on CPU).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import sys
+import time
+from collections.abc import Callable
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+
+from ..atomic import atomic_path, write_text
+from ..diagnostics import CnnError, Diagnostic
+from .data import Data, Dataset, augmenter, eval_transform
+from .metrics import classification_report
+from .spec import TrainConfig
+
+STATE_FILE = "state.pt"
+LOG_EVERY = 50  # plain-text progress: a line every N steps when not on a terminal
+
+
+class TrainingStopped(Exception):  # noqa: N818 - a stop, not an error
+    """Ctrl-C: a resumable state was saved."""
+
+    def __init__(self, out: Path | None, epoch: int, step: int):
+        super().__init__(f"interrupted at epoch {epoch}, step {step}")
+        self.out, self.epoch, self.step = out, epoch, step
+
+
+def _error(message: str, help: str | None = None, **kw) -> CnnError:
+    return CnnError([Diagnostic(code="E-train", message=message, help=help, **kw)])
+
+
+# ---- distributed ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Ranks:
+    rank: int = 0
+    world: int = 1
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world > 1
+
+
+def init_ranks(device: torch.device) -> Ranks:
+    """Under torchrun (WORLD_SIZE > 1): join the process group, gloo on CPU, nccl on CUDA."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return Ranks()
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return Ranks(dist.get_rank(), dist.get_world_size())
+
+
+def shard(batch: list[int], ranks: Ranks) -> list[int]:
+    """This rank's part of a global batch: every sample in exactly one rank."""
+    return batch[ranks.rank::ranks.world]
+
+
+def global_batches(order: list[int], size: int, world: int) -> list[list[int]]:
+    """The epoch's global batches; a last batch too small to give every rank a sample is
+    merged into the one before it, so every sample is still seen once per epoch."""
+    batches = [order[i:i + size] for i in range(0, len(order), size)]
+    if len(batches) > 1 and len(batches[-1]) < world:
+        batches[-2] = batches[-2] + batches.pop()
+    return batches
+
+
+def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
+    generator = torch.Generator().manual_seed(seed * 100_003 + epoch)
+    return torch.randperm(n, generator=generator).tolist()
+
+
+# ---- building blocks from the config ---------------------------------------------------
+
+
+def build_optimizer(config: TrainConfig, params) -> torch.optim.Optimizer:
+    args = dict(config.optimizer.args)
+    name = config.optimizer.name
+    if name == "sgd":
+        return torch.optim.SGD(params, **args)
+    if name == "adam":
+        return torch.optim.Adam(params, **args)
+    if name == "adamw":
+        return torch.optim.AdamW(params, **args)
+    return torch.optim.RMSprop(params, **args)
+
+
+def build_schedule(config: TrainConfig, optimizer, steps_per_epoch: int):
+    """A per-step schedule (warm-up is linear over its epochs)."""
+    name, args = config.schedule.name, config.schedule.args
+    total = config.epochs * steps_per_epoch
+    if name == "one_cycle":
+        max_lr = args["max_lr"] or config.optimizer.args["lr"]
+        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=max_lr, total_steps=total,
+                                                   pct_start=args["pct_start"])
+    warmup = args.get("warmup", 0) * steps_per_epoch
+    base = config.optimizer.args["lr"]
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        if name == "step":
+            return args["gamma"] ** (step // (args["every"] * steps_per_epoch))
+        if name == "cosine":
+            progress = (step - warmup) / max(1, total - warmup)
+            floor = args["min_lr"] / base
+            return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+        return 1.0
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+class Objective:
+    """The loss as a sum over this rank's samples and the denominator that makes it the
+    mean over the global batch (for class weights: the sum of the targets' weights, as
+    torch's own `mean` reduction)."""
+
+    def __init__(self, config: TrainConfig, classes: int, device: torch.device):
+        self.name = config.loss.name
+        self.classes = classes
+        args = config.loss.args
+        weights = args.get("weights")
+        if weights is not None and len(weights) != classes:
+            raise _error(f"the loss has {len(weights)} class weights for {classes} classes",
+                         span=config.spans.get("loss"))
+        self.weights = (torch.tensor(weights, dtype=torch.float32, device=device)
+                        if weights is not None else None)
+        self.smoothing = args.get("label_smoothing", 0.0)
+        self.pos_weight = args.get("pos_weight")
+
+    def __call__(self, logits: torch.Tensor, targets: torch.Tensor):
+        logits = logits.float()
+        if self.name == "cross_entropy":
+            total = F.cross_entropy(logits, targets, weight=self.weights, reduction="sum",
+                                    label_smoothing=self.smoothing)
+        elif self.name == "nll":
+            total = F.nll_loss(logits, targets, weight=self.weights, reduction="sum")
+        else:
+            onehot = F.one_hot(targets, self.classes).float()
+            if self.name == "mse":
+                total = F.mse_loss(logits, onehot, reduction="sum")
+            else:
+                pos = (torch.tensor(self.pos_weight, device=logits.device)
+                       if self.pos_weight is not None else None)
+                total = F.binary_cross_entropy_with_logits(logits, onehot, reduction="sum",
+                                                           pos_weight=pos)
+        return total, self.denominator(targets)
+
+    def denominator(self, targets: torch.Tensor) -> torch.Tensor:
+        if self.weights is not None and self.name in ("cross_entropy", "nll"):
+            return self.weights[targets].sum()
+        per_sample = self.classes if self.name in ("mse", "bce_with_logits") else 1
+        return torch.tensor(float(len(targets) * per_sample), device=targets.device)
+
+
+# ---- checkpoints -------------------------------------------------------------------------
+
+
+def save_weights(module: nn.Module, path: Path) -> None:
+    """A state_dict as safetensors (names = the spec's), written atomically."""
+    from safetensors.torch import save_file
+    state = {k: v.detach().cpu().contiguous() for k, v in _plain(module).state_dict().items()}
+    with atomic_path(path) as tmp:
+        save_file(state, str(tmp), metadata={"format": "pt", "producer": "cnndsl"})
+
+
+def _plain(module: nn.Module) -> nn.Module:
+    return module.module if isinstance(module, nn.parallel.DistributedDataParallel) else module
+
+
+def save_state(path: Path, state: dict[str, Any]) -> None:
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+
+
+def load_state(path: Path) -> dict[str, Any]:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise _error(f"nothing to resume in {path.parent}: no {path.name}",
+                     help="resume from the --out folder of an earlier `cnndsl train`") from None
+    except Exception as exc:  # noqa: BLE001 - a damaged file of any kind
+        raise _error(f"cannot read the training state {path}: {exc}") from None
+
+
+# ---- the loop ----------------------------------------------------------------------------
+
+
+@dataclass
+class Progress:
+    """Where a run stands; everything here is saved with a resumable state."""
+
+    epoch: int = 0  # the epoch under way (0-based)
+    step: int = 0  # batches of it already done
+    loss_sum: float = 0.0
+    loss_den: float = 0.0
+    correct: int = 0
+    seen: int = 0
+    history: list[dict] = field(default_factory=list)
+    best: float | None = None
+    best_epoch: int = -1
+    bad_epochs: int = 0
+
+    def to_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+@dataclass
+class Trainer:
+    config: TrainConfig
+    data: Data
+    module: nn.Module
+    out: Path | None = None
+    device: str = "auto"
+    progress_bar: bool | None = None  # None: on a terminal only
+    log: Callable[[str], None] = field(default=lambda line: print(line, file=sys.stderr))
+    fingerprint: dict = field(default_factory=dict)
+    stop_at: tuple[int, int] | None = None  # (epoch, step): behave as if Ctrl-C came there
+
+    def __post_init__(self):
+        self.dev = resolve_device(self.device)
+        self.ranks = init_ranks(self.dev)
+        self.classes = len(self.data.train.classes)
+        self.objective = Objective(self.config, self.classes, self.dev)
+        self.augment = augmenter([(a.name, a.args) for a in self.config.augment])
+        self.prepare = eval_transform([(a.name, a.args) for a in self.config.augment])
+        self._interrupted = False
+
+    # -- public --------------------------------------------------------------------------
+
+    def fit(self, resume: Path | None = None) -> dict:
+        config = self.config
+        model = self.module.to(self.dev)
+        if config.channels_last and self.dev.type == "cuda":
+            model = model.to(memory_format=torch.channels_last)
+        net = (nn.parallel.DistributedDataParallel(model) if self.ranks.distributed else model)
+        steps = len(global_batches(list(range(len(self.data.train.labels))), config.batch,
+                                   self.ranks.world))
+        optimizer = build_optimizer(config, [p for p in model.parameters() if p.requires_grad])
+        schedule = build_schedule(config, optimizer, steps)
+        scaler = torch.amp.GradScaler(enabled=config.amp == "fp16")
+        progress = Progress()
+        if resume is not None:
+            progress = self._restore(resume, model, optimizer, schedule, scaler)
+        elif self.out is not None and self.ranks.main:
+            self.out.mkdir(parents=True, exist_ok=True)
+        with self._sigint():
+            while progress.epoch < config.epochs:
+                started = time.perf_counter()
+                self._train_epoch(net, optimizer, schedule, scaler, progress, steps)
+                record = self._finish_epoch(model, optimizer, schedule, scaler, progress,
+                                            time.perf_counter() - started)
+                self.log(_epoch_line(record, config.epochs))
+                if self._should_stop(progress):
+                    self.log(f"early stop: no improvement in "
+                             f"{config.early_stop['metric']} for {progress.bad_epochs} epochs")
+                    break
+        summary = self._summary(progress)
+        summary["rank_divergence"] = self.rank_divergence(model)
+        if self.ranks.distributed:
+            dist.destroy_process_group()
+        return summary
+
+    # -- one epoch -----------------------------------------------------------------------
+
+    def _train_epoch(self, net, optimizer, schedule, scaler, progress: Progress, steps: int):
+        config, data = self.config, self.data.train
+        net.train()
+        batches = global_batches(epoch_order(len(data.labels), config.seed, progress.epoch),
+                                 config.batch, self.ranks.world)
+        bar = self._bar(steps, progress)
+        autocast = self._autocast()
+        for step in range(progress.step, len(batches)):
+            if self._interrupted or self.stop_at == (progress.epoch, step):
+                self._save_resumable(net, optimizer, schedule, scaler, progress)
+                raise TrainingStopped(self.out, progress.epoch, step)
+            index = torch.tensor(shard(batches[step], self.ranks))
+            x = self.augment(data.images[index]).to(self.dev, non_blocking=True)
+            y = data.labels[index].to(self.dev, non_blocking=True)
+            if config.channels_last and self.dev.type == "cuda":
+                x = x.contiguous(memory_format=torch.channels_last)
+            with autocast:
+                logits = net(x)
+            total, den = self.objective(logits, y)
+            global_den = self._all_sum(den.detach().clone())
+            loss = total * self.ranks.world / global_den
+            if not torch.isfinite(loss):
+                raise _error(f"the loss became {loss.item()} at epoch {progress.epoch + 1}, "
+                             f"step {step + 1}: training stopped",
+                             help="lower the learning rate, add `clip: 1.0`, or check the data;"
+                             " the last good checkpoint is kept" if self.out else
+                             "lower the learning rate or add `clip: 1.0`")
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            if config.clip is not None:
+                scaler.unscale_(optimizer)
+                nn.utils.clip_grad_norm_(net.parameters(), config.clip)
+            scaler.step(optimizer)
+            scaler.update()
+            schedule.step()
+            progress.loss_sum += float(total.detach())
+            progress.loss_den += float(den)
+            progress.correct += int((logits.detach().argmax(1) == y).sum())
+            progress.seen += len(y)
+            progress.step = step + 1
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(loss=f"{progress.loss_sum / progress.loss_den:.4f}",
+                                acc=f"{progress.correct / progress.seen:.3f}")
+            elif (step + 1) % LOG_EVERY == 0 and self.ranks.main:
+                self.log(f"  epoch {progress.epoch + 1} step {step + 1}/{steps}: loss "
+                         f"{progress.loss_sum / progress.loss_den:.4f}")
+        if bar is not None:
+            bar.close()
+
+    def _finish_epoch(self, model, optimizer, schedule, scaler, progress: Progress,
+                      seconds: float) -> dict:
+        self._sync_buffers(model)
+        sums = self._all_sum(torch.tensor([progress.loss_sum, progress.loss_den,
+                                           float(progress.correct), float(progress.seen)],
+                                          dtype=torch.float64))
+        val = self.evaluate(model, self.data.val)
+        record = {"epoch": progress.epoch + 1, "train_loss": float(sums[0] / sums[1]),
+                  "train_accuracy": float(sums[2] / sums[3]), "train_samples": int(sums[3]),
+                  "val_loss": val["loss"], "val_accuracy": val["accuracy"],
+                  "precision": val["precision"], "recall": val["recall"], "f1": val["f1"],
+                  "lr": optimizer.param_groups[0]["lr"], "seconds": round(seconds, 3)}
+        progress.history.append(record)
+        metric = self.config.early_stop["metric"] if self.config.early_stop else "val_loss"
+        value = record[metric] if metric == "val_loss" else -record[metric]
+        min_delta = self.config.early_stop["min_delta"] if self.config.early_stop else 0.0
+        improved = progress.best is None or value < progress.best - min_delta
+        if improved:
+            progress.best, progress.best_epoch, progress.bad_epochs = value, record["epoch"], 0
+        else:
+            progress.bad_epochs += 1
+        progress.epoch += 1
+        progress.step = 0
+        progress.loss_sum = progress.loss_den = 0.0
+        progress.correct = progress.seen = 0
+        if self.out is not None and self.ranks.main:
+            if improved:
+                save_weights(model, self.out / "best.safetensors")
+            save_weights(model, self.out / "last.safetensors")
+            write_text(self.out / "metrics.json", json.dumps(progress.history, indent=2) + "\n")
+            self._plots(progress, val)
+        self._save_resumable(model, optimizer, schedule, scaler, progress)
+        return record
+
+    def _should_stop(self, progress: Progress) -> bool:
+        stop = self.config.early_stop
+        return bool(stop) and progress.bad_epochs >= stop["patience"]
+
+    def _sync_buffers(self, model: nn.Module) -> None:
+        """Batch-norm statistics move on each rank's own samples: take rank 0's, so every
+        rank evaluates and ends with the same weights."""
+        if self.ranks.distributed:
+            for buffer in model.buffers():
+                dist.broadcast(buffer.data, src=0)
+
+    def rank_divergence(self, model: nn.Module) -> float:
+        """Largest difference of any weight between this rank and rank 0 (0.0 alone)."""
+        if not self.ranks.distributed:
+            return 0.0
+        worst = torch.zeros((), dtype=torch.float64)
+        for tensor in _plain(model).state_dict().values():
+            reference = tensor.detach().clone()
+            dist.broadcast(reference, src=0)
+            diff = (tensor.detach().double() - reference.double()).abs().max()
+            worst = torch.maximum(worst, diff.cpu())
+        dist.all_reduce(worst, op=dist.ReduceOp.MAX)
+        return float(worst)
+
+    # -- evaluation ----------------------------------------------------------------------
+
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module, data: Dataset) -> dict:
+        """Loss and metrics over a whole dataset (every rank computes the same numbers)."""
+        model = _plain(model)
+        was_training = model.training
+        model.eval()
+        logits = predict(model, data.images, self.prepare, self.config.batch, self.dev,
+                         self._autocast())
+        total, den = self.objective(logits, data.labels)
+        report = classification_report(logits, data.labels, data.classes)
+        model.train(was_training)
+        return {**report, "loss": float(total / den), "logits": logits}
+
+    # -- helpers -------------------------------------------------------------------------
+
+    def _autocast(self):
+        if self.config.amp == "none":
+            return nullcontext()
+        dtype = torch.bfloat16 if self.config.amp == "bf16" else torch.float16
+        return torch.autocast(device_type=self.dev.type, dtype=dtype)
+
+    def _all_sum(self, tensor: torch.Tensor) -> torch.Tensor:
+        if self.ranks.distributed:
+            dist.all_reduce(tensor)
+        return tensor
+
+    def _bar(self, steps: int, progress: Progress):
+        show = self.progress_bar
+        if show is None:
+            show = sys.stderr.isatty()
+        if not show or not self.ranks.main:
+            return None
+        from tqdm.auto import tqdm
+        return tqdm(total=steps, initial=progress.step, leave=False, file=sys.stderr,
+                    desc=f"epoch {progress.epoch + 1}/{self.config.epochs}")
+
+    def _plots(self, progress: Progress, val: dict) -> None:
+        from .plots import plot_confusion, plot_history
+        plot_history(progress.history, self.out / "curves.png")
+        plot_confusion(val["confusion_matrix"], self.data.val.classes,
+                       self.out / "confusion.png")
+
+    def _save_resumable(self, net, optimizer, schedule, scaler, progress: Progress) -> None:
+        if self.out is None or not self.ranks.main:
+            return
+        save_state(self.out / STATE_FILE, {
+            "model": {k: v.detach().cpu() for k, v in _plain(net).state_dict().items()},
+            "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
+            "scaler": scaler.state_dict(), "rng": torch.get_rng_state(),
+            "progress": json.dumps(progress.to_dict()), "fingerprint": json.dumps(
+                self.fingerprint, sort_keys=True)})
+
+    def _restore(self, folder: Path, model, optimizer, schedule, scaler) -> Progress:
+        state = load_state(folder / STATE_FILE)
+        saved = json.loads(state["fingerprint"])
+        if saved != self.fingerprint:
+            changed = sorted(k for k in {**saved, **self.fingerprint}
+                             if saved.get(k) != self.fingerprint.get(k))
+            raise _error(f"{folder} was trained with another setup: {', '.join(changed)} "
+                         "differ", help="resume with the same spec, data and settings")
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        schedule.load_state_dict(state["schedule"])
+        scaler.load_state_dict(state["scaler"])
+        torch.set_rng_state(state["rng"])
+        progress = Progress(**json.loads(state["progress"]))
+        if self.ranks.main:
+            self.log(f"resuming {folder} at epoch {progress.epoch + 1}, step {progress.step}")
+        return progress
+
+    @contextmanager
+    def _sigint(self):
+        """The first Ctrl-C finishes the current step and saves a resumable state; a
+        second one stops at once."""
+        if self.out is None or not _in_main_thread():
+            yield
+            return
+
+        def handler(signum, frame):
+            if self._interrupted:
+                raise KeyboardInterrupt
+            self._interrupted = True
+            self.log("stopping after this step (Ctrl-C again to stop now)")
+        previous = signal.signal(signal.SIGINT, handler)
+        try:
+            yield
+        finally:
+            signal.signal(signal.SIGINT, previous)
+
+    def _summary(self, progress: Progress) -> dict:
+        last = progress.history[-1] if progress.history else {}
+        return {"epochs": len(progress.history), "best_epoch": progress.best_epoch,
+                "history": progress.history, **{k: last.get(k) for k in (
+                    "val_accuracy", "val_loss", "precision", "recall", "f1")},
+                "out": str(self.out) if self.out else None, "world": self.ranks.world}
+
+
+def predict(model: nn.Module, images: torch.Tensor, prepare, batch: int,
+            device: torch.device, autocast=None) -> torch.Tensor:
+    outs = []
+    for start in range(0, len(images), batch):
+        x = prepare(images[start:start + batch]).to(device)
+        with autocast or nullcontext():
+            outs.append(model(x).float().cpu())
+    return torch.cat(outs)
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise _error("--device cuda: no CUDA device is available",
+                     help="use --device cpu (or auto)")
+    if device not in ("cpu", "cuda"):
+        raise _error(f"unknown device `{device}`", help="auto, cpu or cuda")
+    return torch.device(device)
+
+
+def _in_main_thread() -> bool:
+    import threading
+    return threading.current_thread() is threading.main_thread()
+
+
+def _epoch_line(record: dict, epochs: int) -> str:
+    return (f"epoch {record['epoch']}/{epochs}: train loss {record['train_loss']:.4f} "
+            f"acc {record['train_accuracy']:.4f} | val loss {record['val_loss']:.4f} "
+            f"acc {record['val_accuracy']:.4f} f1 {record['f1']:.4f} | "
+            f"lr {record['lr']:.3g} | {record['seconds']:.1f} s")

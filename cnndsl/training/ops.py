@@ -1,0 +1,10 @@
+"""Augmentation ops the `augment:` setting accepts, with their arguments and defaults.
+Kept free of torch so the checker can validate a spec without importing it."""
+
+AUGMENT_OPS: dict[str, dict[str, object]] = {
+    "random_crop": {"padding": 4},
+    "flip": {"p": 0.5},
+    "rotate": {"degrees": 10},
+    "color_jitter": {"brightness": 0, "contrast": 0, "saturation": 0, "hue": 0},
+    "normalize": {"mean": 0.5, "std": 0.5},
+}

@@ -1,0 +1,119 @@
+"""`Model.fit` / `Model.evaluate` and the CLI's `train` / `eval`: config, data, weights and
+the loop put together."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from ..diagnostics import CnnError, Diagnostic
+from .spec import TrainConfig, check_classes, check_train
+
+
+def train_config(model, overrides: dict[str, Any] | None = None) -> TrainConfig:
+    """The model's `train` definition (or the defaults) with overrides, checked."""
+    try:
+        return check_train(model.train_def, model.name, model.ir.params, overrides)
+    except CnnError as exc:
+        exc.sources = model.program.sources
+        raise
+
+
+def load_dataset(model, config: TrainConfig, data: str | Path | None):
+    from .data import DataError, load_data
+    source = data if data is not None else config.data
+    if source is None:
+        raise CnnError([Diagnostic(code="E-train", message="no data to train on",
+                                   help="pass --data digits (or an image folder), or write "
+                                   "`data: digits` in the `train` definition")])
+    if data is None and source != "digits" and model.train_def is not None:
+        base = Path(model.train_def.span.file).parent  # a folder named in the spec
+        source = str(base / source)
+    shape = model.inputs[0].shape
+    if len(model.inputs) != 1 or len(shape) != 3:
+        raise CnnError([Diagnostic(code="E-train", message="training needs one image input "
+                                   "(C x H x W)", span=model.inputs[0].span)])
+    try:
+        return load_data(source, shape, val_fraction=config.val_split, seed=config.seed)
+    except DataError as exc:
+        raise CnnError([Diagnostic(code="E-data", message=str(exc.message),
+                                   help=exc.help or None)]) from None
+
+
+def build_module(model, weights, log: Callable[[str], None]):
+    import torch
+    module = model.to_torch()
+    if weights is not None:
+        arrays = model.weights(weights)
+        state = {k: torch.from_numpy(v.copy()) for k, v in arrays.items()}
+        module.load_state_dict(state)
+        log(f"loaded {len(state)} tensors from {weights}")
+    return module
+
+
+def fit_model(model, data=None, *, out: str | Path | None = None, device: str = "auto",
+              resume: str | Path | None = None, weights=None, progress: bool | None = None,
+              log: Callable[[str], None] | None = None, overrides: dict | None = None,
+              stop_at: tuple[int, int] | None = None) -> dict:
+    import torch
+
+    from .loop import Trainer
+    log = log or (lambda line: print(line, file=sys.stderr))
+    if not is_main_rank():
+        log = _quiet
+    config = train_config(model, overrides)
+    dataset = load_dataset(model, config, data)
+    if dataset.skipped:
+        log(f"warning: skipped {len(dataset.skipped)} unreadable file(s), e.g. "
+            f"{dataset.skipped[0][0]}: {dataset.skipped[0][1]}")
+    try:
+        check_classes(config, model.ir, len(dataset.train.classes))
+    except CnnError as exc:
+        exc.sources = model.program.sources
+        raise
+    torch.manual_seed(config.seed)
+    module = build_module(model, weights, log)
+    fingerprint = {"network": model.name, "params": model.params, "data": dataset.source,
+                   "classes": dataset.train.classes, "train": len(dataset.train.labels),
+                   "config": config.model_dump(mode="json", exclude={"spans", "epochs"})}
+    trainer = Trainer(config, dataset, module, out=Path(out) if out else None, device=device,
+                      progress_bar=progress, log=log, fingerprint=fingerprint, stop_at=stop_at)
+    log(f"training {model.name} on {dataset.source}: {len(dataset.train.labels)} train / "
+        f"{len(dataset.val.labels)} val images, {len(dataset.train.classes)} classes, "
+        f"{trainer.dev.type}; {config.describe()}")
+    summary = trainer.fit(Path(resume) if resume else None)
+    summary["module"] = module
+    return summary
+
+
+def is_main_rank() -> bool:
+    """Under torchrun only rank 0 speaks and writes."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def _quiet(line: str) -> None:
+    pass
+
+
+def evaluate_model(model, data=None, *, weights=None, device: str = "auto",
+                   batch: int | None = None, overrides: dict | None = None) -> dict:
+    from .loop import Trainer
+    config = train_config(model, overrides)
+    if batch is not None:
+        config = config.model_copy(update={"batch": batch})
+    dataset = load_dataset(model, config, data)
+    try:
+        check_classes(config, model.ir, len(dataset.val.classes))
+    except CnnError as exc:
+        exc.sources = model.program.sources
+        raise
+    module = build_module(model, weights, lambda line: None)
+    trainer = Trainer(config, dataset, module, device=device)
+    report = trainer.evaluate(module.to(trainer.dev), dataset.val)
+    report.pop("logits")
+    report["split"] = "val"
+    report["source"] = dataset.source
+    return report

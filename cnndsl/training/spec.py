@@ -1,0 +1,434 @@
+"""The `train` definition, checked before anything runs: a frozen `TrainConfig`.
+
+    train lenet5(classes=10) {
+        optimizer: sgd(lr=0.05, momentum=0.9, nesterov=true, weight_decay=5e-4)
+        schedule: cosine(warmup=1)
+        loss: cross_entropy(label_smoothing=0.1)
+        epochs: 15
+        batch: 64
+        augment: random_crop(padding=2) -> rotate(10)
+    }
+
+Every setting, every choice (`sgd`, `cosine`...) and every argument is declared once in the
+tables below; the checker binds them as it binds a layer's arguments, so an unknown name gets
+a did-you-mean and a bad value an error at its argument. Imports no torch.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict
+
+from .. import ast
+from ..diagnostics import CnnError, Diagnostic, Label
+from ..layers import REQUIRED, Arg, LayerError, as_int, boolean, number
+from ..source import Span
+from ..suggest import did_you_mean
+from ..values import describe, evaluate
+from .ops import AUGMENT_OPS
+
+
+def _positive_number(value) -> float:
+    x = number(value)
+    if not (math.isfinite(x) and x > 0):
+        raise LayerError(f"must be a positive number, found {describe(value)}", code="E-arg")
+    return x
+
+
+def _nonnegative_number(value) -> float:
+    x = number(value)
+    if not (math.isfinite(x) and x >= 0):
+        raise LayerError(f"must be 0 or more, found {describe(value)}", code="E-arg")
+    return x
+
+
+def _fraction(value) -> float:
+    x = number(value)
+    if not 0 <= x < 1:
+        raise LayerError(f"must be in [0, 1), found {describe(value)}", code="E-arg")
+    return x
+
+
+def _open_fraction(value) -> float:
+    x = number(value)
+    if not 0 < x < 1:
+        raise LayerError(f"must be between 0 and 1, found {describe(value)}", code="E-arg")
+    return x
+
+
+def _positive_int(value) -> int:
+    return as_int(value, 1)
+
+
+def _nonnegative_int(value) -> int:
+    return as_int(value, 0)
+
+
+def _weights(value) -> tuple[float, ...]:
+    items = value if isinstance(value, tuple) else (value,)
+    return tuple(_nonnegative_number(v) for v in items)
+
+
+def _betas(value) -> tuple[float, float]:
+    if not isinstance(value, tuple) or len(value) != 2:
+        raise LayerError(f"expected a pair like (0.9, 0.999), found {describe(value)}",
+                         code="E-arg")
+    return (_fraction(value[0]), _fraction(value[1]))
+
+
+def _word(*options: str):
+    def coerce(value):
+        if not isinstance(value, str) or value not in options:
+            hint = did_you_mean(str(value), options) if isinstance(value, str) else None
+            raise LayerError(f"expected one of {', '.join(options)}, found "
+                             f"`{describe(value)}`", code="E-arg", help=hint)
+        return str(value)
+    return coerce
+
+
+def _data(value) -> str:
+    if not isinstance(value, str):
+        raise LayerError(f"expected `digits` or a folder in quotes, found {describe(value)}",
+                         code="E-arg")
+    return str(value)
+
+
+def _mean_std(value):
+    items = value if isinstance(value, tuple) else (value,)
+    return tuple(number(v) for v in items)
+
+
+def _std(value):
+    items = _mean_std(value)
+    if any(not v > 0 for v in items):
+        raise LayerError("a standard deviation must be positive", code="E-arg")
+    return items
+
+
+# ---- the tables: setting -> its choices -> their arguments ----------------------------
+
+LOSSES: dict[str, tuple[Arg, ...]] = {
+    "cross_entropy": (Arg("label_smoothing", _fraction, 0.0, positional=False),
+                      Arg("weights", _weights, None, positional=False)),
+    "nll": (Arg("weights", _weights, None, positional=False),),
+    "bce_with_logits": (Arg("pos_weight", _positive_number, None, positional=False),),
+    "mse": (),
+}
+OPTIMIZERS: dict[str, tuple[Arg, ...]] = {
+    "sgd": (Arg("lr", _positive_number, 0.01), Arg("momentum", _fraction, 0.0, False),
+            Arg("nesterov", boolean, False, False),
+            Arg("weight_decay", _nonnegative_number, 0.0, False)),
+    "adam": (Arg("lr", _positive_number, 0.001), Arg("betas", _betas, (0.9, 0.999), False),
+             Arg("eps", _positive_number, 1e-8, False),
+             Arg("weight_decay", _nonnegative_number, 0.0, False)),
+    "adamw": (Arg("lr", _positive_number, 0.001), Arg("betas", _betas, (0.9, 0.999), False),
+              Arg("eps", _positive_number, 1e-8, False),
+              Arg("weight_decay", _nonnegative_number, 0.01, False)),
+    "rmsprop": (Arg("lr", _positive_number, 0.01), Arg("alpha", _fraction, 0.99, False),
+                Arg("momentum", _fraction, 0.0, False), Arg("eps", _positive_number, 1e-8, False),
+                Arg("weight_decay", _nonnegative_number, 0.0, False)),
+}
+SCHEDULES: dict[str, tuple[Arg, ...]] = {
+    "constant": (Arg("warmup", _nonnegative_int, 0, False),),
+    "step": (Arg("every", _positive_int, REQUIRED), Arg("gamma", _open_fraction, 0.1, False),
+             Arg("warmup", _nonnegative_int, 0, False)),
+    "cosine": (Arg("warmup", _nonnegative_int, 0, False),
+               Arg("min_lr", _nonnegative_number, 0.0, False)),
+    "one_cycle": (Arg("max_lr", _positive_number, None, False),
+                  Arg("pct_start", _open_fraction, 0.3, False)),
+}
+EARLY_STOP = (Arg("patience", _positive_int, REQUIRED),
+              Arg("metric", _word("val_loss", "val_accuracy"), "val_loss", False),
+              Arg("min_delta", _nonnegative_number, 0.0, False))
+AUGMENT: dict[str, tuple[Arg, ...]] = {
+    name: tuple(Arg(a, _mean_std if a == "mean" else _std if a == "std" else
+                    _nonnegative_number, d) for a, d in args.items())
+    for name, args in AUGMENT_OPS.items()
+}
+
+# scalar settings: name -> (coerce, default)
+SCALARS: dict[str, tuple[Any, Any]] = {
+    "epochs": (_positive_int, 10),
+    "batch": (_positive_int, 64),
+    "seed": (_nonnegative_int, 0),
+    "clip": (_positive_number, None),
+    "val_split": (_open_fraction, 0.2),
+    "data": (_data, None),
+    "amp": (_word("none", "bf16", "fp16"), "none"),
+    "channels_last": (boolean, False),
+}
+CALLS = {"loss": LOSSES, "optimizer": OPTIMIZERS, "schedule": SCHEDULES}
+DEFAULT_CALLS = {"loss": "cross_entropy", "optimizer": "adam", "schedule": "constant"}
+SETTINGS = (*SCALARS, *CALLS, "early_stop", "augment")
+
+
+class Choice(BaseModel):
+    """A setting's choice with its bound arguments: `sgd(lr=0.1, momentum=0.9, ...)`."""
+
+    model_config = ConfigDict(frozen=True)
+
+    name: str
+    args: dict[str, Any]
+
+
+class TrainConfig(BaseModel):
+    """Everything `cnndsl train` needs besides the network and the data."""
+
+    model_config = ConfigDict(frozen=True)
+
+    network: str
+    network_args: dict[str, Any] = {}
+    epochs: int = 10
+    batch: int = 64
+    seed: int = 0
+    clip: float | None = None
+    val_split: float = 0.2
+    data: str | None = None
+    amp: str = "none"
+    channels_last: bool = False
+    loss: Choice = Choice(name="cross_entropy", args={"label_smoothing": 0.0, "weights": None})
+    optimizer: Choice = Choice(name="adam", args={"lr": 0.001, "betas": (0.9, 0.999),
+                                                  "eps": 1e-8, "weight_decay": 0.0})
+    schedule: Choice = Choice(name="constant", args={"warmup": 0})
+    early_stop: dict[str, Any] | None = None
+    augment: tuple[Choice, ...] = ()
+    spans: dict[str, Span] = {}  # setting -> where it was written, for later errors
+
+    def describe(self) -> str:
+        def call(c: Choice) -> str:
+            args = ", ".join(f"{k}={describe(v)}" for k, v in c.args.items() if v is not None)
+            return f"{c.name}({args})"
+        parts = [f"epochs {self.epochs}", f"batch {self.batch}", call(self.optimizer),
+                 call(self.loss), f"schedule {call(self.schedule)}", f"seed {self.seed}"]
+        if self.augment:
+            parts.append("augment " + " -> ".join(call(a) for a in self.augment))
+        return ", ".join(parts)
+
+
+@dataclass
+class _Errors:
+    items: list[Diagnostic]
+
+    def add(self, code: str, message: str, span: Span | None, **kw) -> None:
+        self.items.append(Diagnostic(code=code, message=message, span=span, **kw))
+
+
+def check_train(defn: ast.TrainDef | None, network: str, params: dict[str, Any],
+                overrides: dict[str, Any] | None = None) -> TrainConfig:
+    """Bind a `train` definition (or the defaults, when None) and CLI overrides.
+
+    `params` are the network's parameter values, usable in settings' expressions;
+    `overrides` map a setting (`epochs`) or a setting's argument (`optimizer.lr`) to a value.
+    Raises CnnError with every problem located."""
+    errors = _Errors([])
+    values: dict[str, Any] = {"network": network}
+    spans: dict[str, Span] = {}
+    if defn is not None:
+        seen: dict[str, Span] = {}
+        for setting in defn.settings:
+            if setting.name in seen:
+                errors.add("E-train", f"`{setting.name}` is set twice", setting.name_span,
+                           related=(Label(span=seen[setting.name], text="first here"),))
+                continue
+            seen[setting.name] = setting.name_span
+            try:
+                values[setting.name] = _bind_setting(setting, params)
+                spans[setting.name] = setting.span
+            except CnnError as exc:
+                errors.items.extend(exc.diagnostics)
+    for key, value in (overrides or {}).items():
+        try:
+            _override(values, key, value)
+        except LayerError as exc:
+            errors.add("E-train", f"--set {key}: {exc.message}", None, help=exc.help)
+    if errors.items:
+        raise CnnError(errors.items)
+    for name, default in DEFAULT_CALLS.items():
+        if name not in values:
+            values[name] = _bind_call(ast.Name(default, _NOWHERE), CALLS[name], name, {})
+    return TrainConfig(**values, spans=spans)
+
+
+_NOWHERE = Span(file="<defaults>", line=1, column=1, end_line=1, end_column=1)
+
+
+def _bind_setting(setting: ast.Setting, params: dict[str, Any]) -> Any:
+    name = setting.name
+    if name not in SETTINGS:
+        owner = next((f"{kind}: {choice}({name}=...)" for kind, table in CALLS.items()
+                      for choice, args in table.items() if name in {a.name for a in args}),
+                     None)
+        raise CnnError([Diagnostic(
+            code="E-train", message=f"unknown setting `{name}`", span=setting.name_span,
+            label="not a training setting", help=did_you_mean(name, SETTINGS) or
+            (f"`{name}` is an argument: `{owner}`" if owner else
+             "settings: " + ", ".join(SETTINGS)))])
+    if name != "augment" and len(setting.values) > 1:
+        raise CnnError([Diagnostic(code="E-train", message=f"`{name}` takes one value, not a "
+                                   "`->` pipeline", span=setting.values[1].span)])
+    if name == "augment":
+        return tuple(_bind_call(v, AUGMENT, "augmentation", params) for v in setting.values)
+    if name in CALLS:
+        return _bind_call(setting.values[0], CALLS[name], name, params)
+    if name == "early_stop":
+        value = setting.values[0]
+        if not isinstance(value, ast.Func):  # `early_stop: 5` is the patience
+            value = ast.Func("early_stop", (value,), value.span)
+        return _bind_args(value, EARLY_STOP, "early_stop", params)
+    coerce = SCALARS[name][0]
+    expr = setting.values[0]
+    return _coerce(coerce, evaluate(expr, params), expr.span, f"`{name}`")
+
+
+def _bind_call(expr: ast.Expr, table: dict[str, tuple[Arg, ...]], what: str,
+               params: dict[str, Any]) -> Choice:
+    """`sgd(lr=0.1)` or a bare `sgd` against the table of choices for one setting."""
+    if isinstance(expr, ast.Name):
+        expr = ast.Func(expr.id, (), expr.span)
+    if not isinstance(expr, ast.Func):
+        raise CnnError([Diagnostic(
+            code="E-train", message=f"expected a {what} such as "
+            f"`{next(iter(table))}(...)`", span=expr.span,
+            help=f"{what}s: " + ", ".join(table))])
+    if expr.name not in table:
+        raise CnnError([Diagnostic(
+            code="E-train", message=f"unknown {what} `{expr.name}`", span=expr.span,
+            label=f"not a {what}", help=did_you_mean(expr.name, table) or
+            f"{what}s: " + ", ".join(table))])
+    return Choice(name=expr.name, args=_bind_args(expr, table[expr.name], expr.name, params))
+
+
+def _bind_args(call: ast.Func, signature: tuple[Arg, ...], what: str,
+               params: dict[str, Any]) -> dict[str, Any]:
+    """A call's arguments against a signature, bound exactly as a layer's are."""
+    from ..checker import Checker, Frame, _StatementError
+    step = ast.Layer(name=what, args=call.args, kwargs=call.kwargs, has_call=True, label=None,
+                     span=call.span, name_span=call.span)
+    checker = Checker({})
+    try:
+        values, _, _ = checker.bind_args(signature, step, Frame(params), f"`{what}`")
+    except _StatementError:
+        raise CnnError(checker.errors) from None
+    return values
+
+
+def _signature(what: str, signature: tuple[Arg, ...]) -> str:
+    parts = [a.name if a.default is REQUIRED else f"{a.name}={describe(a.default)}"
+             for a in signature]
+    return f"{what}({', '.join(parts)})"
+
+
+def _coerce(coerce, value, span: Span, what: str):
+    try:
+        return coerce(value)
+    except LayerError as exc:
+        raise CnnError([Diagnostic(code="E-arg", message=f"{what}: {exc.message}", span=span,
+                                   help=exc.help)]) from None
+
+
+def _override(values: dict[str, Any], key: str, value: Any) -> None:
+    """`epochs=3`, `optimizer.lr=0.1`, `optimizer=sgd` from the command line."""
+    setting, _, arg = key.partition(".")
+    if setting not in SETTINGS or setting in ("augment", "early_stop") and not arg:
+        raise LayerError(f"no training setting `{setting}`",
+                         help=did_you_mean(setting, SETTINGS) or "settings: " +
+                         ", ".join(SETTINGS))
+    if setting in SCALARS and not arg:
+        values[setting] = SCALARS[setting][0](value)
+        return
+    if setting == "early_stop":
+        current = dict(values.get("early_stop") or {a.name: a.default for a in EARLY_STOP})
+        table = {"early_stop": EARLY_STOP}
+        name = "early_stop"
+    else:
+        table = CALLS.get(setting)
+        if table is None:
+            raise LayerError(f"`{setting}` has no argument `{arg}`")
+        if not arg:  # a new choice with its defaults
+            values[setting] = _bind_call(ast.Name(str(value), _NOWHERE), table, setting, {})
+            return
+        choice = values.get(setting) or _bind_call(ast.Name(DEFAULT_CALLS[setting], _NOWHERE),
+                                                  table, setting, {})
+        current, name = dict(choice.args), choice.name
+    signature = {a.name: a for a in table[name]}
+    if arg not in signature:
+        raise LayerError(f"`{name}` has no argument `{arg}`",
+                         help=did_you_mean(arg, signature) or _signature(name, table[name]))
+    current[arg] = signature[arg].coerce(value)
+    values[setting] = current if setting == "early_stop" else Choice(name=name, args=current)
+
+
+# ---- the loss against the network's output --------------------------------------------
+
+
+def check_loss_fits(config: TrainConfig, ir) -> None:
+    """The loss must fit the network's output (one score per class), known statically."""
+    name = ir.outputs[0]
+    shape = ir.shape_of(name)
+    node = _node(ir, name)
+    span = node.span if node is not None else None
+    loss, loss_span = config.loss.name, config.spans.get("loss")
+    where = {"span": loss_span or span,
+             "related": (Label(span=span, text="the output"),) if span and loss_span else ()}
+    if len(shape) != 1:
+        raise CnnError([Diagnostic(
+            code="E-train", message=f"{loss} needs one score per class; the network gives "
+            f"{' x '.join(map(str, shape))}", **where,
+            help="end the network with `flatten -> linear(classes)`")])
+    last_op = node.op if node is not None else None
+    if loss == "nll" and last_op != "log_softmax":
+        raise CnnError([Diagnostic(
+            code="E-train", message="`nll` takes log-probabilities: end the network with "
+            "`log_softmax`", **where, help="or use `loss: cross_entropy` on raw scores")])
+    if loss in ("cross_entropy", "bce_with_logits") and last_op in (
+            "softmax", "sigmoid", "log_softmax"):
+        raise CnnError([Diagnostic(
+            code="E-train", message=f"`{loss}` takes raw scores but the network ends with "
+            f"`{last_op}`", **where, help=f"drop the final {last_op} (the loss applies it)"
+            + (", or use `loss: nll`" if last_op == "log_softmax" else ""))])
+
+
+def check_classes(config: TrainConfig, ir, classes: int) -> None:
+    """The network gives one score per class of the data; else an error at the layer that
+    fixes the count, with the parameter it came from."""
+    check_loss_fits(config, ir)
+    name = ir.outputs[0]
+    outputs = ir.shape_of(name)[0]
+    if outputs == classes:
+        return
+    producer = _producer(ir, name)
+    param = _parameter_behind(ir, producer)
+    hint = f"--set {param}={classes}" if param else f"give it {classes} outputs"
+    raise CnnError([Diagnostic(
+        code="E-train", message=f"the data has {classes} classes but the network gives "
+        f"{outputs} outputs", span=producer.span if producer else None,
+        label=f"{outputs} outputs", help=f"{hint}, or train on data with {outputs} classes")])
+
+
+def _node(ir, name: str):
+    try:
+        return ir.node(name)
+    except KeyError:  # a network input
+        return None
+
+
+def _producer(ir, name: str):
+    """The layer that fixes the output's size: the last one that sets features/channels."""
+    node = _node(ir, name)
+    while node is not None and node.op not in ("linear", "conv", "conv_transpose"):
+        node = _node(ir, node.inputs[0])
+    return node
+
+
+def _parameter_behind(ir, node) -> str | None:
+    """The network parameter an output size was written with (`linear(classes)`)."""
+    if node is None or "out_features" not in node.derivations and \
+            "out_channels" not in node.derivations:
+        return None
+    how = node.derivations.get("out_features") or node.derivations["out_channels"]
+    written = how.split(" = ")[0]
+    words = set(written.replace("(", " ").replace(")", " ").replace(",", " ").split())
+    return next((p for p in ir.params if p in words), None)
