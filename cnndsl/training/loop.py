@@ -86,7 +86,8 @@ def global_batches(order: list[int], size: int, world: int) -> list[list[int]]:
     merged into the one before it, so every sample is still seen once per epoch."""
     batches = [order[i:i + size] for i in range(0, len(order), size)]
     if len(batches) > 1 and len(batches[-1]) < world:
-        batches[-2] = batches[-2] + batches.pop()
+        last = batches.pop()
+        batches[-1] = batches[-1] + last
     return batches
 
 
@@ -224,6 +225,7 @@ class Progress:
     best: float | None = None
     best_epoch: int = -1
     bad_epochs: int = 0
+    lr: float = 0.0  # the learning rate the epoch started with
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)
@@ -244,6 +246,10 @@ class Trainer:
     def __post_init__(self):
         self.dev = resolve_device(self.device)
         self.ranks = init_ranks(self.dev)
+        if self.config.batch < self.ranks.world:
+            raise _error(f"batch {self.config.batch} is smaller than the {self.ranks.world} "
+                         "processes it is split across", span=self.config.spans.get("batch"),
+                         help=f"use at least batch {self.ranks.world}")
         self.classes = len(self.data.train.classes)
         self.objective = Objective(self.config, self.classes, self.dev)
         self.augment = augmenter([(a.name, a.args) for a in self.config.augment])
@@ -294,6 +300,8 @@ class Trainer:
                                  config.batch, self.ranks.world)
         bar = self._bar(steps, progress)
         autocast = self._autocast()
+        if progress.step == 0:
+            progress.lr = optimizer.param_groups[0]["lr"]
         for step in range(progress.step, len(batches)):
             if self._interrupted or self.stop_at == (progress.epoch, step):
                 self._save_resumable(net, optimizer, schedule, scaler, progress)
@@ -348,7 +356,7 @@ class Trainer:
                   "train_accuracy": float(sums[2] / sums[3]), "train_samples": int(sums[3]),
                   "val_loss": val["loss"], "val_accuracy": val["accuracy"],
                   "precision": val["precision"], "recall": val["recall"], "f1": val["f1"],
-                  "lr": optimizer.param_groups[0]["lr"], "seconds": round(seconds, 3)}
+                  "lr": progress.lr, "seconds": round(seconds, 3)}
         progress.history.append(record)
         metric = self.config.early_stop["metric"] if self.config.early_stop else "val_loss"
         value = record[metric] if metric == "val_loss" else -record[metric]

@@ -1,0 +1,276 @@
+"""Training data, held in memory as float tensors in [0, 1] at the spec's input shape.
+
+Sources: `digits` (scikit-learn's bundled handwritten digits: 1,797 8x8 images, no
+download), a folder with one subfolder of images per class (with `train/` and `val/`
+inside, or split here), or an `.npz` file with arrays `x` and `y`. Images are decoded with
+Pillow and resized with torchvision; augmentation uses torchvision.transforms.v2, one random
+draw per sample, from torch's global generator (so a saved RNG state replays a run).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm",
+                  ".pgm"}
+
+
+class DataError(Exception):
+    """Data that cannot be used; the caller turns it into a diagnostic."""
+
+    def __init__(self, message: str, help: str = ""):
+        super().__init__(message)
+        self.message, self.help = message, help
+
+
+@dataclass
+class Dataset:
+    images: torch.Tensor  # N x C x H x W, float32 in [0, 1]
+    labels: torch.Tensor  # N, int64
+    classes: list[str]
+
+
+@dataclass
+class Data:
+    train: Dataset
+    val: Dataset
+    source: str
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (file, why)
+
+
+def load_data(data: str | Path, shape: tuple[int, int, int], *, val_fraction: float = 0.2,
+              seed: int = 0, max_bytes: int = 4 * 2**30) -> Data:
+    channels = shape[0]
+    if channels not in (1, 3):
+        raise DataError(f"images have 1 or 3 channels; the network takes {channels}",
+                        help="make the input 1 x H x W (grey) or 3 x H x W (colour)")
+    if str(data) == "digits":
+        return _digits(shape, val_fraction, seed)
+    path = Path(data)
+    if path.suffix == ".npz" and path.is_file():
+        return _npz(path, shape, val_fraction, seed, max_bytes)
+    if not path.exists():
+        raise DataError(f"no data at {path}", help="give `digits`, an image folder (one "
+                        "subfolder per class) or an .npz file")
+    if not path.is_dir():
+        raise DataError(f"{path} is not a folder", help="give a folder with one subfolder of "
+                        "images per class, or an .npz file")
+    return _folder(path, shape, val_fraction, seed, max_bytes)
+
+
+# ---- sources ---------------------------------------------------------------------------
+
+
+def _digits(shape, val_fraction: float, seed: int) -> Data:
+    from sklearn.datasets import load_digits
+    digits = load_digits()
+    images = torch.tensor(digits.images, dtype=torch.float32)[:, None] / 16.0
+    labels = torch.tensor(digits.target, dtype=torch.int64)
+    images = _fit(images, shape)
+    classes = [str(i) for i in range(10)]
+    train, val = _split(labels, val_fraction, seed)
+    return Data(Dataset(images[train], labels[train], classes),
+                Dataset(images[val], labels[val], classes), "digits")
+
+
+def _folder(root: Path, shape, val_fraction: float, seed: int, max_bytes: int) -> Data:
+    skipped: list[tuple[str, str]] = []
+    if (root / "train").is_dir() and (root / "val").is_dir():
+        train_files, classes = _class_files(root / "train")
+        val_files, val_classes = _class_files(root / "val")
+        if classes != val_classes:
+            only_train = sorted(set(classes) - set(val_classes))
+            only_val = sorted(set(val_classes) - set(classes))
+            raise DataError(f"train/ and val/ in {root} have different classes: "
+                            f"only in train/: {', '.join(only_train) or '-'}; only in val/: "
+                            f"{', '.join(only_val) or '-'}")
+        _check_size(len(train_files) + len(val_files), shape, max_bytes, root)
+        train = _decode(train_files, classes, shape, skipped)
+        val = _decode(val_files, classes, shape, skipped)
+        _check_nonempty(train, classes, root / "train")
+        _check_nonempty(val, classes, root / "val")
+        return Data(train, val, str(root), skipped)
+    files, classes = _class_files(root)
+    _check_size(len(files), shape, max_bytes, root)
+    every = _decode(files, classes, shape, skipped)
+    _check_nonempty(every, classes, root)
+    train, val = _split(every.labels, val_fraction, seed)
+    return Data(Dataset(every.images[train], every.labels[train], classes),
+                Dataset(every.images[val], every.labels[val], classes), str(root), skipped)
+
+
+def _class_files(root: Path) -> tuple[list[tuple[Path, int]], list[str]]:
+    folders = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not folders:
+        raise DataError(f"{root} has no class folders",
+                        help="put each class's images in a subfolder: images/cat/1.png, ...")
+    files = []
+    for label, folder in enumerate(folders):
+        found = sorted(p for p in folder.rglob("*") if p.is_file()
+                       and not any(part.startswith(".") for part in p.relative_to(folder).parts))
+        if not found:
+            raise DataError(f"the class folder {folder} is empty",
+                            help="add its images, or remove the folder")
+        files += [(p, label) for p in found]
+    return files, [f.name for f in folders]
+
+
+def _check_size(count: int, shape, max_bytes: int, where: Path) -> None:
+    need = count * math.prod(shape) * 4
+    if need > max_bytes:
+        raise DataError(f"{where}: {count:,} images at {' x '.join(map(str, shape))} need "
+                        f"{need / 2**30:.1f} GiB in memory, over {max_bytes / 2**30:.1f} GiB",
+                        help="use fewer or smaller images")
+
+
+def _decode(files, classes: list[str], shape, skipped: list) -> Dataset:
+    from PIL import Image, UnidentifiedImageError
+    mode = "L" if shape[0] == 1 else "RGB"
+    images, labels = [], []
+    for path, label in files:
+        try:
+            with Image.open(path) as image:
+                pixels = torch.frombuffer(bytearray(image.convert(mode).tobytes()),
+                                          dtype=torch.uint8)
+                size = image.size
+        except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+            why = "not an image" if isinstance(exc, UnidentifiedImageError) else \
+                f"unreadable image ({exc})"
+            skipped.append((str(path), why))
+            continue
+        tensor = pixels.view(size[1], size[0], shape[0]).permute(2, 0, 1)
+        images.append(_fit(tensor[None].float() / 255.0, shape)[0])
+        labels.append(label)
+    if not images:
+        return Dataset(torch.zeros(0, *shape), torch.zeros(0, dtype=torch.int64), classes)
+    return Dataset(torch.stack(images), torch.tensor(labels, dtype=torch.int64), classes)
+
+
+def _check_nonempty(data: Dataset, classes: list[str], where: Path) -> None:
+    counts = torch.bincount(data.labels, minlength=len(classes))
+    empty = [c for c, n in zip(classes, counts.tolist()) if n == 0]
+    if empty:
+        raise DataError(f"no readable image for class{'es' if len(empty) > 1 else ''} "
+                        f"{', '.join(empty)} in {where}", help="add images the class can "
+                        "learn from, or remove its folder")
+
+
+def _npz(path: Path, shape, val_fraction: float, seed: int, max_bytes: int) -> Data:
+    import numpy as np
+    try:
+        with np.load(path, allow_pickle=False) as arrays:
+            if "x" not in arrays or "y" not in arrays:
+                raise DataError(f"{path} needs arrays `x` (images) and `y` (labels); it has "
+                                f"{', '.join(arrays.files) or 'none'}")
+            x, y = arrays["x"], arrays["y"]
+            names = [str(c) for c in arrays["classes"]] if "classes" in arrays else None
+    except (OSError, ValueError) as exc:
+        raise DataError(f"cannot read {path}: {exc}") from None
+    if x.ndim == 3:
+        x = x[:, None]
+    if x.ndim != 4 or len(x) != len(y) or y.ndim != 1:
+        raise DataError(f"{path}: x must be N x H x W or N x C x H x W and y N labels; found "
+                        f"x {x.shape}, y {y.shape}")
+    if not np.issubdtype(y.dtype, np.integer):
+        raise DataError(f"{path}: labels must be integers, found {y.dtype}")
+    _check_size(len(x), shape, max_bytes, path)
+    top = int(y.max()) if len(y) else -1
+    classes = names or [str(i) for i in range(top + 1)]
+    if len(y) == 0 or y.min() < 0 or top >= len(classes):
+        raise DataError(f"{path}: labels must lie in 0..{len(classes) - 1}; found "
+                        f"{int(y.min()) if len(y) else 'none'}..{top}")
+    images = torch.from_numpy(np.ascontiguousarray(x)).float()
+    if np.issubdtype(x.dtype, np.integer):
+        images = images / 255.0
+    if x.shape[1] not in (1, 3):
+        raise DataError(f"{path}: images have {x.shape[1]} channels; 1 or 3 expected")
+    images = _fit(images, shape)
+    labels = torch.from_numpy(y.astype(np.int64))
+    train, val = _split(labels, val_fraction, seed)
+    return Data(Dataset(images[train], labels[train], classes),
+                Dataset(images[val], labels[val], classes), str(path))
+
+
+# ---- shared steps ------------------------------------------------------------------------
+
+
+def _fit(images: torch.Tensor, shape) -> torch.Tensor:
+    """N x c x h x w in [0, 1] -> N x C x H x W: resized (antialiased), channels matched."""
+    from torchvision.transforms.v2 import functional as TF
+    channels, height, width = shape
+    if images.shape[-2:] != (height, width):
+        images = TF.resize(images, [height, width], antialias=True).clamp(0, 1)
+    if images.shape[1] == 1 and channels == 3:
+        images = images.repeat(1, 3, 1, 1)
+    elif images.shape[1] == 3 and channels == 1:
+        images = TF.rgb_to_grayscale(images)
+    return images.contiguous()
+
+
+def _split(labels: torch.Tensor, val_fraction: float, seed: int):
+    """A stratified split, the same for a seed: each class gives round(fraction x n)
+    (at least one, where it has two or more) of its samples to validation."""
+    generator = torch.Generator().manual_seed(seed)
+    train, val = [], []
+    for c in torch.unique(labels).tolist():
+        members = torch.nonzero(labels == c).flatten()
+        members = members[torch.randperm(len(members), generator=generator)]
+        k = round(val_fraction * len(members))
+        if len(members) >= 2:
+            k = min(max(k, 1), len(members) - 1)
+        val.append(members[:k])
+        train.append(members[k:])
+    return torch.cat(train).sort().values, torch.cat(val).sort().values
+
+
+# ---- augmentation ------------------------------------------------------------------------
+
+
+def _transform(name: str, args: dict, size: tuple[int, int]):
+    from torchvision.transforms import v2
+    if name == "random_crop":
+        return v2.RandomCrop(size, padding=int(args["padding"]))
+    if name == "flip":
+        return v2.RandomHorizontalFlip(p=args["p"])
+    if name == "rotate":
+        return v2.RandomRotation(args["degrees"])
+    if name == "color_jitter":
+        return v2.ColorJitter(brightness=args["brightness"], contrast=args["contrast"],
+                              saturation=args["saturation"], hue=args["hue"])
+    if name == "normalize":
+        return None  # deterministic: applied by eval_transform, train and eval alike
+    raise ValueError(f"unknown augmentation {name}")
+
+
+def augmenter(ops: list[tuple[str, dict]]) -> Callable[[torch.Tensor], torch.Tensor]:
+    """Random augmentation, a fresh draw for each image of a batch, then normalisation."""
+    finish = eval_transform(ops)
+    randoms = [op for op in ops if op[0] != "normalize"]
+    if not randoms:
+        return finish
+
+    def apply(batch: torch.Tensor) -> torch.Tensor:
+        from torchvision.transforms import v2
+        pipeline = v2.Compose([_transform(n, a, tuple(batch.shape[-2:])) for n, a in randoms])
+        return finish(torch.stack([pipeline(image) for image in batch]))
+    return apply
+
+
+def eval_transform(ops: list[tuple[str, dict]]) -> Callable[[torch.Tensor], torch.Tensor]:
+    """What evaluation applies too: normalisation, if the spec asks for it."""
+    for name, args in ops:
+        if name == "normalize":
+            from torchvision.transforms import v2
+            normalize = v2.Normalize(mean=list(args["mean"]), std=list(args["std"]))
+
+            def apply(batch: torch.Tensor, normalize=normalize) -> torch.Tensor:
+                if len(normalize.mean) == 1 and batch.shape[1] > 1:
+                    return (batch - normalize.mean[0]) / normalize.std[0]
+                return normalize(batch)
+            return apply
+    return lambda batch: batch
