@@ -255,7 +255,8 @@ def test_bad_data_is_a_clear_error(case, tmp_path):
 
 
 def test_global_batches_cover_every_sample_once():
-    for n, size, world in [(1437, 64, 1), (1437, 64, 2), (11, 5, 2), (10, 4, 4), (9, 4, 4), (7, 7, 3)]:
+    cases = [(1437, 64, 1), (1437, 64, 2), (11, 5, 2), (10, 4, 4), (9, 4, 4), (7, 7, 3)]
+    for n, size, world in cases:
         order = list(range(n))
         batches = global_batches(order, size, world)
         assert sorted(i for b in batches for i in b) == order
