@@ -120,7 +120,16 @@ class Branch:
     mode_span: Span
 
 
-Step = Layer | Repeat | Residual | Branch
+@dataclass(frozen=True)
+class Group:
+    """`label: (a(...) -> b(...))`: steps named label.0, label.1, ... as one module."""
+
+    label: str
+    steps: tuple[Step, ...]
+    span: Span
+
+
+Step = Layer | Repeat | Residual | Branch | Group
 
 
 @dataclass(frozen=True)

@@ -136,6 +136,12 @@ CATALOGUE: tuple[Entry, ...] = (
           "Install onnxruntime-gpu (`pip install 'cnndsl[gpu]'`) on a machine with a CUDA "
           "GPU, or use `--provider auto`.",
           argv=("run", "example.cnn", "--provider", "tensorrt")),
+    Entry("E-block", "a block used where it does not fit",
+          "A block with several outputs is used as one step of a chain, which passes one "
+          "tensor on.",
+          "block two() {\n    input x\n    a = x -> relu\n    b = x -> sigmoid\n"
+          "    output a, b\n}\n\n" + _net("two() -> conv(8, 3)"),
+          "Give the block one output, or compute the other outputs in the network."),
     Entry("E-train", "a training setting that cannot be used",
           "The `train` definition (or a --set override of it) names an unknown setting, "
           "optimizer, loss, schedule or augmentation, gives an argument a value it cannot "

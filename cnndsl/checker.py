@@ -103,6 +103,7 @@ class Checker:
         frame = Frame(params)
         inputs: list[Input] = []
         outputs: list[str] = []
+        self.output_names: list[str] = []
         try:
             current = self.statements(defn.body, None, frame, inputs=inputs, outputs=outputs)
         except _FatalError:
@@ -113,12 +114,14 @@ class Checker:
                       help="declare one first, e.g. `input image: 3 x 224 x 224`")
         if not outputs and current is not None:
             outputs.append(current.name)
+            self.output_names.append(current.name)
         self.warn_unused(frame, outputs)
         if self.errors:
-            raise CnnError(self.errors + self.warnings)
+            raise CnnError(_distinct(self.errors + self.warnings))
         network = Network(name=defn.name, file=defn.span.file, params=params,
                           inputs=tuple(inputs), nodes=tuple(self.nodes), outputs=tuple(outputs),
-                          scopes=tuple(self.scopes), warnings=tuple(self.warnings))
+                          output_names=tuple(self.output_names), scopes=tuple(self.scopes),
+                          warnings=tuple(self.warnings))
         self.check_memory(network, defn)
         return network
 
@@ -198,11 +201,15 @@ class Checker:
         for stmt in body:
             try:
                 current = self.statement(stmt, current, frame, inputs, outputs, block_input)
-            except _StatementError:
+            except (_StatementError, CnnError) as exc:
+                if isinstance(exc, CnnError):
+                    self.errors.extend(exc.diagnostics)
                 current = Tensor("<error>", None, stmt.span, "error")
-            except CnnError as exc:
-                self.errors.extend(exc.diagnostics)
-                current = Tensor("<error>", None, stmt.span, "error")
+                name = (stmt.target if isinstance(stmt, ast.Assign) else
+                        stmt.name if isinstance(stmt, ast.InputDecl) else None)
+                if name is not None and name not in frame.tensors:
+                    frame.tensors[name] = current  # its later uses stay quiet
+                    frame.used.add(name)
         return current
 
     def statement(self, stmt, current, frame, inputs, outputs, block_input):
@@ -226,6 +233,10 @@ class Checker:
                 raise self.fail("E-input", "a block's input shape is inferred, not written",
                                 stmt.span, label="drop the shape",
                                 help=f"write `input {stmt.name}`")
+            if any(t is block_input for t in frame.tensors.values()):
+                raise self.fail("E-input", "a block takes one input", stmt.span,
+                                label="a second `input`", help="pass other tensors as a "
+                                "merge in the caller (`-> add(skip)`), or write two blocks")
             tensor = block_input
         else:
             if stmt.dims is None:
@@ -244,10 +255,17 @@ class Checker:
 
     def output_stmt(self, stmt: ast.Output, frame, outputs) -> Tensor | None:
         result = None
+        seen: set[str] = set()
         for name, span in stmt.names:
+            if name in seen:
+                raise self.fail("E-name", f"`{name}` is listed twice", span,
+                                label="already an output")
+            seen.add(name)
             result = self.lookup_tensor(name, span, frame)
             if outputs is not None:
                 outputs.append(result.name)
+                if not frame.path:  # the network's own `output`, not a block's
+                    self.output_names.append(name)
         return result
 
     def bind_tensor(self, name: str, span: Span, tensor: Tensor, frame: Frame) -> None:
@@ -304,6 +322,8 @@ class Checker:
             return self.residual(step, self.need_input(x, step.span), frame)
         if isinstance(step, ast.Branch):
             return self.branch(step, self.need_input(x, step.span), frame)
+        if isinstance(step, ast.Group):
+            return self.group(step, x, frame)
         return self.layer(step, x, frame)
 
     def need_input(self, x: Tensor | None, span: Span) -> Tensor:
@@ -321,7 +341,10 @@ class Checker:
         if step.name in REGISTRY:
             return self.primitive(REGISTRY[step.name], step, x, frame, name)
         if step.name in self.definitions and self.definitions[step.name].kind == "block":
-            return self.call_block(self.definitions[step.name], step, x, frame, name)
+            tensor = self.call_block(self.definitions[step.name], step, x, frame, name)
+            if step.label is not None:  # `layer2: basic(128)` names its output `layer2`
+                frame.tensors.setdefault(step.label, tensor)
+            return tensor
         if not step.has_call and step.name in frame.tensors:
             raise self.fail("E-name", f"tensor `{step.name}` can only start a chain", step.span,
                             help=f"start a new line with `{step.name} -> ...`")
@@ -344,19 +367,34 @@ class Checker:
                 if x.shape is None:  # failed once: it fails the same way N times
                     break
             return x
-        container = frame.path + (self.claim(inner.label, inner.span, frame),)
-        self.scopes.append(Scope(path=container, block=None, span=step.span,
-                                 inputs=(x.name,) if x else ()))
-        sub = Frame(frame.params, container, blocks=frame.blocks)
         unlabeled = ast.Layer(inner.name, inner.args, inner.kwargs, inner.has_call, None,
                               inner.span, inner.name_span)
-        for i in range(count):
-            x = self.layer(unlabeled, x, sub, name=str(i))
+        return self.container(inner.label, [unlabeled] * count, x, frame, step.span)
+
+    def group(self, step: ast.Group, x: Tensor | None, frame: Frame) -> Tensor:
+        for inner in step.steps:
+            if not isinstance(inner, ast.Layer) or inner.label is not None:
+                raise self.fail("E-syntax", "a labelled group holds unlabelled layer and "
+                                "block calls", inner.span, help=f"`{step.label}: (a(...) -> "
+                                "b(...))` names them {step.label}.0, {step.label}.1")
+        return self.container(step.label, list(step.steps), x, frame, step.span)
+
+    def container(self, label: str, steps: list[ast.Layer], x: Tensor | None, frame: Frame,
+                  span: Span) -> Tensor:
+        """A labelled repeat or group: one module `label` whose children are 0, 1, ... (as
+        torchvision's `layer1.0`); the label also names the output tensor."""
+        container = frame.path + (self.claim(label, span, frame),)
+        index = len(self.scopes)
+        self.scopes.append(Scope(path=container, block=None, span=span,
+                                 inputs=(x.name,) if x else ()))
+        sub = Frame(frame.params, container, blocks=frame.blocks)
+        for i, inner in enumerate(steps):
+            x = self.layer(inner, x, sub, name=str(i))
             if x.shape is None:
                 break
-        self.scopes[-1] = self.scopes[-1].model_copy(update={"output": x.name})
-        frame.tensors.setdefault(inner.label, x)
-        frame.used.add(inner.label)
+        self.scopes[index] = self.scopes[index].model_copy(update={"output": x.name})
+        frame.tensors.setdefault(label, x)
+        frame.used.add(label)
         return x
 
     # ---- names ------------------------------------------------------------------------
@@ -419,7 +457,9 @@ class Checker:
         return xs
 
     def emit(self, kind: LayerKind, attrs: dict, xs: list[Tensor], path: tuple[str, ...],
-             step, derivations=None, syms=None) -> Tensor:
+             step, derivations=None, syms=None, generated: bool = False) -> Tensor:
+        """Add a node. `generated`: cnndsl wrote it (an automatic shortcut), so warnings
+        about it would be about code the user never wrote."""
         if any(t.shape is None for t in xs):
             return Tensor(".".join(path), None, step.span, kind.op)
         if len(self.nodes) >= MAX_NODES:
@@ -435,7 +475,7 @@ class Checker:
         except LayerError as exc:
             self.errors.append(self.located(exc, step, xs))
             return Tensor(".".join(path), None, step.span, kind.op)
-        for w in warn.items:
+        for w in warn.items if not generated else ():
             self.warning(w, step, xs)
         syms = dict(syms or {})
         if kind.channels_in and xs[0].sym is not None:
@@ -594,6 +634,13 @@ class Checker:
         entry = Tensor(x.name, x.shape, x.span, x.op, ast.Name("in_channels", step.span))
         outputs: list[str] = []
         result = self.statements(defn.body, entry, inner, outputs=outputs, block_input=entry)
+        if len(outputs) > 1:
+            declared = next(st for st in defn.body if isinstance(st, ast.Output))
+            raise self.fail("E-block", f"block `{defn.name}` has {len(outputs)} outputs; a step "
+                            "of a chain passes one tensor on", step.span,
+                            related=(Label(span=declared.span, text="its outputs"),),
+                            help="give the block one output, or compute the other outputs "
+                            "in the network")
         if outputs:
             result = next(t for t in inner.tensors.values() if t.name == outputs[-1])
         self.warn_unused(inner, outputs)
@@ -666,7 +713,8 @@ class Checker:
         conv = {**REGISTRY["conv"].defaults(), "out_channels": body.shape[0], "kernel": (1, 1),
                 "stride": tuple(strides), "bias": False}
         y = self.emit(REGISTRY["conv"], conv, [x], frame.path + (self.auto_name("conv", frame),),
-                      step, syms={"out_channels": body.sym} if body.sym is not None else {})
+                      step, syms={"out_channels": body.sym} if body.sym is not None else {},
+                      generated=True)
         return self.emit(REGISTRY["batchnorm"], REGISTRY["batchnorm"].defaults(), [y],
                          frame.path + (self.auto_name("batchnorm", frame),), step)
 
@@ -686,6 +734,17 @@ class Checker:
                             help="put each path on its own line")
         return self.emit(REGISTRY[step.mode], {}, outs,
                          frame.path + (self.auto_name(step.mode, frame),), step)
+
+
+def _distinct(diagnostics: list[Diagnostic]) -> list[Diagnostic]:
+    """A block called several times reports a problem of its own once."""
+    seen, out = set(), []
+    for d in diagnostics:
+        key = (d.code, d.message, d.span)
+        if key not in seen:
+            seen.add(key)
+            out.append(d)
+    return out
 
 
 _LATER = object()

@@ -88,8 +88,16 @@ def cmd_compile(args) -> int:
         origin = f"from {args.weights}" if args.weights else f"initialised (seed {args.seed})"
         detail = (f", opset {onnx_model.opset_import[0].version}, "
                   f"{len(onnx_model.graph.node)} nodes, weights {origin}")
-    print(f"wrote {args.output} ({args.to}, {model.params:,} parameters{detail})",
-          file=sys.stderr)
+    if args.json:
+        report = {"ok": True, "output": args.output, "target": args.to,
+                  "params": model.params}
+        if args.to == "onnx":
+            report.update(opset=onnx_model.opset_import[0].version,
+                          nodes=len(onnx_model.graph.node), weights=args.weights)
+        print(json.dumps(report, indent=2))
+    else:
+        print(f"wrote {args.output} ({args.to}, {model.params:,} parameters{detail})",
+              file=sys.stderr)
     return EXIT_OK
 
 
@@ -115,14 +123,20 @@ def cmd_run(args) -> int:
         inputs = [read_input(args.input, shapes[0])]
     else:
         inputs = random_inputs(shapes, args.batch, args.seed)
-    print(f"{source}: running on {session.provider} "
-          f"({session.session.get_providers()[0]})", file=sys.stderr)
+    if not args.json:
+        print(f"{source}: running on {session.provider} "
+              f"({session.session.get_providers()[0]})", file=sys.stderr)
     outputs = session.run(*inputs)
+    report = {"ok": True, "model": source, "provider": session.provider, "outputs": []}
     for name, out in zip([o.name for o in session.session.get_outputs()], outputs):
+        entry = {"name": name, "shape": list(out.shape)}
         line = f"output {name}: {' x '.join(map(str, out.shape))}"
         if out.ndim == 2:
-            line += f", argmax {out.argmax(axis=1).tolist()[:8]}"
-        print(line)
+            entry["argmax"] = out.argmax(axis=1).tolist()
+            line += f", argmax {entry['argmax'][:8]}"
+        report["outputs"].append(entry)
+        if not args.json:
+            print(line)
     if args.output:
         import numpy as np
 
@@ -131,12 +145,13 @@ def cmd_run(args) -> int:
             np.save(f, outputs[0])
     if args.bench:
         stats = session.benchmark(inputs, args.bench)
-        if args.json:
-            print(json.dumps(stats))
-        else:
+        report["benchmark"] = stats
+        if not args.json:
             print(f"{stats['runs']} runs, batch {stats['batch']} on {stats['provider']}: "
                   f"p50 {stats['p50_ms']:.2f} ms, p90 {stats['p90_ms']:.2f} ms, "
                   f"p99 {stats['p99_ms']:.2f} ms, {stats['images_per_s']:.1f} images/s")
+    if args.json:
+        print(json.dumps(report, indent=2))
     return EXIT_OK
 
 
@@ -151,11 +166,18 @@ def cmd_render(args) -> int:
               shapes=not args.no_shapes, params=args.params)
     except DotMissingError as exc:
         dot_path = Path(args.output).with_suffix(".dot")
-        print(f"wrote {dot_path} instead of {args.output}: {exc}", file=sys.stderr)
+        if args.json:
+            print(json.dumps({"ok": False, "output": str(dot_path), "format": "dot",
+                              "error": str(exc)}, indent=2))
+        else:
+            print(f"wrote {dot_path} instead of {args.output}: {exc}", file=sys.stderr)
         return EXIT_SPEC
     except RuntimeError as exc:
         raise _spec_error(str(exc)) from None
-    print(f"wrote {args.output}", file=sys.stderr)
+    if args.json:
+        print(json.dumps({"ok": True, "output": args.output, "format": suffix[1:]}, indent=2))
+    else:
+        print(f"wrote {args.output}", file=sys.stderr)
     return EXIT_OK
 
 

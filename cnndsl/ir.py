@@ -81,6 +81,9 @@ class Network(BaseModel):
     inputs: tuple[Input, ...]
     nodes: tuple[Node, ...]  # topological order
     outputs: tuple[str, ...]
+    # what the spec calls each output (`output logits, probs`); the last layer's name when
+    # the spec names none
+    output_names: tuple[str, ...] = ()
     scopes: tuple[Scope, ...] = ()
     warnings: tuple[Diagnostic, ...] = ()
     _index: dict[str, Node] | None = PrivateAttr(default=None)
@@ -106,7 +109,16 @@ class Network(BaseModel):
         by_name = self._by_name()
         if name in by_name:
             return by_name[name].shape
-        return next(i.shape for i in self.inputs if i.name == name)
+        for i in self.inputs:
+            if i.name == name:
+                return i.shape
+        for scope in self.scopes:  # a block call or a labelled repeat: its output
+            if ".".join(scope.path) == name and scope.output in by_name:
+                return by_name[scope.output].shape
+        from .suggest import did_you_mean
+        hint = did_you_mean(name, [*by_name, *(i.name for i in self.inputs)])
+        raise KeyError(f"no layer or input `{name}` in {self.name}" + (f"; {hint}" if hint
+                                                                       else ""))
 
     def _by_name(self) -> dict[str, Node]:
         if self._index is None:

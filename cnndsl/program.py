@@ -55,6 +55,12 @@ class Program:
         self._loaded.add(key)
 
     def _define(self, defn: ast.Definition, user: bool) -> None:
+        from .layers import REGISTRY
+        if defn.kind == "block" and defn.name in REGISTRY:
+            raise CnnError([Diagnostic(
+                code="E-name", message=f"`{defn.name}` is a built-in layer", span=defn.name_span,
+                label="a block cannot take its name", help=f"name the block otherwise, e.g. "
+                f"`my_{defn.name}`")])
         previous = self.definitions.get(defn.name)
         if previous is not None and not previous.span.file.startswith("<stdlib"):
             raise CnnError([Diagnostic(

@@ -104,7 +104,7 @@ def summary_rows(ir: Network, depth: int) -> list[dict]:
             else:
                 nodes = item.nodes()
                 name = item.local
-                kind = item.scope.block if item.scope and item.scope.block else "repeat"
+                kind = item.scope.block if item.scope and item.scope.block else "sequence"
             if not nodes:
                 continue
             params = sum(n.params for n in nodes)

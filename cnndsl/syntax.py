@@ -244,6 +244,11 @@ class _Builder(Transformer_NonRecursive):  # iterative: a huge expression cannot
         return ast.Chain(steps=tuple(children), span=self._span(meta))
 
     @v_args(meta=True)
+    def group(self, meta, children):
+        label, *steps = children
+        return ast.Group(label=str(label), steps=tuple(steps), span=self._span(meta))
+
+    @v_args(meta=True)
     def repeat(self, meta, children):
         layer, count = children
         return ast.Repeat(step=layer, count=count, span=self._span(meta))

@@ -101,12 +101,16 @@ class GraphBuilder:
         inputs = [helper.make_tensor_value_info(i.name, TensorProto.FLOAT, ["batch", *i.shape])
                   for i in self.ir.inputs]
         outputs, renames = [], []
-        for name in self.ir.outputs:  # outputs keep their spec names
-            if self.value_of[name] != name:  # e.g. a trailing dropout, which emits nothing
-                renames.append(helper.make_node("Identity", [self.value_of[name]], [name],
-                                                name=name))
+        taken = {v for n in self.nodes for v in n.output} | {i.name for i in self.ir.inputs}
+        for node_name, name in zip(self.ir.outputs, self.ir.output_names or self.ir.outputs):
+            value = self.value_of[node_name]
+            if name != value and name in taken:  # the spec's name is another value's
+                name = node_name
+            if value != name:  # a spec name, or a trailing dropout, which emits nothing
+                renames.append(helper.make_node("Identity", [value], [name], name=name))
+            taken.add(name)
             outputs.append(helper.make_tensor_value_info(
-                name, TensorProto.FLOAT, ["batch", *self.ir.shape_of(name)]))
+                name, TensorProto.FLOAT, ["batch", *self.ir.shape_of(node_name)]))
         graph = helper.make_graph(self.nodes + renames, self.ir.name, inputs, outputs,
                                   list(self.initializers.values()))
         opsets = [helper.make_opsetid("", self.opset)]

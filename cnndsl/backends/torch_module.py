@@ -67,6 +67,8 @@ class CnnModule(nn.Module):
                 if spec.pre_pad is not None:
                     x = F.pad(x, spec.pre_pad, value=spec.pad_value)
                 out = module(x)
+                if spec.valid_count:
+                    out = out / module(F.pad(torch.ones_like(args[0][:, :1]), spec.pre_pad))
             values[name] = out
         return values
 

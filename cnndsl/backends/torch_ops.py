@@ -22,6 +22,9 @@ class TorchLayer:
     kwargs: dict[str, Any] = field(default_factory=dict)
     pre_pad: tuple[int, int, int, int] | None = None  # F.pad order: left, right, top, bottom
     pad_value: float = 0.0
+    # average over real input only, with F.pad emulating asymmetric padding: the pooled
+    # input divided by the pooled map of ones (the divisors cancel, ceil_mode included)
+    valid_count: bool = False
     join: str | None = None  # "add" | "concat" for merges
 
 
@@ -69,10 +72,12 @@ def maxpool(node: Node) -> TorchLayer:
 def avgpool(node: Node) -> TorchLayer:
     a = node.attrs
     padding, pre_pad = _padding(node)
+    exclude_pad = pre_pad is not None and not a["count_include_pad"]
     return TorchLayer("AvgPool2d", (short(a["kernel"]),), _non_default(
         stride=(a["stride"], short(a["kernel"])), padding=(padding, 0),
         ceil_mode=(a["ceil_mode"], False),
-        count_include_pad=(a["count_include_pad"], True)), pre_pad)
+        count_include_pad=(a["count_include_pad"] or exclude_pad, True)), pre_pad,
+        valid_count=exclude_pad)
 
 
 def batchnorm(node: Node) -> TorchLayer:

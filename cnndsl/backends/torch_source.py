@@ -301,6 +301,9 @@ class _Forward:
         if spec.pre_pad is not None:
             value = "" if spec.pad_value == 0 else f", value={py_literal(spec.pad_value)}"
             arg = f"F.pad({arg}, {py_literal(spec.pre_pad)}{value})"
+        if spec.valid_count:  # divide by the number of real inputs in each window
+            ones = f"F.pad(torch.ones_like({args[0]}[:, :1]), {py_literal(spec.pre_pad)})"
+            return f"self.{child.local}({arg}) / self.{child.local}({ones})"
         return f"self.{child.local}({arg})"
 
 

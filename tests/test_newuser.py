@@ -1,0 +1,199 @@
+"""Issue 9: what a newcomer following the README hit — each a regression test."""
+
+from __future__ import annotations
+
+import itertools
+import json
+
+import numpy as np
+import pytest
+import torch
+
+import cnndsl
+from cnndsl.runtime import create_session
+from conftest import import_file, run_cli
+
+RESNET_LIKE = """
+network r(classes: int = 10) {
+    input image: 3 x 32 x 32
+    conv(16, 3, padding=1)
+    layer1: basic(16) * 2
+    layer2: (basic(32, stride=2) -> basic(32))
+    layer3: basic(64, stride=2)
+    one: basic(64) * 1
+    global_avgpool -> flatten -> linear(classes)
+}
+"""
+
+
+def _three_ways(model, tmp_path, x):
+    """The in-memory module, the generated source and onnxruntime on one input."""
+    module = model.to_torch().eval()
+    path = tmp_path / "gen.py"
+    path.write_text(model.to_torch_source())
+    generated = import_file(path, f"gen_{abs(hash(str(tmp_path)))}").build().eval()
+    generated.load_state_dict(module.state_dict())
+    session = create_session(model.to_onnx(weights=module.state_dict()).SerializeToString(),
+                             "cpu")
+    with torch.no_grad():
+        return (module(x).numpy(), generated(x).numpy(), session.run(x.numpy())[0])
+
+
+def test_labelled_repeats_and_groups_of_blocks_work_everywhere(tmp_path):
+    model = cnndsl.loads(RESNET_LIKE)
+    assert "layer1 (sequence)" in model.summary() and "  1 (basic)" in model.summary()
+    assert "<svg" in model._repr_html_() or "<details>" in model._repr_html_()
+    names = list(model.to_torch().state_dict())
+    assert "layer1.1.conv2.weight" in names and "layer2.0.shortcut_conv1.weight" in names
+    assert "layer2.1.conv1.weight" in names and "one.0.conv1.weight" in names
+    assert not any(n.startswith("basic") for n in names)  # the group named both calls
+    a, b, c = _three_ways(model, tmp_path, torch.randn(2, 3, 32, 32))
+    assert np.array_equal(a, b) and np.abs(a - c).max() < 1e-4
+    assert model.shape("layer2") == (32, 16, 16) and model.shape("layer3") == (64, 8, 8)
+    assert model.shape("layer1.0") == (16, 32, 32)
+    with pytest.raises(KeyError, match="no layer or input `layer9`"):
+        model.shape("layer9")
+
+
+def test_a_label_on_a_block_call_names_its_output():
+    model = cnndsl.loads("""
+network n() {
+    input image: 3 x 16 x 16
+    stem: basic(3)
+    head = stem -> conv(4, 1)
+    output head
+}""")
+    stem = next(s for s in model.ir.scopes if s.path == ("stem",))
+    assert model.ir.node("conv1").inputs == (stem.output,)
+    assert model.ir.output_names == ("head",) and model.shape("stem") == (3, 16, 16)
+
+
+@pytest.mark.parametrize("op", ["avgpool", "maxpool"])
+def test_asymmetric_same_padding_pools_like_onnxruntime(op, tmp_path):
+    """`same` at stride 2 pads one more row at the end: F.pad's zeros must not be counted
+    by avgpool(count_include_pad=false), nor win a max."""
+    worst = 0.0
+    for size, k, s, count_pad, ceil in itertools.product((7, 8), (2, 3), (2, 3), (True, False),
+                                                         (False, True)):
+        extra = f", count_include_pad={str(count_pad).lower()}" if op == "avgpool" else ""
+        model = cnndsl.loads(f"network p() {{\n input x: 2 x {size} x {size}\n {op}({k}, "
+                             f"stride={s}, padding=same, ceil_mode={str(ceil).lower()}"
+                             f"{extra})\n}}")
+        a, b, c = _three_ways(model, tmp_path, torch.rand(1, 2, size, size) + 0.5)
+        worst = max(worst, np.abs(a - c).max(), np.abs(b - c).max())
+    assert worst < 1e-5
+
+
+def test_all_ones_average_stays_one_at_the_padded_edge():
+    model = cnndsl.loads("network p() {\n input x: 1 x 8 x 8\n avgpool(3, stride=2, "
+                         "padding=same, count_include_pad=false)\n}")
+    with torch.no_grad():
+        out = model.to_torch()(torch.ones(1, 1, 8, 8))
+    assert torch.allclose(out, torch.ones_like(out))
+
+
+def test_onnx_inputs_and_outputs_carry_the_specs_names():
+    model = cnndsl.loads("""
+network two(classes: int = 4) {
+    input pixels: 1 x 8 x 8
+    logits = pixels -> flatten -> linear(classes)
+    probs = logits -> softmax
+    output logits, probs
+}""")
+    proto = model.to_onnx()
+    assert [i.name for i in proto.graph.input] == ["pixels"]
+    assert [o.name for o in proto.graph.output] == ["logits", "probs"]
+    session = create_session(proto.SerializeToString(), "cpu")
+    logits, probs = session.run(np.random.rand(2, 1, 8, 8).astype(np.float32))
+    assert np.allclose(probs, np.exp(logits) / np.exp(logits).sum(1, keepdims=True), atol=1e-6)
+
+
+def test_an_output_listed_twice_is_an_error():
+    with pytest.raises(cnndsl.CnnError, match="`a` is listed twice"):
+        cnndsl.loads("network n() {\n input x: 1 x 4 x 4\n a = x -> relu\n output a, a\n}")
+
+
+@pytest.mark.parametrize("spec", ["resnet18", "resnet34", "resnet50", "resnet101",
+                                  "resnet152"])
+def test_strict_passes_on_the_zoos_resnets(spec):
+    """The automatic 1x1 stride-2 projection is cnndsl's code, not the user's: no W-stride."""
+    result = run_cli("check", f"specs/{spec}.cnn", "--strict")
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == ""
+
+
+def test_strided_residual_in_a_users_block_has_no_projection_warning():
+    model = cnndsl.loads(RESNET_LIKE)
+    assert not model.warnings
+
+
+def test_set_takes_several_values_after_one_flag():
+    result = run_cli("check", "specs/efficientnet.cnn", "--set", "depth=1.1", "resolution=240",
+                     "--json")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["params"] == 7_794_184
+
+
+def _errors(text: str) -> list:
+    with pytest.raises(cnndsl.CnnError) as info:
+        cnndsl.loads(text, name="t.cnn")
+    return [d for d in info.value.diagnostics if d.severity == "error"]
+
+
+def test_a_block_takes_one_input():
+    errors = _errors("block b() {\n    input x\n    input skip\n    add(x, skip)\n}\n"
+                     "network n() {\n    input image: 3 x 8 x 8\n    b()\n}")
+    assert [(e.code, e.span.line, e.span.column) for e in errors] == [("E-input", 3, 5)]
+    assert errors[0].message == "a block takes one input"
+
+
+def test_a_block_with_two_outputs_is_not_one_step():
+    errors = _errors("block b() {\n    input x\n    a = x -> relu\n    c = x -> sigmoid\n"
+                     "    output a, c\n}\nnetwork n() {\n    input image: 3 x 8 x 8\n"
+                     "    b() -> conv(4, 1)\n}")
+    assert [(e.code, e.span.line) for e in errors] == [("E-block", 9)]
+    assert errors[0].related[0].span.line == 5
+
+
+def test_a_block_cannot_take_a_layers_name():
+    errors = _errors("block relu() {\n    sigmoid\n}\nnetwork n() {\n"
+                     "    input image: 3 x 8 x 8\n    relu\n}")
+    assert [(e.code, e.span.line, e.span.column) for e in errors] == [("E-name", 1, 7)]
+
+
+def test_a_failed_assignment_gives_no_follow_on_errors():
+    errors = _errors("network n() {\n    input image: 3 x 8 x 8\n    e4 = image -> conv(4, 3)\n"
+                     "    skip = e4 -> pad(-4)\n    a = skip -> relu\n    b = skip -> relu\n"
+                     "    output a, b\n}")
+    assert [(e.code, e.span.line) for e in errors] == [("E-arg", 4)]
+
+
+def test_a_problem_in_a_block_called_twice_is_reported_once():
+    errors = _errors("block b() {\n    conv(4, 9)\n}\nnetwork n() {\n"
+                     "    input image: 3 x 8 x 8\n    p = image -> b()\n    q = image -> b()\n"
+                     "    output p, q\n}")
+    assert len(errors) == 1 and errors[0].code == "E-shape"
+
+
+@pytest.mark.parametrize("argv", [
+    ("run", "specs/lenet5.cnn"), ("run", "specs/lenet5.cnn", "--bench", "3"),
+    ("compile", "specs/lenet5.cnn", "--to", "onnx", "-o", "{tmp}/l.onnx"),
+    ("compile", "specs/lenet5.cnn", "--to", "torch", "-o", "{tmp}/l.py"),
+    ("render", "specs/lenet5.cnn", "-o", "{tmp}/l.dot"),
+    ("check", "specs/lenet5.cnn"), ("summary", "specs/lenet5.cnn"),
+    ("check", "tests/broken/kernel_too_large.cnn"),
+])
+def test_json_means_one_json_document_on_stdout(argv, tmp_path):
+    result = run_cli(*(a.format(tmp=tmp_path) for a in argv), "--json")
+    document = json.loads(result.stdout)  # nothing else on stdout
+    assert isinstance(document, dict)
+    if "broken" in argv[1]:
+        assert result.returncode == 1 and document["ok"] is False
+        assert document["errors"][0]["code"] == "E-shape"
+    else:
+        assert result.returncode == 0, result.stderr
+    if argv[0] == "run":
+        assert document["outputs"][0]["shape"] == [1, 10]
+        assert ("benchmark" in document) == ("--bench" in argv)
+    if argv[0] in ("compile", "render"):
+        assert document["output"] == argv[-1].format(tmp=tmp_path)
