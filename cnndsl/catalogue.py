@@ -166,6 +166,19 @@ CATALOGUE: tuple[Entry, ...] = (
           "network net() {\n    input image: 3 x 7 x 7\n    conv(8, 3, stride=3)\n}\n",
           "Pad so the windows fit (`padding=1` gives 9 = 3 x 3), or use stride 2.",
           argv=("check", "example.cnn", "--strict")),
+    Entry("W-layout", "an input that looks channels-last",
+          "The input's last axis is 1, 3 or 4 and its first is large: it reads as many "
+          "channels of a thin image, which is rarely meant. cnndsl's inputs are C x H x W, "
+          "PyTorch's layout.",
+          "network net() {\n    input image: 32 x 32 x 3\n    conv(8, 3)\n}\n",
+          "Write the channels first: `input image: 3 x 32 x 32`."),
+    Entry("W-residual", "a residual that adds nothing",
+          "`residual(project=false)` adds its input only where the shapes agree. Written in a "
+          "network (not a block, where some calls add and others do not), a body that "
+          "changes the shape means the residual is dropped: the line does not do what it "
+          "says.",
+          _net("residual(project=false) {", "    conv(16, 3, padding=1)", "}"),
+          "Drop `project=false` to get a 1x1 projection shortcut, or keep the body's shape."),
     Entry("W-unused", "a named tensor that is never used",
           "A name was assigned but nothing reads it and it is not an output: often a "
           "forgotten skip connection.",

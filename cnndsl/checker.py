@@ -28,8 +28,8 @@ from .layers import (
     short,
 )
 from .source import Span
-from .suggest import did_you_mean
-from .values import describe, evaluate, render_expr
+from .suggest import POSITIONAL_HABITS, argument_help, did_you_mean, layer_help
+from .values import Symbol, describe, evaluate, render_expr, word_help
 
 SHAPE_CODES = ("E-shape", "E-groups")
 MAX_REPEAT = 10_000
@@ -186,12 +186,15 @@ class Checker:
             raise CnnError([Diagnostic(code="E-limit", message="expression nested too deeply",
                                        span=expr.span)]) from None
 
-    def coerce(self, coerce, value, span: Span, what: str):
+    def coerce(self, coerce, value, span: Span, what: str, params=()):
         try:
             return coerce(value)
         except LayerError as exc:
+            hint = exc.help
+            if isinstance(value, Symbol) and not hint:  # `linear(clases)`
+                hint = word_help(value, params)
             raise CnnError([Diagnostic(code=exc.code, message=f"{what}: {exc.message}",
-                                       span=span, help=exc.help)]) from None
+                                       span=span, help=hint)]) from None
 
     # ---- statements -----------------------------------------------------------------
 
@@ -247,6 +250,14 @@ class Checker:
             if len(dims) > 3:
                 raise self.fail("E-input", f"inputs have at most 3 axes (C x H x W), found "
                                 f"{len(dims)}", stmt.span)
+            if len(dims) == 3 and dims[2] in (1, 3, 4) and dims[0] > 4 and dims[1] > 4:
+                self.warnings.append(Diagnostic(
+                    code="W-layout", severity="warning", message=f"input `{stmt.name}` is "
+                    f"{dims[0]} x {dims[1]} x {dims[2]}: {dims[0]} channels of "
+                    f"{dims[1]} x {dims[2]} pixels", span=stmt.span,
+                    label="channels come first (C x H x W)",
+                    help=f"for {dims[2]}-channel images write `input {stmt.name}: {dims[2]} x "
+                    f"{dims[0]} x {dims[1]}`"))
             inputs.append(Input(name=stmt.name, shape=dims, span=stmt.span))
             tensor = Tensor(stmt.name, dims, stmt.span, "input")
         self.check_name_free(stmt.name, stmt.span, frame)
@@ -311,8 +322,15 @@ class Checker:
         elif isinstance(first, ast.Layer) and first.name in REGISTRY \
                 and REGISTRY[first.name].many_inputs:
             current = None  # `concat(a, b)` starting a line joins a and b only
+        failed = False
         for step in steps:  # a poisoned input still gets its arguments checked
-            current = self.step(step, current, frame)
+            try:
+                current = self.step(step, current, frame)
+            except _StatementError:  # go on: every unknown name of a line in one run
+                failed = True
+                current = Tensor("<error>", None, step.span, "error")
+        if failed:
+            raise _StatementError()
         return current
 
     def step(self, step, x: Tensor | None, frame: Frame) -> Tensor:
@@ -352,7 +370,7 @@ class Checker:
         what = "layer" if step.has_call else "name"
         raise self.fail("E-name", f"unknown {what} `{step.name}`", step.name_span,
                         label="not a layer, block or tensor",
-                        help=did_you_mean(step.name, [*REGISTRY, *blocks, *frame.tensors]))
+                        help=layer_help(step.name, [*REGISTRY, *blocks, *frame.tensors]))
 
     def repeat(self, step: ast.Repeat, x: Tensor | None, frame: Frame) -> Tensor:
         count = self.coerce(lambda v: as_int(v, 0), self.eval(step.count, frame.params),
@@ -564,14 +582,17 @@ class Checker:
             raise self.fail("E-arg", f"{what} takes at most {len(positional)} positional "
                             f"argument{'s' if len(positional) != 1 else ''}, found "
                             f"{len(step.args)}", extra.span, label="one too many",
-                            help=self.signature_help(signature, what))
+                            help=POSITIONAL_HABITS.get(step.name) or
+                            self.signature_help(signature, what),
+                            notes=(self.signature_help(signature, what),)
+                            if step.name in POSITIONAL_HABITS else ())
         for arg, expr in zip(positional, step.args):
             given[arg.name], spans[arg.name] = expr, expr.span
         for kw in step.kwargs:
             if kw.name not in by_name:
                 raise self.fail("E-arg", f"unknown argument `{kw.name}` for {what}",
                                 kw.name_span, label="unknown argument",
-                                help=did_you_mean(kw.name, by_name) or
+                                help=argument_help(kw.name, by_name) or
                                 self.signature_help(signature, what))
             if kw.name in given:
                 raise self.fail("E-arg", f"argument `{kw.name}` is given twice", kw.span,
@@ -583,7 +604,7 @@ class Checker:
                 expr = given[arg.name]
                 raw = self.eval(expr, frame.params)
                 values[arg.name] = self.coerce(arg.coerce, raw, expr.span,
-                                               f"{what} argument `{arg.name}`")
+                                               f"{what} argument `{arg.name}`", frame.params)
                 if _is_derived(expr, frame.params):
                     derivations[arg.name] = explain(expr, frame.params, raw)
             elif arg.default is REQUIRED:
@@ -674,6 +695,13 @@ class Checker:
         if body is None or body.shape is None or x.shape is None:
             raise _StatementError()
         if body.shape != x.shape and not options["project"] and step.shortcut is None:
+            if not frame.blocks:  # in a block, some calls add and others do not (MBConv)
+                self.warnings.append(Diagnostic(
+                    code="W-residual", severity="warning", message="this residual adds "
+                    f"nothing: the body gives {fmt(body.shape)}, the input is {fmt(x.shape)}",
+                    span=step.span, label="project=false and the shapes differ",
+                    help="drop `project=false` for a 1x1 projection, keep the body's shape, "
+                    "or drop the residual"))
             return body  # MobileNet v2 / MBConv: a shortcut only where the shapes agree
         if step.shortcut is not None:
             shortcut = self.statements(step.shortcut, x, frame.with_prefix("shortcut_"))

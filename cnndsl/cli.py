@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 from pathlib import Path
@@ -43,17 +44,20 @@ def parse_sets(pairs: list[str]) -> dict:
 
 
 def parse_size(text: str) -> int:
-    """`12GiB`, `500MB`, `2e9` -> bytes."""
+    """`12GiB`, `500MB`, `1G` (= 1 GiB, as docker and ulimit read it), `2e9` -> bytes."""
     units = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
-             "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
+             "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40,
+             "k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40}
     number = text.strip().rstrip("BbIiKkMmGgTt")
     unit = text.strip()[len(number):].lower()
     try:
         value = float(number) * units[unit]
     except (ValueError, KeyError):
-        raise argparse.ArgumentTypeError(f"not a size: `{text}` (e.g. 12GiB, 500MB)") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError("the size must be positive")
+        value = math.nan
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"not a size: `{text}` (e.g. 12GiB, 500MB, 1G)")
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"the size must be at least 1 byte, not `{text}`")
     return int(value)
 
 
@@ -193,11 +197,21 @@ def cmd_summary(args) -> int:
 
 
 def cmd_explain(args) -> int:
-    from .catalogue import BY_CODE, explain
-    text = explain(args.code)
-    if text is None:
-        raise UsageError(f"no code `{args.code}`; codes: {', '.join(BY_CODE)}")
-    print(text, end="")
+    from .catalogue import BY_CODE, CATALOGUE, explain
+    if args.code is None:
+        width = max(len(e.code) for e in CATALOGUE)
+        print("\n".join(f"{e.code:<{width}}  {e.title}" for e in CATALOGUE))
+        print("\n`cnndsl explain CODE` explains one, with an example and the fix.")
+        return EXIT_OK
+    by_lower = {c.lower(): c for c in BY_CODE}
+    code = by_lower.get(args.code.strip().lower())
+    if code is None:
+        from .suggest import did_you_mean
+        near = did_you_mean(args.code.strip().lower(), by_lower)
+        hint = near and f"did you mean `{by_lower[near.split('`')[1]]}`?"
+        raise UsageError(f"no code `{args.code}`" + (f"; {hint}" if hint else "") +
+                         f"; codes: {', '.join(BY_CODE)}")
+    print(explain(code), end="")
     return EXIT_OK
 
 
@@ -346,7 +360,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.set_defaults(run=cmd_eval)
 
     explain = sub.add_parser("explain", help="explain an error code (e.g. E-shape)")
-    explain.add_argument("code")
+    explain.add_argument("code", nargs="?", help="e.g. E-shape (any case); none lists "
+                         "every code")
     explain.set_defaults(run=cmd_explain)
 
     run = sub.add_parser("run", help="run a model with onnxruntime",

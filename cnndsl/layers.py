@@ -22,6 +22,7 @@ from .values import Symbol, describe, type_name
 
 Shape = tuple[int, ...]
 REQUIRED = object()
+MAX_INT = 2**31 - 1
 
 
 class LayerError(Exception):
@@ -61,6 +62,9 @@ def as_int(value: Any, minimum: int | None = None) -> int:
         raise _bad("an integer", value)
     if minimum is not None and value < minimum:
         raise LayerError(f"must be at least {minimum}, found {value}", code="E-arg")
+    if value > MAX_INT:  # PyTorch and onnxruntime keep sizes in 32 bits
+        raise LayerError(f"must be at most {MAX_INT:,} (2**31 - 1), found {value:,}",
+                         code="E-arg")
     return value
 
 
@@ -104,6 +108,29 @@ def number(value) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise _bad("a number", value)
     return float(value)
+
+
+def _in_range(low: float, high: float, *, low_open: bool = False,
+              high_open: bool = False) -> Callable[[Any], float]:
+    """A finite number in an interval, e.g. eps in (0, 1) or momentum in [0, 1]."""
+    def coerce(value) -> float:
+        x = number(value)
+        above = x > low if low_open else x >= low
+        below = x < high if high_open else x <= high
+        if not (math.isfinite(x) and above and below):
+            interval = f"{'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+            raise LayerError(f"must be in {interval}, found {describe(value)}", code="E-arg")
+        return x
+    return coerce
+
+
+def odd(value) -> int:
+    n = as_int(value, 1)
+    if n % 2 == 0:
+        raise LayerError(f"must be odd, found {n}", code="E-arg",
+                         help="the window is centred on its channel (onnxruntime's LRN needs "
+                         "an odd size)")
+    return n
 
 
 def probability(value) -> float:
@@ -291,9 +318,10 @@ class Conv(LayerKind):
     op, family = "conv", "conv"
     channels_in, channels_out = "in_channels", "out_channels"
     doc = "2-D convolution; input channels are inferred"
-    args = (Arg("out_channels", positive), Arg("kernel", pair), Arg("stride", pair, 1),
-            Arg("padding", padding, 0), Arg("dilation", pair, 1), Arg("groups", positive, 1),
-            Arg("bias", boolean, True))
+    args = (Arg("out_channels", positive), Arg("kernel", pair),
+            Arg("stride", pair, 1, positional=False), Arg("padding", padding, 0, positional=False),
+            Arg("dilation", pair, 1, positional=False),
+            Arg("groups", positive, 1, positional=False), Arg("bias", boolean, True, False))
 
     def infer(self, a, xs, warn):
         c, _, _ = image(xs[0], self.op)
@@ -319,9 +347,11 @@ class ConvTranspose(LayerKind):
     op, family = "conv_transpose", "conv"
     channels_in, channels_out = "in_channels", "out_channels"
     doc = "2-D transposed convolution (upsampling); out = (W-1)S - 2P + D(F-1) + output_padding + 1"
-    args = (Arg("out_channels", positive), Arg("kernel", pair), Arg("stride", pair, 1),
-            Arg("padding", pair0, 0), Arg("output_padding", pair0, 0),
-            Arg("dilation", pair, 1), Arg("groups", positive, 1), Arg("bias", boolean, True))
+    args = (Arg("out_channels", positive), Arg("kernel", pair),
+            Arg("stride", pair, 1, positional=False), Arg("padding", pair0, 0, positional=False),
+            Arg("output_padding", pair0, 0, positional=False),
+            Arg("dilation", pair, 1, positional=False),
+            Arg("groups", positive, 1, positional=False), Arg("bias", boolean, True, False))
 
     def infer(self, a, xs, warn):
         c, h, w = image(xs[0], self.op)
@@ -415,7 +445,8 @@ class BatchNorm(LayerKind):
     op, family = "batchnorm", "norm"
     channels_in = "num_features"
     doc = "batch normalisation over channels (2-D) or features (1-D)"
-    args = (Arg("eps", number, 1e-5), Arg("momentum", number, 0.1))
+    args = (Arg("eps", _in_range(0, 1, low_open=True, high_open=True), 1e-5, positional=False),
+            Arg("momentum", _in_range(0, 1), 0.1, positional=False))
 
     def infer(self, a, xs, warn):
         if len(xs[0]) not in (1, 3):
@@ -434,8 +465,8 @@ class BatchNorm(LayerKind):
 class LRN(LayerKind):
     op, family = "lrn", "norm"
     doc = "local response normalisation across channels (AlexNet)"
-    args = (Arg("size", positive, 5), Arg("alpha", number, 1e-4), Arg("beta", number, 0.75),
-            Arg("k", number, 1.0))
+    args = (Arg("size", odd, 5), Arg("alpha", _in_range(0, 1e6), 1e-4),
+            Arg("beta", _in_range(0, 1e6), 0.75), Arg("k", _in_range(0, 1e6, low_open=True), 1.0))
 
     def infer(self, a, xs, warn):
         image(xs[0], self.op)
@@ -461,7 +492,7 @@ class Linear(LayerKind):
     op, family = "linear", "linear"
     channels_in, channels_out = "in_features", "out_features"
     doc = "fully connected layer; input features are inferred"
-    args = (Arg("out_features", positive), Arg("bias", boolean, True))
+    args = (Arg("out_features", positive), Arg("bias", boolean, True, positional=False))
 
     def infer(self, a, xs, warn):
         if len(xs[0]) != 1:
@@ -555,5 +586,6 @@ class Concat(LayerKind):
                 raise LayerError(
                     f"concat of different sizes: {fmt(xs[0][1:]) or fmt(xs[0])} and "
                     f"{fmt(x[1:]) or fmt(x)}", inputs=(0, i),
-                    help="make the spatial sizes agree (padding, ceil_mode or a crop)")
+                    help="make the spatial sizes agree: padding=same on the convs, ceil_mode on "
+                    "the pools, or pad(...) the smaller tensor")
         return (sum(x[0] for x in xs), *xs[0][1:])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
@@ -150,8 +151,55 @@ def _syntax_diagnostic(exc: UnexpectedInput, text: str, file: str, parser: Lark)
                                    end_line=paren.line, end_column=paren.column + 1),
                          text="this `(` is never closed"),)
     label = "the file ends here" if found == "the end of the file" else f"unexpected {found}"
+    brace = _unclosed_brace(text) if found == "the end of the file" else None
+    if brace is not None and not unclosed:
+        where = Span(file=file, line=brace[0], column=brace[1], end_line=brace[0],
+                     end_column=brace[1] + 1)
+        return Diagnostic(code="E-syntax", message="this `{` is never closed", span=where,
+                          label="no `}` matches it", related=(Label(span=span, text=label),),
+                          help="add the `}` where its body ends (indented like this line)")
     return Diagnostic(code="E-syntax", message=f"expected {expected}, found {found}",
-                      span=span, label=label, related=related)
+                      span=span, label=label, related=related,
+                      help=_untyped_parameter_help(text, line, column))
+
+
+def _untyped_parameter_help(text: str, line: int, column: int) -> str | None:
+    """`network n(classes=10)`: Python's keyword habit where a typed parameter belongs."""
+    before = text.split("\n")[line - 1][:column - 1] if line <= text.count("\n") + 1 else ""
+    match = re.search(r"^\s*(network|block)\s+\w+\s*\((?:.*,)?\s*(\w+)\s*$", before)
+    if match is None or not text.split("\n")[line - 1][column - 1:].startswith("="):
+        return None
+    value = re.match(r"=\s*([^,)]*)", text.split("\n")[line - 1][column - 1:]).group(1).strip()
+    kind = "float" if re.fullmatch(r"[\d.]+(e-?\d+)?", value) and "." in value else \
+        "bool" if value in ("true", "false") else "int"
+    return f"parameters are typed: `{match.group(2)}: {kind} = {value}`"
+
+
+def _unclosed_brace(text: str) -> tuple[int, int] | None:
+    """(line, column) of the `{` most likely left open: a `}` closes the latest `{` of its
+    own indentation, so an open `{` indented deeper than the `}` that passes it is the
+    culprit; else the last one still open at the end."""
+    stack: list[tuple[int, int, int]] = []  # line, column, indentation of its line
+    culprit = None
+    for number, line in enumerate(text.split("\n"), 1):
+        indent = len(line) - len(line.lstrip(" \t"))
+        in_string = False
+        for column, char in enumerate(line, 1):
+            if char == '"':
+                in_string = not in_string
+            elif in_string:
+                continue
+            elif char == "#":
+                break
+            elif char == "{":
+                stack.append((number, column, indent))
+            elif char == "}" and stack:
+                while len(stack) > 1 and stack[-1][2] > indent and culprit is None:
+                    culprit = stack.pop()
+                stack.pop()
+    if culprit is None and stack:
+        culprit = stack[-1]
+    return (culprit[0], culprit[1]) if culprit else None
 
 
 # ---- tree -> ast ---------------------------------------------------------------

@@ -77,7 +77,7 @@ def evaluate(expr: ast.Expr, env: dict[str, Value]) -> Value:
         _require_number(value, expr.operand, "-")
         return -value
     if isinstance(expr, ast.BinOp):
-        return _binop(expr, evaluate(expr.left, env), evaluate(expr.right, env))
+        return _binop(expr, evaluate(expr.left, env), evaluate(expr.right, env), env)
     if isinstance(expr, ast.Func):
         return _call(expr, [evaluate(arg, env) for arg in expr.args])
     if isinstance(expr, ast.Compare):
@@ -87,11 +87,21 @@ def evaluate(expr: ast.Expr, env: dict[str, Value]) -> Value:
     raise AssertionError(f"unknown expression {expr!r}")
 
 
-def _require_number(value: Value, expr: ast.Expr, op: str) -> None:
+def word_help(word: str, names) -> str:
+    """Help for a bare word used where a value was needed: a near parameter name, or why
+    `in_channels` is unknown here."""
+    if word == "in_channels":
+        return "`in_channels` exists only inside a block: the channels the block receives"
+    from .suggest import did_you_mean
+    return did_you_mean(word, [n for n in names if n != "in_channels"]) or \
+        f"`{word}` is not a parameter here"
+
+
+def _require_number(value: Value, expr: ast.Expr, op: str, env=()) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         hint = None
         if isinstance(value, Symbol):
-            hint = f"`{value}` is not a parameter here"
+            hint = word_help(value, env)
         raise error("E-type", f"`{op}` needs a number, found {type_name(value)} "
                     f"`{describe(value)}`", expr.span, label="not a number", help=hint)
 
@@ -104,9 +114,9 @@ def _bounded(value: Value, expr) -> Value:
     return value
 
 
-def _binop(expr: ast.BinOp, left: Value, right: Value) -> Value:
-    _require_number(left, expr.left, expr.op)
-    _require_number(right, expr.right, expr.op)
+def _binop(expr: ast.BinOp, left: Value, right: Value, env=()) -> Value:
+    _require_number(left, expr.left, expr.op, env)
+    _require_number(right, expr.right, expr.op, env)
     if expr.op in ("/", "//") and right == 0:
         raise error("E-value", "division by zero", expr.right.span, label="this is zero")
     if expr.op == "**" and left != 0 and abs(right) * math.log2(max(abs(left), 2)) > 62:

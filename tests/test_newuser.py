@@ -197,3 +197,115 @@ def test_json_means_one_json_document_on_stdout(argv, tmp_path):
         assert ("benchmark" in document) == ("--bench" in argv)
     if argv[0] in ("compile", "render"):
         assert document["output"] == argv[-1].format(tmp=tmp_path)
+
+
+def _one_line(line: str, image: str = "3 x 32 x 32") -> list:
+    with pytest.raises(cnndsl.CnnError) as info:
+        cnndsl.loads(f"network n() {{\n    input image: {image}\n    {line}\n}}", name="t.cnn")
+    return [(d.code, d.span.column, d.message, d.help) for d in info.value.diagnostics
+            if d.severity == "error"]
+
+
+@pytest.mark.parametrize("line, column, help_part", [
+    ("conv(3, 32, 3)", 17, "PyTorch's Conv2d(3, 32, 3) is conv(32, 3)"),
+    ("batchnorm(32)", 15, "PyTorch's BatchNorm2d(32) is batchnorm"),
+    ("flatten -> linear(3072, 10)", 29, "PyTorch's Linear(84, 10) is linear(10)"),
+    ("conv(16, 3, in_channels=3)", 17, "input channels are inferred: drop it"),
+    ("conv(16, kernel_size=3)", 14, "in cnndsl it is `kernel`"),
+    ("hardsigmoid", 5, "is not a cnndsl layer"),
+])
+def test_pytorch_habits_get_the_cnn_spelling(line, column, help_part):
+    (code, col, _, help_text), *_ = _one_line(line)
+    assert col == column and help_part in help_text
+
+
+def test_every_unknown_name_of_a_line_in_one_run():
+    errors = _one_line("conv(16, 3, strides=2) -> ReLU -> BatchNorm2d")
+    assert [(c, col, h) for c, col, _, h in errors] == [
+        ("E-arg", 17, "in cnndsl it is `stride`"), ("E-name", 31, "in cnndsl it is `relu`"),
+        ("E-name", 39, "in cnndsl it is `batchnorm`")]
+
+
+@pytest.mark.parametrize("line, column, message", [
+    ("batchnorm(eps=-1)", 19, "must be in (0, 1), found -1"),
+    ("batchnorm(momentum=2)", 24, "must be in [0, 1], found 2"),
+    ("maxpool(2, stride=2**31)", 23, "must be at most 2,147,483,647"),
+    ("conv(16, 3, dilation=2**40)", 26, "must be at most 2,147,483,647"),
+    ("lrn(size=2**62)", 14, "must be at most"),
+    ("lrn(size=4)", 14, "must be odd, found 4"),
+    ("dropout(1.5)", 13, "must be in [0, 1), found 1.5"),
+    ("conv(0, 3)", 10, "must be at least 1, found 0"),
+])
+def test_values_the_back_ends_refuse_are_refused_at_the_argument(line, column, message):
+    (code, col, text, _), *_ = _one_line(line)
+    assert code == "E-arg" and col == column and message in text
+
+
+def test_channels_last_input_is_a_warning_with_the_right_spelling():
+    model = cnndsl.loads("network n() {\n    input image: 32 x 32 x 3\n    flatten\n}")
+    (warning,) = model.warnings
+    assert warning.code == "W-layout" and "input image: 3 x 32 x 32" in warning.help
+
+
+def test_untyped_network_parameter_shows_the_typed_spelling():
+    with pytest.raises(cnndsl.CnnError) as info:
+        cnndsl.loads("network n(classes=10) {\n    input image: 3 x 8 x 8\n}")
+    assert info.value.diagnostics[0].help == "parameters are typed: `classes: int = 10`"
+
+
+def test_a_misspelt_parameter_in_an_argument_gets_a_suggestion():
+    (code, col, _, help_text), = _one_line("flatten -> linear(clases)")
+    assert (code, col) == ("E-arg", 23)
+    with pytest.raises(cnndsl.CnnError) as info:
+        cnndsl.loads("network n(classes: int = 3) {\n    input image: 3 x 8 x 8\n"
+                     "    flatten -> linear(clases)\n}")
+    assert info.value.diagnostics[0].help == "did you mean `classes`?"
+    with pytest.raises(cnndsl.CnnError) as info:
+        cnndsl.load("specs/lenet5.cnn", clases=5)
+    assert info.value.diagnostics[0].help == "did you mean `classes`?"
+
+
+def test_in_channels_at_network_level_says_where_it_exists():
+    (_, _, _, help_text), = _one_line("conv(in_channels * 2, 3)")
+    assert "exists only inside a block" in help_text
+
+
+def test_a_missing_brace_points_at_the_brace_left_open():
+    with pytest.raises(cnndsl.CnnError) as info:
+        cnndsl.loads("network n() {\n    input image: 3 x 8 x 8\n    residual {\n"
+                     "        conv(3, 3, padding=1)\n    relu\n}\n", name="t.cnn")
+    (d,) = info.value.diagnostics
+    assert (d.span.line, d.span.column, d.message) == (3, 14, "this `{` is never closed")
+
+
+def test_a_residual_that_never_adds_is_a_warning_in_a_network():
+    model = cnndsl.loads("network n() {\n    input image: 3 x 8 x 8\n"
+                         "    residual(project=false) {\n        conv(4, 3, padding=1)\n    }\n}")
+    assert [w.code for w in model.warnings] == ["W-residual"]
+    assert not cnndsl.load("specs/mobilenet_v2.cnn").warnings  # in blocks: by design
+
+
+def test_concat_help_names_what_the_language_has():
+    with pytest.raises(cnndsl.CnnError) as info:
+        cnndsl.loads("network n() {\n    input image: 3 x 8 x 8\n    a = image -> conv(4, 3)\n"
+                     "    concat(image, a)\n}")
+    assert "crop" not in info.value.diagnostics[0].help
+    assert "pad(" in info.value.diagnostics[0].help
+
+
+@pytest.mark.parametrize("size, ok", [("1G", True), ("100M", True), ("4GiB", True),
+                                      ("512MiB", True), ("inf", False), ("0.5", False),
+                                      ("nan", False), ("lots", False)])
+def test_memory_limit_spellings(size, ok):
+    result = run_cli("check", "specs/lenet5.cnn", "--memory-limit", size)
+    assert result.returncode == (0 if ok else 2), result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_explain_lists_codes_and_takes_any_case():
+    listing = run_cli("explain")
+    assert listing.returncode == 0 and "E-shape" in listing.stdout
+    assert "W-layout" in listing.stdout
+    assert run_cli("explain", "e-SHAPE").stdout.startswith("E-shape:")
+    wrong = run_cli("explain", "e-shap")
+    assert wrong.returncode == 2 and "did you mean `E-shape`?" in wrong.stderr
