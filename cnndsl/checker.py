@@ -95,10 +95,13 @@ class Checker:
         self.nodes: list[Node] = []
         self.by_name: dict[str, Node] = {}
         self.scopes: list[Scope] = []
+        self.calls: list[tuple[str, Span]] = []  # block calls being expanded, outermost first
+        self.main_file = ""
 
     # ---- entry point ----------------------------------------------------------------
 
     def network(self, defn: ast.Definition, overrides: dict[str, Any]) -> Network:
+        self.main_file = defn.span.file
         params = self.bind_network_params(defn, overrides)
         frame = Frame(params)
         inputs: list[Input] = []
@@ -143,8 +146,31 @@ class Checker:
     # ---- diagnostics ----------------------------------------------------------------
 
     def fail(self, code: str, message: str, span: Span, **kw) -> _StatementError:
-        self.errors.append(Diagnostic(code=code, message=message, span=span, **kw))
+        self.report(Diagnostic(code=code, message=message, span=span, **kw))
         return _StatementError()
+
+    def report(self, d: Diagnostic) -> None:
+        """Record a diagnostic, seen from the user's file when it arose inside a block."""
+        d = self.from_user_file(d)
+        (self.errors if d.severity == "error" else self.warnings).append(d)
+
+    def from_user_file(self, d: Diagnostic) -> Diagnostic:
+        """A problem inside a standard-library or imported block is caused by a call in the
+        user's own file: show that call first, the block's line beside it, and the chain of
+        calls between them."""
+        if not self.calls or d.span is None or d.span.file == self.main_file:
+            return d
+        outer = max((i for i, (_, span) in enumerate(self.calls)
+                     if span.file == self.main_file), default=None)
+        if outer is None:
+            return d
+        block, site = self.calls[outer]
+        chain = [f"`{name}` at {span}" for name, span in self.calls[outer + 1:]]
+        where = Label(span=d.span, text=d.label or d.message)
+        return d.model_copy(update={
+            "span": site, "label": f"in this call to `{block}`",
+            "related": (where, *d.related),
+            "notes": (*d.notes, *(["calls: " + " -> ".join(chain)] if chain else []))})
 
     # ---- parameters -----------------------------------------------------------------
 
@@ -206,7 +232,8 @@ class Checker:
                 current = self.statement(stmt, current, frame, inputs, outputs, block_input)
             except (_StatementError, CnnError) as exc:
                 if isinstance(exc, CnnError):
-                    self.errors.extend(exc.diagnostics)
+                    for d in exc.diagnostics:
+                        self.report(d)
                 current = Tensor("<error>", None, stmt.span, "error")
                 name = (stmt.target if isinstance(stmt, ast.Assign) else
                         stmt.name if isinstance(stmt, ast.InputDecl) else None)
@@ -251,7 +278,7 @@ class Checker:
                 raise self.fail("E-input", f"inputs have at most 3 axes (C x H x W), found "
                                 f"{len(dims)}", stmt.span)
             if len(dims) == 3 and dims[2] in (1, 3, 4) and dims[0] > 4 and dims[1] > 4:
-                self.warnings.append(Diagnostic(
+                self.report(Diagnostic(
                     code="W-layout", severity="warning", message=f"input `{stmt.name}` is "
                     f"{dims[0]} x {dims[1]} x {dims[2]}: {dims[0]} channels of "
                     f"{dims[1]} x {dims[2]} pixels", span=stmt.span,
@@ -305,7 +332,7 @@ class Checker:
     def warn_unused(self, frame: Frame, outputs: list[str]) -> None:
         for name, span in frame.assigned.items():
             if name not in frame.used and frame.tensors[name].name not in outputs:
-                self.warnings.append(Diagnostic(
+                self.report(Diagnostic(
                     code="W-unused", severity="warning", message=f"tensor `{name}` is never used",
                     span=span, label="assigned here", help="use it, list it in `output`, or drop "
                     "the assignment"))
@@ -390,11 +417,6 @@ class Checker:
         return self.container(inner.label, [unlabeled] * count, x, frame, step.span)
 
     def group(self, step: ast.Group, x: Tensor | None, frame: Frame) -> Tensor:
-        for inner in step.steps:
-            if not isinstance(inner, ast.Layer) or inner.label is not None:
-                raise self.fail("E-syntax", "a labelled group holds unlabelled layer and "
-                                "block calls", inner.span, help=f"`{step.label}: (a(...) -> "
-                                "b(...))` names them {step.label}.0, {step.label}.1")
         return self.container(step.label, list(step.steps), x, frame, step.span)
 
     def container(self, label: str, steps: list[ast.Layer], x: Tensor | None, frame: Frame,
@@ -491,7 +513,7 @@ class Checker:
             buffers = kind.count_buffers(attrs, shapes, shape)
             macs = kind.count_macs(attrs, shapes, shape)
         except LayerError as exc:
-            self.errors.append(self.located(exc, step, xs))
+            self.report(self.located(exc, step, xs))
             return Tensor(".".join(path), None, step.span, kind.op)
         for w in warn.items if not generated else ():
             self.warning(w, step, xs)
@@ -549,7 +571,7 @@ class Checker:
         d = Diagnostic(code=w.code, severity="error" if self.strict else "warning",
                        message=w.message, span=span or step.span, help=w.help,
                        notes=(f"the input here is {fmt(xs[0].shape)} ({xs[0].origin})",))
-        (self.errors if self.strict else self.warnings).append(d)
+        self.report(d)
 
     @staticmethod
     def arg_span(step, arg: str) -> Span | None:
@@ -645,7 +667,9 @@ class Checker:
             raise self.fail("E-limit", f"block calls nested more than {MAX_BLOCK_DEPTH} deep",
                             step.span, notes=("calls: " + " -> ".join(frame.blocks[-4:]) +
                                               f" -> {defn.name}",))
-        channels = {"in_channels": x.shape[0]} if x.shape is not None else {}
+        if x.shape is None:  # its producer failed and said so: nothing more to say here
+            raise _StatementError()
+        channels = {"in_channels": x.shape[0]}
         values, exprs = self.bind_block_args(defn, step, frame, channels)
         values = {**values, **channels}  # a block sees the channels it is given
         arg_syms = {**exprs, "in_channels": x.sym}
@@ -654,7 +678,13 @@ class Checker:
         inner = Frame(values, path, blocks=frame.blocks + (defn.name,))
         entry = Tensor(x.name, x.shape, x.span, x.op, ast.Name("in_channels", step.span))
         outputs: list[str] = []
-        result = self.statements(defn.body, entry, inner, outputs=outputs, block_input=entry)
+        self.calls.append((defn.name, step.span))
+        try:
+            result = self.statements(defn.body, entry, inner, outputs=outputs,
+                                     block_input=entry)
+            self.warn_unused(inner, outputs)
+        finally:
+            self.calls.pop()
         if len(outputs) > 1:
             declared = next(st for st in defn.body if isinstance(st, ast.Output))
             raise self.fail("E-block", f"block `{defn.name}` has {len(outputs)} outputs; a step "
@@ -664,7 +694,6 @@ class Checker:
                             "in the network")
         if outputs:
             result = next(t for t in inner.tensors.values() if t.name == outputs[-1])
-        self.warn_unused(inner, outputs)
         self.scopes.append(Scope(path=path, block=defn.name, args=values, span=step.span,
                                  inputs=(x.name,), output=result.name if result else "",
                                  arg_syms=arg_syms))
@@ -696,7 +725,7 @@ class Checker:
             raise _StatementError()
         if body.shape != x.shape and not options["project"] and step.shortcut is None:
             if not frame.blocks:  # in a block, some calls add and others do not (MBConv)
-                self.warnings.append(Diagnostic(
+                self.report(Diagnostic(
                     code="W-residual", severity="warning", message="this residual adds "
                     f"nothing: the body gives {fmt(body.shape)}, the input is {fmt(x.shape)}",
                     span=step.span, label="project=false and the shapes differ",

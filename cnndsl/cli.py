@@ -439,7 +439,11 @@ def _report(exc: CnnError, args) -> None:
 
 
 def run() -> None:
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except BrokenPipeError:  # `cnndsl check ... | head`: the reader left, as it may
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(141)
 
 
 __all__ = ["Diagnostic", "main", "run"]

@@ -47,6 +47,8 @@ class Diagnostic(BaseModel):
         if self.span is not None:
             data.update(file=self.span.file, line=self.span.line, column=self.span.column,
                         end_line=self.span.end_line, end_column=self.span.end_column)
+        data["related"] = [{"file": lab.span.file, "line": lab.span.line,
+                            "column": lab.span.column, "text": lab.text} for lab in self.related]
         return data
 
 
@@ -105,6 +107,10 @@ def render(d: Diagnostic, sources: SourceMap, color: bool = False) -> str:
             (lab.span, lab.text, "blue") for lab in d.related if lab.span.file == d.span.file]
         for span, text, style in sorted(quotes, key=lambda q: (q[0].line, q[0].column)):
             out.extend(_quote(span, text, sources, width, paint, style))
+        for lab in d.related:  # a label in another file (the block a call went into)
+            if lab.span.file != d.span.file:
+                out.append(f"{pad}{paint(':::', 'blue')} {lab.span}")
+                out.extend(_quote(lab.span, lab.text, sources, width, paint, "blue"))
         out.append(f"{pad} {paint('|', 'blue')}")
     else:
         pad = ""

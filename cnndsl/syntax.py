@@ -297,6 +297,14 @@ class _Builder(Transformer_NonRecursive):  # iterative: a huge expression cannot
         return ast.Group(label=str(label), steps=tuple(steps), span=self._span(meta))
 
     @v_args(meta=True)
+    def group_step(self, meta, children):
+        name, call = children
+        return self.layer(meta, [None, name, call])
+
+    def group_args(self, children):
+        return self.call_args(children)
+
+    @v_args(meta=True)
     def repeat(self, meta, children):
         layer, count = children
         return ast.Repeat(step=layer, count=count, span=self._span(meta))

@@ -23,7 +23,7 @@ EXPECTED = {
     "bad_probability.cnn": ("E-arg", 4, 24),
     "float_channels.cnn": ("E-arg", 3, 10),
     "unknown_padding.cnn": ("E-arg", 3, 25),
-    "too_many_arguments.cnn": ("E-arg", 3, 35),
+    "too_many_arguments.cnn": ("E-arg", 3, 17),  # conv takes 2 positionals
     "missing_kernel.cnn": ("E-arg", 3, 5),
     "zero_channels.cnn": ("E-arg", 3, 10),
     "pool_padding.cnn": ("E-arg", 3, 16),

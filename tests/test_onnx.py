@@ -3,6 +3,7 @@ inferred shapes are the checker's."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
@@ -135,10 +136,15 @@ def test_run_reports_the_provider_and_benchmarks(tmp_path):
                      str(tmp_path / "x.npy"), "--output", str(tmp_path / "y.npy"),
                      "--bench", "5", "--json")
     assert result.returncode == 0, result.stderr
-    assert "running on cpu (CPUExecutionProvider)" in result.stderr
-    assert "output f7: 2 x 10" in result.stdout
+    report = json.loads(result.stdout)  # --json: one document, nothing else on stdout
+    assert report["provider"] == "cpu"
+    assert report["outputs"] == [{"name": "f7", "shape": [2, 10], "argmax": np.load(
+        tmp_path / "y.npy").argmax(axis=1).tolist()}]
     assert np.load(tmp_path / "y.npy").shape == (2, 10)
-    assert '"images_per_s"' in result.stdout
+    assert report["benchmark"]["images_per_s"] > 0 and report["benchmark"]["runs"] == 5
+    text = run_cli("run", "specs/lenet5.cnn", "--input", str(tmp_path / "x.npy"))
+    assert "running on cpu (CPUExecutionProvider)" in text.stderr
+    assert "output f7: 2 x 10" in text.stdout
 
 
 def test_compile_to_onnx_does_not_import_torch(tmp_path):

@@ -164,14 +164,20 @@ def test_ctrl_c_saves_a_resumable_state(tmp_path):
     while not (out / "metrics.json").exists() and time.monotonic() < deadline:
         time.sleep(0.2)
     process.send_signal(signal.SIGINT)
-    _, err = process.communicate(timeout=120)
+    try:
+        _, err = process.communicate(timeout=120)
+    finally:
+        process.kill()
     assert process.returncode == 130, err
     assert f"--resume {out}" in err and "Traceback" not in err
     state = torch.load(out / "state.pt", weights_only=True)
-    assert json.loads(state["progress"])["epoch"] >= 1
+    done = json.loads(state["progress"])["epoch"]
+    assert done >= 1
     result = run_cli("train", str(spec), "--out", str(out), "--resume", str(out), "--epochs",
-                     "200")
-    assert "resuming" in result.stderr
+                     str(done + 1), "--json")  # one more epoch is enough to show it goes on
+    assert result.returncode == 0, result.stderr
+    assert f"resuming {out} at epoch {done + 1}" in result.stderr
+    assert json.loads(result.stdout)["history"][-1]["epoch"] == done + 1
 
 
 def test_a_diverging_run_stops_and_keeps_the_last_good_checkpoint(tmp_path):
