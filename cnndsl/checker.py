@@ -27,6 +27,7 @@ from .layers import (
     number,
     short,
 )
+from .names import name_problem
 from .source import Span
 from .suggest import POSITIONAL_HABITS, argument_help, did_you_mean, layer_help
 from .values import Symbol, describe, evaluate, render_expr, word_help
@@ -311,7 +312,14 @@ class Checker:
         frame.tensors[name] = tensor
         frame.assigned[name] = span
 
+    def check_usable(self, name: str, role: str, span: Span) -> None:
+        problem = name_problem(name, role)
+        if problem is not None:
+            raise self.fail("E-name", problem[0], span, label=f"rename this {role}",
+                            help=f"call it e.g. `{problem[1]}`")
+
     def check_name_free(self, name: str, span: Span, frame: Frame) -> None:
+        self.check_usable(name, "tensor", span)
         if name in frame.tensors:
             first = frame.assigned.get(name, frame.tensors[name].span)
             raise self.fail("E-name", f"`{name}` is already defined", span,
@@ -440,6 +448,7 @@ class Checker:
     # ---- names ------------------------------------------------------------------------
 
     def claim(self, label: str, span: Span, frame: Frame) -> str:
+        self.check_usable(label, "label", span)
         if label in frame.taken:
             raise self.fail("E-name", f"the name `{label}` is already used in this scope", span)
         frame.taken.add(label)

@@ -96,12 +96,13 @@ def render(d: Diagnostic, sources: SourceMap, color: bool = False) -> str:
     def paint(text: str, style: str) -> str:
         return f"{_COLORS[style]}{text}{_COLORS['reset']}" if color else text
 
-    out = [paint(f"{d.severity}[{d.code}]", d.severity) + paint(f": {d.message}", "bold")]
+    out = [paint(f"{d.severity}[{d.code}]", d.severity) +
+           paint(f": {printable(d.message)}", "bold")]
     if d.span is not None:
         spans = [d.span] + [lab.span for lab in d.related]
         width = len(str(max(s.line for s in spans)))
         pad = " " * width
-        out.append(f"{pad}{paint('-->', 'blue')} {d.span}")
+        out.append(f"{pad}{paint('-->', 'blue')} {printable(str(d.span))}")
         out.append(f"{pad} {paint('|', 'blue')}")
         quotes = [(d.span, d.label, d.severity)] + [
             (lab.span, lab.text, "blue") for lab in d.related if lab.span.file == d.span.file]
@@ -109,24 +110,33 @@ def render(d: Diagnostic, sources: SourceMap, color: bool = False) -> str:
             out.extend(_quote(span, text, sources, width, paint, style))
         for lab in d.related:  # a label in another file (the block a call went into)
             if lab.span.file != d.span.file:
-                out.append(f"{pad}{paint(':::', 'blue')} {lab.span}")
+                out.append(f"{pad}{paint(':::', 'blue')} {printable(str(lab.span))}")
                 out.extend(_quote(lab.span, lab.text, sources, width, paint, "blue"))
         out.append(f"{pad} {paint('|', 'blue')}")
     else:
         pad = ""
     for note in d.notes:
-        out.append(f"{pad} {paint('=', 'blue')} note: {note}")
+        out.append(f"{pad} {paint('=', 'blue')} note: {printable(note)}")
     if d.help:
-        out.append(f"{pad} {paint('=', 'blue')} help: {d.help}")
+        out.append(f"{pad} {paint('=', 'blue')} help: {printable(d.help)}")
     return "\n".join(out) + "\n"
 
 
 def _quote(span: Span, text: str, sources: SourceMap, width: int, paint, style: str) -> list[str]:
-    source_line = sources.line(span).expandtabs(1)
+    raw = sources.line(span).expandtabs(1)
     gutter = f"{span.line:>{width}} {paint('|', 'blue')} "
     blank = f"{' ' * width} {paint('|', 'blue')} "
-    start = span.column - 1
-    end = span.end_column - 1 if span.end_line == span.line else len(source_line)
+    end = span.end_column - 1 if span.end_line == span.line else len(raw)
+    source_line = printable(raw)  # columns move where a character was escaped
+    start, end = len(printable(raw[:span.column - 1])), len(printable(raw[:end]))
     carets = "^" * max(1, min(end, max(len(source_line), start + 1)) - start)
-    marker = (" " * start) + paint(carets + (f" {text}" if text else ""), style)
+    marker = (" " * start) + paint(carets + (f" {printable(text)}" if text else ""), style)
     return [gutter + source_line, blank + marker]
+
+
+def printable(text: str) -> str:
+    """Text from a spec or a file name, safe for a terminal: control and format characters
+    (escape sequences, line and paragraph separators, bidi overrides) are written as
+    escapes instead of acting on the screen."""
+    return "".join(ch if ch == "\t" or ch.isprintable() else ch.encode(
+        "unicode_escape").decode("ascii") for ch in text)

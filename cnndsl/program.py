@@ -56,6 +56,21 @@ class Program:
 
     def _define(self, defn: ast.Definition, user: bool) -> None:
         from .layers import REGISTRY
+        from .names import name_problem
+        problems = [(defn.name_span, name_problem(defn.name, defn.kind))]
+        seen: dict[str, Span] = {}
+        for param in defn.params:
+            problems.append((param.span, name_problem(param.name, "parameter")))
+            if param.name in seen:
+                raise CnnError([Diagnostic(
+                    code="E-param", message=f"parameter `{param.name}` is declared twice",
+                    span=param.span, related=(Label(span=seen[param.name], text="first here"),
+                                              ))])
+            seen[param.name] = param.span
+        for span, problem in problems:
+            if problem is not None:
+                raise CnnError([Diagnostic(code="E-name", message=problem[0], span=span,
+                                           help=f"call it e.g. `{problem[1]}`")])
         if defn.kind == "block" and defn.name in REGISTRY:
             raise CnnError([Diagnostic(
                 code="E-name", message=f"`{defn.name}` is a built-in layer", span=defn.name_span,
