@@ -161,23 +161,25 @@ class Model:
 
 
 def load(source: str | Path, *, network: str | None = None, strict: bool = False,
-         memory_limit: int | None = None, **params: Any) -> Model:
+         memory_limit: int | None = None, confine_imports: bool = False,
+         **params: Any) -> Model:
     """Parse and check a spec: a path to a .cnn file, or .cnn source text.
 
     Keyword arguments override the network's parameters, e.g. `load(p, classes=10)`.
     `memory_limit` (bytes) caps parameter memory and activation memory per image (default:
-    half this machine's memory). Raises `CnnError` (located diagnostics) when the spec is
-    wrong or over a limit.
+    half this machine's memory). `confine_imports` refuses imports outside the spec's
+    folder. Raises `CnnError` (located diagnostics) when the spec is wrong or over a limit.
     """
-    program = Program()
+    program = Program(_confinement(source) if confine_imports else None)
     with _gc_paused():
         return _load(program, source, network, strict, memory_limit, params)
 
 
 def loads(text: str, *, name: str = "<string>", network: str | None = None,
-          strict: bool = False, memory_limit: int | None = None, **params: Any) -> Model:
+          strict: bool = False, memory_limit: int | None = None,
+          confine_imports: bool = False, **params: Any) -> Model:
     """Parse and check .cnn source text (imports resolve from the current directory)."""
-    program = Program()
+    program = Program(Path.cwd() if confine_imports else None)
     with _gc_paused():
         return _load(program, _Source(text, name), network, strict, memory_limit, params)
 
@@ -239,6 +241,10 @@ def _train_args(train: ast.TrainDef | None) -> dict[str, Any]:
         raise CnnError([Diagnostic(code="E-arg", message="name the network's parameters: "
                                    "`train net(classes=10)`", span=train.args[0].span)])
     return {kw.name: evaluate(kw.value, {}) for kw in train.kwargs}
+
+
+def _confinement(source) -> Path:
+    return Path(source).resolve().parent if _is_path(source) else Path.cwd()
 
 
 def _is_path(source: str | Path) -> bool:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import errno
 import os
+import stat
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -12,6 +14,7 @@ from pathlib import Path
 def atomic_path(target: str | Path):
     """Yield a temporary path beside `target`; rename it over `target` only on success."""
     target = Path(target)
+    check_target(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     os.close(fd)
@@ -22,6 +25,23 @@ def atomic_path(target: str | Path):
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def check_target(target: Path) -> None:
+    """Outputs go to a new path or replace a regular file that may be written: never a
+    device (`-o /dev/null` as root would replace the system's), a FIFO, a folder, or a
+    read-only file (root may write anything, so the mode bits decide)."""
+    try:
+        info = os.stat(target)
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise OSError(exc.errno, exc.strerror, str(target)) from None
+    if not stat.S_ISREG(info.st_mode):
+        kind = "a folder" if stat.S_ISDIR(info.st_mode) else "not a regular file"
+        raise OSError(errno.EINVAL, f"{kind}; outputs go to regular files", str(target))
+    if not info.st_mode & 0o222:
+        raise OSError(errno.EACCES, "read-only; not replaced", str(target))
 
 
 def _mode_for(target: Path) -> int:

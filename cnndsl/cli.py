@@ -64,7 +64,9 @@ def parse_size(text: str) -> int:
 def _load(args):
     from .api import load
     return load(Path(args.spec), network=args.network, strict=getattr(args, "strict", False),
-                memory_limit=getattr(args, "memory_limit", None), **parse_sets(args.set))
+                memory_limit=getattr(args, "memory_limit", None),
+                confine_imports=getattr(args, "confine_imports", False),
+                **parse_sets(args.set))
 
 
 def cmd_check(args) -> int:
@@ -234,7 +236,8 @@ def _load_for_training(args):
         if getattr(args, flag, None) is not None:
             train[key] = getattr(args, flag)
     model = load(Path(args.spec), network=args.network,
-                 memory_limit=getattr(args, "memory_limit", None), **params)
+                 memory_limit=getattr(args, "memory_limit", None),
+                 confine_imports=args.confine_imports, **params)
     return model, train
 
 
@@ -304,6 +307,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--memory-limit", type=parse_size, metavar="SIZE",
                        help="refuse networks whose parameters or activations per image need "
                        "more (default: half this machine's memory)")
+        p.add_argument("--confine-imports", action="store_true",
+                       help="refuse imports from outside the spec's folder")
         return p
 
     check = spec_command("check", "check every shape; print the layer table and totals")
@@ -401,6 +406,9 @@ def expand_sets(argv: list[str]) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    for stream in (sys.stdout, sys.stderr):  # a path that is not UTF-8 prints escaped
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="backslashreplace")
     parser = build_parser()
     args = parser.parse_args(expand_sets(sys.argv[1:] if argv is None else argv))
     try:

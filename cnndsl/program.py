@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import errno
+import os
+import stat
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
@@ -17,24 +20,51 @@ MAX_SOURCE_BYTES = 4 * 1024 * 1024
 class Program:
     """Every definition visible from one spec: the stdlib, then imports, then the file."""
 
-    def __init__(self) -> None:
+    def __init__(self, confine_to: Path | None = None) -> None:
+        self.confine_to = confine_to.resolve() if confine_to is not None else None
         self.sources = SourceMap()
         self.definitions: dict[str, ast.Definition] = {}
         self.main: ast.Module | None = None
         self._loading: list[str] = []
         self._loaded: set[str] = set()
 
-    def load_text(self, text: str, name: str, base: Path | None) -> ast.Module:
+    def load_text(self, text: str, name: str, base: Path | None,
+                  imported_at: ast.Import | None = None) -> ast.Module:
+        if imported_at is not None:
+            module = self._parse_import(text, name, imported_at)
+        else:
+            module = parse(text, name)
         self.sources.add(name, text)
-        module = parse(text, name)
         for imp in module.imports:
             self._import(imp, base or Path.cwd(), name)
         for defn in module.definitions:
             self._define(defn, user=True)
         return module
 
+    def _parse_import(self, text: str, name: str, imp: ast.Import) -> ast.Module:
+        """An imported file that does not parse is reported at the import, without quoting
+        it: a path can point anywhere, and its text is nobody's business until it is .cnn."""
+        try:
+            return parse(text, name)
+        except CnnError as exc:
+            where = exc.diagnostics[0].span
+            at = f" (line {where.line}, column {where.column})" if where else ""
+            raise CnnError([Diagnostic(
+                code="E-import", message=f"`{imp.path}` does not parse as .cnn{at}",
+                span=imp.span, help=f"check {name} with `cnndsl check`")]) from None
+
     def _import(self, imp: ast.Import, base: Path, importer: str) -> None:
-        path = (base / imp.path).resolve()
+        def refuse(message: str, **kw) -> CnnError:
+            return CnnError([Diagnostic(code="E-import", message=message, span=imp.span, **kw)])
+        if "\0" in imp.path or not imp.path.endswith(".cnn"):
+            raise refuse(f"cannot import `{imp.path}`: imports read .cnn files only")
+        try:
+            path = (base / imp.path).resolve()
+        except (OSError, RuntimeError) as exc:  # a symlink loop
+            raise refuse(f"cannot import `{imp.path}`: {exc}") from None
+        if self.confine_to is not None and not path.is_relative_to(self.confine_to):
+            raise refuse(f"`{imp.path}` lies outside {display_path(self.confine_to)}",
+                         help="imports are confined to the spec's folder (--confine-imports)")
         key = str(path)
         if key in self._loading:
             cycle = [*self._loading[self._loading.index(key):], key]
@@ -46,11 +76,12 @@ class Program:
         try:
             text = read_spec(path)
         except OSError as exc:
-            raise CnnError([Diagnostic(code="E-import", message=f"cannot read `{imp.path}`: "
-                                       f"{exc.strerror or exc}", span=imp.span,
-                                       notes=(f"looked for {display_path(path)}",))]) from None
+            raise refuse(f"cannot read `{imp.path}`: {exc.strerror or exc}",
+                         notes=(f"looked for {display_path(path)}",)) from None
+        except CnnError as exc:  # too large, or not UTF-8: said at the import
+            raise refuse(f"cannot import `{imp.path}`: {exc.diagnostics[0].message}") from None
         self._loading.append(key)
-        self.load_text(text, display_path(path), path.parent)
+        self.load_text(text, display_path(path), path.parent, imported_at=imp)
         self._loading.pop()
         self._loaded.add(key)
 
@@ -157,7 +188,14 @@ def _stdlib() -> tuple[tuple[str, str, ast.Module], ...]:
 
 
 def read_spec(path: Path) -> str:
-    with open(path, "rb") as f:
+    """A spec's text: from a regular file only (a FIFO, a terminal or /dev/zero would block
+    or never end), at most MAX_SOURCE_BYTES, UTF-8."""
+    if "\0" in str(path):
+        raise OSError(errno.EINVAL, "a NUL character in the path")
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOCTTY", 0))
+    with os.fdopen(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, "not a regular file")
         data = f.read(MAX_SOURCE_BYTES + 1)
     if len(data) > MAX_SOURCE_BYTES:
         raise CnnError([Diagnostic(code="E-limit", message=f"{path} is larger than "

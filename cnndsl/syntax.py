@@ -21,6 +21,7 @@ from . import ast
 from .diagnostics import CnnError, Diagnostic, Label
 from .source import Span
 
+MAX_NUMBER_LENGTH = 40
 MAX_NESTING = 64  # ( and { levels; keeps every later recursive pass far from Python's limit
 
 
@@ -385,6 +386,11 @@ class _Builder(Transformer_NonRecursive):  # iterative: a huge expression cannot
     @v_args(meta=True)
     def number(self, meta, children):
         text = str(children[0])
+        if len(text) > MAX_NUMBER_LENGTH:  # Python refuses int() past 4,300 digits anyway
+            raise CnnError([Diagnostic(
+                code="E-limit", message=f"a number of {len(text):,} characters",
+                span=self._span(meta), label=f"more than {MAX_NUMBER_LENGTH} characters",
+                help="numbers in a spec are sizes and rates: write it shorter")])
         value = float(text) if any(c in text for c in ".eE") else int(text)
         return ast.Num(value=value, span=self._span(meta))
 

@@ -30,8 +30,15 @@ def divisible(value: float, divisor: int = 8, min_value: int | None = None) -> i
     return rounded
 
 
+MAX_DIGITS = 30  # round(x, n) with a huge n costs time in n: nothing needs more than this
+
+
 def _round(x, ndigits=None):
-    return round(x) if ndigits is None else round(x, ndigits)
+    if ndigits is None:
+        return round(x)
+    if isinstance(ndigits, float) or abs(ndigits) > MAX_DIGITS:
+        raise ValueError(f"ndigits must be an integer within +-{MAX_DIGITS}")
+    return round(x, ndigits)
 
 
 FUNCTIONS: dict[str, Callable[..., Value]] = {

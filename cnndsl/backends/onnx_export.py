@@ -116,7 +116,7 @@ class GraphBuilder:
         opsets = [helper.make_opsetid("", self.opset)]
         model = helper.make_model(graph, opset_imports=opsets, producer_name="cnndsl",
                                   producer_version=__version__,
-                                  doc_string=f"{self.ir.name} from {self.ir.file}")
+                                  doc_string=f"{self.ir.name} from {_utf8(self.ir.file)}")
         model.ir_version = helper.find_min_ir_version_for(opsets)
         return model
 
@@ -172,3 +172,8 @@ def save(model: onnx.ModelProto, path: str | Path,
                         all_tensors_to_one_file=True, location=data, size_threshold=1024)
         os.replace(os.path.join(work, data), path.parent / data)
         os.replace(os.path.join(work, path.name), path)
+
+
+def _utf8(text: str) -> str:
+    """A path as protobuf can hold it: undecodable bytes of a file name escaped."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
