@@ -12,7 +12,7 @@ from pathlib import Path
 from . import ast
 from .diagnostics import CnnError, Diagnostic, Label
 from .source import SourceMap, Span
-from .syntax import parse
+from .syntax import normalise, parse
 
 MAX_SOURCE_BYTES = 4 * 1024 * 1024
 
@@ -30,11 +30,13 @@ class Program:
 
     def load_text(self, text: str, name: str, base: Path | None,
                   imported_at: ast.Import | None = None) -> ast.Module:
-        if imported_at is not None:
+        text = normalise(text)
+        if imported_at is not None:  # quoted only once it parses
             module = self._parse_import(text, name, imported_at)
+            self.sources.add(name, text)
         else:
+            self.sources.add(name, text)
             module = parse(text, name)
-        self.sources.add(name, text)
         for imp in module.imports:
             self._import(imp, base or Path.cwd(), name)
         for defn in module.definitions:

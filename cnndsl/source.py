@@ -26,7 +26,7 @@ class SourceFile:
     def __init__(self, name: str, text: str):
         self.name = name
         self.text = text
-        self.lines = text.splitlines() or [""]
+        self.lines = text.split("\n")  # as the parser counts lines: \n alone
 
     def line(self, number: int) -> str:
         if 1 <= number <= len(self.lines):

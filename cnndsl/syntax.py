@@ -82,6 +82,12 @@ def _parser() -> Lark:
                 propagate_positions=True, postlex=_Newlines(), maybe_placeholders=True)
 
 
+def normalise(text: str) -> str:
+    """What the parser and the quoted lines both see: no byte-order mark, `\n` line ends
+    (a lone CR or CRLF becomes one)."""
+    return text.removeprefix("\ufeff").replace("\r\n", "\n").replace("\r", "\n")
+
+
 def parse(text: str, file: str = "<string>") -> ast.Module:
     parser = _parser()
     parser.options.postlex.file = file
@@ -107,6 +113,8 @@ _TERMINAL_WORDS = {"NAME": "a name", "NUMBER": "a number", "STRING": "a string",
 def _describe(terminal: str, parser: Lark) -> str:
     if terminal in _TERMINAL_WORDS:
         return _TERMINAL_WORDS[terminal]
+    if terminal.startswith("_KW_"):  # a keyword: `network`
+        return f"`{terminal[4:].lower()}`"
     try:
         pattern = parser.get_terminal(terminal).pattern
     except KeyError:

@@ -88,8 +88,9 @@ def run_shell(command: str, cwd: Path) -> str:
     assert words[0] == "cnndsl", f"console blocks run cnndsl, not {words[0]}"
     env = {**os.environ, "NO_COLOR": "1", "COLUMNS": "100"}
     result = subprocess.run([sys.executable, "-m", "cnndsl", *words[1:]], cwd=cwd, env=env,
-                            capture_output=True, text=True, timeout=300)
-    return (result.stdout + result.stderr).rstrip("\n")
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            timeout=300)  # one stream, in the order a terminal shows it
+    return result.stdout.rstrip("\n")
 
 
 def matches(actual: str, shown: str) -> bool:

@@ -79,7 +79,7 @@ def test_broken_spec_gives_a_located_error(name):
     assert f"--> tests/broken/{name}:{line}:{column}\n" in first
     source_line = (BROKEN / name).read_text().splitlines()[line - 1]
     lines = first.splitlines()
-    quoted = lines.index(f"{line} | {source_line}")
+    quoted = [i for i, text in enumerate(lines) if text.lstrip() == f"{line} | {source_line}"][0]
     caret_line = lines[quoted + 1]
     assert caret_line.index("^") - caret_line.index("|") - 2 == column - 1  # under the column
     golden(GOLDEN / name.replace(".cnn", ".txt"), stderr)
