@@ -104,7 +104,8 @@ class Model:
         `path` if given. `weights` as for `Model.weights`."""
         from .backends.onnx_export import DEFAULT_OPSET, save, to_onnx
         with self._located():
-            model, _ = to_onnx(self.ir, self.weights(weights, seed), opset or DEFAULT_OPSET,
+            model, _ = to_onnx(self.ir, self.weights(weights, seed),
+                               DEFAULT_OPSET if opset is None else opset,
                                fold_batchnorm)
         if path is not None:
             save(model, path)

@@ -43,6 +43,20 @@ def parse_sets(pairs: list[str]) -> dict:
     return values
 
 
+def bounded_int(low: int, high: int):
+    """An argparse type: an integer in [low, high]."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not an integer: `{text}`") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"must be between {low:,} and {high:,}, not "
+                                             f"{value:,}")
+        return value
+    return parse
+
+
 def parse_size(text: str) -> int:
     """`12GiB`, `500MB`, `1G` (= 1 GiB, as docker and ulimit read it), `2e9` -> bytes."""
     units = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
@@ -84,6 +98,10 @@ def cmd_check(args) -> int:
 
 def cmd_compile(args) -> int:
     from .atomic import write_text
+    if args.to == "torch" and (args.weights or args.opset is not None or args.keep_batchnorm):
+        raise UsageError("--weights, --opset and --keep-batchnorm apply to --to onnx; the "
+                         "generated module loads a state_dict as any nn.Module does: "
+                         "model.load_state_dict(safetensors.torch.load_file(path))")
     model = _load(args)
     if args.to == "torch":
         write_text(args.output, model.to_torch_source())
@@ -108,7 +126,7 @@ def cmd_compile(args) -> int:
 
 
 def cmd_run(args) -> int:
-    from .runtime import create_session, random_inputs, read_input
+    from .runtime import create_session, model_inputs, random_inputs, read_input
     if args.model.endswith(".cnn"):
         args.spec = args.model
         model = _load(args)
@@ -124,7 +142,8 @@ def cmd_run(args) -> int:
         shapes = None
     session = create_session(data, args.provider, args.threads, benchmark=bool(args.bench))
     if shapes is None:
-        shapes = [tuple(d for d in s[1:]) for s in session.input_shapes]
+        batch = None if args.input else args.batch
+        shapes = model_inputs(session, batch, have_input=bool(args.input))
     if args.input:
         inputs = [read_input(args.input, shapes[0])]
     else:
@@ -319,12 +338,14 @@ def build_parser() -> argparse.ArgumentParser:
     comp.add_argument("--to", choices=["torch", "onnx"], required=True, help="the target")
     comp.add_argument("-o", "--output", required=True, help="the file to write")
     comp.add_argument("--strict", action="store_true", help="treat warnings as errors")
-    comp.add_argument("--opset", type=int, help="ONNX opset (default 18)")
+    comp.add_argument("--opset", type=bounded_int(13, 21), help="ONNX opset 13-21 "
+                      "(default 18)")
     comp.add_argument("--weights", help="a state_dict (.pt, loaded with weights_only=True) "
                       "or .safetensors file; default: fresh PyTorch-style initialisation")
     comp.add_argument("--keep-batchnorm", action="store_true",
                       help="do not fold batch norm into the preceding conv")
-    comp.add_argument("--seed", type=int, default=0, help="seed for fresh weights")
+    comp.add_argument("--seed", type=bounded_int(0, 2**32 - 1), default=0,
+                      help="seed for fresh weights")
     comp.set_defaults(run=cmd_compile)
 
     render = spec_command("render", "draw the architecture with graphviz")
@@ -343,10 +364,10 @@ def build_parser() -> argparse.ArgumentParser:
     train = spec_command("train", "train the network (the spec's `train` definition)")
     train.add_argument("--data", help="digits, or an image folder (class subfolders, or "
                        "train/ and val/ inside)")
-    train.add_argument("--epochs", type=int)
-    train.add_argument("--batch", type=int)
+    train.add_argument("--epochs", type=bounded_int(1, 1_000_000))
+    train.add_argument("--batch", type=bounded_int(1, 1_000_000))
     train.add_argument("--lr", type=float, help="the optimizer's learning rate")
-    train.add_argument("--seed", type=int)
+    train.add_argument("--seed", type=bounded_int(0, 2**32 - 1))
     train.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     train.add_argument("--out", default="runs/train", help="checkpoints, metrics and plots "
                        "(default runs/train)")
@@ -359,7 +380,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--weights", required=True, help="a checkpoint `train` wrote, or "
                           "any state_dict of this spec")
     evaluate.add_argument("--data", help="digits, or an image folder")
-    evaluate.add_argument("--batch", type=int)
+    evaluate.add_argument("--batch", type=bounded_int(1, 1_000_000))
     evaluate.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     evaluate.add_argument("--plot", metavar="FILE.png", help="draw the confusion matrix")
     evaluate.set_defaults(run=cmd_eval)
@@ -374,14 +395,16 @@ def build_parser() -> argparse.ArgumentParser:
                          "with onnxruntime.")
     run.add_argument("model", help="a .onnx file or a .cnn spec")
     run.add_argument("--provider", default="auto", choices=["auto", "cpu", "cuda", "tensorrt"])
-    run.add_argument("--batch", type=int, default=1, help="batch size of the random input")
+    run.add_argument("--batch", type=bounded_int(1, 65_536), default=1,
+                     help="batch size of the random input")
     run.add_argument("--input", help="a .npy array (N x C x H x W, or C x H x W)")
     run.add_argument("--output", help="write the first output to this .npy file")
-    run.add_argument("--bench", type=int, default=0, metavar="N",
+    run.add_argument("--bench", type=bounded_int(0, 1_000_000), default=0, metavar="N",
                      help="time N runs: latency percentiles and images/s")
-    run.add_argument("--threads", type=int, help="onnxruntime intra-op threads")
+    run.add_argument("--threads", type=bounded_int(1, 4 * (os.cpu_count() or 1)),
+                     help="onnxruntime intra-op threads (at most 4 per core)")
     run.add_argument("--weights", help="weights for a .cnn spec (as for compile)")
-    run.add_argument("--seed", type=int, default=0)
+    run.add_argument("--seed", type=bounded_int(0, 2**32 - 1), default=0)
     run.add_argument("--set", action="append", metavar="NAME=VALUE")
     run.add_argument("--network")
     run.add_argument("--memory-limit", type=parse_size, metavar="SIZE")

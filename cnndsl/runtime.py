@@ -12,7 +12,9 @@ HEURISTIC for a single run (no search cost). Inputs and outputs are bound on the
 
 from __future__ import annotations
 
+import math
 import os
+import stat
 import statistics
 import sys
 import time
@@ -157,21 +159,67 @@ def create_session(model: bytes | str, provider: str = "auto", threads: int | No
     return Session(session, actual)
 
 
+def model_inputs(session: Session, batch: int | None, have_input: bool) -> list[tuple]:
+    """Each input's per-sample shape (None where symbolic), refusing what `run` cannot
+    feed: no inputs, other element types than float, a size only an array can give, a
+    batch the model does not take."""
+    inputs = session.session.get_inputs()
+    if not inputs:
+        raise _error("the model has no inputs: there is nothing to feed it")
+    shapes = []
+    for i in inputs:
+        if i.type != "tensor(float)":
+            raise _error(f"input `{i.name}` takes {i.type}; `cnndsl run` feeds float images",
+                         help="run it from Python with onnxruntime")
+        first, *rest = i.shape or [None]
+        dims = tuple(d if isinstance(d, int) else None for d in rest)
+        if None in dims and not have_input:
+            raise _error(f"input `{i.name}` has a symbolic size ({' x '.join(map(str, rest))})",
+                         help="give the data with --input FILE.npy")
+        if isinstance(first, int) and batch is not None and first != batch:
+            raise _error(f"input `{i.name}` takes batch {first} only, not {batch}",
+                         help=f"use --batch {first}")
+        shapes.append(dims)
+    return shapes
+
+
 def random_inputs(shapes: list[tuple[int, ...]], batch: int, seed: int = 0) -> list[np.ndarray]:
     rng = np.random.default_rng(seed)
     return [rng.standard_normal((batch, *s)).astype(np.float32) for s in shapes]
 
 
+MAX_INPUT_BYTES = 2**31  # an input larger than 2 GiB is not a test image
+
+
 def read_input(path: str, shape: tuple[int, ...]) -> np.ndarray:
+    """An .npy array of numbers, its header checked before any data is read: a header can
+    claim any shape."""
     try:
-        array = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as exc:
+        with open(path, "rb") as f:
+            if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+                raise ValueError("not a regular file")
+            version = np.lib.format.read_magic(f)
+            read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0) else
+                           np.lib.format.read_array_header_2_0)
+            claimed, _, dtype = read_header(f)
+            size = math.prod(claimed) * dtype.itemsize
+            if dtype.kind not in "biuf" or dtype.fields is not None:
+                raise ValueError(f"it holds {dtype} values, not numbers")
+            if size > MAX_INPUT_BYTES or size > os.fstat(f.fileno()).st_size:
+                raise ValueError(f"its header claims {' x '.join(map(str, claimed))} "
+                                 f"values ({size:,} bytes), more than the file holds")
+            f.seek(0)
+            array = np.load(f, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as exc:
         raise _error(f"cannot read {path}: {exc}") from None
-    if array.shape == shape:
+    def fits(dims) -> bool:
+        return len(dims) == len(shape) and all(s is None or s == d for s, d in zip(shape, dims))
+    if fits(array.shape):
         array = array[None]
-    if array.ndim != len(shape) + 1 or tuple(array.shape[1:]) != tuple(shape):
+    if array.ndim != len(shape) + 1 or not fits(array.shape[1:]):
+        wanted = " x ".join("?" if d is None else str(d) for d in shape)
         raise _error(f"{path} holds an array of shape {array.shape}; the model takes "
-                     f"N x {' x '.join(map(str, shape))}")
+                     f"N x {wanted}")
     return array.astype(np.float32)
 
 

@@ -64,21 +64,98 @@ def _fan_in(ir: Network, name: str, shape: tuple[int, ...]) -> int:
 
 
 def load_weights(path: str | Path, ir: Network) -> Weights:
+    """A state_dict from a file, recognised by its content: safetensors, or a PyTorch
+    checkpoint (`torch.save`, read with weights_only=True: no code runs)."""
     path = Path(path)
+
+    def refuse(why: str, help: str | None = None) -> CnnError:
+        return CnnError([Diagnostic(code="E-weights", message=f"cannot read weights from "
+                                    f"{path}: {why}", help=help)])
     try:
-        if path.suffix == ".safetensors":
-            from safetensors.numpy import load_file
-            raw = load_file(str(path))
-        else:
-            import torch
-            state = torch.load(path, map_location="cpu", weights_only=True)
-            if not isinstance(state, dict):
-                raise ValueError("the file does not hold a state_dict")
-            raw = {k: v.detach().cpu().numpy() for k, v in state.items()}
-    except (OSError, ValueError, RuntimeError) as exc:
-        raise CnnError([Diagnostic(code="E-weights", message=f"cannot read weights from "
-                                   f"{path}: {exc}")]) from None
+        with open(path, "rb") as f:
+            head = f.read(16)
+    except OSError as exc:
+        raise refuse(exc.strerror or str(exc)) from None
+    if not head:
+        raise refuse("the file is empty")
+    if _looks_like_safetensors(head):
+        raw = _read_safetensors(path, refuse)
+    elif head.startswith(b"PK\x03\x04") or head[:1] == b"\x80":
+        raw = _read_torch(path, refuse)
+    else:
+        raise refuse("neither a safetensors file nor a PyTorch checkpoint",
+                     help="save it with `torch.save(model.state_dict(), path)` or "
+                     "safetensors' `save_file`")
     return check_weights(raw, ir, str(path))
+
+
+def _looks_like_safetensors(head: bytes) -> bool:
+    """8 bytes of header length (little endian), then the JSON header's `{`."""
+    return len(head) >= 9 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") > 1
+
+
+def _read_safetensors(path: Path, refuse) -> Weights:
+    try:
+        from safetensors import safe_open
+    except ImportError:
+        raise refuse("reading .safetensors needs the safetensors package",
+                     help="pip install safetensors (or 'cnndsl[all]')") from None
+    raw: Weights = {}
+    try:
+        with safe_open(str(path), framework="numpy") as f:
+            for key in f.keys():  # noqa: SIM118 - safe_open is not a mapping
+                value = f.get_tensor(key)
+                if value.dtype.name in ("bfloat16", "float16"):
+                    value = value.astype(np.float32)  # exact
+                raw[key] = value
+    except TypeError:  # bfloat16 and other types numpy lacks: through torch, as float32
+        raw = _safetensors_via_torch(path, refuse)
+    except Exception as exc:  # noqa: BLE001 - a damaged file raises many kinds
+        raise refuse(f"damaged safetensors file ({exc})") from None
+    return raw
+
+
+def _safetensors_via_torch(path: Path, refuse) -> Weights:
+    try:
+        from safetensors.torch import load_file
+        state = load_file(str(path))
+    except Exception as exc:  # noqa: BLE001
+        raise refuse(f"damaged safetensors file ({exc})") from None
+    return _to_numpy(state, refuse)
+
+
+def _read_torch(path: Path, refuse) -> Weights:
+    try:
+        import torch
+    except ImportError:
+        raise refuse("reading a PyTorch checkpoint needs torch",
+                     help="pip install 'cnndsl[torch]', or save the weights as safetensors") \
+            from None
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - truncated zips, refused pickles, ...
+        raise refuse(f"not a readable PyTorch checkpoint ({str(exc).splitlines()[0]})",
+                     help="only plain state_dicts load (weights_only=True)") from None
+    if isinstance(state, dict) and "state_dict" in state and isinstance(
+            state["state_dict"], dict):
+        state = state["state_dict"]  # a training checkpoint that wraps it
+    if not isinstance(state, dict):
+        raise refuse(f"the file holds a {type(state).__name__}, not a state_dict")
+    return _to_numpy(state, refuse)
+
+
+def _to_numpy(state: dict, refuse) -> Weights:
+    import torch
+    raw: Weights = {}
+    for key, value in state.items():
+        if not isinstance(value, torch.Tensor):
+            raise refuse(f"`{key}` is a {type(value).__name__}, not a tensor")
+        if value.layout != torch.strided:
+            raise refuse(f"`{key}` is a sparse tensor", help="save it dense (.to_dense())")
+        if value.dtype in (torch.bfloat16, torch.float16):
+            value = value.float()  # exact
+        raw[str(key)] = value.detach().cpu().numpy()
+    return raw
 
 
 def check_weights(raw: Weights, ir: Network, origin: str) -> Weights:
@@ -87,9 +164,26 @@ def check_weights(raw: Weights, ir: Network, origin: str) -> Weights:
     problems += [f"`{k}` is not in the network" for k in raw if k not in expected]
     problems += [f"`{k}` has shape {tuple(raw[k].shape)}, the network needs {shape}"
                  for k, shape in expected.items() if k in raw and tuple(raw[k].shape) != shape]
+    problems += [p for k in expected if k in raw for p in _value_problems(k, raw[k])]
     if problems:
         shown = problems[:8] + ([f"... and {len(problems) - 8} more"] if len(problems) > 8 else [])
         raise CnnError([Diagnostic(code="E-weights", message=f"the weights in {origin} do not "
                                    f"fit {ir.name}", notes=tuple(shown),
                                    help="save them from this spec's compiled module")])
-    return {k: np.asarray(raw[k]) for k in expected}
+    return {k: np.asarray(raw[k], np.int64 if k.endswith("num_batches_tracked")
+                          else np.float32) for k in expected}
+
+
+def _value_problems(name: str, value) -> list[str]:
+    """Values a network cannot compute with: NaN, infinities, complex numbers, and integer
+    or boolean weights (a counter like num_batches_tracked aside)."""
+    value = np.asarray(value)
+    if name.endswith("num_batches_tracked"):
+        return [] if value.dtype.kind in "iu" else [f"`{name}` must be an integer count"]
+    if value.dtype.kind == "c":
+        return [f"`{name}` is complex"]
+    if value.dtype.kind not in "f":
+        return [f"`{name}` holds {value.dtype} values, not floating point"]
+    bad = int(np.size(value) - np.count_nonzero(np.isfinite(value)))
+    return [f"`{name}` has {bad:,} NaN or infinite value{'s' if bad != 1 else ''}"] if bad \
+        else []
