@@ -12,7 +12,7 @@ from . import ast
 from .checker import Checker
 from .diagnostics import CnnError, Diagnostic
 from .ir import Network
-from .program import Program, display_path, read_spec
+from .program import MAX_SOURCE_BYTES, Program, display_path, read_spec
 from .values import evaluate
 
 
@@ -163,17 +163,20 @@ class Model:
 
 def load(source: str | Path, *, network: str | None = None, strict: bool = False,
          memory_limit: int | None = None, confine_imports: bool = False,
-         **params: Any) -> Model:
+         weight_copies: float = 1.0, **params: Any) -> Model:
     """Parse and check a spec: a path to a .cnn file, or .cnn source text.
 
     Keyword arguments override the network's parameters, e.g. `load(p, classes=10)`.
     `memory_limit` (bytes) caps parameter memory and activation memory per image (default:
     half this machine's memory). `confine_imports` refuses imports outside the spec's
-    folder. Raises `CnnError` (located diagnostics) when the spec is wrong or over a limit.
+    folder. `weight_copies`: how many copies of the fp32 weights the memory limit must
+    allow for (`checker.WEIGHT_COPIES` has what writing ONNX and training hold). Raises
+    `CnnError` (located diagnostics) when the spec is wrong or over a limit.
     """
     program = Program(_confinement(source) if confine_imports else None)
     with _gc_paused():
-        return _load(program, source, network, strict, memory_limit, params)
+        return _load(program, source, network, strict, (memory_limit, weight_copies),
+                     params)
 
 
 def loads(text: str, *, name: str = "<string>", network: str | None = None,
@@ -182,7 +185,8 @@ def loads(text: str, *, name: str = "<string>", network: str | None = None,
     """Parse and check .cnn source text (imports resolve from the current directory)."""
     program = Program(Path.cwd() if confine_imports else None)
     with _gc_paused():
-        return _load(program, _Source(text, name), network, strict, memory_limit, params)
+        return _load(program, _Source(text, name), network, strict, (memory_limit, 1.0),
+                     params)
 
 
 class _Source(str):
@@ -207,7 +211,7 @@ def _gc_paused() -> Iterator[None]:
             gc.enable()
 
 
-def _load(program: Program, source, network, strict, memory_limit, params) -> Model:
+def _load(program: Program, source, network, strict, memory, params) -> Model:
     try:
         program.load_stdlib()
         if _is_path(source):
@@ -219,12 +223,15 @@ def _load(program: Program, source, network, strict, memory_limit, params) -> Mo
                                            f"{exc.strerror or exc}")]) from None
             program.main = program.load_text(text, display_path(path), path.parent)
         else:
-            program.main = program.load_text(str(source), getattr(source, "name", "<string>"),
-                                             None)
+            name = getattr(source, "name", "<string>")
+            if len(source) > MAX_SOURCE_BYTES:  # as for files; a character is a byte or more
+                raise CnnError([Diagnostic(code="E-limit", message=f"{name} is larger than "
+                                           f"{MAX_SOURCE_BYTES // 2**20} MiB")])
+            program.main = program.load_text(str(source), name, None)
         defn = program.network(network)
         train = program.train_def(defn.name)
         params = {**_train_args(train), **params}
-        ir = Checker(program.definitions, strict, memory_limit).network(defn, params)
+        ir = Checker(program.definitions, strict, *memory).network(defn, params)
         if train is not None:  # checked with the network, before anything runs
             from .training.spec import check_loss_fits, check_train
             check_loss_fits(check_train(train, defn.name, ir.params), ir)

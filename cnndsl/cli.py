@@ -9,6 +9,7 @@ import os
 import sys
 from pathlib import Path
 
+from .checker import WEIGHT_COPIES
 from .diagnostics import CnnError, Diagnostic, render_all, use_color
 from .source import SourceMap
 
@@ -75,12 +76,12 @@ def parse_size(text: str) -> int:
     return int(value)
 
 
-def _load(args):
+def _load(args, weight_copies: float = 1.0):
     from .api import load
     return load(Path(args.spec), network=args.network, strict=getattr(args, "strict", False),
                 memory_limit=getattr(args, "memory_limit", None),
                 confine_imports=getattr(args, "confine_imports", False),
-                **parse_sets(args.set))
+                weight_copies=weight_copies, **parse_sets(args.set))
 
 
 def cmd_check(args) -> int:
@@ -102,7 +103,7 @@ def cmd_compile(args) -> int:
         raise UsageError("--weights, --opset and --keep-batchnorm apply to --to onnx; the "
                          "generated module loads a state_dict as any nn.Module does: "
                          "model.load_state_dict(safetensors.torch.load_file(path))")
-    model = _load(args)
+    model = _load(args, WEIGHT_COPIES["onnx"] if args.to == "onnx" else 1.0)
     if args.to == "torch":
         write_text(args.output, model.to_torch_source())
         detail = ""
@@ -129,7 +130,7 @@ def cmd_run(args) -> int:
     from .runtime import create_session, model_inputs, random_inputs, read_input
     if args.model.endswith(".cnn"):
         args.spec = args.model
-        model = _load(args)
+        model = _load(args, WEIGHT_COPIES["onnx"])
         data = model.to_onnx(weights=args.weights, seed=args.seed).SerializeToString()
         shapes = [i.shape for i in model.inputs]
         source = f"{args.model} (compiled now)"
@@ -256,7 +257,8 @@ def _load_for_training(args):
             train[key] = getattr(args, flag)
     model = load(Path(args.spec), network=args.network,
                  memory_limit=getattr(args, "memory_limit", None),
-                 confine_imports=args.confine_imports, **params)
+                 confine_imports=args.confine_imports, weight_copies=WEIGHT_COPIES["train"],
+                 **params)
     return model, train
 
 

@@ -127,11 +127,23 @@ def _quote(span: Span, text: str, sources: SourceMap, width: int, paint, style: 
     gutter = f"{span.line:>{width}} {paint('|', 'blue')} "
     blank = f"{' ' * width} {paint('|', 'blue')} "
     end = span.end_column - 1 if span.end_line == span.line else len(raw)
+    first = max(0, span.column - 1 - QUOTE_WIDTH // 2)
+    if len(raw) > QUOTE_WIDTH:  # a very long line: the part around the caret
+        shown = raw[first:first + QUOTE_WIDTH]
+        lead = "…" if first else ""
+        raw = lead + shown + ("…" if first + QUOTE_WIDTH < len(raw) else "")
+        offset = first - len(lead)
+        span_start, end = span.column - 1 - offset, min(end - offset, len(raw))
+    else:
+        span_start = span.column - 1
     source_line = printable(raw)  # columns move where a character was escaped
-    start, end = len(printable(raw[:span.column - 1])), len(printable(raw[:end]))
+    start, end = len(printable(raw[:span_start])), len(printable(raw[:end]))
     carets = "^" * max(1, min(end, max(len(source_line), start + 1)) - start)
     marker = (" " * start) + paint(carets + (f" {printable(text)}" if text else ""), style)
     return [gutter + source_line, blank + marker]
+
+
+QUOTE_WIDTH = 160  # longer source lines are quoted around the caret
 
 
 def printable(text: str) -> str:

@@ -22,6 +22,7 @@ from .diagnostics import CnnError, Diagnostic, Label
 from .source import Span
 
 MAX_NUMBER_LENGTH = 40
+MAX_TOKENS = 400_000  # twice the 100x spec of benchmarks/check_scaling.py
 MAX_NESTING = 64  # ( and { levels; keeps every later recursive pass far from Python's limit
 
 
@@ -50,7 +51,14 @@ class _Newlines:
         self.open_parens = []
         braces = 0
         previous = None
-        for tok in stream:
+        for count, tok in enumerate(stream):
+            if count == MAX_TOKENS:  # time and memory grow with tokens: bound them
+                span = Span(file=self.file, line=tok.line, column=tok.column,
+                            end_line=tok.line, end_column=tok.column + 1)
+                raise CnnError([Diagnostic(
+                    code="E-limit", message=f"more than {MAX_TOKENS:,} tokens in one file",
+                    span=span, label="the limit is reached here",
+                    help="split the network into blocks, or repeat with `* N`")])
             if tok.type == "_NL":
                 if self.open_parens or previous is None or previous.type in ("_NL", "_ARROW"):
                     continue
@@ -88,7 +96,31 @@ def normalise(text: str) -> str:
     return text.removeprefix("\ufeff").replace("\r\n", "\n").replace("\r", "\n")
 
 
+_ROUGH_TOKEN = re.compile(r"#[^\n]*|[A-Za-z_]\w*|\d[\d.eE+-]*|\S")
+
+
+def _check_token_count(text: str, file: str) -> None:
+    """Refuse a file of too many tokens before parsing it (parsing costs ~20 us a token);
+    the post-lexer's exact count backs this rough one."""
+    if len(text) < MAX_TOKENS:  # fewer characters than the limit: fewer tokens too
+        return
+    count = 0
+    for match in _ROUGH_TOKEN.finditer(text):
+        if match.group().startswith("#"):
+            continue
+        count += 1
+        if count > MAX_TOKENS:
+            line = text.count("\n", 0, match.start()) + 1
+            column = match.start() - (text.rfind("\n", 0, match.start()) + 1) + 1
+            raise CnnError([Diagnostic(
+                code="E-limit", message=f"more than {MAX_TOKENS:,} tokens in one file",
+                span=Span(file=file, line=line, column=column, end_line=line,
+                          end_column=column + 1), label="the limit is reached here",
+                help="split the network into blocks, or repeat with `* N`")])
+
+
 def parse(text: str, file: str = "<string>") -> ast.Module:
+    _check_token_count(text, file)
     parser = _parser()
     parser.options.postlex.file = file
     try:

@@ -115,3 +115,93 @@ def test_arithmetic_has_bounded_cost(expression, code):
     result = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True,
                             text=True, timeout=20)
     assert result.stdout.split() == [code, "3", "7"], result.stderr
+
+
+def _external_pair(tmp_path, seed: int):
+    import cnndsl
+    from cnndsl.backends.onnx_export import save
+    proto = cnndsl.load(ROOT / "specs" / "lenet5.cnn").to_onnx(seed=seed)
+    save(proto, tmp_path / "m.onnx", external_over=1000)  # as if it were over 2 GB
+    return proto
+
+
+def _run(path):
+    import numpy as np
+
+    from cnndsl.runtime import create_session
+    return create_session(str(path), "cpu").run(np.ones((1, 1, 32, 32), np.float32))[0]
+
+
+def test_external_data_saves_again_to_the_same_path_as_one_unit(tmp_path):
+    import numpy as np
+
+    from cnndsl.runtime import create_session
+    _external_pair(tmp_path, seed=0)
+    second = _external_pair(tmp_path, seed=1)  # used to fail: "External data file exists"
+    files = sorted(p.name for p in tmp_path.iterdir())
+    assert len(files) == 2 and files[0] == "m.onnx" and files[1].endswith(".data")
+    umask = os.umask(0)
+    os.umask(umask)
+    for name in files:
+        assert stat.S_IMODE(os.stat(tmp_path / name).st_mode) == 0o666 & ~umask
+    expected = create_session(second.SerializeToString(), "cpu").run(
+        np.ones((1, 1, 32, 32), np.float32))[0]
+    assert np.array_equal(_run(tmp_path / "m.onnx"), expected)
+
+
+def test_a_crash_before_the_commit_leaves_the_old_pair_working(tmp_path, monkeypatch):
+    import numpy as np
+    _external_pair(tmp_path, seed=0)
+    before = _run(tmp_path / "m.onnx")
+    real_replace = os.replace
+
+    def crash_on_graph(src, dst, *a, **k):
+        if str(dst).endswith("m.onnx"):
+            raise OSError(28, "No space left on device")
+        return real_replace(src, dst, *a, **k)
+    monkeypatch.setattr(os, "replace", crash_on_graph)
+    with pytest.raises(OSError) as info:
+        _external_pair(tmp_path, seed=1)
+    assert info.value.filename == str(tmp_path / "m.onnx")  # the target, not a temp file
+    monkeypatch.setattr(os, "replace", real_replace)
+    assert np.array_equal(_run(tmp_path / "m.onnx"), before)
+    _external_pair(tmp_path, seed=2)  # the next save cleans what the crash left
+    assert len(list(tmp_path.iterdir())) == 2
+
+
+def test_what_a_killed_run_left_is_removed_by_the_next(tmp_path):
+    (tmp_path / ".m.onnx.abc123").mkdir()
+    (tmp_path / ".m.onnx.abc123" / "m.onnx.0000.data").write_bytes(b"x" * 100)
+    (tmp_path / "m.onnx.deadbeef.data").write_bytes(b"orphan")
+    _external_pair(tmp_path, seed=0)
+    assert len(list(tmp_path.iterdir())) == 2
+
+
+@pytest.mark.parametrize("kind", ["plus", "and", "tuple", "relu"])
+def test_four_mebibytes_of_anything_end_in_a_located_limit(kind, tmp_path):
+    """Each of these took 20-50 s and 2-6 GB; now a rough token count refuses them before
+    parsing (benchmarks aside, the timeout only guards against a hang)."""
+    n = 4 * 2**20 - 200
+    head = "network n() {\n    input image: 3 x 8 x 8\n    conv("
+    text = {"plus": head + "1 + " * (n // 4) + "1, 3)\n}\n",
+            "and": "network n() {\n    input image: 3 x 8 x 8\n    conv(4, 3) if "
+                   + "true and " * (n // 9) + "true\n}\n",
+            "tuple": head + "4, (" + ", ".join(["1"] * (n // 3)) + "))\n}\n",
+            "relu": "network n() {\n    input image: 3 x 8 x 8\n" + "    relu\n" * (n // 9)
+                    + "}\n"}[kind]
+    spec = tmp_path / f"{kind}.cnn"
+    spec.write_text(text)
+    result = subprocess.run([sys.executable, "-m", "cnndsl", "check", str(spec)], cwd=ROOT,
+                            capture_output=True, text=True, timeout=60,
+                            env={**os.environ, "NO_COLOR": "1"})
+    assert result.returncode == 1
+    assert result.stderr.startswith("error[E-limit]: more than 400,000 tokens in one file")
+    assert max(len(line) for line in result.stderr.splitlines()) < 250  # quoted in part
+
+
+def test_loads_has_the_same_size_limit_as_files():
+    import cnndsl
+    with pytest.raises(cnndsl.CnnError, match="larger than 4 MiB"):
+        cnndsl.loads("network n() {\n" + " " * (4 * 2**20) + "}")
+    with pytest.raises(cnndsl.CnnError, match="larger than 4 MiB"):
+        cnndsl.load("network n() {\n" + " " * (4 * 2**20) + "}")

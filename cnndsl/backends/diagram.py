@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import re
 import shutil
+import signal
 import subprocess
 from pathlib import Path
 
@@ -29,6 +30,7 @@ FAMILY_NAMES = {"conv": "convolution", "pool": "pooling", "norm": "normalisation
                 "reshape": "reshape / resize", "dropout": "dropout", "merge": "merge",
                 "block": "folded block"}
 MAX_AUTO_NODES = 100
+MAX_ITEMS_PER_LEVEL = 400  # beyond it, the middle of a level is drawn as one node
 INSTALL_HINT = ("graphviz's `dot` is not installed: apt-get install graphviz (Debian/Ubuntu), "
                 "brew install graphviz (macOS) or conda install graphviz")
 
@@ -168,6 +170,30 @@ class _Dot:
 
     def emit_tree(self, tree: ScopeTree, level: int, indent: str) -> None:
         items = tree.items
+        if len(items) > MAX_ITEMS_PER_LEVEL:  # graphviz cannot lay out 40,000 nodes in a row
+            keep = MAX_ITEMS_PER_LEVEL // 2
+            self.emit_items(items[:keep], level, indent)
+            self.emit_elided(items[keep:-keep], tree, indent)
+            self.emit_items(items[-keep:], level, indent)
+        else:
+            self.emit_items(items, level, indent)
+
+    def emit_elided(self, items: list, tree: ScopeTree, indent: str) -> None:
+        """One node standing for a long stretch of layers in the middle of a level."""
+        nodes = [n for item in items for n in (item.nodes() if isinstance(item, ScopeTree)
+                                               else [item])]
+        node_id = ".".join((*tree.path, f"elided_{nodes[0].local}"))
+        label = f"… {len(nodes):,} more layers …\n{nodes[0].name} .. {nodes[-1].name}"
+        self.families.add("block")
+        self.lines.append(f"{indent}{self.q(node_id)} [label={self.q(label)}, "
+                          f"fillcolor=\"{FAMILY_COLORS['block']}\", style=\"filled,dashed\"];")
+        inside = {n.name for n in nodes}
+        for value in dict.fromkeys(v for n in nodes for v in n.inputs if v not in inside):
+            self.edge(value, node_id)
+        for node in nodes:
+            self.owner[node.name] = node_id
+
+    def emit_items(self, items: list, level: int, indent: str) -> None:
         i = 0
         while i < len(items):
             item = items[i]
@@ -269,7 +295,10 @@ def render(dot_text: str, fmt: str) -> bytes:
     result = subprocess.run([program, f"-T{fmt}"], input=dot_text.encode(), capture_output=True,
                             timeout=120)
     if result.returncode != 0:
-        raise RuntimeError(f"dot failed: {result.stderr.decode(errors='replace').strip()}")
+        status = (f"signal {signal.Signals(-result.returncode).name}"
+                  if result.returncode < 0 else f"exit status {result.returncode}")
+        said = result.stderr.decode(errors="replace").strip() or "it printed nothing"
+        raise RuntimeError(f"graphviz's dot failed ({status}): {said}")
     return result.stdout
 
 

@@ -52,7 +52,7 @@ class GraphBuilder:
 
     def weight(self, node: Node, suffix: str) -> str:
         name = f"{node.name}.{suffix}"
-        self.constant(name, self.weights[name].astype(np.float32))
+        self.constant(name, np.asarray(self.weights.pop(name), np.float32))
         return name
 
     def constant(self, name: str, array: np.ndarray) -> str:
@@ -66,9 +66,9 @@ class GraphBuilder:
         if bn is None:
             weight = self.weight(node, "weight")
             return weight, (self.weight(node, "bias") if node.attrs["bias"] else None)
-        w = self.weights[f"{node.name}.weight"].astype(np.float64)
-        b = self.weights.get(f"{node.name}.bias", np.zeros(w.shape[0])).astype(np.float64)
-        gamma, beta, mean, var = (self.weights[f"{bn}.{k}"].astype(np.float64) for k in
+        w = self.weights.pop(f"{node.name}.weight").astype(np.float64)
+        b = self.weights.pop(f"{node.name}.bias", np.zeros(w.shape[0])).astype(np.float64)
+        gamma, beta, mean, var = (self.weights.pop(f"{bn}.{k}").astype(np.float64) for k in
                                   ("weight", "bias", "running_mean", "running_var"))
         scale = gamma / np.sqrt(var + self.ir.node(bn).attrs["eps"])
         weight = self.constant(f"{node.name}.weight", (w * scale[:, None, None, None])
@@ -138,7 +138,10 @@ def fold_plan(ir: Network) -> dict[str, str]:
 
 def to_onnx(ir: Network, weights: Weights, opset: int = DEFAULT_OPSET,
             fold_batchnorm: bool = True) -> tuple[onnx.ModelProto, dict[str, str]]:
-    """The model, and for each IR node the ONNX value that holds its output."""
+    """The model, and for each IR node the ONNX value that holds its output.
+
+    Takes `weights` over: each array leaves the dict as it becomes an initializer, so the
+    weights are held about once, not twice (pass a copy to keep yours)."""
     if opset not in SUPPORTED_OPSETS:
         raise CnnError([Diagnostic(code="E-onnx", message=f"opset {opset} is not supported",
                                    help=f"use {SUPPORTED_OPSETS.start}..."
@@ -150,28 +153,100 @@ def to_onnx(ir: Network, weights: Weights, opset: int = DEFAULT_OPSET,
 
 def save(model: onnx.ModelProto, path: str | Path,
          external_over: int = EXTERNAL_DATA_BYTES) -> None:
-    """Write atomically; a model whose weights pass `external_over` bytes keeps them in
-    `<path>.data` beside it (protobuf cannot hold more than 2 GB)."""
-    import os
-    import tempfile
+    """Write atomically; a model whose weights pass `external_over` bytes keeps them in a
+    data file beside it (protobuf cannot hold more than 2 GB).
 
-    from ..atomic import atomic_path
+    The graph and its data are one unit: the data goes to a new file of its own name
+    (`m.onnx.<random>.data`), the graph that names it replaces the old graph last (the
+    commit), and only then is the old data removed. A crash at any point leaves the old
+    pair or the new one, never a mix; what a killed run left is removed by the next."""
+    from ..atomic import atomic_path, check_target
     path = Path(path)
+    check_target(path)
     size = sum(t.ByteSize() for t in model.graph.initializer)
     if size <= external_over:
         with atomic_path(path) as tmp:
             onnx.save_model(model, str(tmp))
+        _remove_data_files(path, keep=None)
         return
+    try:
+        _save_with_data(model, path)
+    except OSError as exc:
+        raise OSError(exc.errno, exc.strerror or str(exc), str(path)) from None
+
+
+def _save_with_data(model: onnx.ModelProto, path: Path) -> None:
+    import os
+    import secrets
+    import tempfile
+
+    from ..atomic import _mode_for
     path.parent.mkdir(parents=True, exist_ok=True)
-    data = path.name + ".data"
+    _remove_leftovers(path)
+    data = f"{path.name}.{secrets.token_hex(4)}.data"
     copy = onnx.ModelProto()
     copy.CopyFrom(model)  # saving with external data rewrites the proto it is given
-    model = copy
+    mode = _mode_for(path)
     with tempfile.TemporaryDirectory(dir=path.parent, prefix=f".{path.name}.") as work:
-        onnx.save_model(model, os.path.join(work, path.name), save_as_external_data=True,
+        graph = os.path.join(work, path.name)
+        onnx.save_model(copy, graph, save_as_external_data=True,
                         all_tensors_to_one_file=True, location=data, size_threshold=1024)
+        for name in (data, path.name):
+            with open(os.path.join(work, name), "rb+") as f:
+                os.fsync(f.fileno())
+            os.chmod(os.path.join(work, name), mode)
         os.replace(os.path.join(work, data), path.parent / data)
-        os.replace(os.path.join(work, path.name), path)
+        os.replace(graph, path)  # the commit: from here on the new pair is the file
+    _fsync_dir(path.parent)
+    _remove_data_files(path, keep=data)
+
+
+def _data_files(path: Path) -> list[Path]:
+    legacy = path.parent / f"{path.name}.data"
+    return [p for p in path.parent.glob(f"{glob_escape(path.name)}.*.data")] + (
+        [legacy] if legacy.exists() else [])
+
+
+def glob_escape(name: str) -> str:
+    import glob
+    return glob.escape(name)
+
+
+def _remove_data_files(path: Path, keep: str | None) -> None:
+    """Data files of earlier saves of this graph (a pair is replaced, not added to)."""
+    for data in _data_files(path):
+        if data.name != keep and data.is_file():
+            data.unlink(missing_ok=True)
+
+
+def _remove_leftovers(path: Path) -> None:
+    """Work folders of a run that was killed, and data no graph names any more."""
+    import shutil
+    for work in path.parent.glob(f".{glob_escape(path.name)}.*"):
+        if work.is_dir():
+            shutil.rmtree(work, ignore_errors=True)
+    named = _referenced_data(path)
+    for data in _data_files(path):
+        if data.name not in named:
+            data.unlink(missing_ok=True)
+
+
+def _referenced_data(path: Path) -> set[str]:
+    try:
+        graph = onnx.load(str(path), load_external_data=False)
+    except Exception:  # noqa: BLE001 - no graph yet, or not ours
+        return set()
+    return {entry.value for t in graph.graph.initializer for entry in t.external_data
+            if entry.key == "location"}
+
+
+def _fsync_dir(folder: Path) -> None:
+    import os
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _utf8(text: str) -> str:

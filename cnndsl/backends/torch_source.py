@@ -266,6 +266,11 @@ class _Forward:
         self.ir = ir
         self.shapes = shapes  # shape comments only where one instance is meant
         self.var = dict(external)
+        # running variable -> the values it holds now (a reuse drops the finished ones), so
+        # choosing a free variable costs O(1), not a scan of every value so far
+        self.holders: dict[str, set[str]] = {}
+        for value, name in external.items():
+            self.holders.setdefault(name, set()).add(value)
         self.uses = Counter(i for child in item.items for i in child.inputs)
         self.outputs = [item.output] if item.path else list(ir.outputs)
         self.uses.update(self.outputs)
@@ -283,8 +288,11 @@ class _Forward:
                 not last and child.output in nxt.inputs and child.output not in self.outputs
                 or last and self.outputs == [child.output])
             target = self.free_running_var(remaining) if chained else None
+            if target is not None:
+                self.holders[target] = set()
             target = target or identifier(child.local)
             self.var[child.output] = target
+            self.holders.setdefault(target, set()).add(child.output)
             shape = fmt(self.ir.shape_of(child.output)) if self.shapes else ""
             out.append(f"{target} = {expr}" + (f"  # {shape}" if shape else ""))
         missing = [o for o in self.outputs if o not in self.var]
@@ -295,8 +303,7 @@ class _Forward:
     def free_running_var(self, remaining: Counter) -> str | None:
         """`x`, else `y`, `z`: the first whose value nobody needs any more (or this child's)."""
         for candidate in ("x", "y", "z"):
-            holders = [n for n, v in self.var.items() if v == candidate]
-            if all(remaining[n] <= 0 for n in holders):
+            if all(remaining[n] <= 0 for n in self.holders.get(candidate, ())):
                 return candidate
         return None
 
