@@ -135,3 +135,30 @@ def test_summary_table_nesting_and_conventions():
     assert "activation memory" in out and "an estimate" in out
     deeper = run_cli("summary", "specs/resnet18.cnn", "--depth", "3").stdout
     assert "    conv1 (conv)" in deeper
+
+
+@needs_dot
+def test_a_flat_network_of_40000_layers_renders(tmp_path):
+    """graphviz segfaulted on 40,000 nodes in a row: the middle of a level is one node."""
+    model = cnndsl.loads("network flat() {\n    input x: 1 x 4 x 4\n"
+                         + "    relu\n" * 40_000 + "}\n")
+    dot_text = model.to_dot()
+    nodes, edges = parse_dot(dot_text)
+    assert len(nodes) < 1_000 and "… 39,600 more layers …" in dot_text
+    out = tmp_path / "flat.svg"
+    model.render(out)
+    assert out.read_bytes().lstrip().startswith(b"<?xml")
+
+
+def test_a_failing_dot_is_reported_with_its_status(tmp_path, monkeypatch):
+    from cnndsl.backends import diagram
+    fake = tmp_path / "dot"
+    fake.write_text("#!/bin/sh\nkill -SEGV $$\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}:{os.environ['PATH']}")
+    with pytest.raises(RuntimeError, match=r"graphviz's dot failed \(signal SIGSEGV\): it "
+                                           r"printed nothing"):
+        diagram.render('digraph "g" { a -> b }', "svg")
+    fake.write_text("#!/bin/sh\necho 'syntax error in line 1' >&2\nexit 3\n")
+    with pytest.raises(RuntimeError, match=r"\(exit status 3\): syntax error in line 1"):
+        diagram.render("digraph {", "svg")
