@@ -254,9 +254,14 @@ def augmenter(ops: list[tuple[str, dict]]) -> Callable[[torch.Tensor], torch.Ten
     if not randoms:
         return finish
 
+    pipelines: dict[tuple[int, int], Callable] = {}  # built once per image size
+
     def apply(batch: torch.Tensor) -> torch.Tensor:
         from torchvision.transforms import v2
-        pipeline = v2.Compose([_transform(n, a, tuple(batch.shape[-2:])) for n, a in randoms])
+        size = tuple(batch.shape[-2:])
+        if size not in pipelines:
+            pipelines[size] = v2.Compose([_transform(n, a, size) for n, a in randoms])
+        pipeline = pipelines[size]
         return finish(torch.stack([pipeline(image) for image in batch]))
     return apply
 
