@@ -19,10 +19,13 @@ from .values import evaluate
 class Model:
     """A checked network: its IR (layers, shapes, counts) and the ways to compile it."""
 
-    def __init__(self, ir: Network, program: Program, train: ast.TrainDef | None = None):
+    def __init__(self, ir: Network, program: Program, train: ast.TrainDef | None = None,
+                 overrides: dict[str, Any] | None = None):
         self.ir = ir
         self.program = program
         self.train_def = train  # the spec's `train` definition for this network, if any
+        self.overrides = dict(overrides or {})  # network parameters given at load time
+        self.weights_report = None  # what the last weight import did (ImportReport)
 
     @property
     def name(self) -> str:
@@ -51,60 +54,117 @@ class Model:
     def shape(self, name: str) -> tuple[int, ...]:
         return self.ir.shape_of(name)
 
-    def to_torch(self):
-        """An `nn.Module` built in memory (needs torch)."""
+    def to_torch(self, weights=None, *, weights_from: str | None = None, reinit=(),
+                 seed: int = 0):
+        """An `nn.Module` built in memory (needs torch), freshly initialised by PyTorch, or
+        holding `weights` (as for `Model.weights`)."""
         from .backends.torch_module import build_module
-        return build_module(self.ir)
+        if weights is None and weights_from is None and not reinit:
+            return build_module(self.ir)
+        return build_module(self.ir, self.weights(weights, seed, weights_from=weights_from,
+                                                  reinit=reinit))
 
     def fit(self, data=None, *, epochs: int | None = None, batch: int | None = None,
             lr: float | None = None, seed: int | None = None, out=None, device: str = "auto",
-            resume=None, weights=None, progress: bool | None = None, _stop_at=None,
-            **settings) -> dict:
+            resume=None, weights=None, weights_from: str | None = None,
+            progress: bool | None = None, _stop_at=None, **settings) -> dict:
         """Train as the spec's `train` definition says (defaults where it has none).
 
         `data`: "digits" or an image folder (class subfolders, or train/ and val/).
         `settings` override the definition: `fit("digits", optimizer="sgd",
         **{"optimizer.momentum": 0.9})`. Writes checkpoints, metrics.json and plots to
         `out` if given. Returns the per-epoch history and the final metrics; the trained
-        `nn.Module` is under "module"."""
+        `nn.Module` is under "module". `weights` (and `weights_from`) as for
+        `Model.weights`: pretrained weights to start from; `freeze=("layer1", "layer2")`,
+        `unfreeze_after=3`, `reinit="fc"` as in the definition."""
         from .training.run import fit_model
         overrides = {**settings, **{k: v for k, v in (
             ("epochs", epochs), ("batch", batch), ("seed", seed), ("optimizer.lr", lr))
             if v is not None}}
         return fit_model(self, data, out=out, device=device, resume=resume, weights=weights,
-                         progress=progress, overrides=overrides, stop_at=_stop_at)
+                         weights_from=weights_from, progress=progress, overrides=overrides,
+                         stop_at=_stop_at)
 
     def evaluate(self, data=None, *, weights=None, device: str = "auto",
-                 batch: int | None = None) -> dict:
+                 batch: int | None = None, weights_from: str | None = None) -> dict:
         """Accuracy, top-5, per-class precision/recall/F1, macro and weighted averages and
         the confusion matrix on the validation split of `data`."""
         from .training.run import evaluate_model
-        return evaluate_model(self, data, weights=weights, device=device, batch=batch)
+        return evaluate_model(self, data, weights=weights, device=device, batch=batch,
+                              weights_from=weights_from)
 
     def to_torch_source(self) -> str:
         """Readable standalone PyTorch source for this network (imports only torch)."""
         from .backends.torch_source import generate_source
         return generate_source(self.ir, self.program.definitions)
 
-    def weights(self, weights=None, seed: int = 0):
-        """Weights by state_dict name as numpy arrays: from a file (.pt state_dict or
-        .safetensors), a state_dict (tensors or arrays), or freshly initialised."""
-        from .weights import check_weights, initial_weights, load_weights
-        if weights is None:
-            return initial_weights(self.ir, seed)
-        if isinstance(weights, (str, Path)):
-            return load_weights(weights, self.ir)
-        arrays = {k: v.detach().cpu().numpy() if hasattr(v, "detach") else v
-                  for k, v in weights.items()}
-        return check_weights(arrays, self.ir, "the given state_dict")
+    def weights(self, weights=None, seed: int = 0, *, weights_from: str | None = None,
+                reinit=()):
+        """Weights by state_dict name as numpy arrays: freshly initialised (None), from a
+        file (.pt state_dict or .safetensors), `torchvision:NAME` (torchvision's weights
+        API, the torch hub cache), or a state_dict (tensors or arrays).
+
+        Weights in another naming (torchvision's) are mapped by structure:
+        `weights_from="torchvision:NAME"` names the file's architecture (traced and
+        verified); without it the file's own order is used, and refused where ambiguous.
+        Layers whose shapes the load-time parameters changed (a new head) are initialised
+        afresh where they differ; layers named in `reinit` (names or prefixes) are
+        initialised afresh in any case. What was loaded, reinitialised and ignored is in
+        `self.weights_report`."""
+        from .weights import resolve_weights
+        with self._located():
+            state, self.weights_report = resolve_weights(
+                self.ir, weights, seed=seed, weights_from=weights_from,
+                may_differ=frozenset(self.changed_layers()),
+                fresh=frozenset(self._layers(reinit)), build_module=self._module_factory)
+        return state
+
+    def _module_factory(self, state=None):
+        from .backends.torch_module import build_module
+        return build_module(self.ir, state) if state is not None else _meta_module(self.ir)
+
+    def _layers(self, names) -> set[str]:
+        from .transfer import layers_matching
+        return layers_matching([names] if isinstance(names, str) else names, self.ir)
+
+    def frozen_layers(self, freeze=None) -> set[str]:
+        """The layers training keeps frozen: `freeze` (a `training.spec.Layers`, or layer
+        names), else the spec's `train` definition's `freeze`."""
+        from .training.spec import Layers, check_train, selected_layers
+        if freeze is None:
+            freeze = check_train(self.train_def, self.name, self.ir.params).freeze
+        elif not isinstance(freeze, Layers):
+            freeze = Layers(names=(freeze,) if isinstance(freeze, str) else tuple(freeze))
+        if freeze is None:
+            return set()
+        with self._located():
+            return selected_layers(freeze, self.ir)
+
+    def changed_layers(self) -> set[str]:
+        """Layers whose weights have other shapes than at the spec's own parameter values
+        (`classes=10` on a 1000-class spec: its classifier)."""
+        if not self.overrides:
+            return set()
+        from .weights import expected_shapes
+        defn = self.program.definitions[self.name]
+        try:
+            default = Checker(self.program.definitions, memory_limit=2**62).network(defn, {})
+        except CnnError:  # the spec's own values do not check: nothing to compare with
+            return set()
+        before, now = expected_shapes(default), expected_shapes(self.ir)
+        return {k.rsplit(".", 1)[0] for k, shape in now.items()
+                if k in before and before[k] != shape}
 
     def to_onnx(self, path: str | Path | None = None, *, weights=None, opset: int | None = None,
-                fold_batchnorm: bool = True, seed: int = 0):
-        """An `onnx.ModelProto` written from the IR (no torch needed); saved atomically to
-        `path` if given. `weights` as for `Model.weights`."""
+                fold_batchnorm: bool = True, seed: int = 0, weights_from: str | None = None,
+                reinit=()):
+        """An `onnx.ModelProto` written from the IR (no torch needed but for weights in
+        another naming); saved atomically to `path` if given. `weights`, `weights_from`
+        and `reinit` as for `Model.weights`."""
         from .backends.onnx_export import DEFAULT_OPSET, save, to_onnx
+        state = self.weights(weights, seed, weights_from=weights_from, reinit=reinit)
         with self._located():
-            model, _ = to_onnx(self.ir, self.weights(weights, seed),
+            model, _ = to_onnx(self.ir, state,
                                DEFAULT_OPSET if opset is None else opset,
                                fold_batchnorm)
         if path is not None:
@@ -121,10 +181,11 @@ class Model:
             raise
 
     def onnx_session(self, provider: str = "auto", *, weights=None, seed: int = 0,
-                     threads: int | None = None):
+                     threads: int | None = None, weights_from: str | None = None, reinit=()):
         """An onnxruntime session on this network (`.run(x)`, `.provider`, `.benchmark`)."""
         from .runtime import create_session
-        model = self.to_onnx(weights=weights, seed=seed)
+        model = self.to_onnx(weights=weights, seed=seed, weights_from=weights_from,
+                             reinit=reinit)
         return create_session(model.SerializeToString(), provider, threads)
 
     def summary(self, depth: int = 3) -> str:
@@ -233,12 +294,23 @@ def _load(program: Program, source, network, strict, memory, params) -> Model:
         params = {**_train_args(train), **params}
         ir = Checker(program.definitions, strict, *memory).network(defn, params)
         if train is not None:  # checked with the network, before anything runs
-            from .training.spec import check_loss_fits, check_train
-            check_loss_fits(check_train(train, defn.name, ir.params), ir)
+            from .training.spec import check_layers, check_loss_fits, check_train
+            config = check_train(train, defn.name, ir.params)
+            check_loss_fits(config, ir)
+            check_layers(config, ir)
     except CnnError as exc:
         exc.sources = program.sources
         raise
-    return Model(ir, program, train)
+    return Model(ir, program, train, params)
+
+
+def _meta_module(ir: Network):
+    """The spec's module on the meta device (for tracing: nothing allocated)."""
+    import torch
+
+    from .backends.torch_module import build_module
+    with torch.device("meta"):
+        return build_module(ir)
 
 
 def _train_args(train: ast.TrainDef | None) -> dict[str, Any]:

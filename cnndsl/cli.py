@@ -84,11 +84,22 @@ def _load(args, weight_copies: float = 1.0):
                 weight_copies=weight_copies, **parse_sets(args.set))
 
 
+def _frozen(model, args) -> set[str]:
+    """--freeze / --freeze-all-except, else the spec's `train` definition's `freeze`."""
+    from .training.spec import Layers
+    if getattr(args, "freeze", None):
+        return model.frozen_layers(Layers(names=tuple(args.freeze)))
+    if getattr(args, "freeze_all_except", None):
+        return model.frozen_layers(Layers(names=tuple(args.freeze_all_except),
+                                          all_except=True))
+    return model.frozen_layers()
+
+
 def cmd_check(args) -> int:
     from .report import layer_table, to_json
     model = _load(args)
     if args.json:
-        print(json.dumps({"ok": True, **to_json(model.ir)}, indent=2))
+        print(json.dumps({"ok": True, **to_json(model.ir, _frozen(model, args))}, indent=2))
     else:
         if model.warnings:
             sys.stderr.write(render_all(list(model.warnings), model.program.sources,
@@ -99,8 +110,10 @@ def cmd_check(args) -> int:
 
 def cmd_compile(args) -> int:
     from .atomic import write_text
-    if args.to == "torch" and (args.weights or args.opset is not None or args.keep_batchnorm):
-        raise UsageError("--weights, --opset and --keep-batchnorm apply to --to onnx; the "
+    if args.to == "torch" and (args.weights or args.opset is not None or args.keep_batchnorm
+                               or args.weights_from or args.reinit):
+        raise UsageError("--weights, --weights-from, --reinit, --opset and --keep-batchnorm "
+                         "apply to --to onnx; the "
                          "generated module loads a state_dict as any nn.Module does: "
                          "model.load_state_dict(safetensors.torch.load_file(path))")
     model = _load(args, WEIGHT_COPIES["onnx"] if args.to == "onnx" else 1.0)
@@ -109,7 +122,9 @@ def cmd_compile(args) -> int:
         detail = ""
     else:
         onnx_model = model.to_onnx(args.output, weights=args.weights, opset=args.opset,
-                                   fold_batchnorm=not args.keep_batchnorm, seed=args.seed)
+                                   fold_batchnorm=not args.keep_batchnorm, seed=args.seed,
+                                   weights_from=args.weights_from, reinit=args.reinit or ())
+        _say_weights(model, args)
         origin = f"from {args.weights}" if args.weights else f"initialised (seed {args.seed})"
         detail = (f", opset {onnx_model.opset_import[0].version}, "
                   f"{len(onnx_model.graph.node)} nodes, weights {origin}")
@@ -118,7 +133,8 @@ def cmd_compile(args) -> int:
                   "params": model.params}
         if args.to == "onnx":
             report.update(opset=onnx_model.opset_import[0].version,
-                          nodes=len(onnx_model.graph.node), weights=args.weights)
+                          nodes=len(onnx_model.graph.node), weights=args.weights,
+                          weights_report=_weights_json(model))
         print(json.dumps(report, indent=2))
     else:
         print(f"wrote {args.output} ({args.to}, {model.params:,} parameters{detail})",
@@ -131,12 +147,17 @@ def cmd_run(args) -> int:
     if args.model.endswith(".cnn"):
         args.spec = args.model
         model = _load(args, WEIGHT_COPIES["onnx"])
-        data = model.to_onnx(weights=args.weights, seed=args.seed).SerializeToString()
+        data = model.to_onnx(weights=args.weights, seed=args.seed,
+                             weights_from=args.weights_from,
+                             reinit=args.reinit or ()).SerializeToString()
+        _say_weights(model, args)
         shapes = [i.shape for i in model.inputs]
         source = f"{args.model} (compiled now)"
     else:
-        if args.weights or args.set:
-            raise UsageError("--weights and --set apply to .cnn specs, not to .onnx files")
+        if args.weights or args.set or args.weights_from or args.reinit:
+            raise UsageError("--weights, --weights-from, --reinit and --set apply to .cnn "
+                             "specs, not to .onnx files")
+        model = None
         data, source = args.model, args.model
         if not Path(args.model).is_file():
             raise _spec_error(f"cannot read {args.model}: no such file")
@@ -154,6 +175,8 @@ def cmd_run(args) -> int:
               f"({session.session.get_providers()[0]})", file=sys.stderr)
     outputs = session.run(*inputs)
     report = {"ok": True, "model": source, "provider": session.provider, "outputs": []}
+    if model is not None and model.weights_report is not None:
+        report["weights_report"] = model.weights_report.to_json()
     for name, out in zip([o.name for o in session.session.get_outputs()], outputs):
         entry = {"name": name, "shape": list(out.shape)}
         line = f"output {name}: {' x '.join(map(str, out.shape))}"
@@ -179,6 +202,16 @@ def cmd_run(args) -> int:
     if args.json:
         print(json.dumps(report, indent=2))
     return EXIT_OK
+
+
+def _say_weights(model, args) -> None:
+    """The weight import's report, on stderr (JSON output carries it instead)."""
+    if model.weights_report is not None and not getattr(args, "json", False):
+        print(model.weights_report.text(), file=sys.stderr)
+
+
+def _weights_json(model) -> dict | None:
+    return model.weights_report.to_json() if model.weights_report is not None else None
 
 
 def cmd_render(args) -> int:
@@ -210,11 +243,13 @@ def cmd_render(args) -> int:
 def cmd_summary(args) -> int:
     from .report import summary_rows, summary_table, summary_totals
     model = _load(args)
+    frozen = _frozen(model, args)
     if args.json:
-        print(json.dumps({"network": model.name, "rows": summary_rows(model.ir, args.depth),
-                          "totals": summary_totals(model.ir)}, indent=2))
+        print(json.dumps({"network": model.name,
+                          "rows": summary_rows(model.ir, args.depth, frozen),
+                          "totals": summary_totals(model.ir, frozen)}, indent=2))
     else:
-        print(summary_table(model.ir, args.depth), end="")
+        print(summary_table(model.ir, args.depth, frozen), end="")
     return EXIT_OK
 
 
@@ -238,7 +273,8 @@ def cmd_explain(args) -> int:
 
 
 TRAIN_KEYS = ("epochs", "batch", "seed", "clip", "val_split", "data", "amp", "channels_last",
-              "loss", "optimizer", "schedule", "early_stop")
+              "loss", "optimizer", "schedule", "early_stop", "data_classes", "freeze",
+              "unfreeze_after", "backbone_lr_scale", "reinit")
 
 
 def _split_sets(args) -> tuple[dict, dict]:
@@ -252,9 +288,17 @@ def _load_for_training(args):
     from .api import load
     params, train = _split_sets(args)
     for flag, key in (("epochs", "epochs"), ("batch", "batch"), ("lr", "optimizer.lr"),
-                      ("seed", "seed")):
+                      ("seed", "seed"), ("unfreeze_after", "unfreeze_after"),
+                      ("backbone_lr_scale", "backbone_lr_scale")):
         if getattr(args, flag, None) is not None:
             train[key] = getattr(args, flag)
+    from .training.spec import Layers
+    if getattr(args, "freeze", None):
+        train["freeze"] = Layers(names=tuple(args.freeze))
+    if getattr(args, "freeze_all_except", None):
+        train["freeze"] = Layers(names=tuple(args.freeze_all_except), all_except=True)
+    if getattr(args, "reinit", None):
+        train["reinit"] = Layers(names=tuple(args.reinit))
     model = load(Path(args.spec), network=args.network,
                  memory_limit=getattr(args, "memory_limit", None),
                  confine_imports=args.confine_imports, weight_copies=WEIGHT_COPIES["train"],
@@ -269,8 +313,8 @@ def cmd_train(args) -> int:
     out = Path(args.out)
     try:
         summary = fit_model(model, args.data, out=out, device=args.device, resume=args.resume,
-                            weights=args.weights, overrides=overrides,
-                            progress=None if not args.json else False)
+                            weights=args.weights, weights_from=args.weights_from,
+                            overrides=overrides, progress=None if not args.json else False)
     except TrainingStopped as stop:
         print(f"interrupted at epoch {stop.epoch + 1}, step {stop.step}: the state is saved; "
               f"continue with --resume {out}", file=sys.stderr)
@@ -293,7 +337,8 @@ def cmd_eval(args) -> int:
     from .training.run import evaluate_model
     model, overrides = _load_for_training(args)
     report = evaluate_model(model, args.data, weights=args.weights, device=args.device,
-                            batch=args.batch, overrides=overrides)
+                            batch=args.batch, overrides=overrides,
+                            weights_from=args.weights_from)
     if args.plot:
         from .training.plots import plot_confusion
         plot_confusion(report["confusion_matrix"], [c["class"] for c in report["per_class"]],
@@ -332,8 +377,27 @@ def build_parser() -> argparse.ArgumentParser:
                        help="refuse imports from outside the spec's folder")
         return p
 
+    def weight_options(p, required: bool = False):
+        p.add_argument("--weights", required=required, help="a state_dict file (.pt, read "
+                       "with weights_only=True, or .safetensors), in this spec's names or "
+                       "another's (mapped by structure), or torchvision:NAME (torchvision's "
+                       "pretrained weights, from the torch hub cache)")
+        p.add_argument("--weights-from", metavar="torchvision:NAME", help="the architecture "
+                       "the --weights file was saved from: mapped by tracing both and "
+                       "verified")
+        p.add_argument("--reinit", nargs="+", action="extend", metavar="NAME",
+                       help="layers (or blocks, prefixes) to initialise afresh instead of "
+                       "loading them (a new head)")
+
+    def freeze_options(p):
+        p.add_argument("--freeze", nargs="+", action="extend", metavar="NAME",
+                       help="layers or blocks (names or prefixes) that training keeps frozen")
+        p.add_argument("--freeze-all-except", nargs="+", action="extend", metavar="NAME",
+                       help="freeze every layer but these (the head)")
+
     check = spec_command("check", "check every shape; print the layer table and totals")
     check.add_argument("--strict", action="store_true", help="treat warnings as errors")
+    freeze_options(check)
     check.set_defaults(run=cmd_check)
 
     comp = spec_command("compile", "compile to PyTorch source or ONNX")
@@ -342,8 +406,7 @@ def build_parser() -> argparse.ArgumentParser:
     comp.add_argument("--strict", action="store_true", help="treat warnings as errors")
     comp.add_argument("--opset", type=bounded_int(13, 21), help="ONNX opset 13-21 "
                       "(default 18)")
-    comp.add_argument("--weights", help="a state_dict (.pt, loaded with weights_only=True) "
-                      "or .safetensors file; default: fresh PyTorch-style initialisation")
+    weight_options(comp)
     comp.add_argument("--keep-batchnorm", action="store_true",
                       help="do not fold batch norm into the preceding conv")
     comp.add_argument("--seed", type=bounded_int(0, 2**32 - 1), default=0,
@@ -361,6 +424,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     summ = spec_command("summary", "a table of layers and blocks with parameters, MACs, memory")
     summ.add_argument("--depth", type=int, default=3, help="block nesting shown (default 3)")
+    freeze_options(summ)
     summ.set_defaults(run=cmd_summary)
 
     train = spec_command("train", "train the network (the spec's `train` definition)")
@@ -374,13 +438,18 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--out", default="runs/train", help="checkpoints, metrics and plots "
                        "(default runs/train)")
     train.add_argument("--resume", metavar="DIR", help="continue a run from its folder")
-    train.add_argument("--weights", help="start from these weights (.safetensors or .pt)")
+    weight_options(train)
+    freeze_options(train)
+    train.add_argument("--unfreeze-after", type=bounded_int(0, 1_000_000), metavar="N",
+                       help="train the frozen layers too from epoch N + 1")
+    train.add_argument("--backbone-lr-scale", type=float, metavar="F",
+                       help="the frozen layers' learning rate once they train, as a "
+                       "fraction of the optimizer's")
     train.set_defaults(run=cmd_train)
 
     evaluate = spec_command("eval", "evaluate weights on the validation split: accuracy, "
                             "precision, recall, F1, confusion matrix")
-    evaluate.add_argument("--weights", required=True, help="a checkpoint `train` wrote, or "
-                          "any state_dict of this spec")
+    weight_options(evaluate, required=True)
     evaluate.add_argument("--data", help="digits, or an image folder")
     evaluate.add_argument("--batch", type=bounded_int(1, 1_000_000))
     evaluate.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
@@ -405,7 +474,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="time N runs: latency percentiles and images/s")
     run.add_argument("--threads", type=bounded_int(1, 4 * (os.cpu_count() or 1)),
                      help="onnxruntime intra-op threads (at most 4 per core)")
-    run.add_argument("--weights", help="weights for a .cnn spec (as for compile)")
+    weight_options(run)
     run.add_argument("--seed", type=bounded_int(0, 2**32 - 1), default=0)
     run.add_argument("--set", action="append", metavar="NAME=VALUE")
     run.add_argument("--network")

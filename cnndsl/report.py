@@ -65,7 +65,9 @@ def layer_table(ir: Network) -> str:
     return f"network {ir.name} ({ir.file})\n{table}\n\n" + "\n".join(totals(ir)) + "\n"
 
 
-def to_json(ir: Network) -> dict:
+def to_json(ir: Network, frozen: set[str] = frozenset()) -> dict:
+    """The check report; `frozen`: the layers training keeps frozen."""
+    trainable = sum(n.params for n in ir.nodes if n.name not in frozen)
     return {
         "network": ir.name,
         "file": ir.file,
@@ -74,12 +76,15 @@ def to_json(ir: Network) -> dict:
                    for i in ir.inputs],
         "outputs": list(ir.outputs),
         "params": ir.total_params,
+        "trainable_params": trainable,
+        "frozen_params": ir.total_params - trainable,
         "macs": ir.total_macs,
         "activations": ir.activations,
         "layers": [{
             "name": n.name, "op": n.op, "line": n.span.line, "column": n.span.column,
             "inputs": list(n.inputs), "output_shape": list(n.shape), "params": n.params,
             "buffers": n.buffers, "macs": n.macs, "derivations": n.derivations,
+            "frozen": n.name in frozen,
         } for n in ir.nodes],
         "warnings": [w.to_json() for w in ir.warnings],
         "conventions": {"macs": MACS_CONVENTION, "shapes": "per image, batch axis omitted"},
@@ -92,8 +97,9 @@ ACTIVATION_CONVENTION = ("fp32, every layer output of one image counted once, in
                          "included: an estimate (an upper bound for inference)")
 
 
-def summary_rows(ir: Network, depth: int) -> list[dict]:
-    """One row per layer or block down to `depth`; deeper content is summed into its block."""
+def summary_rows(ir: Network, depth: int, frozen: set[str] = frozenset()) -> list[dict]:
+    """One row per layer or block down to `depth`; deeper content is summed into its block.
+    `frozen`: the layers training keeps frozen."""
     total = ir.total_params or 1
     rows: list[dict] = []
 
@@ -112,6 +118,7 @@ def summary_rows(ir: Network, depth: int) -> list[dict]:
                 nodes[0].path[:level + 1]) if isinstance(item, ScopeTree) else item.name,
                 "kind": kind, "output_shape": list(ir.shape_of(item.output)),
                 "params": params, "buffers": sum(n.buffers for n in nodes),
+                "frozen_params": sum(n.params for n in nodes if n.name in frozen),
                 "macs": sum(n.macs for n in nodes), "percent": 100 * params / total})
             if isinstance(item, ScopeTree) and level + 1 < depth:
                 visit(item, level + 1)
@@ -120,31 +127,34 @@ def summary_rows(ir: Network, depth: int) -> list[dict]:
     return rows
 
 
-def summary_totals(ir: Network) -> dict:
+def summary_totals(ir: Network, frozen: set[str] = frozenset()) -> dict:
     acts = ir.activations
     buffers = sum(n.buffers for n in ir.nodes)
-    return {"params": ir.total_params, "trainable_params": ir.total_params,
-            "non_trainable_params": 0, "buffers": buffers, "macs": ir.total_macs,
+    trainable = sum(n.params for n in ir.nodes if n.name not in frozen)
+    return {"params": ir.total_params, "trainable_params": trainable,
+            "frozen_params": ir.total_params - trainable, "buffers": buffers,
+            "macs": ir.total_macs,
             "param_bytes": 4 * ir.total_params, "buffer_bytes": 4 * buffers,
             "activation_values": acts, "activation_bytes": 4 * acts,
             "conventions": {"macs": MACS_CONVENTION, "activations": ACTIVATION_CONVENTION}}
 
 
-def summary_table(ir: Network, depth: int = 3) -> str:
-    rows = summary_rows(ir, depth)
+def summary_table(ir: Network, depth: int = 3, frozen: set[str] = frozenset()) -> str:
+    rows = summary_rows(ir, depth, frozen)
     table = render_table(
         ["layer (type)", "output", "params", "buffers", "MACs", "% params"],
-        [["  " * r["depth"] + f"{r['name']} ({r['kind']})", fmt(r["output_shape"]),
+        [["  " * r["depth"] + f"{r['name']} ({r['kind']})" + _frozen_mark(r),
+          fmt(r["output_shape"]),
           f"{r['params']:,}" if r["params"] else "--", f"{r['buffers']:,}" if r["buffers"] else "",
           f"{r['macs']:,}" if r["macs"] else "", f"{r['percent']:.1f}%" if r["params"] else ""]
          for r in rows], right={2, 3, 4, 5})
-    t = summary_totals(ir)
+    t = summary_totals(ir, frozen)
     lines = [
         f"network {ir.name} ({ir.file}); inputs "
         + ", ".join(f"{i.name}: {fmt(i.shape)}" for i in ir.inputs),
         table, "",
         f"parameters         {t['params']:,} (trainable {t['trainable_params']:,}, "
-        f"non-trainable {t['non_trainable_params']:,})",
+        f"frozen {t['frozen_params']:,})",
         f"buffers            {t['buffers']:,} (batch-norm running statistics; not parameters)",
         f"MACs               {t['macs']:,} ({human(t['macs'])}) per image; {MACS_CONVENTION}",
         f"parameter memory   {human_bytes(t['param_bytes'] + t['buffer_bytes'])} "
@@ -154,3 +164,9 @@ def summary_table(ir: Network, depth: int = 3) -> str:
         "every figure comes from the static shape pass; nothing was run",
     ]
     return "\n".join(lines) + "\n"
+
+
+def _frozen_mark(row: dict) -> str:
+    if not row["frozen_params"]:
+        return ""
+    return " frozen" if row["frozen_params"] == row["params"] else " partly frozen"

@@ -31,12 +31,15 @@ def expected_shapes(ir: Network) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
-def initial_weights(ir: Network, seed: int = 0) -> Weights:
+def initial_weights(ir: Network, seed: int = 0, only: set[str] | None = None) -> Weights:
     """PyTorch's defaults: kaiming_uniform(a=sqrt(5)) weights and U(+-1/sqrt(fan_in)) biases
-    for conv and linear layers (bound = 1/sqrt(fan_in)); batch norm 1, 0, mean 0, var 1."""
+    for conv and linear layers (bound = 1/sqrt(fan_in)); batch norm 1, 0, mean 0, var 1.
+    `only`: just these tensors (a new head)."""
     rng = np.random.default_rng(seed)
     weights: Weights = {}
     for name, shape in expected_shapes(ir).items():
+        if only is not None and name not in only:
+            continue
         suffix = name.rsplit(".", 1)[1]
         if suffix in ("running_var",):
             weights[name] = np.ones(shape, np.float32)
@@ -65,8 +68,14 @@ def _fan_in(ir: Network, name: str, shape: tuple[int, ...]) -> int:
 
 
 def load_weights(path: str | Path, ir: Network) -> Weights:
+    """A state_dict of this spec from a file, every name and shape checked."""
+    return check_weights(read_state(path), ir, str(path))
+
+
+def read_state(path: str | Path) -> Weights:
     """A state_dict from a file, recognised by its content: safetensors, or a PyTorch
-    checkpoint (`torch.save`, read with weights_only=True: no code runs)."""
+    checkpoint (`torch.save`, read with weights_only=True: no code runs). In the file's
+    order, names as the file has them."""
     path = Path(path)
 
     def refuse(why: str, help: str | None = None) -> CnnError:
@@ -80,14 +89,12 @@ def load_weights(path: str | Path, ir: Network) -> Weights:
     if not head:
         raise refuse("the file is empty")
     if _looks_like_safetensors(head):
-        raw = _read_safetensors(path, refuse)
-    elif head.startswith(b"PK\x03\x04") or head[:1] == b"\x80":
-        raw = _read_torch(path, refuse)
-    else:
-        raise refuse("neither a safetensors file nor a PyTorch checkpoint",
-                     help="save it with `torch.save(model.state_dict(), path)` or "
-                     "safetensors' `save_file`")
-    return check_weights(raw, ir, str(path))
+        return _read_safetensors(path, refuse)
+    if head.startswith(b"PK\x03\x04") or head[:1] == b"\x80":
+        return _read_torch(path, refuse)
+    raise refuse("neither a safetensors file nor a PyTorch checkpoint",
+                 help="save it with `torch.save(model.state_dict(), path)` or "
+                 "safetensors' `save_file`")
 
 
 def _looks_like_safetensors(head: bytes) -> bool:
@@ -122,7 +129,7 @@ def _safetensors_via_torch(path: Path, refuse) -> Weights:
         state = load_file(str(path))
     except Exception as exc:  # noqa: BLE001
         raise refuse(f"damaged safetensors file ({exc})") from None
-    return _to_numpy(state, refuse)
+    return tensors_to_numpy(state, refuse)
 
 
 def _read_torch(path: Path, refuse) -> Weights:
@@ -142,10 +149,10 @@ def _read_torch(path: Path, refuse) -> Weights:
         state = state["state_dict"]  # a training checkpoint that wraps it
     if not isinstance(state, dict):
         raise refuse(f"the file holds a {type(state).__name__}, not a state_dict")
-    return _to_numpy(state, refuse)
+    return tensors_to_numpy(state, refuse)
 
 
-def _to_numpy(state: dict, refuse) -> Weights:
+def tensors_to_numpy(state: dict, refuse) -> Weights:
     import torch
     raw: Weights = {}
     for key, value in state.items():
@@ -159,12 +166,13 @@ def _to_numpy(state: dict, refuse) -> Weights:
     return raw
 
 
-def check_weights(raw: Weights, ir: Network, origin: str) -> Weights:
-    expected = expected_shapes(ir)
-    problems = [f"missing `{k}`" for k in expected if k not in raw]
-    problems += [f"`{k}` is not in the network" for k in raw if k not in expected]
-    problems += [f"`{k}` has shape {tuple(raw[k].shape)}, the network needs {shape}"
-                 for k, shape in expected.items() if k in raw and tuple(raw[k].shape) != shape]
+def check_weights(raw: Weights, ir: Network, origin: str,
+                  exempt: frozenset[str] = frozenset()) -> Weights:
+    """Every name and shape of the spec's state_dict, and values a network can use;
+    layers in `exempt` may be missing or differ (they are reinitialised)."""
+    expected = {k: v for k, v in expected_shapes(ir).items()
+                if k.rsplit(".", 1)[0] not in exempt}
+    problems = _name_problems(raw, expected, exempt)
     problems += [p for k in expected if k in raw for p in _value_problems(k, raw[k])]
     if problems:
         shown = problems[:8] + ([f"... and {len(problems) - 8} more"] if len(problems) > 8 else [])
@@ -173,6 +181,15 @@ def check_weights(raw: Weights, ir: Network, origin: str) -> Weights:
                                    help="save them from this spec's compiled module")])
     return {k: np.asarray(raw[k], np.int64 if k.endswith("num_batches_tracked")
                           else np.float32) for k in expected}
+
+
+def _name_problems(raw: Weights, expected: dict, exempt: frozenset[str] = frozenset()):
+    problems = [f"missing `{k}`" for k in expected if k not in raw]
+    problems += [f"`{k}` is not in the network" for k in raw if k not in expected
+                 and k.rsplit(".", 1)[0] not in exempt]
+    problems += [f"`{k}` has shape {tuple(raw[k].shape)}, the network needs {shape}"
+                 for k, shape in expected.items() if k in raw and tuple(raw[k].shape) != shape]
+    return problems
 
 
 def _value_problems(name: str, value) -> list[str]:
@@ -188,3 +205,123 @@ def _value_problems(name: str, value) -> list[str]:
     bad = int(np.size(value) - np.count_nonzero(np.isfinite(value)))
     return [f"`{name}` has {bad:,} NaN or infinite value{'s' if bad != 1 else ''}"] if bad \
         else []
+
+
+# ---- weights from anywhere: this spec's names, another naming, torchvision ------------------
+
+
+def resolve_weights(ir: Network, weights, *, seed: int = 0, weights_from: str | None = None,
+                    may_differ: frozenset[str] = frozenset(), fresh: frozenset[str] = frozenset(),
+                    build_module=None):
+    """(weights by this spec's names, the import report or None) from `weights`: None
+    (fresh), a file, `torchvision:NAME`, or a state_dict. Files in another naming are
+    mapped by structure (cnndsl.transfer); `weights_from` names their architecture
+    (`torchvision:NAME`). Layers in `may_differ` may be reinitialised where the source's
+    shapes differ; layers in `fresh` are initialised afresh whatever the source holds (a
+    new head asked for); `build_module(state=None)` builds the spec's nn.Module (for
+    tracing and verification)."""
+    if weights is None:
+        if weights_from is not None:
+            raise _refuse("--weights-from names the architecture of the --weights file: "
+                          "give --weights too")
+        return initial_weights(ir, seed), None
+    from . import transfer
+    source = _source(weights, weights_from)
+    expected = expected_shapes(ir)
+    may_differ = may_differ | fresh
+    if source.arch is None and all(k in source.state for k in expected
+                                   if k.rsplit(".", 1)[0] not in may_differ):
+        found = _by_names(source.state, expected, may_differ, ir, source.label)
+        arrays = {k: source.state[k] for k in found.pairs}
+        report = transfer.ImportReport(source.label, "names", found.pairs, found.reinit,
+                                       found.ignored, notes=list(source.notes))
+    else:
+        try:
+            arrays, found, report = transfer.import_weights(source, ir, build_module,
+                                                            may_differ)
+        except CnnError as exc:
+            raise _does_not_fit(exc, source, ir, expected) from None
+    for name in [k for k in found.pairs if k.rsplit(".", 1)[0] in fresh]:
+        theirs = found.pairs.pop(name)  # the report's lists are the match's
+        found.reinit[name] = "asked for (reinit)"
+        found.ignored.append(theirs)
+        found.counterparts[name.rsplit(".", 1)[0]] = theirs.rsplit(".", 1)[0]
+        arrays.pop(name)
+    problems = [p for k, v in arrays.items() for p in _value_problems(k, v)]
+    if problems:
+        raise CnnError([Diagnostic(code="E-weights", message=f"the weights in "
+                                   f"{source.label} cannot be used", notes=tuple(problems[:8]))])
+    state = {k: np.asarray(arrays[k], np.int64 if k.endswith("num_batches_tracked")
+                           else np.float32) for k in expected if k in arrays}
+    state.update(initial_weights(ir, seed, only=set(found.reinit)))
+    state = {k: state[k] for k in expected}
+    if source.arch is not None:
+        report.verified = transfer.verify(source, ir, build_module(state), found)
+        if report.verified is not None and not report.verified <= transfer.VERIFY_TOLERANCE:
+            raise _refuse(f"the weights, mapped onto the spec, do not compute torchvision's "
+                          f"{source.arch}: relative difference {report.verified:.2g}",
+                          help="the spec differs from the model in something that has no "
+                          "weights (a stride, a padding, an activation, eps)")
+    return state, report
+
+
+def _does_not_fit(exc: CnnError, source, ir: Network, expected) -> CnnError:
+    """The mapping's own account first, then what comparing names would have said."""
+    d = exc.diagnostics[0]
+    by_name = _name_problems(source.state, expected)
+    notes = (d.message, *d.notes,
+             *([f"by name: {'; '.join(by_name[:3])}" + (f" and {len(by_name) - 3} more"
+                                                        if len(by_name) > 3 else "")]
+               if by_name and source.arch is None else []))
+    return CnnError([d.model_copy(update={
+        "message": f"the weights in {source.label} do not fit {ir.name}", "notes": notes})])
+
+
+def _refuse(message: str, help: str | None = None) -> CnnError:
+    return CnnError([Diagnostic(code="E-weights", message=message, help=help)])
+
+
+def _source(weights, weights_from: str | None):
+    from . import transfer
+    if isinstance(weights, str) and weights.startswith(transfer.TORCHVISION):
+        if weights_from is not None:
+            raise _refuse("--weights torchvision:NAME names its architecture already; "
+                          "--weights-from is for files")
+        return transfer.torchvision_source(weights)
+    arch = None
+    if weights_from is not None:
+        if not weights_from.startswith(transfer.TORCHVISION):
+            raise _refuse(f"--weights-from takes torchvision:NAME, not `{weights_from}`")
+        arch = transfer.torchvision_arch(weights_from)
+    if isinstance(weights, (str, Path)):
+        return transfer.Source(str(weights), read_state(weights), arch)
+    if isinstance(weights, dict):
+        state = {k: v.detach().cpu().numpy() if hasattr(v, "detach") else np.asarray(v)
+                 for k, v in weights.items()}
+        return transfer.Source("the given state_dict", state, arch)
+    raise _refuse(f"weights must be a path, torchvision:NAME or a state_dict, not a "
+                  f"{type(weights).__name__}")
+
+
+def _by_names(state: Weights, expected, may_differ, ir: Network, origin: str):
+    """This spec's own names: a tensor of a layer that may differ and does is
+    reinitialised; every other difference is an error."""
+    from .transfer import Match
+    pairs, reinit, counterparts = {}, {}, {}
+    wrong = {}
+    for k, shape in expected.items():
+        layer = k.rsplit(".", 1)[0]
+        if k in state and tuple(state[k].shape) == shape:
+            pairs[k] = k
+        elif layer in may_differ:
+            reinit[k] = ("not in the source" if k not in state else
+                         f"shape {shape} here, {tuple(state[k].shape)} in the source")
+            if k in state:
+                counterparts[layer] = layer
+        else:
+            wrong[k] = state.get(k)
+    extra = [k for k in state if k not in expected]
+    if wrong or extra:
+        check_weights(state, ir, origin, frozenset(may_differ))  # raises, naming each
+    ignored = [k for k in state if k in reinit]
+    return Match(pairs, reinit, ignored, counterparts)

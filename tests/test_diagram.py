@@ -131,7 +131,7 @@ def test_summary_table_nesting_and_conventions():
     out = result.stdout
     assert "layer1 (basic_stage)" in out and "  basic1 (basic)" in out
     assert "    conv1 (conv)" not in out  # depth 2 stops at blocks
-    assert "parameters         11,689,512 (trainable 11,689,512, non-trainable 0)" in out
+    assert "parameters         11,689,512 (trainable 11,689,512, frozen 0)" in out
     assert "activation memory" in out and "an estimate" in out
     deeper = run_cli("summary", "specs/resnet18.cnn", "--depth", "3").stdout
     assert "    conv1 (conv)" in deeper

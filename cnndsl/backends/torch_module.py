@@ -73,5 +73,17 @@ class CnnModule(nn.Module):
         return values
 
 
-def build_module(ir: Network) -> CnnModule:
-    return CnnModule(ir)
+def build_module(ir: Network, state: dict | None = None) -> CnnModule:
+    """The module; with `state` (arrays or tensors by state_dict name) built on the meta
+    device and made real with those tensors, so nothing is initialised only to be
+    overwritten (VGG-16's initialisation alone takes seconds)."""
+    if state is None:
+        return CnnModule(ir)
+    import numpy as np
+    with torch.device("meta"):
+        module = CnnModule(ir)
+    tensors = {k: v if isinstance(v, torch.Tensor) else torch.from_numpy(
+        v if v.flags.writeable and v.flags.c_contiguous else np.array(v))
+        for k, v in state.items()}
+    module.load_state_dict(tensors, strict=True, assign=True)
+    return module

@@ -44,7 +44,34 @@ class Data:
 
 
 def load_data(data: str | Path, shape: tuple[int, int, int], *, val_fraction: float = 0.2,
-              seed: int = 0, max_bytes: int = 4 * 2**30) -> Data:
+              seed: int = 0, max_bytes: int = 4 * 2**30,
+              classes: tuple[str, ...] | None = None) -> Data:
+    """The data at the spec's input shape; `classes`: only these, relabelled 0, 1, ... in
+    that order (digits 5-9 as five classes)."""
+    loaded = _load(data, shape, val_fraction, seed, max_bytes)
+    return loaded if classes is None else only_classes(loaded, classes)
+
+
+def only_classes(data: Data, classes: tuple[str, ...]) -> Data:
+    known = data.train.classes
+    missing = [c for c in classes if c not in known]
+    if missing:
+        raise DataError(f"{data.source} has no class {', '.join(map(repr, missing))}",
+                        help=f"its classes: {', '.join(known)}")
+    new_label = torch.full((len(known),), -1, dtype=torch.int64)
+    for i, name in enumerate(classes):
+        new_label[known.index(name)] = i
+
+    def select(part: Dataset) -> Dataset:
+        labels = new_label[part.labels]
+        keep = labels >= 0
+        return Dataset(part.images[keep], labels[keep], list(classes))
+    return Data(select(data.train), select(data.val),
+                f"{data.source} (classes {', '.join(classes)})", data.skipped)
+
+
+def _load(data: str | Path, shape: tuple[int, int, int], val_fraction: float, seed: int,
+          max_bytes: int) -> Data:
     channels = shape[0]
     if channels not in (1, 3):
         raise DataError(f"images have 1 or 3 channels; the network takes {channels}",

@@ -99,9 +99,15 @@ def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
 # ---- building blocks from the config ---------------------------------------------------
 
 
-def build_optimizer(config: TrainConfig, params) -> torch.optim.Optimizer:
+def build_optimizer(config: TrainConfig, params, backbone=()) -> torch.optim.Optimizer:
+    """The optimizer over `params`, and a second group for the frozen `backbone` at
+    `backbone_lr_scale` x lr: empty until the backbone trains (`unfreeze_after`), so frozen
+    parameters are not in the optimizer."""
     args = dict(config.optimizer.args)
     name = config.optimizer.name
+    if config.freeze is not None:
+        params = [{"params": list(params)},
+                  {"params": list(backbone), "lr": args["lr"] * config.backbone_lr_scale}]
     if name == "sgd":
         return torch.optim.SGD(params, **args)
     if name == "adam":
@@ -117,8 +123,10 @@ def build_schedule(config: TrainConfig, optimizer, steps_per_epoch: int):
     total = config.epochs * steps_per_epoch
     if name == "one_cycle":
         max_lr = args["max_lr"] or config.optimizer.args["lr"]
-        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=max_lr, total_steps=total,
-                                                   pct_start=args["pct_start"])
+        scales = [1.0, config.backbone_lr_scale][:len(optimizer.param_groups)]
+        return torch.optim.lr_scheduler.OneCycleLR(
+            optimizer, max_lr=[max_lr * k for k in scales], total_steps=total,
+            pct_start=args["pct_start"])
     warmup = args.get("warmup", 0) * steps_per_epoch
     base = config.optimizer.args["lr"]
 
@@ -242,6 +250,7 @@ class Trainer:
     log: Callable[[str], None] = field(default=lambda line: print(line, file=sys.stderr))
     fingerprint: dict = field(default_factory=dict)
     stop_at: tuple[int, int] | None = None  # (epoch, step): behave as if Ctrl-C came there
+    frozen: set[str] = field(default_factory=set)  # layers kept frozen (config.freeze)
 
     def __post_init__(self):
         self.dev = resolve_device(self.device)
@@ -255,6 +264,8 @@ class Trainer:
         self.augment = augmenter([(a.name, a.args) for a in self.config.augment])
         self.prepare = eval_transform([(a.name, a.args) for a in self.config.augment])
         self._interrupted = False
+        self._backbone: list[nn.Parameter] = []  # frozen parameters, until they train
+        self._frozen_norms: list[nn.Module] = []  # batch norms kept in eval mode
 
     # -- public --------------------------------------------------------------------------
 
@@ -263,7 +274,7 @@ class Trainer:
         model = self.module.to(self.dev)
         if config.channels_last and self.dev.type == "cuda":
             model = model.to(memory_format=torch.channels_last)
-        net = (nn.parallel.DistributedDataParallel(model) if self.ranks.distributed else model)
+        self._freeze(model)
         steps = len(global_batches(list(range(len(self.data.train.labels))), config.batch,
                                    self.ranks.world))
         optimizer = build_optimizer(config, [p for p in model.parameters() if p.requires_grad])
@@ -272,14 +283,19 @@ class Trainer:
         progress = Progress()
         if resume is not None:
             progress = self._restore(resume, model, optimizer, schedule, scaler)
-        elif self.out is not None and self.ranks.main:
-            self.out.mkdir(parents=True, exist_ok=True)
+        else:
+            self._unfreeze_if_due(progress, optimizer)
+            if self.out is not None and self.ranks.main:
+                self.out.mkdir(parents=True, exist_ok=True)
+        net = self._wrap(model)
         with self._sigint():
             while progress.epoch < config.epochs:
                 started = time.perf_counter()
                 self._train_epoch(net, optimizer, schedule, scaler, progress, steps)
                 record = self._finish_epoch(model, optimizer, schedule, scaler, progress,
                                             time.perf_counter() - started)
+                if record.pop("unfrozen"):
+                    net = self._wrap(model)  # DDP syncs only what trained when it was built
                 self.log(_epoch_line(record, config.epochs))
                 if self._should_stop(progress):
                     self.log(f"early stop: no improvement in "
@@ -291,11 +307,43 @@ class Trainer:
             dist.destroy_process_group()
         return summary
 
+    # -- freezing ------------------------------------------------------------------------
+
+    def _freeze(self, model: nn.Module) -> None:
+        """Frozen layers: no gradient, not in the optimizer, batch norm in eval mode (its
+        running statistics stay as loaded)."""
+        for name, param in model.named_parameters():
+            if name.rpartition(".")[0] in self.frozen:
+                param.requires_grad_(False)
+                self._backbone.append(param)
+        self._frozen_norms = [m for name, m in model.named_modules() if name in self.frozen
+                              and isinstance(m, nn.modules.batchnorm._BatchNorm)]
+
+    def _unfreeze_if_due(self, progress: Progress, optimizer) -> bool:
+        """From epoch `unfreeze_after` on, the frozen layers train too (at
+        backbone_lr_scale x lr). Whether a saved state is unfrozen follows from its epoch."""
+        after = self.config.unfreeze_after
+        if after is None or progress.epoch < after or not self._backbone:
+            return False
+        for param in self._backbone:
+            param.requires_grad_(True)
+        optimizer.param_groups[1]["params"].extend(self._backbone)
+        self._backbone, self._frozen_norms = [], []
+        if progress.epoch > 0:
+            self.log(f"from epoch {progress.epoch + 1} the frozen layers train too, at "
+                     f"{self.config.backbone_lr_scale:g} x the learning rate")
+        return True
+
+    def _wrap(self, model: nn.Module) -> nn.Module:
+        return nn.parallel.DistributedDataParallel(model) if self.ranks.distributed else model
+
     # -- one epoch -----------------------------------------------------------------------
 
     def _train_epoch(self, net, optimizer, schedule, scaler, progress: Progress, steps: int):
         config, data = self.config, self.data.train
         net.train()
+        for norm in self._frozen_norms:
+            norm.eval()
         batches = global_batches(epoch_order(len(data.labels), config.seed, progress.epoch),
                                  config.batch, self.ranks.world)
         bar = self._bar(steps, progress)
@@ -370,6 +418,8 @@ class Trainer:
         progress.step = 0
         progress.loss_sum = progress.loss_den = 0.0
         progress.correct = progress.seen = 0
+        unfrozen = progress.epoch < self.config.epochs and self._unfreeze_if_due(progress,
+                                                                                 optimizer)
         if self.out is not None and self.ranks.main:
             if improved:
                 save_weights(model, self.out / "best.safetensors")
@@ -377,7 +427,7 @@ class Trainer:
             write_text(self.out / "metrics.json", json.dumps(progress.history, indent=2) + "\n")
             self._plots(progress, val)
         self._save_resumable(model, optimizer, schedule, scaler, progress)
-        return record
+        return {**record, "unfrozen": unfrozen}
 
     def _should_stop(self, progress: Progress) -> bool:
         stop = self.config.early_stop
@@ -466,11 +516,12 @@ class Trainer:
             raise _error(f"{folder} was trained with another setup: {', '.join(changed)} "
                          "differ", help="resume with the same spec, data and settings")
         model.load_state_dict(state["model"])
+        progress = Progress(**json.loads(state["progress"]))
+        self._unfreeze_if_due(progress, optimizer)  # as it was when the state was saved
         optimizer.load_state_dict(state["optimizer"])
         schedule.load_state_dict(state["schedule"])
         scaler.load_state_dict(state["scaler"])
         torch.set_rng_state(state["rng"])
-        progress = Progress(**json.loads(state["progress"]))
         if self.ranks.main:
             self.log(f"resuming {folder} at epoch {progress.epoch + 1}, step {progress.step}")
         return progress

@@ -10,13 +10,15 @@ from pathlib import Path
 from typing import Any
 
 from ..diagnostics import CnnError, Diagnostic
-from .spec import TrainConfig, check_classes, check_train
+from .spec import TrainConfig, check_classes, check_layers, check_train, selected_layers
 
 
 def train_config(model, overrides: dict[str, Any] | None = None) -> TrainConfig:
     """The model's `train` definition (or the defaults) with overrides, checked."""
     try:
-        return check_train(model.train_def, model.name, model.ir.params, overrides)
+        config = check_train(model.train_def, model.name, model.ir.params, overrides)
+        check_layers(config, model.ir)
+        return config
     except CnnError as exc:
         exc.sources = model.program.sources
         raise
@@ -37,27 +39,30 @@ def load_dataset(model, config: TrainConfig, data: str | Path | None):
         raise CnnError([Diagnostic(code="E-train", message="training needs one image input "
                                    "(C x H x W)", span=model.inputs[0].span)])
     try:
-        return load_data(source, shape, val_fraction=config.val_split, seed=config.seed)
+        return load_data(source, shape, val_fraction=config.val_split, seed=config.seed,
+                         classes=config.data_classes)
     except DataError as exc:
         raise CnnError([Diagnostic(code="E-data", message=str(exc.message),
                                    help=exc.help or None)]) from None
 
 
-def build_module(model, weights, log: Callable[[str], None]):
-    import torch
-    module = model.to_torch()
-    if weights is not None:
-        arrays = model.weights(weights)
-        state = {k: torch.from_numpy(v.copy()) for k, v in arrays.items()}
-        module.load_state_dict(state)
-        log(f"loaded {len(state)} tensors from {weights}")
+def build_module(model, config: TrainConfig, weights, weights_from: str | None,
+                 log: Callable[[str], None]):
+    """The spec's module, fresh or holding `weights` (any naming; the `reinit` layers
+    initialised afresh where they differ)."""
+    if weights is None and weights_from is None:
+        return model.to_torch()
+    reinit = selected_layers(config.reinit, model.ir) if config.reinit else ()
+    module = model.to_torch(weights, weights_from=weights_from, reinit=reinit,
+                            seed=config.seed)
+    log(model.weights_report.text())
     return module
 
 
 def fit_model(model, data=None, *, out: str | Path | None = None, device: str = "auto",
-              resume: str | Path | None = None, weights=None, progress: bool | None = None,
-              log: Callable[[str], None] | None = None, overrides: dict | None = None,
-              stop_at: tuple[int, int] | None = None) -> dict:
+              resume: str | Path | None = None, weights=None, weights_from: str | None = None,
+              progress: bool | None = None, log: Callable[[str], None] | None = None,
+              overrides: dict | None = None, stop_at: tuple[int, int] | None = None) -> dict:
     import torch
 
     from .loop import Trainer
@@ -75,17 +80,21 @@ def fit_model(model, data=None, *, out: str | Path | None = None, device: str = 
         exc.sources = model.program.sources
         raise
     torch.manual_seed(config.seed)
-    module = build_module(model, weights, log)
+    module = build_module(model, config, weights, weights_from, log)
     fingerprint = {"network": model.name, "params": model.params, "data": dataset.source,
                    "classes": dataset.train.classes, "train": len(dataset.train.labels),
                    "config": config.model_dump(mode="json", exclude={"spans", "epochs"})}
+    frozen = selected_layers(config.freeze, model.ir) if config.freeze else set()
     trainer = Trainer(config, dataset, module, out=Path(out) if out else None, device=device,
-                      progress_bar=progress, log=log, fingerprint=fingerprint, stop_at=stop_at)
+                      progress_bar=progress, log=log, fingerprint=fingerprint, stop_at=stop_at,
+                      frozen=frozen)
     log(f"training {model.name} on {dataset.source}: {len(dataset.train.labels)} train / "
         f"{len(dataset.val.labels)} val images, {len(dataset.train.classes)} classes, "
         f"{trainer.dev.type}; {config.describe()}")
     summary = trainer.fit(Path(resume) if resume else None)
     summary["module"] = module
+    if model.weights_report is not None and weights is not None:
+        summary["weights_report"] = model.weights_report.to_json()
     return summary
 
 
@@ -99,7 +108,8 @@ def _quiet(line: str) -> None:
 
 
 def evaluate_model(model, data=None, *, weights=None, device: str = "auto",
-                   batch: int | None = None, overrides: dict | None = None) -> dict:
+                   batch: int | None = None, overrides: dict | None = None,
+                   weights_from: str | None = None) -> dict:
     from .loop import Trainer
     config = train_config(model, overrides)
     if batch is not None:
@@ -110,7 +120,7 @@ def evaluate_model(model, data=None, *, weights=None, device: str = "auto",
     except CnnError as exc:
         exc.sources = model.program.sources
         raise
-    module = build_module(model, weights, lambda line: None)
+    module = build_module(model, config, weights, weights_from, lambda line: None)
     trainer = Trainer(config, dataset, module, device=device)
     report = trainer.evaluate(module.to(trainer.dev), dataset.val)
     report.pop("logits")

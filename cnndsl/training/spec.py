@@ -96,6 +96,20 @@ def _data(value) -> str:
     return str(value)
 
 
+def _class_names(value) -> tuple[str, ...]:
+    """`data_classes: (5, 6, 7)` or `("cat", "dog")`: which classes of the data to use."""
+    items = value if isinstance(value, tuple) else (value,)
+    names = []
+    for item in items:
+        if isinstance(item, bool) or not isinstance(item, (int, str)):
+            raise LayerError(f"expected class names or numbers, found {describe(item)}",
+                             code="E-arg")
+        names.append(str(item))
+    if len(set(names)) != len(names):
+        raise LayerError("a class is listed twice", code="E-arg")
+    return tuple(names)
+
+
 def _mean_std(value):
     items = value if isinstance(value, tuple) else (value,)
     return tuple(number(v) for v in items)
@@ -159,10 +173,16 @@ SCALARS: dict[str, tuple[Any, Any]] = {
     "data": (_data, None),
     "amp": (_word("none", "bf16", "fp16"), "none"),
     "channels_last": (boolean, False),
+    "data_classes": (_class_names, None),
+    "unfreeze_after": (_nonnegative_int, None),
+    "backbone_lr_scale": (_positive_number, 1.0),
 }
+# settings that name layers of the network: `freeze: (layer1, layer2)`,
+# `freeze: all_except(fc)`, `reinit: fc`; checked against the network by check_layers
+LAYER_SETTINGS = ("freeze", "reinit")
 CALLS = {"loss": LOSSES, "optimizer": OPTIMIZERS, "schedule": SCHEDULES}
 DEFAULT_CALLS = {"loss": "cross_entropy", "optimizer": "adam", "schedule": "constant"}
-SETTINGS = (*SCALARS, *CALLS, "early_stop", "augment")
+SETTINGS = (*SCALARS, *CALLS, "early_stop", "augment", *LAYER_SETTINGS)
 
 
 class Choice(BaseModel):
@@ -172,6 +192,20 @@ class Choice(BaseModel):
 
     name: str
     args: dict[str, Any]
+
+
+class Layers(BaseModel):
+    """Layers named by a setting: these (names or prefixes: `layer1`, `"layer3.0"`), or,
+    with `all_except`, every other layer with weights."""
+
+    model_config = ConfigDict(frozen=True)
+
+    names: tuple[str, ...]
+    all_except: bool = False
+
+    def describe(self) -> str:
+        names = ", ".join(self.names)
+        return f"all_except({names})" if self.all_except else names
 
 
 class TrainConfig(BaseModel):
@@ -195,6 +229,11 @@ class TrainConfig(BaseModel):
     schedule: Choice = Choice(name="constant", args={"warmup": 0})
     early_stop: dict[str, Any] | None = None
     augment: tuple[Choice, ...] = ()
+    data_classes: tuple[str, ...] | None = None
+    freeze: Layers | None = None
+    unfreeze_after: int | None = None  # epochs after which the frozen layers train
+    backbone_lr_scale: float = 1.0  # the frozen layers' learning rate, once they train
+    reinit: Layers | None = None  # layers initialised afresh when --weights are loaded
     spans: dict[str, Span] = {}  # setting -> where it was written, for later errors
 
     def describe(self) -> str:
@@ -205,6 +244,11 @@ class TrainConfig(BaseModel):
                  call(self.loss), f"schedule {call(self.schedule)}", f"seed {self.seed}"]
         if self.augment:
             parts.append("augment " + " -> ".join(call(a) for a in self.augment))
+        if self.freeze is not None:
+            after = (f", training from epoch {self.unfreeze_after + 1} at "
+                     f"{self.backbone_lr_scale:g} x lr" if self.unfreeze_after is not None
+                     else "")
+            parts.append(f"frozen {self.freeze.describe()}{after}")
         return ", ".join(parts)
 
 
@@ -271,6 +315,8 @@ def _bind_setting(setting: ast.Setting, params: dict[str, Any]) -> Any:
                                    "`->` pipeline", span=setting.values[1].span)])
     if name == "augment":
         return tuple(_bind_call(v, AUGMENT, "augmentation", params) for v in setting.values)
+    if name in LAYER_SETTINGS:
+        return _bind_layers(setting.values[0], name)
     if name in CALLS:
         return _bind_call(setting.values[0], CALLS[name], name, params)
     if name == "early_stop":
@@ -281,6 +327,31 @@ def _bind_setting(setting: ast.Setting, params: dict[str, Any]) -> Any:
     coerce = SCALARS[name][0]
     expr = setting.values[0]
     return _coerce(coerce, evaluate(expr, params), expr.span, f"`{name}`")
+
+
+def _bind_layers(expr: ast.Expr, setting: str) -> Layers:
+    """`fc`, `"layer3.0"`, `(layer1, layer2)` or `all_except(fc)`: names, not values."""
+    all_except = isinstance(expr, ast.Func) and expr.name == "all_except"
+    if all_except:
+        if expr.kwargs or not expr.args:
+            raise CnnError([Diagnostic(code="E-train", message="`all_except` takes the names "
+                                       "of the layers that stay trainable", span=expr.span)])
+        items = expr.args
+    else:
+        items = expr.items if isinstance(expr, ast.Tuple) else (expr,)
+    names = []
+    for item in items:
+        if isinstance(item, ast.Name):
+            names.append(item.id)
+        elif isinstance(item, ast.Str):
+            names.append(item.value)
+        else:
+            raise CnnError([Diagnostic(
+                code="E-train", message=f"`{setting}` takes layer or block names",
+                span=item.span, help=f"e.g. `{setting}: (layer1, layer2)`, `{setting}: "
+                "\"layer3.0\"`" + (", or `freeze: all_except(fc)`" if setting == "freeze"
+                                     else ""))])
+    return Layers(names=tuple(names), all_except=all_except)
 
 
 def _bind_call(expr: ast.Expr, table: dict[str, tuple[Arg, ...]], what: str,
@@ -332,6 +403,10 @@ def _coerce(coerce, value, span: Span, what: str):
 def _override(values: dict[str, Any], key: str, value: Any) -> None:
     """`epochs=3`, `optimizer.lr=0.1`, `optimizer=sgd` from the command line."""
     setting, _, arg = key.partition(".")
+    if setting in LAYER_SETTINGS and not arg:
+        values[setting] = value if isinstance(value, Layers) else Layers(
+            names=tuple(str(v) for v in (value if isinstance(value, tuple) else (value,))))
+        return
     if setting not in SETTINGS or setting in ("augment", "early_stop") and not arg:
         raise LayerError(f"no training setting `{setting}`",
                          help=did_you_mean(setting, SETTINGS) or "settings: " +
@@ -432,3 +507,42 @@ def _parameter_behind(ir, node) -> str | None:
     written = how.split(" = ")[0]
     words = set(written.replace("(", " ").replace(")", " ").replace(",", " ").split())
     return next((p for p in ir.params if p in words), None)
+
+
+# ---- settings that name layers ---------------------------------------------------------
+
+
+def check_layers(config: TrainConfig, ir) -> None:
+    """`freeze` and `reinit` name layers (or blocks, or prefixes) the network has, and
+    something is left to train."""
+    for setting in LAYER_SETTINGS:
+        chosen = getattr(config, setting)
+        if chosen is not None:
+            selected_layers(chosen, ir, config.spans.get(setting), setting)
+    if config.freeze is not None and config.unfreeze_after is None:
+        frozen = selected_layers(config.freeze, ir)
+        if all(n.name in frozen for n in ir.nodes if n.params):
+            raise CnnError([Diagnostic(
+                code="E-train", message="`freeze` leaves nothing to train",
+                span=config.spans.get("freeze"), help="keep the head trainable, e.g. "
+                "`freeze: all_except(fc)`, or train it all later with `unfreeze_after: N`")])
+    if config.unfreeze_after is not None and config.freeze is None:
+        raise CnnError([Diagnostic(code="E-train", message="`unfreeze_after` needs `freeze`",
+                                   span=config.spans.get("unfreeze_after"),
+                                   help="say which layers start frozen: `freeze: ...`")])
+
+
+def selected_layers(chosen: Layers, ir, span: Span | None = None,
+                    setting: str = "freeze") -> set[str]:
+    """The names of the layers with weights that a `freeze`/`reinit` selection covers."""
+    layers = [n.name for n in ir.nodes if n.params or n.buffers]
+    known = {n.name for n in ir.nodes} | {".".join(s.path) for s in ir.scopes}
+    hit: set[str] = set()
+    for name in chosen.names:
+        if name not in known and not any(k.startswith(name + ".") for k in known):
+            raise CnnError([Diagnostic(
+                code="E-train", message=f"`{setting}`: the network has no layer or block "
+                f"`{name}`", span=span, help=did_you_mean(name, sorted(known)) or
+                "use the names `cnndsl check` lists (labels, blocks, `layer1.0`)")])
+        hit |= {layer for layer in layers if layer == name or layer.startswith(name + ".")}
+    return set(layers) - hit if chosen.all_except else hit
