@@ -239,6 +239,10 @@ class Call:
         return self.kind in ("add", "mul")
 
     def key(self) -> tuple:
+        """What must agree besides the inputs. A call without weights is settled by its
+        inputs (its sizes follow theirs, which a reinitialised layer may change)."""
+        if not self.params:
+            return (self.kind, len(self.inputs), len(self.outputs))
         return (self.kind, self.shapes, self.sizes, len(self.inputs))
 
     def input_key(self, inputs: tuple[int, ...]) -> tuple[int, ...]:

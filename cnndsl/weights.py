@@ -247,7 +247,9 @@ def resolve_weights(ir: Network, weights, *, seed: int = 0, weights_from: str | 
         found.ignored.append(theirs)
         found.counterparts[name.rsplit(".", 1)[0]] = theirs.rsplit(".", 1)[0]
         arrays.pop(name)
-    problems = [p for k, v in arrays.items() for p in _value_problems(k, v)]
+    problems = [p + ("" if theirs == k else f" (the spec's `{k}`)")
+                for k, theirs in found.pairs.items() if k in arrays
+                for p in _value_problems(theirs, arrays[k])]
     if problems:
         raise CnnError([Diagnostic(code="E-weights", message=f"the weights in "
                                    f"{source.label} cannot be used", notes=tuple(problems[:8]))])

@@ -202,6 +202,7 @@ class Layers(BaseModel):
 
     names: tuple[str, ...]
     all_except: bool = False
+    spans: tuple[Span, ...] = ()  # where each name was written, for errors
 
     def describe(self) -> str:
         names = ", ".join(self.names)
@@ -351,7 +352,8 @@ def _bind_layers(expr: ast.Expr, setting: str) -> Layers:
                 span=item.span, help=f"e.g. `{setting}: (layer1, layer2)`, `{setting}: "
                 "\"layer3.0\"`" + (", or `freeze: all_except(fc)`" if setting == "freeze"
                                      else ""))])
-    return Layers(names=tuple(names), all_except=all_except)
+    return Layers(names=tuple(names), all_except=all_except,
+                  spans=tuple(item.span for item in items))
 
 
 def _bind_call(expr: ast.Expr, table: dict[str, tuple[Arg, ...]], what: str,
@@ -538,11 +540,12 @@ def selected_layers(chosen: Layers, ir, span: Span | None = None,
     layers = [n.name for n in ir.nodes if n.params or n.buffers]
     known = {n.name for n in ir.nodes} | {".".join(s.path) for s in ir.scopes}
     hit: set[str] = set()
-    for name in chosen.names:
+    for i, name in enumerate(chosen.names):
         if name not in known and not any(k.startswith(name + ".") for k in known):
             raise CnnError([Diagnostic(
                 code="E-train", message=f"`{setting}`: the network has no layer or block "
-                f"`{name}`", span=span, help=did_you_mean(name, sorted(known)) or
+                f"`{name}`", span=chosen.spans[i] if i < len(chosen.spans) else span,
+                help=did_you_mean(name, sorted(known)) or
                 "use the names `cnndsl check` lists (labels, blocks, `layer1.0`)")])
         hit |= {layer for layer in layers if layer == name or layer.startswith(name + ".")}
     return set(layers) - hit if chosen.all_except else hit
