@@ -46,12 +46,27 @@ def test_every_block_says_what_it_is():
 
 
 @pytest.fixture
-def workdir(tmp_path: Path) -> Path:
+def workdir(tmp_path: Path, monkeypatch) -> Path:
     """A scratch folder that sees the repository's specs and examples: commands and
-    snippets write their outputs here, never into the checkout."""
+    snippets write their outputs here, never into the checkout. Its torch hub cache holds
+    what `torchvision:resnet18` reads offline (randomly initialised weights)."""
     for name in ("specs", "examples", "tests"):
         (tmp_path / name).symlink_to(ROOT / name)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
     return tmp_path
+
+
+def seed_torch_hub(block: str) -> None:
+    """torchvision's weights that a block names, in the cache (no download here)."""
+    for name in sorted(set(re.findall(r"torchvision:(\w+)", block))):
+        import torch
+        import torchvision
+
+        from cnndsl.transfer import _cache_file
+        torch.manual_seed(0)
+        path = _cache_file(torchvision.models.get_model_weights(name).DEFAULT.url)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(torchvision.models.get_model(name, weights=None).state_dict(), path)
 
 
 CNN_BLOCKS = blocks("cnn")
@@ -106,6 +121,7 @@ def test_console_block_prints_what_it_shows(block, workdir):
     """`$ cnndsl ...` lines run; what follows each is its output (stdout and stderr)."""
     sessions = re.split(r"^\$ ", block, flags=re.M)[1:]
     assert sessions, "a console block starts with `$ cnndsl ...`"
+    seed_torch_hub(block)
     for session in sessions:
         command, _, shown = session.partition("\n")
         actual = run_shell(command, workdir)
@@ -118,6 +134,7 @@ PYTHON_BLOCKS = blocks("python")
 @pytest.mark.parametrize("block", [b for _, b in PYTHON_BLOCKS], ids=ids(PYTHON_BLOCKS))
 def test_python_block_runs(block, workdir, monkeypatch):
     monkeypatch.chdir(workdir)
+    seed_torch_hub(block)
     exec(compile(block, "README.md", "exec"), {"__name__": "readme"})  # noqa: S102
 
 
