@@ -273,6 +273,27 @@ async def test_inlay_hints_carry_the_checkers_shapes(client: LanguageClient, spe
     close(client, uri)
 
 
+async def test_a_check_error_keeps_the_shapes_above_it(client: LanguageClient):
+    """Typing a mistake into one line: the lines above keep their shapes (nothing above
+    the edit changed), the lines from the edit on lose theirs until it checks again."""
+    path = ROOT / "specs" / "resnet50.cnn"
+    uri, _ = await open_doc(client, path)
+    ir = cnndsl.load(path).ir
+    expected = expected_hints(ir, ir.file)
+    text = path.read_text()
+    edited_line, _ = where(text, "bottleneck_stage(256, 6, stride=2)")
+    wrong = text.replace("bottleneck_stage(256, 6, stride=2)", "bottleneck_stage(256, 6, "
+                         "stride=0)")
+    diagnostics = await change(client, uri, wrong, 2)
+    assert [(d.code, d.range.start.line + 1) for d in diagnostics] == [("E-arg", edited_line)]
+    got = {h.position.line + 1: h.label for h in await hints(client, uri, 100)}
+    assert got == {line: shape for line, shape in expected.items() if line < edited_line}
+    assert len(got) == 5  # input, stem conv, maxpool, layer1, layer2
+    assert await change(client, uri, text, 3) == []
+    assert {h.position.line + 1: h.label for h in await hints(client, uri, 100)} == expected
+    close(client, uri)
+
+
 async def test_hints_on_a_blocks_lines_list_the_shapes_of_its_calls(client: LanguageClient):
     path = ROOT / "examples" / "unet.cnn"
     uri, _ = await open_doc(client, path)

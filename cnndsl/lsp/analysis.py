@@ -206,11 +206,12 @@ def steps(ir: Network) -> list[Step]:
     return out
 
 
-def line_shapes(analysis: Analysis) -> dict[int, list[tuple[int, ...]]]:
+def line_shapes(analysis: Analysis, networks: list[Network] | None = None
+                ) -> dict[int, list[tuple[int, ...]]]:
     """For each line of the document: the output shape of the step that ends it, one per
     distinct shape over the block calls that ran the line."""
     last: dict[tuple[int, tuple[str, ...], int], Step] = {}
-    for k, ir in enumerate(analysis.networks):
+    for k, ir in enumerate(analysis.networks if networks is None else networks):
         for step in steps(ir):
             if step.span.file != analysis.name:
                 continue
@@ -225,6 +226,33 @@ def line_shapes(analysis: Analysis) -> dict[int, list[tuple[int, ...]]]:
         if step.shape not in seen:
             seen.append(step.shape)
     return shapes
+
+
+def carried_shapes(previous: Analysis, current: Analysis, network: str
+                   ) -> dict[int, list[tuple[int, ...]]]:
+    """Line shapes of a network that no longer checks, from the last analysis in which it
+    did, that still hold: those of the lines above the first edit, when every edit since
+    lies inside that network's body (then nothing above the edit has changed)."""
+    old, new = previous.text.split("\n"), current.text.split("\n")
+    same = 0  # lines 1..same are equal
+    while same < min(len(old), len(new)) and old[same] == new[same]:
+        same += 1
+    tail = 0  # and so are the last `tail` lines
+    while tail < min(len(old), len(new)) - same and old[-1 - tail] == new[-1 - tail]:
+        tail += 1
+
+    def inside(analysis: Analysis, last_edited: int) -> bool:
+        defn = next((d for d in analysis.module.definitions if d.name == network), None)
+        if defn is None or not defn.body:
+            return False
+        return defn.body[0].span.line <= same + 1 and last_edited < defn.span.end_line
+
+    old_ir = next((ir for ir in previous.networks if ir.name == network), None)
+    if old_ir is None or current.module is None or not (
+            inside(previous, len(old) - tail) and inside(current, len(new) - tail)):
+        return {}
+    return {line: shapes for line, shapes in line_shapes(previous, [old_ir]).items()
+            if line <= same}
 
 
 def steps_at(analysis: Analysis, span: Span) -> list[Step]:

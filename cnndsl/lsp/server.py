@@ -28,7 +28,7 @@ from pygls.lsp.server import LanguageServer
 from .. import __version__
 from ..diagnostics import CnnError
 from . import features
-from .analysis import Analysis, analyse, line_shapes
+from .analysis import Analysis, analyse, carried_shapes, line_shapes
 
 log = logging.getLogger("cnndsl.lsp")
 WAIT_S = 10.0  # the longest a request waits for the analysis of its text
@@ -45,6 +45,7 @@ class Document:
     analysed_version: int = -1
     good: Analysis | None = None  # the last one that parsed: outline and hints survive
     shapes: dict = field(default_factory=dict)  # line -> shapes, of `good`
+    checked: dict = field(default_factory=dict)  # network -> the last analysis it checked in
     task: asyncio.Task | None = None
     done: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -86,10 +87,24 @@ class CnnLanguageServer(LanguageServer):
                 return
             doc.analysed, doc.analysed_version = result, version
             if result.parsed:
-                doc.good, doc.shapes = result, line_shapes(result)
+                doc.good, doc.shapes = result, self.shapes(doc, result)
             if version == doc.version:
                 self.publish(doc)
                 doc.done.set()
+
+    def shapes(self, doc: Document, result: Analysis) -> dict:
+        """Each line's shapes; a network with errors keeps those of its lines above the
+        edit, from the last time it checked."""
+        shapes = line_shapes(result)
+        checked = {ir.name for ir in result.networks}
+        for name in checked:
+            doc.checked[name] = result
+        for defn in result.module.definitions:
+            if defn.kind == "network" and defn.name not in checked and defn.name in doc.checked:
+                for line, found in carried_shapes(doc.checked[defn.name], result,
+                                                  defn.name).items():
+                    shapes.setdefault(line, found)
+        return shapes
 
     def publish(self, doc: Document) -> None:
         try:
