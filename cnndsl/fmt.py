@@ -120,10 +120,10 @@ def _attached_keywords() -> frozenset[str]:
     return frozenset(found)
 
 
-def _lex(text: str) -> tuple[list, list[_Comment]]:
+def _lex(text: str, name: str = "<string>") -> tuple[list, list[_Comment]]:
     """The significant tokens the parser reads (statement-ending newlines included) and every
     comment. Raises CnnError (located) when the text does not parse."""
-    syntax.parse(text, "<fmt>")  # the project's own syntax errors, in words
+    syntax.parse(text, name)  # the project's own syntax errors, in words
     parser = _lexer()
     recorder: _Recorder = parser.options.postlex
     with _LOCK:
@@ -417,10 +417,11 @@ _OFF = re.compile(r"#\s*fmt:\s*off\s*$")
 _ON = re.compile(r"#\s*fmt:\s*on\s*$")
 
 
-def format_text(text: str, width: int = WIDTH) -> str:
-    """`text` in the canonical layout. Raises CnnError (located) if it does not parse."""
+def format_text(text: str, width: int = WIDTH, name: str = "<string>") -> str:
+    """`text` in the canonical layout. Raises CnnError (located in `name`) if it does not
+    parse."""
     text = syntax.normalise(text)
-    raw, comments = _lex(text)
+    raw, comments = _lex(text, name)
     items = _items(text, raw, comments)
     source_lines = text.split("\n")
     out: list[tuple[str, str | None, bool]] = []  # code, trailing comment, aligns
@@ -536,30 +537,28 @@ def run_fmt(files: list[str], check: bool = False, diff: bool = False) -> int:
     from .program import read_spec
     from .source import SourceMap
 
-    status, changed, unchanged = 0, 0, 0
+    status, changed, unchanged, failed = 0, 0, 0, 0
     for name in files:
         try:
             text = sys.stdin.read() if name == "-" else read_spec(Path(name))
-            formatted = format_text(text)
+            formatted = format_text(text, name="<stdin>" if name == "-" else name)
         except CnnError as exc:
             sources = SourceMap()
             if name != "-":
                 with contextlib.suppress(OSError, CnnError):
                     sources.add(name, syntax.normalise(read_spec(Path(name))))
-            located = [d.model_copy(update={"span": d.span.model_copy(update={"file": name})})
-                       if d.span is not None else d for d in exc.diagnostics]
-            sys.stderr.write(render_all(located, sources, use_color()))
+            sys.stderr.write(render_all(exc.diagnostics, sources, use_color()))
             sys.stderr.write(f"error: {name} was not formatted\n")
-            status = 1
+            status, failed = 1, failed + 1
             continue
         except OSError as exc:
             sys.stderr.write(f"error[E-io]: cannot read {name}: {exc.strerror or exc}\n")
-            status = 1
+            status, failed = 1, failed + 1
             continue
         except FormatError as exc:
             sys.stderr.write(f"internal error: {name}: {exc} (a bug in cnndsl fmt; the file "
                              "is left as it is)\n")
-            status = 1
+            status, failed = 1, failed + 1
             continue
         if name == "-":
             if diff:
@@ -583,7 +582,8 @@ def run_fmt(files: list[str], check: bool = False, diff: bool = False) -> int:
     if files != ["-"]:
         verb = "would be reformatted" if check or diff else "reformatted"
         sys.stderr.write(f"{changed} file{'s' if changed != 1 else ''} {verb}, {unchanged} "
-                         f"already formatted\n")
+                         "already formatted" + (f", {failed} not formatted (errors above)"
+                                                if failed else "") + "\n")
     return status
 
 
