@@ -462,6 +462,19 @@ async def test_rename_of_a_tensor_updates_every_use(client: LanguageClient):
     close(client, uri)
 
 
+async def test_an_internal_error_is_a_diagnostic_not_a_crash(monkeypatch):
+    """In-process: whatever the checker raises, the analysis answers with a diagnostic."""
+    from cnndsl.lsp import analysis
+
+    def broken(*args, **kwargs):
+        raise RecursionError("deep")
+    monkeypatch.setattr(analysis, "loads", broken)
+    result = analysis.analyse("network n() {\n}\n", "doc.cnn", None)
+    (d,) = result.diagnostics
+    assert (d.code, d.span.line, d.span.column) == ("internal-error", 1, 1)
+    assert "RecursionError: deep" in d.message and not result.parsed
+
+
 # ---- hostile documents -------------------------------------------------------------------------
 
 
@@ -499,7 +512,7 @@ async def test_the_server_survives_hostile_documents(client: LanguageClient, tmp
         lines = syntax.normalise(text).split("\n")
         for d in diagnostics:  # every range lies in the document
             assert 0 <= d.range.start.line < len(lines), (text[:200], d)
-            assert d.code and d.code != "E-internal", (text[:200], d)
+            assert d.code and d.code != "internal-error", (text[:200], d)
         errors = expected_errors(text)
         if errors is None:
             assert not [d for d in diagnostics if d.severity == lsp.DiagnosticSeverity.Error]

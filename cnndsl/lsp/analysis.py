@@ -47,8 +47,8 @@ def analyse(text: str, name: str, base: Path | None) -> Analysis:
         log.error("internal error analysing %s:\n%s", name, traceback.format_exc())
         span = Span(file=name, line=1, column=1, end_line=1, end_column=2)
         return Analysis(normalise(text), name, None, diagnostics=[Diagnostic(
-            code="E-internal", message=f"internal error: {type(exc).__name__}: {exc} (a bug "
-            "in cnndsl; the server's log has the traceback)", span=span)])
+            code="internal-error", message=f"internal error: {type(exc).__name__}: {exc} "
+            "(a bug in cnndsl; the server's log has the traceback)", span=span)])
 
 
 def _analyse(text: str, name: str, base: Path | None) -> Analysis:
