@@ -242,20 +242,23 @@ def load(source: str | Path, *, network: str | None = None, strict: bool = False
 
 def loads(text: str, *, name: str = "<string>", network: str | None = None,
           strict: bool = False, memory_limit: int | None = None,
-          confine_imports: bool = False, **params: Any) -> Model:
-    """Parse and check .cnn source text (imports resolve from the current directory)."""
+          confine_imports: bool = False, imports_from: str | Path | None = None,
+          **params: Any) -> Model:
+    """Parse and check .cnn source text. Imports resolve from the folder `imports_from`
+    (an editor's unsaved document: its file's folder), by default the current directory."""
     program = Program(Path.cwd() if confine_imports else None)
     with _gc_paused():
-        return _load(program, _Source(text, name), network, strict, (memory_limit, 1.0),
-                     params)
+        return _load(program, _Source(text, name, imports_from), network, strict,
+                     (memory_limit, 1.0), params)
 
 
 class _Source(str):
     """Source text passed by `loads`, never mistaken for a path."""
 
-    def __new__(cls, text: str, name: str):
+    def __new__(cls, text: str, name: str, base: str | Path | None = None):
         obj = super().__new__(cls, text)
         obj.name = name
+        obj.base = Path(base) if base is not None else None
         return obj
 
 
@@ -288,7 +291,7 @@ def _load(program: Program, source, network, strict, memory, params) -> Model:
             if len(source) > MAX_SOURCE_BYTES:  # as for files; a character is a byte or more
                 raise CnnError([Diagnostic(code="E-limit", message=f"{name} is larger than "
                                            f"{MAX_SOURCE_BYTES // 2**20} MiB")])
-            program.main = program.load_text(str(source), name, None)
+            program.main = program.load_text(str(source), name, getattr(source, "base", None))
         defn = program.network(network)
         train = program.train_def(defn.name)
         params = {**_train_args(train), **params}

@@ -352,6 +352,20 @@ def cmd_eval(args) -> int:
     return EXIT_OK
 
 
+def cmd_fmt(args) -> int:
+    from .fmt import expand_paths, run_fmt
+    return run_fmt(expand_paths(args.files), check=args.check, diff=args.diff)
+
+
+def cmd_lsp(args) -> int:
+    try:
+        from .lsp.server import serve
+    except ImportError as exc:
+        raise UsageError(f"`cnndsl lsp` needs the lsp extra ({exc.name} is missing): "
+                         "pip install 'cnndsl[lsp]'") from None
+    return serve()
+
+
 def _spec_error(message: str) -> CnnError:
     return CnnError([Diagnostic(code="E-io", message=message)])
 
@@ -460,6 +474,20 @@ def build_parser() -> argparse.ArgumentParser:
     explain.add_argument("code", nargs="?", help="e.g. E-shape (any case); none lists "
                          "every code")
     explain.set_defaults(run=cmd_explain)
+
+    fmt = sub.add_parser("fmt", help="format .cnn files in the canonical layout",
+                         description="Format .cnn files in place (atomically) in the one "
+                         "canonical layout; every comment is kept.")
+    fmt.add_argument("files", nargs="+", metavar="FILE", help=".cnn files or folders "
+                     "(their .cnn files, recursively); - reads standard input")
+    fmt.add_argument("--check", action="store_true", help="change nothing; exit 1 if a file "
+                     "would change")
+    fmt.add_argument("--diff", action="store_true", help="change nothing; print the changes")
+    fmt.set_defaults(run=cmd_fmt)
+
+    lsp = sub.add_parser("lsp", help="the language server (LSP over stdio) for editors",
+                         description="Run the language server on standard input and output.")
+    lsp.set_defaults(run=cmd_lsp)
 
     run = sub.add_parser("run", help="run a model with onnxruntime",
                          description="Run a .onnx model, or a .cnn spec compiled on the fly, "

@@ -60,7 +60,7 @@ class Mbconv(nn.Module):
 
 
 class MbconvStage(nn.Module):
-    """block mbconv_stage(expand, kernel, stride, c, n, eps), <stdlib>/efficientnet.cnn:23"""
+    """block mbconv_stage(expand, kernel, stride, c, n, eps), <stdlib>/efficientnet.cnn:24"""
 
     def __init__(self, in_channels, expand, kernel, stride, c, eps):
         super().__init__()
@@ -129,7 +129,7 @@ class Mbconv3(nn.Module):
 
 
 class MbconvStage2(nn.Module):
-    """block mbconv_stage(expand, kernel, stride, c, n, eps), <stdlib>/efficientnet.cnn:23"""
+    """block mbconv_stage(expand, kernel, stride, c, n, eps), <stdlib>/efficientnet.cnn:24"""
 
     def __init__(self, in_channels, expand, kernel, stride, c, eps):
         super().__init__()
@@ -143,7 +143,7 @@ class MbconvStage2(nn.Module):
 
 
 class MbconvStage3(nn.Module):
-    """block mbconv_stage(expand, kernel, stride, c, n, eps), <stdlib>/efficientnet.cnn:23"""
+    """block mbconv_stage(expand, kernel, stride, c, n, eps), <stdlib>/efficientnet.cnn:24"""
 
     def __init__(self, in_channels, expand, kernel, stride, c, eps):
         super().__init__()
@@ -159,7 +159,7 @@ class MbconvStage3(nn.Module):
 
 
 class MbconvStage4(nn.Module):
-    """block mbconv_stage(expand, kernel, stride, c, n, eps), <stdlib>/efficientnet.cnn:23"""
+    """block mbconv_stage(expand, kernel, stride, c, n, eps), <stdlib>/efficientnet.cnn:24"""
 
     def __init__(self, in_channels, expand, kernel, stride, c, eps):
         super().__init__()
@@ -177,7 +177,7 @@ class MbconvStage4(nn.Module):
 
 
 class MbconvStage5(nn.Module):
-    """block mbconv_stage(expand, kernel, stride, c, n, eps), <stdlib>/efficientnet.cnn:23"""
+    """block mbconv_stage(expand, kernel, stride, c, n, eps), <stdlib>/efficientnet.cnn:24"""
 
     def __init__(self, in_channels, expand, kernel, stride, c, eps):
         super().__init__()

@@ -1,0 +1,283 @@
+"""One document's analysis: its syntax tree, the definitions it sees, the checked networks
+and every diagnostic. Pure Python (no protocol here); what the server's features read.
+
+The checking is the project's own (`cnndsl.loads`), on the editor's text, with imports
+resolved from the document's folder; the syntax tree comes from the same run when it checks.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .. import ast
+from ..api import loads
+from ..diagnostics import CnnError, Diagnostic
+from ..ir import Network, Node, Scope
+from ..program import Program
+from ..source import SourceMap, Span
+from ..syntax import normalise, parse
+
+log = logging.getLogger("cnndsl.lsp")
+
+
+@dataclass
+class Analysis:
+    text: str  # normalised: `\n` line ends, no byte-order mark
+    name: str  # the document's name in spans
+    module: ast.Module | None  # None when the text does not parse
+    definitions: dict[str, ast.Definition] = field(default_factory=dict)
+    sources: SourceMap = field(default_factory=SourceMap)
+    networks: list[Network] = field(default_factory=list)
+    diagnostics: list[Diagnostic] = field(default_factory=list)
+
+    @property
+    def parsed(self) -> bool:
+        return self.module is not None
+
+
+def analyse(text: str, name: str, base: Path | None) -> Analysis:
+    """Never raises: an internal error becomes a diagnostic at the top of the file."""
+    try:
+        return _analyse(normalise(text), name, base)
+    except Exception as exc:  # noqa: BLE001 - an editor must never lose its server
+        log.error("internal error analysing %s:\n%s", name, traceback.format_exc())
+        span = Span(file=name, line=1, column=1, end_line=1, end_column=2)
+        return Analysis(normalise(text), name, None, diagnostics=[Diagnostic(
+            code="internal-error", message=f"internal error: {type(exc).__name__}: {exc} "
+            "(a bug in cnndsl; the server's log has the traceback)", span=span)])
+
+
+def _analyse(text: str, name: str, base: Path | None) -> Analysis:
+    try:  # the usual case, one parse: a document with one network that checks
+        model = loads(text, name=name, imports_from=base)
+        return Analysis(text, name, model.program.main, dict(model.program.definitions),
+                        model.program.sources, [model.ir], list(model.warnings))
+    except CnnError as exc:
+        first = list(exc.diagnostics)
+    program = Program()
+    program.load_stdlib()  # parsed once per process: the blocks a completion may offer
+    if any(d.code == "E-syntax" and d.span is not None and d.span.file == name for d in first):
+        return Analysis(text, name, None, dict(program.definitions), program.sources,
+                        diagnostics=first)
+    try:
+        module = program.load_text(text, name, base)
+    except CnnError as exc:  # an import or a definition refused: still an outline
+        try:
+            module = parse(text, name)
+        except CnnError as syntax_error:
+            return Analysis(text, name, None, dict(program.definitions), program.sources,
+                            diagnostics=list(syntax_error.diagnostics))
+        definitions = dict(program.definitions)
+        definitions.update({d.name: d for d in module.definitions})
+        return Analysis(text, name, module, definitions, program.sources,
+                        diagnostics=_distinct([*exc.diagnostics, *first]))
+    program.main = module
+    result = Analysis(text, name, module, dict(program.definitions), program.sources)
+    networks = [d.name for d in module.definitions if d.kind == "network"]
+    if not networks and not module.trains:
+        return result  # a library of blocks: nothing to check until it is called
+    if len(networks) <= 1:
+        result.diagnostics = first
+        return result
+    for network in networks:  # several networks: each is checked
+        try:
+            model = loads(text, name=name, network=network, imports_from=base)
+            result.networks.append(model.ir)
+            result.diagnostics.extend(model.warnings)
+        except CnnError as exc:
+            result.diagnostics.extend(exc.diagnostics)
+    result.diagnostics = _distinct(result.diagnostics)
+    return result
+
+
+def _distinct(diagnostics: list[Diagnostic]) -> list[Diagnostic]:
+    seen, out = set(), []
+    for d in diagnostics:
+        key = (d.code, d.message, d.span)
+        if key not in seen:
+            seen.add(key)
+            out.append(d)
+    return out
+
+
+# ---- the syntax tree, walked generically -------------------------------------------------
+
+
+def walk(node, parents: tuple = ()):
+    """Every syntax-tree node under `node` with its ancestors, whatever its type: new
+    statement kinds are walked without code here."""
+    if dataclasses.is_dataclass(node) and not isinstance(node, type):
+        yield node, parents
+        inner = (*parents, node)
+        for f in dataclasses.fields(node):
+            yield from walk(getattr(node, f.name), inner)
+    elif isinstance(node, tuple):
+        for item in node:
+            yield from walk(item, parents)
+
+
+def contains(span: Span | None, line: int, column: int) -> bool:
+    """Whether (line, column), 1-based, lies in the span (its end included: a cursor just
+    after a word is on it)."""
+    if span is None:
+        return False
+    return (span.line, span.column) <= (line, column) <= (span.end_line, span.end_column)
+
+
+def definition_at(module: ast.Module, line: int) -> ast.Definition | None:
+    for defn in module.definitions:
+        if defn.span.line <= line <= defn.span.end_line:
+            return defn
+    return None
+
+
+@dataclass(frozen=True)
+class TensorName:
+    """Where a named tensor is defined: an assignment, a label or an input."""
+
+    name: str
+    span: Span  # the name itself
+    statement: object  # the ast node that defines it
+
+
+def tensor_names(defn: ast.Definition, text_lines: list[str]) -> list[TensorName]:
+    found = []
+    for node, _ in walk(defn.body):
+        if isinstance(node, ast.Assign):
+            found.append(TensorName(node.target, node.target_span, node))
+        elif isinstance(node, ast.Group) or isinstance(node, ast.Layer) and node.label:
+            found.append(TensorName(node.label, _word_span(node.span, node.label), node))
+        elif isinstance(node, ast.InputDecl):
+            found.append(TensorName(node.name, _input_name_span(node, text_lines), node))
+    return found
+
+
+def _word_span(span: Span, word: str) -> Span:
+    """A name written at the start of a span (`label: ...`)."""
+    return Span(file=span.file, line=span.line, column=span.column, end_line=span.line,
+                end_column=span.column + len(word))
+
+
+def _input_name_span(decl: ast.InputDecl, text_lines: list[str]) -> Span:
+    line = text_lines[decl.span.line - 1] if decl.span.line <= len(text_lines) else ""
+    at = line.find(decl.name, decl.span.column - 1 + len("input"))
+    column = at + 1 if at >= 0 else decl.span.column
+    return Span(file=decl.span.file, line=decl.span.line, column=column,
+                end_line=decl.span.line, end_column=column + len(decl.name))
+
+
+# ---- the checked IR, seen from the source ------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Step:
+    """A node or a block call of a checked network, with its output shape."""
+
+    span: Span
+    shape: tuple[int, ...]
+    order: int  # position in the network's topological order
+    instance: tuple[str, ...]  # the block call it runs inside (() for the network's body)
+    node: Node | None = None
+    scope: Scope | None = None
+
+
+def steps(ir: Network) -> list[Step]:
+    blocks = {s.path for s in ir.scopes if s.block is not None}
+    order = {n.name: i for i, n in enumerate(ir.nodes)}
+
+    def instance(path: tuple[str, ...]) -> tuple[str, ...]:
+        for k in range(len(path), 0, -1):
+            if path[:k] in blocks:
+                return path[:k]
+        return ()
+
+    out = [Step(n.span, n.shape, i, instance(n.path[:-1]), node=n)
+           for i, n in enumerate(ir.nodes)]
+    for scope in ir.scopes:
+        if not scope.output:
+            continue
+        out.append(Step(scope.span, ir.shape_of(scope.output), order.get(scope.output, -1),
+                        instance(scope.path[:-1]), scope=scope))
+    out.extend(Step(i.span, i.shape, -1, ()) for i in ir.inputs)
+    return out
+
+
+def line_shapes(analysis: Analysis, networks: list[Network] | None = None
+                ) -> dict[int, list[tuple[int, ...]]]:
+    """For each line of the document: the output shape of the step that ends it, one per
+    distinct shape over the block calls that ran the line."""
+    last: dict[tuple[int, tuple[str, ...], int], Step] = {}
+    for k, ir in enumerate(analysis.networks if networks is None else networks):
+        for step in steps(ir):
+            if step.span.file != analysis.name:
+                continue
+            key = (step.span.end_line, step.instance, k)
+            best = last.get(key)
+            if best is None or (step.span.end_column, step.order) > (best.span.end_column,
+                                                                      best.order):
+                last[key] = step
+    shapes: dict[int, list[tuple[int, ...]]] = {}
+    for (line, _, _), step in sorted(last.items(), key=lambda kv: (kv[0][0], kv[1].order)):
+        seen = shapes.setdefault(line, [])
+        if step.shape not in seen:
+            seen.append(step.shape)
+    return shapes
+
+
+def carried_shapes(previous: Analysis, current: Analysis, network: str
+                   ) -> dict[int, list[tuple[int, ...]]]:
+    """Line shapes of a network that no longer checks, from the last analysis in which it
+    did, that still hold: those of the lines above the first edit, when every edit since
+    lies inside that network's body (then nothing above the edit has changed)."""
+    old, new = previous.text.split("\n"), current.text.split("\n")
+    same = 0  # lines 1..same are equal
+    while same < min(len(old), len(new)) and old[same] == new[same]:
+        same += 1
+    tail = 0  # and so are the last `tail` lines
+    while tail < min(len(old), len(new)) - same and old[-1 - tail] == new[-1 - tail]:
+        tail += 1
+
+    def inside(analysis: Analysis, last_edited: int) -> bool:
+        defn = next((d for d in analysis.module.definitions if d.name == network), None)
+        if defn is None or not defn.body:
+            return False
+        return defn.body[0].span.line <= same + 1 and last_edited < defn.span.end_line
+
+    old_ir = next((ir for ir in previous.networks if ir.name == network), None)
+    if old_ir is None or current.module is None or not (
+            inside(previous, len(old) - tail) and inside(current, len(new) - tail)):
+        return {}
+    return {line: shapes for line, shapes in line_shapes(previous, [old_ir]).items()
+            if line <= same}
+
+
+def steps_at(analysis: Analysis, span: Span) -> list[Step]:
+    """The nodes and block calls a syntax-tree step (by its span) became, in order."""
+    return sorted((s for ir in analysis.networks for s in steps(ir) if s.span == span),
+                  key=lambda s: s.order)
+
+
+def output_of(analysis: Analysis, within: Span) -> list[tuple[int, ...]]:
+    """Distinct output shapes of the code in `within` (a chain): per run of it, the step
+    that ends last."""
+    last: dict[tuple, Step] = {}
+    for k, ir in enumerate(analysis.networks):
+        for step in steps(ir):
+            s = step.span
+            if s.file != within.file or (s.line, s.column) < (within.line, within.column) or \
+                    (s.end_line, s.end_column) > (within.end_line, within.end_column):
+                continue
+            key = (k, step.instance)
+            best = last.get(key)
+            if best is None or (s.end_line, s.end_column, step.order) > (
+                    best.span.end_line, best.span.end_column, best.order):
+                last[key] = step
+    shapes: list[tuple[int, ...]] = []
+    for step in sorted(last.values(), key=lambda s: s.order):
+        if step.shape not in shapes:
+            shapes.append(step.shape)
+    return shapes

@@ -1,0 +1,308 @@
+"""`cnndsl lsp`: the language server (pygls), on standard input and output.
+
+Every change of a document is analysed in one worker thread (parsing and checking are
+CPU-bound; one at a time also keeps Lark's shared parser to one thread): a change that
+arrives while an analysis runs waits for it, and only the latest text is analysed next,
+so typing never queues up stale work. Requests read the analysis of the text they were
+sent for, waiting for it at most `WAIT_S`; past that (a pathological document) they answer
+from the last finished one. Whatever a handler raises is logged and answered with nothing:
+the server outlives every document.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+import sys
+import traceback
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from lsprotocol import types as lsp
+from pygls.exceptions import JsonRpcException, JsonRpcInvalidRequest
+from pygls.lsp.server import LanguageServer
+
+from .. import __version__
+from ..diagnostics import CnnError
+from . import features
+from .analysis import Analysis, analyse, carried_shapes, line_shapes
+
+log = logging.getLogger("cnndsl.lsp")
+WAIT_S = 10.0  # the longest a request waits for the analysis of its text
+
+
+@dataclass
+class Document:
+    uri: str
+    name: str  # in spans: the file's path, or the URI of an unsaved document
+    base: Path | None  # imports resolve from here
+    version: int = 0
+    text: str = ""
+    analysed: Analysis | None = None  # of `analysed_version`
+    analysed_version: int = -1
+    good: Analysis | None = None  # the last one that parsed: outline and hints survive
+    shapes: dict = field(default_factory=dict)  # line -> shapes, of `good`
+    checked: dict = field(default_factory=dict)  # network -> the last analysis it checked in
+    task: asyncio.Task | None = None
+    done: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+class CnnLanguageServer(LanguageServer):
+    def __init__(self) -> None:
+        super().__init__("cnndsl", __version__,
+                         text_document_sync_kind=lsp.TextDocumentSyncKind.Full)
+        self.documents: dict[str, Document] = {}
+        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cnndsl-analysis")
+
+    # ---- documents -------------------------------------------------------------------
+
+    def changed(self, uri: str, version: int | None) -> None:
+        text = self.workspace.get_text_document(uri).source
+        doc = self.documents.get(uri)
+        if doc is None:
+            path = self.workspace.get_text_document(uri).path if uri.startswith("file:") \
+                else None
+            doc = Document(uri, str(Path(path)) if path else uri,
+                           Path(path).parent if path else None)
+            self.documents[uri] = doc
+        doc.version = version if version is not None else doc.version + 1
+        doc.text = text
+        doc.done.clear()
+        if doc.task is None or doc.task.done():
+            doc.task = asyncio.ensure_future(self.analyse_latest(doc))
+
+    async def analyse_latest(self, doc: Document) -> None:
+        loop = asyncio.get_running_loop()
+        while doc.analysed_version != doc.version and self.documents.get(doc.uri) is doc:
+            version, text = doc.version, doc.text
+            try:
+                result = await loop.run_in_executor(self.pool, analyse, text, doc.name,
+                                                    doc.base)
+            except Exception:  # noqa: BLE001 - analyse catches; this is a last resort
+                self.report(f"analysis of {doc.uri} failed")
+                doc.done.set()
+                return
+            doc.analysed, doc.analysed_version = result, version
+            if result.parsed:
+                doc.good, doc.shapes = result, self.shapes(doc, result)
+            if version == doc.version:
+                self.publish(doc)
+                doc.done.set()
+
+    def shapes(self, doc: Document, result: Analysis) -> dict:
+        """Each line's shapes; a network with errors keeps those of its lines above the
+        edit, from the last time it checked."""
+        shapes = line_shapes(result)
+        checked = {ir.name for ir in result.networks}
+        for name in checked:
+            doc.checked[name] = result
+        for defn in result.module.definitions:
+            if defn.kind == "network" and defn.name not in checked and defn.name in doc.checked:
+                for line, found in carried_shapes(doc.checked[defn.name], result,
+                                                  defn.name).items():
+                    shapes.setdefault(line, found)
+        return shapes
+
+    def publish(self, doc: Document) -> None:
+        try:
+            items = features.diagnostics(doc.analysed, self.positions(doc, doc.analysed))
+        except Exception:  # noqa: BLE001
+            self.report(f"diagnostics of {doc.uri} failed")
+            items = []
+        self.text_document_publish_diagnostics(lsp.PublishDiagnosticsParams(
+            uri=doc.uri, version=doc.analysed_version, diagnostics=items))
+
+    async def current(self, uri: str) -> Document | None:
+        """The document, analysed as it is now (or as last analysed, past WAIT_S)."""
+        doc = self.documents.get(uri)
+        if doc is None:
+            return None
+        if doc.analysed_version != doc.version:
+            try:
+                await asyncio.wait_for(doc.done.wait(), WAIT_S)
+            except asyncio.TimeoutError:
+                log.warning("analysis of %s takes over %.0f s; answering from the last one",
+                            uri, WAIT_S)
+        return doc if doc.analysed is not None else None
+
+    def positions(self, doc: Document, analysis: Analysis) -> features.Positions:
+        return features.Positions(analysis, doc.uri, self.workspace.position_codec)
+
+    def report(self, what: str) -> None:
+        details = traceback.format_exc()
+        log.error("%s:\n%s", what, details)
+        with contextlib.suppress(Exception):  # the client may be gone
+            self.window_log_message(lsp.LogMessageParams(
+                type=lsp.MessageType.Error, message=f"cnndsl: {what}\n{details}"))
+
+
+server = CnnLanguageServer()
+
+
+def guarded(handler):
+    """A request handler that never raises: errors are logged and answered with None."""
+    @functools.wraps(handler)
+    async def run(ls: CnnLanguageServer, params):
+        try:
+            return await handler(ls, params)
+        except JsonRpcException:  # an answer for the client (a refused rename)
+            raise
+        except Exception:  # noqa: BLE001 - the request boundary
+            ls.report(f"{handler.__name__} failed")
+            return None
+    return run
+
+
+@server.feature(lsp.TEXT_DOCUMENT_DID_OPEN)
+def did_open(ls: CnnLanguageServer, params: lsp.DidOpenTextDocumentParams) -> None:
+    ls.changed(params.text_document.uri, params.text_document.version)
+
+
+@server.feature(lsp.TEXT_DOCUMENT_DID_CHANGE)
+def did_change(ls: CnnLanguageServer, params: lsp.DidChangeTextDocumentParams) -> None:
+    ls.changed(params.text_document.uri, params.text_document.version)
+
+
+@server.feature(lsp.TEXT_DOCUMENT_DID_CLOSE)
+def did_close(ls: CnnLanguageServer, params: lsp.DidCloseTextDocumentParams) -> None:
+    ls.documents.pop(params.text_document.uri, None)
+    ls.text_document_publish_diagnostics(lsp.PublishDiagnosticsParams(
+        uri=params.text_document.uri, diagnostics=[]))
+
+
+async def _at(ls: CnnLanguageServer, uri: str, position: lsp.Position, good: bool = False):
+    """(document, analysis, positions, line, column) at a request's position."""
+    doc = await ls.current(uri)
+    if doc is None:
+        return None
+    analysis = doc.good if good and doc.good is not None else doc.analysed
+    pos = ls.positions(doc, analysis)
+    line, column = pos.from_lsp(position)
+    return doc, analysis, pos, line, column
+
+
+@server.feature(lsp.TEXT_DOCUMENT_HOVER)
+@guarded
+async def hover(ls: CnnLanguageServer, params: lsp.HoverParams):
+    at = await _at(ls, params.text_document.uri, params.position)
+    if at is None:
+        return None
+    _, analysis, pos, line, column = at
+    return features.hover(analysis, pos, line, column)
+
+
+@server.feature(lsp.TEXT_DOCUMENT_INLAY_HINT, lsp.InlayHintOptions(resolve_provider=False))
+@guarded
+async def inlay_hints(ls: CnnLanguageServer, params: lsp.InlayHintParams):
+    doc = await ls.current(params.text_document.uri)
+    if doc is None or doc.good is None:
+        return []
+    analysis = doc.good  # when the text does not parse, the last hints stay
+    pos = ls.positions(doc, analysis)
+    return features.inlay_hints(analysis, pos, params.range.start.line + 1,
+                                params.range.end.line + 1, doc.shapes)
+
+
+@server.feature(lsp.TEXT_DOCUMENT_DEFINITION)
+@guarded
+async def definition(ls: CnnLanguageServer, params: lsp.DefinitionParams):
+    at = await _at(ls, params.text_document.uri, params.position)
+    if at is None:
+        return None
+    doc, analysis, pos, line, column = at
+    return features.definition(analysis, pos, line, column, doc.base)
+
+
+@server.feature(lsp.TEXT_DOCUMENT_COMPLETION,
+                lsp.CompletionOptions(trigger_characters=["(", ",", "=", ">"]))
+@guarded
+async def completion(ls: CnnLanguageServer, params: lsp.CompletionParams):
+    at = await _at(ls, params.text_document.uri, params.position, good=True)
+    if at is None:
+        return None
+    doc, analysis, pos, line, column = at
+    current = ls.positions(doc, doc.analysed)  # the text as typed, which may not parse
+    offset = current.offset(*current.from_lsp(params.position))
+    items = features.completion(analysis, doc.analysed.text, offset, line)
+    return lsp.CompletionList(is_incomplete=False, items=items)
+
+
+@server.feature(lsp.TEXT_DOCUMENT_SIGNATURE_HELP,
+                lsp.SignatureHelpOptions(trigger_characters=["(", ","]))
+@guarded
+async def signature_help(ls: CnnLanguageServer, params: lsp.SignatureHelpParams):
+    at = await _at(ls, params.text_document.uri, params.position, good=True)
+    if at is None:
+        return None
+    doc, analysis, _, _, _ = at
+    current = ls.positions(doc, doc.analysed)
+    offset = current.offset(*current.from_lsp(params.position))
+    return features.signature_help(analysis, doc.analysed.text, offset)
+
+
+@server.feature(lsp.TEXT_DOCUMENT_DOCUMENT_SYMBOL)
+@guarded
+async def document_symbols(ls: CnnLanguageServer, params: lsp.DocumentSymbolParams):
+    doc = await ls.current(params.text_document.uri)
+    if doc is None or doc.good is None:
+        return []
+    return features.document_symbols(doc.good, ls.positions(doc, doc.good))
+
+
+@server.feature(lsp.TEXT_DOCUMENT_FORMATTING)
+@guarded
+async def formatting(ls: CnnLanguageServer, params: lsp.DocumentFormattingParams):
+    from ..fmt import FormatError, format_text
+    doc = await ls.current(params.text_document.uri)
+    if doc is None:
+        return None
+    text = doc.text
+    loop = asyncio.get_running_loop()
+    try:
+        formatted = await loop.run_in_executor(ls.pool, format_text, text)
+    except (CnnError, FormatError):
+        return None  # the problems are on screen already; nothing is changed
+    if formatted == text:
+        return []
+    lines = text.split("\n")
+    end = lsp.Position(line=len(lines), character=0)
+    return [lsp.TextEdit(range=lsp.Range(start=lsp.Position(line=0, character=0), end=end),
+                         new_text=formatted)]
+
+
+@server.feature(lsp.TEXT_DOCUMENT_PREPARE_RENAME)
+@guarded
+async def prepare_rename(ls: CnnLanguageServer, params: lsp.PrepareRenameParams):
+    at = await _at(ls, params.text_document.uri, params.position)
+    if at is None or not at[1].parsed:
+        return None
+    _, analysis, pos, line, column = at
+    try:
+        found = features.rename_target(analysis, line, column)
+    except features.RenameError:
+        return None
+    return lsp.PrepareRenamePlaceholder(range=pos.range(found.span), placeholder=found.name)
+
+
+@server.feature(lsp.TEXT_DOCUMENT_RENAME)
+@guarded
+async def rename(ls: CnnLanguageServer, params: lsp.RenameParams):
+    at = await _at(ls, params.text_document.uri, params.position)
+    if at is None or not at[1].parsed:
+        return None
+    _, analysis, pos, line, column = at
+    try:
+        changes = features.rename_edits(analysis, pos, line, column, params.new_name)
+    except features.RenameError as exc:
+        raise JsonRpcInvalidRequest(str(exc)) from None
+    return lsp.WorkspaceEdit(changes=changes)
+
+
+def serve() -> int:
+    logging.basicConfig(stream=sys.stderr, level=logging.WARNING,
+                        format="cnndsl lsp: %(levelname)s %(message)s")
+    server.start_io()
+    return 0
