@@ -123,12 +123,6 @@ CATALOGUE: tuple[Entry, ...] = (
           argv=("compile", "example.cnn", "--to", "onnx", "-o", "out.onnx",
                 "--weights", "w.safetensors"),
           weights={"conv1.weight": (8, 3, 5, 5), "conv1.bias": (8,)}),
-    Entry("E-onnx", "a layer the ONNX back end cannot express",
-          "Adaptive average pooling whose output size does not divide its input size uses "
-          "uneven windows that no standard ONNX operator reproduces.",
-          _net("conv(8, 3) -> adaptive_avgpool(4)"),
-          "Pool to a size that divides the input (30 -> 5, 6, 10, 15), or pad first.",
-          argv=("compile", "example.cnn", "--to", "onnx", "-o", "out.onnx")),
     Entry("E-run", "onnxruntime cannot run as asked",
           "An execution provider asked for explicitly (cuda, tensorrt) is not available, or "
           "onnxruntime fell back to another one. cnndsl never falls back silently.",

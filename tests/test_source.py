@@ -35,15 +35,18 @@ def test_bottleneck_classes_compute_their_sizes_from_their_arguments(tmp_path):
     output the checker gives a call with those arguments."""
     module = _generated("resnet50", tmp_path)
     source = (tmp_path / "resnet50.py").read_text()
-    assert "nn.Conv2d(c, c * expansion, kernel_size=1, bias=False)" in source
+    assert "nn.Conv2d(c * base_width // 64 * groups, c * expansion, kernel_size=1, " \
+        "bias=False)" in source
     assert "nn.BatchNorm2d(c * expansion)" in source
-    for in_channels, c, stride, expansion in [(64, 16, 2, 2), (96, 24, 1, 2), (40, 10, 1, 4),
-                                              (32, 8, 2, 4)]:
+    for in_channels, c, stride, expansion, groups, width in [
+            (64, 16, 2, 2, 1, 64), (96, 24, 1, 2, 4, 32), (40, 10, 1, 4, 1, 64),
+            (32, 8, 2, 4, 2, 128)]:
         cls = (module.Bottleneck3 if stride == 2 else module.Bottleneck
                if in_channels != c * expansion else module.Bottleneck2)
-        block = cls(in_channels, c, stride, expansion)
+        block = cls(in_channels, c, stride, expansion, groups, width)
         model = cnndsl.loads(f"network n() {{\n input x: {in_channels} x 8 x 8\n"
-                             f" bottleneck({c}, {stride}, {expansion})\n}}")
+                             f" bottleneck({c}, {stride}, {expansion}, groups={groups}, "
+                             f"base_width={width})\n}}")
         assert _params(block) == model.params
         y = block.eval()(torch.randn(2, in_channels, 8, 8))
         assert tuple(y.shape[1:]) == model.ir.shape_of(model.ir.outputs[0])

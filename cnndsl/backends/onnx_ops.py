@@ -59,11 +59,23 @@ def adaptive_avgpool(g: GraphBuilder, node: Node, xs: list[str]) -> str:
     (_, h, w), (oh, ow) = node.in_shapes[0], node.attrs["size"]
     if (h, w) == (oh, ow):
         return g.alias(node, xs[0])
-    if h % oh or w % ow:
-        g.unsupported(node, f"adaptive_avgpool from {h}x{w} to {oh}x{ow} (the sizes do not "
-                      "divide: PyTorch's windows overlap unevenly)")
+    if h % oh or w % ow:  # uneven, overlapping windows: average with two matrices
+        rows = g.constant(f"{node.name}.rows", _window_means(h, oh))
+        cols = g.constant(f"{node.name}.cols", _window_means(w, ow).T.copy())
+        pooled = g.op("MatMul", [xs[0], cols], node, output=f"{node.name}.cols_pooled")
+        return g.op("MatMul", [rows, pooled], node)
     kernel = [h // oh, w // ow]
     return g.op("AveragePool", xs, node, kernel_shape=kernel, strides=kernel)
+
+
+def _window_means(size: int, out: int) -> np.ndarray:
+    """out x size: row i averages PyTorch's adaptive window i, [floor(i * size / out),
+    ceil((i + 1) * size / out))."""
+    matrix = np.zeros((out, size), np.float32)
+    for i in range(out):
+        start, end = (i * size) // out, -(-(i + 1) * size // out)
+        matrix[i, start:end] = 1.0 / (end - start)
+    return matrix
 
 
 def batchnorm(g: GraphBuilder, node: Node, xs: list[str]) -> str:
