@@ -123,12 +123,6 @@ CATALOGUE: tuple[Entry, ...] = (
           argv=("compile", "example.cnn", "--to", "onnx", "-o", "out.onnx",
                 "--weights", "w.safetensors"),
           weights={"conv1.weight": (8, 3, 5, 5), "conv1.bias": (8,)}),
-    Entry("E-onnx", "a layer the ONNX back end cannot express",
-          "Adaptive average pooling whose output size does not divide its input size uses "
-          "uneven windows that no standard ONNX operator reproduces.",
-          _net("conv(8, 3) -> adaptive_avgpool(4)"),
-          "Pool to a size that divides the input (30 -> 5, 6, 10, 15), or pad first.",
-          argv=("compile", "example.cnn", "--to", "onnx", "-o", "out.onnx")),
     Entry("E-run", "onnxruntime cannot run as asked",
           "An execution provider asked for explicitly (cuda, tensorrt) is not available, or "
           "onnxruntime fell back to another one. cnndsl never falls back silently.",
@@ -179,6 +173,14 @@ CATALOGUE: tuple[Entry, ...] = (
           "says.",
           _net("residual(project=false) {", "    conv(16, 3, padding=1)", "}"),
           "Drop `project=false` to get a 1x1 projection shortcut, or keep the body's shape."),
+    Entry("W-label", "a label that names only the first call of a chain",
+          "`name: a(...) -> b(...)` labels the call `a(...)`; `b(...)` and the rest of the "
+          "chain get names of their own (`b1`, at the top level), which is rarely what a "
+          "label in front of a chain of block calls means.",
+          "block unit(c: int) {\n    conv(c, 3, padding=1) -> relu\n}\n\n"
+          "network net() {\n    input image: 3 x 32 x 32\n"
+          "    stage1: unit(16) -> unit(16)\n}\n",
+          "Group the calls: `stage1: (unit(16) -> unit(16))` names them `stage1.0`, `stage1.1`."),
     Entry("W-unused", "a named tensor that is never used",
           "A name was assigned but nothing reads it and it is not an output: often a "
           "forgotten skip connection.",
