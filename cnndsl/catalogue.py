@@ -173,6 +173,14 @@ CATALOGUE: tuple[Entry, ...] = (
           "says.",
           _net("residual(project=false) {", "    conv(16, 3, padding=1)", "}"),
           "Drop `project=false` to get a 1x1 projection shortcut, or keep the body's shape."),
+    Entry("W-label", "a label that names only the first call of a chain",
+          "`name: a(...) -> b(...)` labels the call `a(...)`; `b(...)` and the rest of the "
+          "chain get names of their own (`b1`, at the top level), which is rarely what a "
+          "label in front of a chain of block calls means.",
+          "block unit(c: int) {\n    conv(c, 3, padding=1) -> relu\n}\n\n"
+          "network net() {\n    input image: 3 x 32 x 32\n"
+          "    stage1: unit(16) -> unit(16)\n}\n",
+          "Group the calls: `stage1: (unit(16) -> unit(16))` names them `stage1.0`, `stage1.1`."),
     Entry("W-unused", "a named tensor that is never used",
           "A name was assigned but nothing reads it and it is not an output: often a "
           "forgotten skip connection.",

@@ -8,6 +8,7 @@ fed by it are skipped silently, so one mistake gives one error.
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,7 +30,13 @@ from .layers import (
 )
 from .names import name_problem
 from .source import Span
-from .suggest import POSITIONAL_HABITS, argument_help, did_you_mean, layer_help
+from .suggest import (
+    POSITIONAL_HABITS,
+    argument_help,
+    did_you_mean,
+    layer_guess,
+    layer_help,
+)
 from .values import Symbol, describe, evaluate, render_expr, word_help
 
 SHAPE_CODES = ("E-shape", "E-groups")
@@ -104,6 +111,8 @@ class Checker:
         self.by_name: dict[str, Node] = {}
         self.scopes: list[Scope] = []
         self.calls: list[tuple[str, Span]] = []  # block calls being expanded, outermost first
+        self.residuals_that_add: set[Span] = set()
+        self.residuals_never_adding: dict[Span, Diagnostic] = {}  # in blocks, so far
         self.main_file = ""
 
     # ---- entry point ----------------------------------------------------------------
@@ -127,6 +136,7 @@ class Checker:
             outputs.append(current.name)
             self.output_names.append(current.name)
         self.warn_unused(frame, outputs)
+        self.report_residuals_never_adding()
         if self.errors:
             raise CnnError(_distinct(self.errors + self.warnings))
         network = Network(name=defn.name, file=defn.span.file, params=params,
@@ -299,6 +309,10 @@ class Checker:
             inputs.append(Input(name=stmt.name, shape=dims, span=stmt.span))
             tensor = Tensor(stmt.name, dims, stmt.span, "input")
         self.check_name_free(stmt.name, stmt.span, frame)
+        if inputs is not None:  # a network input's name is a value's name in every back end
+            if stmt.name in frame.taken:
+                raise self.fail("E-name", f"`{stmt.name}` is already a layer's name", stmt.span)
+            frame.taken.add(stmt.name)
         frame.tensors[stmt.name] = tensor
         return tensor
 
@@ -360,6 +374,7 @@ class Checker:
     def chain(self, chain: ast.Chain, current: Tensor | None, frame: Frame) -> Tensor:
         steps = list(chain.steps)
         first = steps[0]
+        self.warn_label_on_chain(steps)
         if isinstance(first, ast.Layer) and not first.has_call and first.label is None \
                 and first.name in frame.tensors:
             current = self.lookup_tensor(first.name, first.span, frame)
@@ -377,6 +392,25 @@ class Checker:
         if failed:
             raise _StatementError()
         return current
+
+    def is_block_call(self, step) -> bool:
+        return isinstance(step, ast.Layer) and step.name not in REGISTRY and \
+            getattr(self.definitions.get(step.name), "kind", None) == "block"
+
+    def warn_label_on_chain(self, steps: list) -> None:
+        """`layer2: basic(128, stride=2) -> basic(128)` names the first call only (`layer2`,
+        then a top-level `basic1`): as torchvision's `layer2.0`, `layer2.1` it takes the
+        group spelling."""
+        calls = list(itertools.takewhile(self.is_block_call, steps))
+        if len(calls) < 2 or calls[0].label is None or any(c.label for c in calls[1:]):
+            return
+        label = calls[0].label
+        group = " -> ".join(_call_text(c) for c in calls)
+        self.report(Diagnostic(
+            code="W-label", severity="warning", message=f"the label `{label}` names only "
+            f"the first step of this chain, `{_call_text(calls[0])}`", span=calls[0].span,
+            label=f"`{label}` names this call only; the next get names of their own",
+            help=f"to name them all `{label}.0`, `{label}.1`...: `{label}: ({group})`"))
 
     def step(self, step, x: Tensor | None, frame: Frame) -> Tensor:
         if isinstance(step, ast.Repeat):
@@ -413,9 +447,38 @@ class Checker:
                             help=f"start a new line with `{step.name} -> ...`")
         blocks = [d.name for d in self.definitions.values() if d.kind == "block"]
         what = "layer" if step.has_call else "name"
-        raise self.fail("E-name", f"unknown {what} `{step.name}`", step.name_span,
-                        label="not a layer, block or tensor",
-                        help=layer_help(step.name, [*REGISTRY, *blocks, *frame.tensors]))
+        candidates = [*REGISTRY, *blocks, *frame.tensors]
+        self.fail("E-name", f"unknown {what} `{step.name}`", step.name_span,
+                  label="not a layer, block or tensor",
+                  help=layer_help(step.name, candidates, REGISTRY))
+        _, likely = layer_guess(step.name, candidates, REGISTRY)
+        if step.has_call and likely is not None and likely not in frame.tensors:
+            self.check_argument_names(step, likely)  # `Conv2d(32, 3, strides=1)`: both
+        raise _StatementError()
+
+    def check_argument_names(self, step: ast.Layer, likely: str) -> None:
+        """The arguments of an unknown layer, against the layer or block it most likely
+        is: each name it would refuse, reported now rather than after a rename."""
+        if likely in REGISTRY and REGISTRY[likely].many_inputs:
+            return  # merges take tensor names
+        if likely in REGISTRY:
+            signature = REGISTRY[likely].args
+        else:
+            signature = self.block_signature(self.definitions[likely])
+        what = f"`{likely}` (what `{step.name}` most likely is)"
+        by_name = {a.name: a for a in signature}
+        positional = [a for a in signature if a.positional]
+        if len(step.args) > len(positional):
+            extra = step.args[len(positional)]
+            self.fail("E-arg", f"{what} takes at most {len(positional)} positional "
+                      f"argument{'s' if len(positional) != 1 else ''}, found {len(step.args)}",
+                      extra.span, label="one too many", help=POSITIONAL_HABITS.get(likely) or
+                      self.signature_help(signature, f"`{likely}`"))
+        for kw in step.kwargs:
+            if kw.name not in by_name:
+                self.fail("E-arg", f"unknown argument `{kw.name}` for {what}", kw.name_span,
+                          label="unknown argument", help=argument_help(kw.name, by_name) or
+                          self.signature_help(signature, f"`{likely}`"))
 
     def repeat(self, step: ast.Repeat, x: Tensor | None, frame: Frame) -> Tensor:
         count = self.coerce(lambda v: as_int(v, 0), self.eval(step.count, frame.params),
@@ -457,8 +520,16 @@ class Checker:
 
     # ---- names ------------------------------------------------------------------------
 
-    def claim(self, label: str, span: Span, frame: Frame) -> str:
+    def claim(self, label: str, span: Span, frame: Frame, names: str | None = None) -> str:
+        """A label's module name; `names` is the tensor the label also names (unprefixed)."""
         self.check_usable(label, "label", span)
+        tensor = label if names is None else names
+        if tensor in frame.tensors:  # `image: conv(...)` after `input image`
+            first = frame.assigned.get(tensor, frame.tensors[tensor].span)
+            raise self.fail("E-name", f"`{tensor}` is already defined", span,
+                            label="a label names its output too",
+                            related=(Label(span=first, text="first here"),),
+                            help="give the step a name of its own")
         if label in frame.taken:
             raise self.fail("E-name", f"the name `{label}` is already used in this scope", span)
         frame.taken.add(label)
@@ -480,7 +551,7 @@ class Checker:
             frame.taken.add(name)
             return name
         if step.label is not None:
-            return self.claim(frame.prefix + step.label, step.span, frame)
+            return self.claim(frame.prefix + step.label, step.span, frame, step.label)
         return self.auto_name(base, frame)
 
     # ---- primitive layers -------------------------------------------------------------
@@ -743,14 +814,9 @@ class Checker:
         if body is None or body.shape is None or x.shape is None:
             raise _StatementError()
         if body.shape != x.shape and not options["project"] and step.shortcut is None:
-            if not frame.blocks:  # in a block, some calls add and others do not (MBConv)
-                self.report(Diagnostic(
-                    code="W-residual", severity="warning", message="this residual adds "
-                    f"nothing: the body gives {fmt(body.shape)}, the input is {fmt(x.shape)}",
-                    span=step.span, label="project=false and the shapes differ",
-                    help="drop `project=false` for a 1x1 projection, keep the body's shape, "
-                    "or drop the residual"))
+            self.residual_adds_nothing(step, body, x, frame)
             return body  # MobileNet v2 / MBConv: a shortcut only where the shapes agree
+        self.residuals_that_add.add(step.span)
         if step.shortcut is not None:
             shortcut = self.statements(step.shortcut, x, frame.with_prefix("shortcut_"))
             if shortcut is None or shortcut.shape is None:
@@ -771,6 +837,31 @@ class Checker:
             shortcut = self.projection(x, body, step, frame.with_prefix("shortcut_"))
         return self.emit(REGISTRY["add"], {}, [body, shortcut],
                          frame.path + (self.auto_name("add", frame),), step)
+
+    def residual_adds_nothing(self, step: ast.Residual, body: Tensor, x: Tensor,
+                              frame: Frame) -> None:
+        """W-residual: in a network at once; in a block once no call of it adds (MBConv's
+        calls add where the shapes agree and not elsewhere, by design: the standard
+        library's blocks are left alone)."""
+        d = Diagnostic(code="W-residual", severity="warning", message="this residual adds "
+                       f"nothing: the body gives {fmt(body.shape)}, the input is "
+                       f"{fmt(x.shape)}", span=step.span,
+                       label="project=false and the shapes differ",
+                       help="drop `project=false` for a 1x1 projection, keep the body's shape, "
+                       "or drop the residual")
+        if not frame.blocks:
+            self.report(d)
+        elif not step.span.file.startswith("<stdlib>"):
+            block = frame.blocks[-1]
+            d = d.model_copy(update={"message": f"this residual adds nothing in any call of "
+                                     f"`{block}`: the body gives {fmt(body.shape)}, the input "
+                                     f"is {fmt(x.shape)} (first call)"})
+            self.residuals_never_adding.setdefault(step.span, self.from_user_file(d))
+
+    def report_residuals_never_adding(self) -> None:
+        for span, d in self.residuals_never_adding.items():
+            if span not in self.residuals_that_add:
+                self.warnings.append(d)
 
     def projection(self, x: Tensor, body: Tensor, step, frame: Frame) -> Tensor:
         """The automatic shortcut: 1x1 conv (stride to match) + batchnorm."""
@@ -810,6 +901,15 @@ class Checker:
                             help="put each path on its own line")
         return self.emit(REGISTRY[step.mode], {}, outs,
                          frame.path + (self.auto_name(step.mode, frame),), step)
+
+
+def _call_text(step: ast.Layer) -> str:
+    """A call as written: `basic(128, stride=2)`."""
+    if not step.has_call:
+        return step.name
+    args = [render_expr(a, {}) for a in step.args]
+    args += [f"{kw.name}={render_expr(kw.value, {})}" for kw in step.kwargs]
+    return f"{step.name}({', '.join(args)})"
 
 
 def _distinct(diagnostics: list[Diagnostic]) -> list[Diagnostic]:

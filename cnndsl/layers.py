@@ -363,9 +363,11 @@ class ConvTranspose(LayerKind):
         out = []
         for n, k, s, p, op, d in zip((h, w), a["kernel"], a["stride"], a["padding"],
                                      a["output_padding"], a["dilation"]):
-            if op >= max(s, d):
-                raise LayerError(f"output_padding {op} must be smaller than the stride or the "
-                                 f"dilation ({max(s, d)})", arg="output_padding", code="E-arg")
+            if op >= s:  # PyTorch allows up to max(stride, dilation); onnxruntime does not
+                raise LayerError(f"output_padding {op} must be smaller than the stride ({s})",
+                                 arg="output_padding", code="E-arg",
+                                 help="onnxruntime refuses output_padding >= stride (PyTorch "
+                                 "alone would take up to the dilation)")
             o = (n - 1) * s - 2 * p + d * (k - 1) + op + 1
             if o < 1:
                 raise LayerError(f"padding {p} leaves no output ({o})", arg="padding")
@@ -394,8 +396,46 @@ class _Pool(LayerKind):
             raise LayerError(f"padding {describe(a['padding'])} is more than half the kernel "
                              f"{describe(a['kernel'])}", arg="padding", code="E-arg",
                              help="PyTorch allows at most kernel // 2 on each side")
+        mode = a["padding"]
         h, w = windowed(self.op, xs[0], a, warn, a["ceil_mode"])
+        _pool_padding_fits(mode, a)
+        _windows_see_input(self.op, xs[0][1:], a, (h, w))
         return (c, h, w)
+
+
+def _pool_padding_fits(mode, a: dict) -> None:
+    """What a pool's back ends take: PyTorch at most kernel // 2 of padding on a side
+    (onnxruntime less than the kernel). `same` with a dilation and `full` can need more
+    (a number written by hand is refused before it is resolved)."""
+    if not isinstance(mode, str):
+        return
+    pads, kernel = a["padding"], a["kernel"]
+    for axis, (lo, hi), k in (("row", pads[:2], kernel[0]), ("column", pads[2:], kernel[1])):
+        if max(lo, hi) > k // 2:
+            n = max(lo, hi)
+            dilated = a.get("dilation", (1, 1)) != (1, 1)
+            raise LayerError(
+                f"padding={mode} needs {n} {axis}{'s' if n > 1 else ''} of padding on a side; "
+                f"a {k}-{axis} kernel takes at most {k // 2}", arg="padding", code="E-arg",
+                help="PyTorch's pools allow at most kernel // 2 on each side: give a smaller "
+                "padding by hand" + (" or a smaller dilation" if dilated else ""))
+
+
+def _windows_see_input(op: str, hw: tuple[int, int], a: dict, out: tuple[int, int]) -> None:
+    """Every window must cover at least one input element: a dilated window that falls on
+    padding alone is -inf in PyTorch and the lowest float in onnxruntime. Only windows that
+    start in the leading padding can miss the input (the last one starts inside it)."""
+    pads = a["padding"]
+    for axis, n, k, s, d, lo, o in zip(("row", "column"), hw, a["kernel"], a["stride"],
+                                       a.get("dilation", (1, 1)), pads[::2], out):
+        for i in range(min(o, lo // s + 1)):
+            taps = [i * s - lo + j * d for j in range(k)]
+            if not any(0 <= t < n for t in taps):
+                raise LayerError(
+                    f"{op} window {i} covers only padding: its {axis} taps fall at "
+                    f"{', '.join(map(str, taps))} of a {n}-{axis} input", arg="dilation"
+                    if d > 1 else "padding", code="E-arg",
+                    help="use a smaller dilation or padding, or a larger input")
 
 
 class MaxPool(_Pool):

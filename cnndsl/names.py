@@ -53,7 +53,15 @@ def name_problem(name: str, role: str) -> tuple[str, str] | None:
         return f"`{name}` is an attribute of every PyTorch module", f"{name}_"
     if role in ("parameter", "tensor") and name in GENERATED_NAMES:
         return f"`{name}` is a name the generated PyTorch code needs", f"{name}_"
+    if role == "block" and name in _keywords():
+        return f"`{name}` is a keyword of the language: a block of this name could not be " \
+            "called", f"{name}_block"
     if role == "parameter" and name in LANGUAGE_WORDS:
         return f"`{name}` is a word of the language; a parameter would change its meaning", \
             f"{name}_"
     return None
+
+
+def _keywords() -> frozenset[str]:
+    from .syntax import keywords
+    return keywords()

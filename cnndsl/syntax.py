@@ -85,6 +85,12 @@ class _Newlines:
 
 
 @lru_cache(maxsize=1)
+def keywords() -> frozenset[str]:
+    """The language's keywords (`residual`, `input`, ...), read from the grammar."""
+    return frozenset(m.lower() for m in re.findall(r"^_KW_(\w+)\.\d+:", grammar_text(), re.M))
+
+
+@lru_cache(maxsize=1)
 def _parser() -> Lark:
     return Lark(grammar_text(), parser="lalr", lexer="contextual",
                 propagate_positions=True, postlex=_Newlines(), maybe_placeholders=True)
@@ -193,6 +199,10 @@ def _syntax_diagnostic(exc: UnexpectedInput, text: str, file: str, parser: Lark)
                          text="this `(` is never closed"),)
     label = "the file ends here" if found == "the end of the file" else f"unexpected {found}"
     brace = _unclosed_brace(text) if found == "the end of the file" else None
+    if isinstance(exc, UnexpectedToken) and exc.token.value in _DEFINITION_WORDS and \
+            _open_braces(text):  # a definition starts while an earlier `{` is still open
+        brace = _unclosed_brace(text[:exc.token.start_pos])
+        label = f"`{exc.token.value}` starts the next definition here"
     if brace is not None and not unclosed:
         where = Span(file=file, line=brace[0], column=brace[1], end_line=brace[0],
                      end_column=brace[1] + 1)
@@ -216,12 +226,30 @@ def _untyped_parameter_help(text: str, line: int, column: int) -> str | None:
     return f"parameters are typed: `{match.group(2)}: {kind} = {value}`"
 
 
+_DEFINITION_WORDS = ("network", "block", "import", "train")
+
+
+def _open_braces(text: str) -> int:
+    """How many more `{` than `}` the text has (strings and comments aside)."""
+    return _scan_braces(text)[2]
+
+
 def _unclosed_brace(text: str) -> tuple[int, int] | None:
     """(line, column) of the `{` most likely left open: a `}` closes the latest `{` of its
     own indentation, so an open `{` indented deeper than the `}` that passes it is the
     culprit; else the last one still open at the end."""
+    culprit, stack, _ = _scan_braces(text)
+    if culprit is None and stack:
+        culprit = stack[-1]
+    return (culprit[0], culprit[1]) if culprit else None
+
+
+def _scan_braces(text: str):
+    """(the first `{` a less indented `}` passed, the `{` still open at the end, how many
+    more `{` than `}`)."""
     stack: list[tuple[int, int, int]] = []  # line, column, indentation of its line
     culprit = None
+    depth = 0
     for number, line in enumerate(text.split("\n"), 1):
         indent = len(line) - len(line.lstrip(" \t"))
         in_string = False
@@ -233,14 +261,14 @@ def _unclosed_brace(text: str) -> tuple[int, int] | None:
             elif char == "#":
                 break
             elif char == "{":
+                depth += 1
                 stack.append((number, column, indent))
             elif char == "}" and stack:
+                depth -= 1
                 while len(stack) > 1 and stack[-1][2] > indent and culprit is None:
                     culprit = stack.pop()
                 stack.pop()
-    if culprit is None and stack:
-        culprit = stack[-1]
-    return (culprit[0], culprit[1]) if culprit else None
+    return culprit, stack, depth
 
 
 # ---- tree -> ast ---------------------------------------------------------------

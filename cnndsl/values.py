@@ -99,6 +99,10 @@ def word_help(word: str, names) -> str:
     `in_channels` is unknown here."""
     if word == "in_channels":
         return "`in_channels` exists only inside a block: the channels the block receives"
+    if word in ("True", "False"):
+        return f"write `{word.lower()}`: true and false are lowercase in a .cnn file"
+    if word == "None":
+        return "there is no `None` in a .cnn file: leave the argument out for its default"
     from .suggest import did_you_mean
     return did_you_mean(word, [n for n in names if n != "in_channels"]) or \
         f"`{word}` is not a parameter here"

@@ -153,3 +153,46 @@ def test_escape_sequences_from_specs_and_paths_never_reach_the_terminal(tmp_path
         return result
     assert "esc\\x1b[31mred\\x07.cnn:2:5" in check().stderr
     assert json.loads(check("--json").stdout)["ok"] is False
+
+
+@pytest.mark.parametrize("text, line", [
+    ("network n() {\n input image: 3 x 8 x 8\n image: conv(4, 3)\n relu\n}", 3),
+    ("network n() {\n input image: 3 x 8 x 8\n image: relu * 2\n}", 3),
+    ("network n() {\n input image: 3 x 8 x 8\n image: basic(3)\n}", 3),
+    ("network n() {\n input image: 3 x 8 x 8\n image: (basic(3) -> basic(3))\n}", 3),
+    ("network n() {\n input image: 3 x 8 x 8\n a = image -> conv(4, 3)\n a: relu\n"
+     " output a\n}", 4),
+    ("block b() {\n input x\n x: conv(4, 3)\n}\nnetwork n() {\n input image: 3 x 8 x 8\n b\n}",
+     3),
+    ("network n() {\n input a: 3 x 8 x 8\n c1: conv(4, 3)\n input c1: 3 x 8 x 8\n output c1\n}",
+     4),
+])
+def test_a_label_or_an_input_never_takes_a_name_already_defined(text, line):
+    """b05: `image: conv(4, 3)` after `input image` wrote an ONNX graph defining `image`
+    twice (and the module's values overwrote the input)."""
+    with pytest.raises(cnndsl.CnnError) as info:
+        cnndsl.loads(text, name="h.cnn")
+    d = info.value.diagnostics[0]
+    assert (d.code, d.span.line, d.span.column) == ("E-name", line, 2)
+    assert "already" in d.message
+
+
+def test_an_input_named_like_an_automatic_name_keeps_its_own_value():
+    model = cnndsl.loads("network n() {\n input relu1: 3 x 8 x 8\n relu\n}")
+    assert [n.name for n in model.layers] == ["relu2"]
+    x = torch.randn(2, 3, 8, 8)
+    actual = create_session(model.to_onnx().SerializeToString(), "cpu").run(x.numpy())[0]
+    assert np.array_equal(actual, torch.relu(x).numpy())
+
+
+def test_a_block_named_like_a_keyword_is_refused_at_its_definition():
+    """b12: `block residual() { ... }` checked clean but could never be called; every word
+    the grammar keeps for itself is refused as a block's name."""
+    from cnndsl.syntax import keywords
+    assert {"residual", "branch", "input", "output", "train", "network"} <= keywords()
+    for word in sorted(keywords()):
+        with pytest.raises(cnndsl.CnnError) as info:
+            cnndsl.loads(f"block {word}() {{\n    sigmoid\n}}\nnetwork n() {{\n"
+                         "    input image: 3 x 8 x 8\n    relu\n}", name="h.cnn")
+        d = info.value.diagnostics[0]
+        assert (d.code, d.span.line, d.span.column) == ("E-name", 1, 7), word

@@ -309,3 +309,116 @@ def test_explain_lists_codes_and_takes_any_case():
     assert run_cli("explain", "e-SHAPE").stdout.startswith("E-shape:")
     wrong = run_cli("explain", "e-shap")
     assert wrong.returncode == 2 and "did you mean `E-shape`?" in wrong.stderr
+
+
+README_RESNET = next(b for b in __import__("test_docs").blocks("cnn")
+                     if "network resnet18" in b[1])[1]
+
+
+def test_the_readmes_labelled_groups_name_every_call():
+    """b06: `layer2: basic(...) -> basic(...)` named one call `layer2` and the next a
+    top-level `basic1`; the README's group spelling names both `layer2.0`, `layer2.1`."""
+    model = cnndsl.loads(README_RESNET, classes=10)
+    tops = {k.split(".")[0] for k in model.to_torch().state_dict()}
+    assert tops == {"conv1", "batchnorm1", "layer1", "layer2", "layer3", "layer4", "fc"}
+    assert model.shape("layer2") == (128, 28, 28) and model.shape("layer4.1") == (512, 7, 7)
+    assert not model.warnings
+
+
+def test_a_label_on_a_chain_of_block_calls_is_a_warning_with_the_group_spelling():
+    text = README_RESNET.replace("layer3: (basic(256, stride=2) -> basic(256))",
+                                 "layer3: basic(256, stride=2) -> basic(256)")
+    (warning,) = cnndsl.loads(text, name="r.cnn").warnings
+    assert (warning.code, warning.span.line, warning.span.column) == ("W-label", 15, 5)
+    assert warning.message == ("the label `layer3` names only the first step of this chain, "
+                               "`basic(256, stride=2)`")
+    assert warning.help.endswith("`layer3: (basic(256, stride=2) -> basic(256))`")
+    # a label on a layer that a chain goes on from is what it says: no warning
+    assert not cnndsl.loads("network n() {\n    input image: 3 x 8 x 8\n"
+                            "    stem: conv(4, 3) -> relu -> basic(4)\n}").warnings
+
+
+def test_a_residual_no_call_of_a_block_adds_is_a_warning():
+    """b07: the warning fired only in a network; a block whose every call drops its
+    residual says so once, at the residual (the stdlib's MBConv adds in some calls)."""
+    model = cnndsl.loads("block b(c: int) {\n    residual(project=false) {\n"
+                         "        conv(c, 3, padding=1)\n    }\n}\nnetwork n() {\n"
+                         "    input image: 3 x 8 x 8\n    b(4) -> b(8) -> b(16)\n}", name="t.cnn")
+    (warning,) = model.warnings
+    assert (warning.code, warning.span.line, warning.span.column) == ("W-residual", 2, 5)
+    assert "in any call of `b`" in warning.message
+    adds_once = cnndsl.loads("block b(c: int) {\n    residual(project=false) {\n"
+                             "        conv(c, 3, padding=1)\n    }\n}\nnetwork n() {\n"
+                             "    input image: 3 x 8 x 8\n    b(4) -> b(4)\n}")
+    assert not adds_once.warnings
+    assert not cnndsl.loads("network n() {\n    input image: 3 x 8 x 8\n"
+                            "    inverted_residual(16, 2, 6)\n}").warnings
+
+
+@pytest.mark.parametrize("word", ["hard_sigmoid", "logsigmoid", "softmin", "celu", "glu",
+                                  "hardshrink", "adaptive_maxpool", "tanhshrink", "softsign",
+                                  "Hardtanh", "rrelu", "Dropout2d", "MaxPool1d", "quick_gelu",
+                                  "pool"])
+def test_no_near_miss_for_a_different_function(word):
+    """b08: `hard_sigmoid` got "did you mean `sigmoid`?", `tanhshrink` `transition`."""
+    (code, col, message, help_text), = _one_line(word)
+    assert (code, col, message) == ("E-name", 5, f"unknown name `{word}`")
+    assert help_text is None or "did you mean" not in help_text
+
+
+@pytest.mark.parametrize("word, spelling", [("max_pool2d", "maxpool"), ("Conv2d", "conv"),
+                                            ("LeakyReLU", "leaky_relu"), ("interpolate",
+                                                                          "upsample"),
+                                            ("local_response_norm", "lrn"), ("rellu", "relu"),
+                                            ("relus", "relu"), ("batchnrom", "batchnorm")])
+def test_spellings_and_typos_still_get_the_cnn_name(word, spelling):
+    (_, _, _, help_text), = _one_line(word)
+    assert f"`{spelling}`" in help_text
+
+
+def test_torch_names_list_covers_torchs_layers():
+    import inspect
+
+    from cnndsl.suggest import TORCH_NAMES
+    modules = {n for n, v in vars(torch.nn).items() if inspect.isclass(v)
+               and issubclass(v, torch.nn.Module) and not n.startswith("_")}
+    functions = {n for n in dir(torch.nn.functional) if not n.startswith("_") and n not in (
+        "Optional", "assert_int_or_pair", "boolean_dispatch", "handle_torch_function")
+        and not n.startswith("has_torch_function") and inspect.isroutine(
+            getattr(torch.nn.functional, n))}
+    assert modules | functions <= TORCH_NAMES
+
+
+@pytest.mark.parametrize("word, spelling", [("False", "false"), ("True", "true")])
+def test_python_booleans_get_the_cnn_spelling(word, spelling):
+    """b09: `bias=False` said "`False` is not a parameter here"."""
+    (code, col, _, help_text), = _one_line(f"conv(16, 3, bias={word})")
+    assert (code, col) == ("E-arg", 22) and help_text.startswith(f"write `{spelling}`")
+    with pytest.raises(cnndsl.CnnError) as info:
+        cnndsl.loads(f"network n(b: bool = {word}) {{\n    input image: 3 x 8 x 8\n}}")
+    assert info.value.diagnostics[0].help.startswith(f"write `{spelling}`")
+
+
+def test_a_brace_left_open_before_the_next_definition_is_pointed_at():
+    """b10: "expected ..., found `network`" at 7:1; the `{` left open is at 2:19."""
+    with pytest.raises(cnndsl.CnnError) as info:
+        cnndsl.loads("block b() {\n    branch concat {\n        relu\n        sigmoid\n\n}\n"
+                     "network n() {\n    input image: 3 x 8 x 8\n    b\n}\n", name="t.cnn")
+    (d,) = info.value.diagnostics
+    assert (d.code, d.span.line, d.span.column, d.message) == ("E-syntax", 2, 19,
+                                                               "this `{` is never closed")
+    assert d.related[0].span.line == 7
+    with pytest.raises(cnndsl.CnnError) as info:  # balanced: a misplaced definition
+        cnndsl.loads("network a() {\n    input x: 3 x 8 x 8\n    network b() {\n    }\n}\n")
+    assert info.value.diagnostics[0].message.startswith("expected")
+
+
+def test_the_arguments_of_an_unknown_layer_are_checked_in_the_same_run():
+    """b11: `strides` was reported only once `Conv2d` had been renamed."""
+    errors = _one_line("Conv2d(3, 32, 3, strides=1) -> basci(3, strid=2)")
+    assert [(c, col, h) for c, col, _, h in errors] == [
+        ("E-name", 5, "in cnndsl it is `conv`"),
+        ("E-arg", 19, "input channels are inferred: PyTorch's Conv2d(3, 32, 3) is conv(32, 3); "
+                      "stride, padding and the rest are keywords"),
+        ("E-arg", 22, "in cnndsl it is `stride`"), ("E-name", 36, "did you mean `basic`?"),
+        ("E-arg", 45, "did you mean `stride`?")]

@@ -18,6 +18,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from .. import __version__
+from ..diagnostics import CnnError, Diagnostic
 from ..ir import Network, Node
 from ..weights import Weights
 from .onnx_ops import ONNX_OPS
@@ -37,6 +38,7 @@ class GraphBuilder:
         self.nodes: list[onnx.NodeProto] = []
         self.initializers: dict[str, onnx.TensorProto] = {}
         self.value_of: dict[str, str] = {i.name: i.name for i in ir.inputs}
+        self._consumers: dict[str, list[Node]] | None = None
 
     # ---- used by handlers -----------------------------------------------------------------
 
@@ -48,6 +50,23 @@ class GraphBuilder:
 
     def alias(self, node: Node, value: str) -> str:
         return value
+
+    def feeds(self, node: Node, ops: tuple[str, ...]) -> bool:
+        """Whether the node's value reaches a node of one of `ops`, directly or through
+        nodes that write no ONNX node of their own (dropout, identity)."""
+        if self._consumers is None:
+            self._consumers = {}
+            for n in self.ir.nodes:
+                for i in n.inputs:
+                    self._consumers.setdefault(i, []).append(n)
+        pending = [node.name]
+        while pending:
+            for user in self._consumers.get(pending.pop(), ()):
+                if user.op in ops:
+                    return True
+                if user.op in ("dropout", "identity"):
+                    pending.append(user.name)
+        return False
 
     def weight(self, node: Node, suffix: str) -> str:
         name = f"{node.name}.{suffix}"
@@ -75,11 +94,6 @@ class GraphBuilder:
         bias = self.constant(f"{node.name}.bias", ((b - mean) * scale + beta).astype(np.float32))
         return weight, bias
 
-    def unsupported(self, node: Node, what: str) -> None:
-        """Every layer kind has a handler (tests/test_registry.py); a back-end variant that
-        drops one is a programming error, not the spec's."""
-        raise NotImplementedError(f"the ONNX back end has no handler for {what}")
-
     # ---- assembly -----------------------------------------------------------------------
 
     def build(self) -> onnx.ModelProto:
@@ -89,8 +103,8 @@ class GraphBuilder:
                 self.value_of[node.name] = xs[0]
                 continue
             handler = ONNX_OPS.get(node.op)
-            if handler is None:
-                self.unsupported(node, f"`{node.op}`")
+            if handler is None:  # tests/test_registry.py keeps this from happening
+                raise NotImplementedError(f"the ONNX back end has no handler for `{node.op}`")
             out = handler(self, node, xs)
             if node.name in self.folded_into:  # the conv's output carries the BN's name
                 out = self.nodes[-1].output[0] = self.folded_into[node.name]
@@ -142,9 +156,10 @@ def to_onnx(ir: Network, weights: Weights, opset: int = DEFAULT_OPSET,
 
     Takes `weights` over: each array leaves the dict as it becomes an initializer, so the
     weights are held about once, not twice (pass a copy to keep yours)."""
-    if opset not in SUPPORTED_OPSETS:  # the command line allows only these
-        raise ValueError(f"opset {opset} is not supported: use {SUPPORTED_OPSETS.start}..."
-                         f"{SUPPORTED_OPSETS.stop - 1} (default {DEFAULT_OPSET})")
+    if opset not in SUPPORTED_OPSETS:
+        raise CnnError([Diagnostic(code="E-arg", message=f"opset {opset} is not supported",
+                                   help=f"use {SUPPORTED_OPSETS.start}..."
+                                   f"{SUPPORTED_OPSETS.stop - 1} (default {DEFAULT_OPSET})")])
     builder = GraphBuilder(ir, weights, opset, fold_plan(ir) if fold_batchnorm else {})
     model = builder.build()
     return model, dict(builder.value_of)

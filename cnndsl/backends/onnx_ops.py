@@ -59,22 +59,23 @@ def adaptive_avgpool(g: GraphBuilder, node: Node, xs: list[str]) -> str:
     (_, h, w), (oh, ow) = node.in_shapes[0], node.attrs["size"]
     if (h, w) == (oh, ow):
         return g.alias(node, xs[0])
-    if h % oh or w % ow:  # uneven, overlapping windows: average with two matrices
-        rows = g.constant(f"{node.name}.rows", _window_means(h, oh))
-        cols = g.constant(f"{node.name}.cols", _window_means(w, ow).T.copy())
-        pooled = g.op("MatMul", [xs[0], cols], node, output=f"{node.name}.cols_pooled")
-        return g.op("MatMul", [rows, pooled], node)
+    if h % oh or w % ow:  # PyTorch's windows overlap unevenly: a mean is a linear map
+        rows = g.constant(f"{node.name}.rows", _adaptive_means(h, oh))
+        columns = g.constant(f"{node.name}.columns", _adaptive_means(w, ow).T.copy())
+        across = g.op("MatMul", [xs[0], columns], node, output=f"{node.name}.columns_mean")
+        return g.op("MatMul", [rows, across], node)
     kernel = [h // oh, w // ow]
     return g.op("AveragePool", xs, node, kernel_shape=kernel, strides=kernel)
 
 
-def _window_means(size: int, out: int) -> np.ndarray:
-    """out x size: row i averages PyTorch's adaptive window i, [floor(i * size / out),
-    ceil((i + 1) * size / out))."""
+def _adaptive_means(size: int, out: int) -> np.ndarray:
+    """out x size: row i averages PyTorch's adaptive window i, [floor(i*size/out),
+    ceil((i+1)*size/out)); the mean over a window of rows and columns is the mean over
+    rows of means over columns."""
     matrix = np.zeros((out, size), np.float32)
     for i in range(out):
-        start, end = (i * size) // out, -(-(i + 1) * size // out)
-        matrix[i, start:end] = 1.0 / (end - start)
+        start, end = i * size // out, -(-(i + 1) * size // out)
+        matrix[i, start:end] = 1 / (end - start)
     return matrix
 
 
@@ -103,7 +104,13 @@ def upsample(g: GraphBuilder, node: Node, xs: list[str]) -> str:
 def pad(g: GraphBuilder, node: Node, xs: list[str]) -> str:
     pads = g.constant(f"{node.name}.pads", np.array([0, 0, *_pads(node)[:2], 0, 0,
                                                      *_pads(node)[2:]], np.int64))
-    value = g.constant(f"{node.name}.value", np.array(node.attrs["value"], np.float32))
+    value = node.attrs["value"]
+    if value == 0 and g.feeds(node, ("maxpool", "avgpool")):
+        # onnxruntime's PadFusion folds a zero Pad into the pool's own padding, which a
+        # max ignores and which may then exceed the kernel; it checks the value's bytes,
+        # so -0.0 (equal to 0 in every result) keeps the Pad a node of its own
+        value = -0.0
+    value = g.constant(f"{node.name}.value", np.array(value, np.float32))
     return g.op("Pad", [xs[0], pads, value], node, mode="constant")
 
 
@@ -130,6 +137,14 @@ def gelu(g: GraphBuilder, node: Node, xs: list[str]) -> str:
     shifted = g.op("Add", [erf, one], node, output=f"{node.name}.shifted")
     halved = g.op("Mul", [xs[0], half], node, output=f"{node.name}.half")
     return g.op("Mul", [halved, shifted], node)
+
+
+def hardswish(g: GraphBuilder, node: Node, xs: list[str]) -> str:
+    if g.opset >= 14:
+        return g.op("HardSwish", xs, node)
+    # HardSwish is opset 14: before it, x * hardsigmoid(x) with relu6(x + 3) / 6's constants
+    gate = g.op("HardSigmoid", xs, node, output=f"{node.name}.gate", alpha=1 / 6, beta=0.5)
+    return g.op("Mul", [xs[0], gate], node)
 
 
 def _simple(op_type: str, **attrs: Callable[[Node], object]):
@@ -172,7 +187,7 @@ ONNX_OPS: dict[str, Callable[[GraphBuilder, Node, list[str]], str]] = {
     "elu": _simple("Elu", alpha=lambda n: n.attrs["alpha"]),
     "gelu": gelu,
     "silu": silu,
-    "hardswish": _simple("HardSwish"),
+    "hardswish": hardswish,
     "sigmoid": _simple("Sigmoid"),
     "tanh": _simple("Tanh"),
     "softmax": _simple("Softmax", axis=lambda n: 1),
