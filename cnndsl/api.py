@@ -148,7 +148,8 @@ class Model:
         from .weights import expected_shapes
         defn = self.program.definitions[self.name]
         try:
-            default = Checker(self.program.definitions, memory_limit=2**62).network(defn, {})
+            default = Checker(self.program.definitions, memory_limit=2**62,
+                              file_defaults=self.program.file_defaults).network(defn, {})
         except CnnError:  # the spec's own values do not check: nothing to compare with
             return set()
         before, now = expected_shapes(default), expected_shapes(self.ir)
@@ -295,7 +296,8 @@ def _load(program: Program, source, network, strict, memory, params) -> Model:
         defn = program.network(network)
         train = program.train_def(defn.name)
         params = {**_train_args(train), **params}
-        ir = Checker(program.definitions, strict, *memory).network(defn, params)
+        ir = Checker(program.definitions, strict, *memory,
+                     file_defaults=program.file_defaults).network(defn, params)
         if train is not None:  # checked with the network, before anything runs
             from .training.spec import check_layers, check_loss_fits, check_train
             config = check_train(train, defn.name, ir.params)

@@ -155,10 +155,50 @@ class Output:
 
 @dataclass(frozen=True)
 class Assign:
-    target: str
+    """`name = chain`, or `a, b = chain` when the chain ends in several tensors."""
+
+    targets: tuple[tuple[str, Span], ...]
     chain: Chain
     span: Span
-    target_span: Span
+
+    @property
+    def target(self) -> str:
+        return self.targets[0][0]
+
+    @property
+    def target_span(self) -> Span:
+        return self.targets[0][1]
+
+
+@dataclass(frozen=True)
+class Let:
+    """`let w = expr`: a local constant, usable in later expressions."""
+
+    name: str
+    value: Expr
+    span: Span
+    name_span: Span
+
+
+@dataclass(frozen=True)
+class If:
+    """`if condition { ... } else { ... }`: statements under a condition."""
+
+    condition: Expr
+    then: tuple[Stmt, ...]
+    orelse: tuple[Stmt, ...] | None
+    span: Span
+
+
+@dataclass(frozen=True)
+class Defaults:
+    """`defaults batchnorm(eps=0.001)`: arguments for the layer's later calls."""
+
+    layer: str
+    args: tuple[Expr, ...]
+    kwargs: tuple[KwArg, ...]
+    span: Span
+    name_span: Span
 
 
 @dataclass(frozen=True)
@@ -170,7 +210,7 @@ class Conditional:
     span: Span
 
 
-Stmt = InputDecl | Output | Assign | Chain | Conditional
+Stmt = InputDecl | Output | Assign | Chain | Conditional | Let | If | Defaults
 
 # ---- top level -------------------------------------------------------------------
 
@@ -229,3 +269,4 @@ class Module:
     imports: tuple[Import, ...] = ()
     definitions: tuple[Definition, ...] = field(default=())
     trains: tuple[TrainDef, ...] = ()
+    defaults: tuple[Defaults, ...] = ()  # at the top of the file: for its networks

@@ -132,10 +132,10 @@ CATALOGUE: tuple[Entry, ...] = (
           argv=("run", "example.cnn", "--provider", "tensorrt")),
     Entry("E-block", "a block used where it does not fit",
           "A block with several outputs is used as one step of a chain, which passes one "
-          "tensor on.",
+          "tensor on, or its outputs are given more or fewer names than it has.",
           "block two() {\n    input x\n    a = x -> relu\n    b = x -> sigmoid\n"
           "    output a, b\n}\n\n" + _net("two() -> conv(8, 3)"),
-          "Give the block one output, or compute the other outputs in the network."),
+          "Name each output: `a, b = x -> two()`, or give the block one output."),
     Entry("E-train", "a training setting that cannot be used",
           "The `train` definition (or a --set override of it) names an unknown setting, "
           "optimizer, loss, schedule or augmentation, gives an argument a value it cannot "

@@ -9,7 +9,7 @@ fed by it are skipped silently, so one mistake gives one error.
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from . import ast
@@ -26,6 +26,8 @@ from .layers import (
     boolean,
     fmt,
     number,
+    pair0,
+    positive,
     short,
 )
 from .names import name_problem
@@ -49,7 +51,34 @@ DEFAULT_MEMORY_FRACTION = 0.5  # of this machine's memory, for parameters or act
 # holds the arrays, the protobuf and its serialisation (1.84 GB = 3.3x); training holds
 # weights, gradients and two Adam moments
 WEIGHT_COPIES = {"onnx": 3.5, "train": 4.0}
-PARAM_TYPES = {"int": as_int, "float": number, "bool": boolean, "any": lambda v: v}
+def _as_tuple(value) -> tuple:
+    return value if isinstance(value, tuple) else (value,)
+
+
+# block and network parameter types; `tensor` and `layer` are for blocks only
+PARAM_TYPES = {"int": as_int, "float": number, "bool": boolean, "any": lambda v: v,
+               "pair": pair0, "tuple": _as_tuple, "tensor": None, "layer": None}
+
+
+@dataclass(frozen=True)
+class LayerValue:
+    """The value of a `layer` parameter: a layer or block and its arguments, bound where
+    the call was written (its `params` and `lets`)."""
+
+    name: str
+    args: tuple
+    kwargs: tuple
+    has_call: bool
+    span: Span
+    params: dict = field(compare=False, repr=False)
+    lets: dict = field(compare=False, repr=False)
+
+    def __str__(self) -> str:
+        if not self.has_call:
+            return self.name
+        parts = [render_expr(a, {}) for a in self.args]
+        parts += [f"{kw.name}={render_expr(kw.value, {})}" for kw in self.kwargs]
+        return f"{self.name}({', '.join(parts)})"
 
 
 @dataclass
@@ -80,11 +109,13 @@ class Frame:
     counters: dict[str, int] = field(default_factory=dict)
     taken: set[str] = field(default_factory=set)
     blocks: tuple[str, ...] = ()  # block calls being expanded, for recursion errors
+    lets: dict[str, Any] = field(default_factory=dict)  # constant -> its expression
+    # layer op -> argument -> value, from `defaults` statements (blocks inherit a copy)
+    defaults: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def with_prefix(self, prefix: str) -> Frame:
         """Same scope, names prefixed (shortcut_, b1_); shares tensors and counters."""
-        return Frame(self.params, self.path, self.prefix + prefix, self.tensors, self.used,
-                     self.assigned, self.counters, self.taken, self.blocks)
+        return replace(self, prefix=self.prefix + prefix)
 
 
 class _StatementError(Exception):
@@ -97,8 +128,10 @@ class _FatalError(Exception):
 
 class Checker:
     def __init__(self, definitions: dict[str, ast.Definition], strict: bool = False,
-                 memory_limit: int | None = None, weight_copies: float = 1.0):
+                 memory_limit: int | None = None, weight_copies: float = 1.0,
+                 file_defaults: dict[str, tuple[ast.Defaults, ...]] | None = None):
         self.definitions = definitions
+        self.file_defaults = file_defaults or {}  # file -> its top-level `defaults`
         self.strict = strict
         self.memory_limit = default_memory_limit() if memory_limit is None else memory_limit
         # how many fp32 copies of the weights the caller will hold at its peak: 1 to check,
@@ -120,12 +153,13 @@ class Checker:
     def network(self, defn: ast.Definition, overrides: dict[str, Any]) -> Network:
         self.main_file = defn.span.file
         params = self.bind_network_params(defn, overrides)
-        frame = Frame(params)
+        frame = Frame(dict(params))  # `let` adds to the frame's values, not to the network's
         inputs: list[Input] = []
         outputs: list[str] = []
         self.output_names: list[str] = []
+        body = (*self.file_defaults.get(defn.span.file, ()), *defn.body)
         try:
-            current = self.statements(defn.body, None, frame, inputs=inputs, outputs=outputs)
+            current = self.statements(body, None, frame, inputs=inputs, outputs=outputs)
         except _FatalError:
             raise CnnError(self.errors + self.warnings) from None
         if not inputs and not self.errors:
@@ -219,12 +253,17 @@ class Checker:
             values[param.name] = self.coerce(coerce, raw, span, f"parameter `{param.name}`")
         return values
 
-    def param_type(self, param: ast.Param):
+    def param_type(self, param: ast.Param, block: bool = False):
         if param.type not in PARAM_TYPES:
             raise CnnError([Diagnostic(
                 code="E-type", message=f"unknown type `{param.type}`", span=param.span,
-                help=did_you_mean(param.type, PARAM_TYPES) or "types: int, float, bool, any")])
-        return PARAM_TYPES[param.type]
+                help=did_you_mean(param.type, PARAM_TYPES) or
+                "types: " + ", ".join(PARAM_TYPES))])
+        if PARAM_TYPES[param.type] is None and not block:
+            raise CnnError([Diagnostic(
+                code="E-type", message=f"a network parameter cannot be a {param.type}",
+                span=param.span, help="only block parameters take tensors and layers")])
+        return PARAM_TYPES[param.type] or (lambda v: v)
 
     def eval(self, expr: ast.Expr, params: dict[str, Any]) -> Any:
         try:
@@ -256,11 +295,12 @@ class Checker:
                     for d in exc.diagnostics:
                         self.report(d)
                 current = Tensor("<error>", None, stmt.span, "error")
-                name = (stmt.target if isinstance(stmt, ast.Assign) else
-                        stmt.name if isinstance(stmt, ast.InputDecl) else None)
-                if name is not None and name not in frame.tensors:
-                    frame.tensors[name] = current  # its later uses stay quiet
-                    frame.used.add(name)
+                names = ([n for n, _ in stmt.targets] if isinstance(stmt, ast.Assign) else
+                         [stmt.name] if isinstance(stmt, ast.InputDecl) else [])
+                for name in names:
+                    if name not in frame.tensors:
+                        frame.tensors[name] = current  # its later uses stay quiet
+                        frame.used.add(name)
         return current
 
     def statement(self, stmt, current, frame, inputs, outputs, block_input):
@@ -272,11 +312,63 @@ class Checker:
             condition = self.coerce(boolean, self.eval(stmt.condition, frame.params),
                                     stmt.condition.span, "condition")
             return self.chain(stmt.chain, current, frame) if condition else current
+        if isinstance(stmt, ast.If):
+            condition = self.coerce(boolean, self.eval(stmt.condition, frame.params),
+                                    stmt.condition.span, "condition")
+            chosen = stmt.then if condition else stmt.orelse or ()
+            return self.statements(chosen, current, frame, inputs, outputs, block_input)
+        if isinstance(stmt, ast.Let):
+            self.let(stmt, frame)
+            return current
+        if isinstance(stmt, ast.Defaults):
+            self.defaults(stmt, frame)
+            return current
+        if isinstance(stmt, ast.Assign) and len(stmt.targets) > 1:
+            results = self.chain(stmt.chain, current, frame, several=len(stmt.targets))
+            for (name, span), tensor in zip(stmt.targets, results):
+                self.bind_tensor(name, span, tensor, frame)
+            return results[-1]
         if isinstance(stmt, ast.Assign):
             result = self.chain(stmt.chain, current, frame)
             self.bind_tensor(stmt.target, stmt.target_span, result, frame)
             return result
         return self.chain(stmt, current, frame)
+
+    def let(self, stmt: ast.Let, frame: Frame) -> None:
+        """`let w = expr`: a constant of this body, usable in later expressions."""
+        problem = name_problem(stmt.name, "parameter")
+        if problem is not None:
+            raise self.fail("E-name", problem[0], stmt.name_span,
+                            help=f"call it e.g. `{problem[1]}`")
+        if stmt.name in frame.params or stmt.name in frame.tensors:
+            raise self.fail("E-name", f"`{stmt.name}` is already defined", stmt.name_span,
+                            label="a constant needs a name of its own")
+        frame.params[stmt.name] = self.eval(stmt.value, frame.params)
+        frame.lets[stmt.name] = inline(stmt.value, frame.lets)
+
+    def defaults(self, stmt: ast.Defaults, frame: Frame) -> None:
+        """`defaults batchnorm(eps=0.001)`: the values the layer's later calls take when
+        they do not say (here, and in the blocks called from here)."""
+        kind = REGISTRY.get(stmt.layer)
+        if kind is None:
+            raise self.fail("E-name", f"unknown layer `{stmt.layer}`", stmt.name_span,
+                            help=layer_help(stmt.layer, list(REGISTRY), REGISTRY))
+        if stmt.args or kind.many_inputs:
+            raise self.fail("E-arg", "`defaults` takes a layer's keyword arguments",
+                            (stmt.args[0] if stmt.args else stmt).span,
+                            help=f"e.g. `defaults {stmt.layer}(name=value)`" if not
+                            kind.many_inputs else f"`{stmt.layer}` takes no arguments")
+        by_name = {a.name: a for a in kind.args if not a.tensor}
+        table = dict(frame.defaults.get(kind.op, {}))
+        for kw in stmt.kwargs:
+            if kw.name not in by_name:
+                raise self.fail("E-arg", f"unknown argument `{kw.name}` for `{kind.op}`",
+                                kw.name_span, label="unknown argument",
+                                help=argument_help(kw.name, by_name) or kind.signature())
+            table[kw.name] = self.coerce(by_name[kw.name].coerce,
+                                         self.eval(kw.value, frame.params), kw.value.span,
+                                         f"`{kind.op}` argument `{kw.name}`", frame.params)
+        frame.defaults[kind.op] = table
 
     def input_decl(self, stmt: ast.InputDecl, frame, inputs, block_input) -> Tensor:
         if inputs is None:  # inside a block: `input x` names the incoming tensor
@@ -371,7 +463,10 @@ class Checker:
 
     # ---- chains and steps -----------------------------------------------------------
 
-    def chain(self, chain: ast.Chain, current: Tensor | None, frame: Frame) -> Tensor:
+    def chain(self, chain: ast.Chain, current: Tensor | None, frame: Frame,
+              several: int | None = None):
+        """The chain's output; with `several` (`a, b = ...`), the list of tensors its last
+        step gives (a split, or a block with several outputs)."""
         steps = list(chain.steps)
         first = steps[0]
         self.warn_label_on_chain(steps)
@@ -383,9 +478,14 @@ class Checker:
                 and REGISTRY[first.name].many_inputs:
             current = None  # `concat(a, b)` starting a line joins a and b only
         failed = False
-        for step in steps:  # a poisoned input still gets its arguments checked
+        if several is not None and not steps:
+            raise self.fail("E-arg", f"{several} names for one tensor", chain.span,
+                            help="end the line with split(...) or a block with several "
+                            "outputs: `a, b = x -> split(2)`")
+        for i, step in enumerate(steps):  # a poisoned input still gets its arguments checked
+            last = several if i == len(steps) - 1 else None
             try:
-                current = self.step(step, current, frame)
+                current = self.step(step, current, frame, last)
             except _StatementError:  # go on: every unknown name of a line in one run
                 failed = True
                 current = Tensor("<error>", None, step.span, "error")
@@ -412,7 +512,13 @@ class Checker:
             label=f"`{label}` names this call only; the next get names of their own",
             help=f"to name them all `{label}.0`, `{label}.1`...: `{label}: ({group})`"))
 
-    def step(self, step, x: Tensor | None, frame: Frame) -> Tensor:
+    def step(self, step, x: Tensor | None, frame: Frame, several: int | None = None):
+        if several is not None and not isinstance(step, ast.Layer):
+            raise self.fail("E-arg", f"{several} names for one tensor", step.span,
+                            help="end the line with split(...) or a block with several "
+                            "outputs: `a, b = x -> split(2)`")
+        if isinstance(step, ast.Layer):
+            return self.layer(step, x, frame, several=several)
         if isinstance(step, ast.Repeat):
             return self.repeat(step, x, frame)
         if isinstance(step, ast.Residual):
@@ -429,18 +535,33 @@ class Checker:
                             help="declare the input first, e.g. `input image: 3 x 32 x 32`")
         return x
 
-    def layer(self, step: ast.Layer, x: Tensor | None, frame: Frame, name: str | None = None):
+    def layer(self, step: ast.Layer, x: Tensor | None, frame: Frame, name: str | None = None,
+              several: int | None = None):
         self.steps += 1
         if self.steps > MAX_STEPS:
             self.fail("E-limit", f"expanding this network takes more than {MAX_STEPS:,} steps "
                       "(layers and block calls)", step.span, help="lower the repeat counts")
             raise _FatalError()
+        value = frame.params.get(step.name)
+        if isinstance(value, LayerValue) and not step.has_call:  # `act` of `act: layer`
+            called = ast.Layer(value.name, value.args, value.kwargs, value.has_call,
+                               step.label, step.span, step.name_span)
+            return self.layer(called, x, replace(frame, params=value.params,
+                                                 lets=value.lets), name, several)
+        is_block = getattr(self.definitions.get(step.name), "kind", None) == "block"
+        if step.name == "split" and step.name not in REGISTRY and not is_block:
+            return self.split(step, x, frame, several)
+        if several is not None and not is_block:
+            raise self.fail("E-arg", f"{several} names for one tensor", step.span,
+                            help="end the line with split(...) or a block with several "
+                            "outputs: `a, b = x -> split(2)`")
         if step.name in REGISTRY:
             return self.primitive(REGISTRY[step.name], step, x, frame, name)
-        if step.name in self.definitions and self.definitions[step.name].kind == "block":
-            tensor = self.call_block(self.definitions[step.name], step, x, frame, name)
-            if step.label is not None:  # `layer2: basic(128)` names its output `layer2`
-                frame.tensors.setdefault(step.label, tensor)
+        if is_block:
+            tensor = self.call_block(self.definitions[step.name], step, x, frame, name,
+                                     several)
+            if step.label is not None and several is None:  # `layer2: basic(128)` names
+                frame.tensors.setdefault(step.label, tensor)  # its output `layer2`
             return tensor
         if not step.has_call and step.name in frame.tensors:
             raise self.fail("E-name", f"tensor `{step.name}` can only start a chain", step.span,
@@ -480,6 +601,48 @@ class Checker:
                           label="unknown argument", help=argument_help(kw.name, by_name) or
                           self.signature_help(signature, f"`{likely}`"))
 
+    def split(self, step: ast.Layer, x: Tensor | None, frame: Frame,
+              several: int | None) -> list[Tensor]:
+        """`a, b = x -> split(2)` (equal parts) or `split((24, 40))`: channel slices, named
+        `split1.0`, `split1.1` (or by the step's label)."""
+        x = self.need_input(x, step.span)
+        if several is None:
+            raise self.fail("E-arg", "split gives several tensors: name them", step.span,
+                            help="e.g. `a, b = x -> split(2)`")
+        if step.kwargs or len(step.args) != 1:
+            raise self.fail("E-arg", "split takes the number of parts or their channels",
+                            step.span, help="split(2) or split((24, 40))")
+        value = self.eval(step.args[0], frame.params)
+        if x.shape is None:
+            raise _StatementError()
+        channels = x.shape[0]
+        if isinstance(value, tuple):
+            sizes = [self.coerce(positive, v, step.args[0].span, "split") for v in value]
+            if sum(sizes) != channels:
+                raise self.fail("E-shape", f"split into {' + '.join(map(str, sizes))} = "
+                                f"{sum(sizes)} channels; the input has {channels}",
+                                step.args[0].span)
+        else:
+            parts = self.coerce(positive, value, step.args[0].span, "split")
+            if channels % parts:
+                raise self.fail("E-shape", f"{channels} channels do not split into {parts} "
+                                "equal parts", step.args[0].span,
+                                help="give the parts' sizes: split((a, b, ...))")
+            sizes = [channels // parts] * parts
+        if len(sizes) != several:
+            raise self.fail("E-arg", f"split into {len(sizes)} parts, named {several}",
+                            step.span)
+        path = frame.path + (self.local_name(step, "split", frame, None),)
+        tensors, start = [], 0
+        for i, size in enumerate(sizes):
+            tensors.append(self.emit(REGISTRY["slice"], {"start": start, "stop": start + size},
+                                     [x], path + (str(i),), step))
+            start += size
+        self.scopes.append(Scope(path=path, block=None, span=step.span, inputs=(x.name,),
+                                 output=tensors[0].name,
+                                 outputs=tuple(t.name for t in tensors)))
+        return tensors
+
     def repeat(self, step: ast.Repeat, x: Tensor | None, frame: Frame) -> Tensor:
         count = self.coerce(lambda v: as_int(v, 0), self.eval(step.count, frame.params),
                             step.count.span, "repeat count")
@@ -508,7 +671,8 @@ class Checker:
         index = len(self.scopes)
         self.scopes.append(Scope(path=container, block=None, span=span,
                                  inputs=(x.name,) if x else ()))
-        sub = Frame(frame.params, container, blocks=frame.blocks)
+        sub = Frame(frame.params, container, blocks=frame.blocks, lets=frame.lets,
+                    defaults=frame.defaults)
         for i, inner in enumerate(steps):
             x = self.layer(inner, x, sub, name=str(i))
             if x.shape is None:
@@ -564,6 +728,9 @@ class Checker:
         else:
             xs = [self.need_input(x, step.span)]
             attrs, derivations, exprs = self.bind_args(kind.args, step, frame, f"`{kind.op}`")
+            for arg in kind.args:  # `like=e1`: its shape
+                if arg.tensor and attrs[arg.name] is not None:
+                    attrs[arg.name] = attrs[arg.name].shape
         local = self.local_name(step, kind.op, frame, name)
         tensor = self.emit(kind, attrs, xs, frame.path + (local,), step, derivations, exprs)
         if step.label is not None:
@@ -586,10 +753,11 @@ class Checker:
                             help=f"e.g. `{step.name}(a, b)`, or `-> {step.name}(skip)` in a chain")
         return xs
 
-    def emit(self, kind: LayerKind, attrs: dict, xs: list[Tensor], path: tuple[str, ...],
+    def emit(self, kind: LayerKind, args: dict, xs: list[Tensor], path: tuple[str, ...],
              step, derivations=None, syms=None, generated: bool = False) -> Tensor:
-        """Add a node. `generated`: cnndsl wrote it (an automatic shortcut), so warnings
-        about it would be about code the user never wrote."""
+        """Add a node for a call with these bound arguments. `generated`: cnndsl wrote it
+        (an automatic shortcut), so warnings about it would be about code the user never
+        wrote."""
         if any(t.shape is None for t in xs):
             return Tensor(".".join(path), None, step.span, kind.op)
         if len(self.nodes) >= MAX_NODES:
@@ -598,9 +766,10 @@ class Checker:
         shapes = [t.shape for t in xs]
         warn = Warn()
         try:
-            shape = kind.infer(attrs, shapes, warn)
-            params = kind.count_params(attrs, shapes, shape)
-            buffers = kind.count_buffers(attrs, shapes, shape)
+            attrs, shape = kind.check(args, shapes, warn)
+            tensors = kind.weights(attrs)
+            params = sum(w.size for w in tensors if not w.buffer)
+            buffers = sum(w.size for w in tensors if w.buffer)
             macs = kind.count_macs(attrs, shapes, shape)
         except LayerError as exc:
             self.report(self.located(exc, step, xs))
@@ -711,8 +880,16 @@ class Checker:
                                 related=(Label(span=spans[kw.name], text="first here"),))
             given[kw.name], spans[kw.name] = kw.value, kw.span
         values, derivations = {}, {}
+        table = frame.defaults.get(step.name, {}) if step.name in REGISTRY else {}
         for arg in signature:
-            if arg.name in given:
+            if arg.name in given and arg.tensor:
+                values[arg.name] = self.tensor_argument(given.pop(arg.name), frame, what,
+                                                        arg.name)
+            elif arg.name in given and arg.layer:
+                values[arg.name] = self.layer_argument(given.pop(arg.name), frame)
+            elif arg.name in table and arg.name not in given:  # `defaults` said so earlier
+                values[arg.name] = table[arg.name]
+            elif arg.name in given:
                 expr = given[arg.name]
                 raw = self.eval(expr, frame.params)
                 values[arg.name] = self.coerce(arg.coerce, raw, expr.span,
@@ -725,8 +902,42 @@ class Checker:
                                 help=self.signature_help(signature, what))
             else:
                 values[arg.name] = arg.default
-        exprs = {k: e for k, e in given.items() if not isinstance(values[k], str)}
+        exprs = {k: inline(e, frame.lets) for k, e in given.items()
+                 if not isinstance(values[k], str)}
         return values, derivations, exprs
+
+    def tensor_argument(self, expr: ast.Expr, frame: Frame, what: str, name: str) -> Tensor:
+        """`like=e1`, `skip=e3`: the named tensor (a failed one stays quiet)."""
+        if not isinstance(expr, ast.Name) or expr.id not in frame.tensors:
+            if isinstance(expr, ast.Name):
+                self.lookup_tensor(expr.id, expr.span, frame)  # unknown tensor, did-you-mean
+            raise self.fail("E-arg", f"{what} argument `{name}` takes a tensor's name",
+                            expr.span, label="not a tensor",
+                            help=f"e.g. `{name}=skip`, a tensor named earlier")
+        tensor = self.lookup_tensor(expr.id, expr.span, frame)
+        if tensor.shape is None:
+            raise _StatementError()
+        return tensor
+
+    def layer_argument(self, expr: ast.Expr, frame: Frame) -> LayerValue:
+        """`act=hardswish`, `act=leaky_relu(0.2)`: a layer (or block) and its arguments,
+        bound later in this frame."""
+        if isinstance(expr, ast.Name):
+            name, args, kwargs, call = expr.id, (), (), False
+        elif isinstance(expr, ast.Func):
+            name, args, kwargs, call = expr.name, expr.args, expr.kwargs, True
+        else:
+            raise self.fail("E-arg", "expected a layer, e.g. `relu` or `leaky_relu(0.2)`",
+                            expr.span)
+        value = frame.params.get(name)
+        if isinstance(value, LayerValue) and not call:  # passed on from an outer block
+            return value
+        if name not in REGISTRY and getattr(self.definitions.get(name), "kind", None) \
+                != "block":
+            blocks = [d.name for d in self.definitions.values() if d.kind == "block"]
+            raise self.fail("E-name", f"unknown layer `{name}`", expr.span,
+                            help=layer_help(name, [*REGISTRY, *blocks], REGISTRY))
+        return LayerValue(name, args, kwargs, call, expr.span, frame.params, frame.lets)
 
     def signature_help(self, signature: tuple[Arg, ...], what: str) -> str:
         def default(arg: Arg) -> str:
@@ -743,11 +954,18 @@ class Checker:
 
     def block_signature(self, defn: ast.Definition) -> tuple[Arg, ...]:
         """Defaults are expressions evaluated at each call (`_LATER`), not values."""
-        return tuple(Arg(p.name, self.param_type(p), REQUIRED if p.default is None else _LATER)
+        for p in defn.params:
+            if p.type == "tensor" and p.default is not None:
+                raise CnnError([Diagnostic(code="E-param", message=f"tensor parameter "
+                                           f"`{p.name}` takes no default", span=p.span,
+                                           help="the caller names the tensor: `skip=e1`")])
+        return tuple(Arg(p.name, self.param_type(p, block=True),
+                         REQUIRED if p.default is None else _LATER,
+                         tensor=p.type == "tensor", layer=p.type == "layer")
                      for p in defn.params)
 
     def call_block(self, defn: ast.Definition, step: ast.Layer, x: Tensor | None, frame: Frame,
-                   name: str | None = None) -> Tensor:
+                   name: str | None = None, several: int | None = None):
         x = self.need_input(x, step.span)
         if defn.name in frame.blocks:
             raise self.fail("E-recursion", f"block `{defn.name}` calls itself", step.span,
@@ -761,11 +979,14 @@ class Checker:
             raise _StatementError()
         channels = {"in_channels": x.shape[0]}
         values, exprs = self.bind_block_args(defn, step, frame, channels)
-        values = {**values, **channels}  # a block sees the channels it is given
+        tensors = {k: v for k, v in values.items() if isinstance(v, Tensor)}  # `skip=e1`
+        values = {**{k: v for k, v in values.items() if k not in tensors}, **channels}
         arg_syms = {**exprs, "in_channels": x.sym}
         local = self.local_name(step, defn.name, frame, name)
         path = frame.path + (local,)
-        inner = Frame(values, path, blocks=frame.blocks + (defn.name,))
+        inner = Frame(dict(values), path, blocks=frame.blocks + (defn.name,),
+                      defaults=dict(frame.defaults))  # a block sees its caller's defaults
+        inner.tensors.update({k: replace(t, sym=None) for k, t in tensors.items()})
         entry = Tensor(x.name, x.shape, x.span, x.op, ast.Name("in_channels", step.span))
         outputs: list[str] = []
         self.calls.append((defn.name, step.span))
@@ -775,18 +996,26 @@ class Checker:
             self.warn_unused(inner, outputs)
         finally:
             self.calls.pop()
-        if len(outputs) > 1:
-            declared = next(st for st in defn.body if isinstance(st, ast.Output))
-            raise self.fail("E-block", f"block `{defn.name}` has {len(outputs)} outputs; a step "
-                            "of a chain passes one tensor on", step.span,
-                            related=(Label(span=declared.span, text="its outputs"),),
-                            help="give the block one output, or compute the other outputs "
-                            "in the network")
-        if outputs:
-            result = next(t for t in inner.tensors.values() if t.name == outputs[-1])
+        if len(outputs) > 1 and several != len(outputs) or several and len(outputs) <= 1:
+            declared = next((st for st in defn.body if isinstance(st, ast.Output)), None)
+            raise self.fail("E-block", f"block `{defn.name}` has {max(1, len(outputs))} "
+                            f"output{'s' if len(outputs) > 1 else ''}; "
+                            + (f"{several} names take them" if several else
+                               "a step of a chain passes one tensor on"), step.span,
+                            related=(Label(span=declared.span, text="its outputs"),)
+                            if declared else (),
+                            help=f"name each: `{_names_for(len(outputs))} = x -> "
+                            f"{defn.name}(...)`" if len(outputs) > 1 else
+                            "give the block as many outputs as there are names")
+        found = [next(t for t in inner.tensors.values() if t.name == o) for o in outputs]
+        if found:
+            result = found[0]
         self.scopes.append(Scope(path=path, block=defn.name, args=values, span=step.span,
-                                 inputs=(x.name,), output=result.name if result else "",
-                                 arg_syms=arg_syms))
+                                 inputs=(x.name, *(t.name for t in tensors.values())),
+                                 output=result.name if result else "",
+                                 outputs=tuple(outputs), arg_syms=arg_syms))
+        if several:
+            return [Tensor(t.name, t.shape, step.span, defn.name) for t in found]
         result = result or entry
         mapping = {**{k: e for k, e in arg_syms.items() if e is not None},
                    **{k: ast.Num(v, step.span) for k, v in values.items()
@@ -799,10 +1028,15 @@ class Checker:
         signature = self.block_signature(defn)
         values, _, exprs = self.bind_args(signature, step, frame, f"block `{defn.name}`")
         for arg, param in zip(signature, defn.params):
-            if values[arg.name] is _LATER:
-                raw = self.eval(param.default, {**channels, **values})
-                values[arg.name] = self.coerce(arg.coerce, raw, param.default.span,
-                                               f"parameter `{param.name}`")
+            if values[arg.name] is not _LATER:
+                continue
+            if arg.layer:  # `act: layer = relu`: bound in the block's own terms
+                values[arg.name] = self.layer_argument(
+                    param.default, Frame({**channels, **values}))
+                continue
+            raw = self.eval(param.default, {**channels, **values})
+            values[arg.name] = self.coerce(arg.coerce, raw, param.default.span,
+                                           f"parameter `{param.name}`")
         return values, exprs
 
     # ---- residual and branch --------------------------------------------------------
@@ -877,12 +1111,14 @@ class Checker:
                                 f"{fmt(body.shape)}: no strided 1x1 projection matches",
                                 step.span, help="write the shortcut with `shortcut { ... }`")
             strides.append(s)
-        conv = {**REGISTRY["conv"].defaults(), "out_channels": body.shape[0], "kernel": (1, 1),
+        conv = {**REGISTRY["conv"].defaults(), **frame.defaults.get("conv", {}),
+                "out_channels": body.shape[0], "kernel": (1, 1),
                 "stride": tuple(strides), "bias": False}
         y = self.emit(REGISTRY["conv"], conv, [x], frame.path + (self.auto_name("conv", frame),),
                       step, syms={"out_channels": body.sym} if body.sym is not None else {},
                       generated=True)
-        return self.emit(REGISTRY["batchnorm"], REGISTRY["batchnorm"].defaults(), [y],
+        norm = {**REGISTRY["batchnorm"].defaults(), **frame.defaults.get("batchnorm", {})}
+        return self.emit(REGISTRY["batchnorm"], norm, [y],
                          frame.path + (self.auto_name("batchnorm", frame),), step)
 
     def branch(self, step: ast.Branch, x: Tensor, frame: Frame) -> Tensor:
@@ -990,6 +1226,30 @@ def substitute(expr: Any, mapping: dict[str, Any]) -> Any:
         args = [substitute(a, mapping) for a in expr.args]
         return None if None in args else ast.Func(expr.name, tuple(args), expr.span)
     return None
+
+
+def _names_for(count: int) -> str:
+    return ", ".join(f"out{i + 1}" for i in range(count))
+
+
+def inline(expr: Any, lets: dict[str, Any]) -> Any:
+    """The expression with each `let` constant replaced by what it stands for, so that it
+    is written over the block's parameters alone (generated source uses those)."""
+    if not lets or expr is None:
+        return expr
+    if isinstance(expr, ast.Name):
+        return lets.get(expr.id, expr)
+    if isinstance(expr, (ast.BinOp, ast.Compare)):
+        return replace(expr, left=inline(expr.left, lets), right=inline(expr.right, lets))
+    if isinstance(expr, ast.BoolOp):
+        return replace(expr, left=inline(expr.left, lets), right=inline(expr.right, lets))
+    if isinstance(expr, ast.Neg):
+        return replace(expr, operand=inline(expr.operand, lets))
+    if isinstance(expr, ast.Func):
+        return replace(expr, args=tuple(inline(a, lets) for a in expr.args))
+    if isinstance(expr, ast.Tuple):
+        return replace(expr, items=tuple(inline(i, lets) for i in expr.items))
+    return expr
 
 
 def explain(expr: ast.Expr, params: dict[str, Any], value: Any) -> str:

@@ -14,6 +14,7 @@ from .diagnostics import Diagnostic
 from .source import Span
 
 Shape = tuple[int, ...]
+OUTPUT = "<output>"  # what Network.users gives for a network output
 
 
 class Node(BaseModel):
@@ -23,7 +24,7 @@ class Node(BaseModel):
 
     path: tuple[str, ...]
     op: str
-    attrs: dict[str, Any]
+    attrs: Any  # the op's frozen, typed record (cnndsl.layers.LayerKind.Attrs)
     inputs: tuple[str, ...]  # names (dotted paths) of producer nodes or network inputs
     in_shapes: tuple[Shape, ...]
     shape: Shape
@@ -66,8 +67,9 @@ class Scope(BaseModel):
     block: str | None  # the block definition's name; None for a repeat container
     args: dict[str, Any] = {}
     span: Span
-    inputs: tuple[str, ...] = ()
+    inputs: tuple[str, ...] = ()  # the chain's input first, then tensor arguments (`skip=e1`)
     output: str = ""
+    outputs: tuple[str, ...] = ()  # all of them, for a block with several outputs
     # the call's arguments (and "in_channels") as expressions of the caller's parameters
     arg_syms: dict[str, Any] = {}
 
@@ -87,6 +89,7 @@ class Network(BaseModel):
     scopes: tuple[Scope, ...] = ()
     warnings: tuple[Diagnostic, ...] = ()
     _index: dict[str, Node] | None = PrivateAttr(default=None)
+    _users: dict[str, tuple[str, ...]] | None = PrivateAttr(default=None)
 
     @property
     def total_params(self) -> int:
@@ -105,6 +108,10 @@ class Network(BaseModel):
     def node(self, name: str) -> Node:
         return self._by_name()[name]
 
+    def producer(self, name: str) -> Node | None:
+        """The node whose output `name` is; None for a network input."""
+        return self._by_name().get(name)
+
     def shape_of(self, name: str) -> Shape:
         by_name = self._by_name()
         if name in by_name:
@@ -119,6 +126,19 @@ class Network(BaseModel):
         hint = did_you_mean(name, [*by_name, *(i.name for i in self.inputs)])
         raise KeyError(f"no layer or input `{name}` in {self.name}" + (f"; {hint}" if hint
                                                                        else ""))
+
+    def users(self, name: str) -> tuple[str, ...]:
+        """Who reads a value: the nodes it feeds, and `<output>` once per network output
+        it is."""
+        if self._users is None:
+            users: dict[str, list[str]] = {}
+            for node in self.nodes:
+                for source in node.inputs:
+                    users.setdefault(source, []).append(node.name)
+            for output in self.outputs:
+                users.setdefault(output, []).append(OUTPUT)
+            self._users = {k: tuple(v) for k, v in users.items()}
+        return self._users.get(name, ())
 
     def _by_name(self) -> dict[str, Node]:
         if self._index is None:
@@ -147,6 +167,12 @@ class ScopeTree:
     @property
     def output(self) -> str:
         return self.scope.output if self.scope else ""
+
+    @property
+    def outputs(self) -> tuple[str, ...]:
+        if self.scope is None:
+            return ()
+        return self.scope.outputs or (self.scope.output,)
 
     def nodes(self) -> list[Node]:
         out: list[Node] = []

@@ -1,11 +1,14 @@
-"""The registry of layer kinds: arguments, shape rule, parameters and MACs.
+"""The registry of layer kinds: one typed contract per op.
 
-Adding a layer type touches exactly these places:
-  1. a `LayerKind` subclass here (arguments, `infer`, `count_params`, `count_macs`);
-  2. its PyTorch handler in `cnndsl/backends/torch_ops.py` (`TORCH_OPS`);
-  3. its ONNX handler in `cnndsl/backends/onnx_ops.py`, once that back end exists.
-`tests/test_registry.py` walks this registry against every back end, so a missing handler
-fails loudly. Nothing here imports torch, onnx or graphviz.
+A `LayerKind` owns everything about its op: its arguments, its typed record after
+inference (`Attrs`, with `Padding` holding the spellings the back ends need), its tensors
+with their initialisation (`weights`), its shape rule, its MACs, its diagram label, and for
+merges how they combine. Adding a layer type touches exactly these places:
+  1. a `LayerKind` subclass here;
+  2. its PyTorch handler in `TorchGenerator.TRANSFORMS` (cnndsl/backends/torch_ops.py);
+  3. its ONNX handler in `OnnxGenerator.TRANSFORMS` (cnndsl/backends/onnx_ops.py).
+`tests/test_registry.py` pushes every kind's `example` through every back end, so a missing
+or wrong piece fails by name. Nothing here imports torch, onnx or graphviz.
 
 Shapes are per sample, without the batch axis: (C, H, W) for images, (F,) for vectors.
 MACs follow torchvision's convention: conv, transposed conv and linear layers only.
@@ -15,7 +18,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, make_dataclass
 from typing import Any, ClassVar
 
 from .values import Symbol, describe, type_name
@@ -161,6 +164,16 @@ class Arg:
     coerce: Callable[[Any], Any]
     default: Any = REQUIRED
     positional: bool = True
+    tensor: bool = False  # names a tensor: the checker passes its shape (`like=e1`)
+    shown: str | None = None  # how a signature shows a computed default (`stride=kernel`)
+    layer: bool = False  # a block parameter that is a layer (`act: layer = relu`)
+
+
+def tensor_shape(value) -> tuple[int, ...]:
+    """A tensor argument's value: the named tensor's shape (the checker resolves the name)."""
+    if not (isinstance(value, tuple) and all(isinstance(n, int) for n in value)):
+        raise LayerError(f"expected a tensor's name, found {describe(value)}", code="E-arg")
+    return value
 
 
 # ---- spatial arithmetic -------------------------------------------------------------
@@ -263,61 +276,235 @@ def _does_not_fit(op, hw, k, d, pads, s, fit_help) -> LayerError:
                       help=fit_help or "pad it (e.g. padding=same) or drop a pooling layer")
 
 
+# ---- typed records: what a layer is once its input is known -----------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Padding:
+    """Resolved padding on the four sides (`same` may put one more row at the bottom and one
+    more column on the right), with the spellings each back end takes."""
+
+    top: int
+    bottom: int
+    left: int
+    right: int
+
+    @classmethod
+    def of(cls, value) -> Padding:
+        if isinstance(value, Padding):
+            return value
+        if len(value) == 2:
+            return cls(value[0], value[0], value[1], value[1])
+        return cls(*value)
+
+    @property
+    def symmetric(self) -> bool:
+        return self.top == self.bottom and self.left == self.right
+
+    @property
+    def pair(self) -> tuple[int, int]:
+        """(rows, columns) on each side; only for symmetric padding."""
+        return (self.top, self.left)
+
+    def torch_pad(self) -> tuple[int, int, int, int]:
+        """F.pad's order: left, right, top, bottom."""
+        return (self.left, self.right, self.top, self.bottom)
+
+    def onnx(self) -> list[int]:
+        """ONNX's order: all begins, then all ends."""
+        return [self.top, self.left, self.bottom, self.right]
+
+    def __iter__(self):
+        return iter((self.top, self.bottom, self.left, self.right))
+
+
+class Record:
+    """A layer's frozen, typed attributes after inference. Subclasses are dataclasses;
+    `of` picks their fields from the working values of `LayerKind.infer`."""
+
+    @classmethod
+    def of(cls, values: dict) -> Record:
+        names, paddings = _FIELDS.get(cls) or _fields_of(cls)
+        kwargs = {name: values[name] for name in names}
+        for name in paddings:
+            kwargs[name] = Padding.of(kwargs[name])
+        return cls(**kwargs)
+
+
+_FIELDS: dict[type, tuple[tuple[str, ...], tuple[str, ...]]] = {}
+
+
+def _fields_of(cls: type) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    found = fields(cls)
+    _FIELDS[cls] = (tuple(f.name for f in found),
+                    tuple(f.name for f in found if f.type in ("Padding", Padding)))
+    return _FIELDS[cls]
+
+
+@dataclass(frozen=True, slots=True)
+class NoAttrs(Record):
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class Init:
+    """How PyTorch initialises a tensor: U(-b, b) with b = 1/sqrt(fan_in) (what
+    kaiming_uniform(a=sqrt(5)) gives conv and linear weights, and their biases), or a
+    constant."""
+
+    fan_in: int = 0  # uniform with bound 1/sqrt(fan_in)
+    constant: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Weight:
+    """A tensor of a layer, by its state_dict suffix (`weight`, `running_mean`)."""
+
+    suffix: str
+    shape: Shape
+    init: Init
+    buffer: bool = False  # not a parameter (batch-norm running statistics)
+    dtype: str = "float32"
+
+    @property
+    def size(self) -> int:
+        return math.prod(self.shape)
+
+
+def _fan_in_init(weight: Shape, fan_in_axis: int = 1) -> Init:
+    return Init(fan_in=weight[fan_in_axis] * math.prod(weight[2:]))
+
+
+def _affine(channels: int, affine: bool = True) -> tuple[Weight, ...]:
+    if not affine:
+        return ()
+    return (Weight("weight", (channels,), Init(constant=1.0)),
+            Weight("bias", (channels,), Init(constant=0.0)))
+
+
+def _conv_like(weight: Shape, out: int, bias: bool) -> tuple[Weight, ...]:
+    init = _fan_in_init(weight)
+    return (Weight("weight", weight, init),
+            *((Weight("bias", (out,), init),) if bias else ()))
+
+
 # ---- the registry ------------------------------------------------------------------
 
 REGISTRY: dict[str, LayerKind] = {}
 
 
 class LayerKind:
-    """One kind of layer. Subclasses declare `op` and `args` and register themselves."""
+    """One kind of layer: everything about an op but how a back end writes it.
+
+    A subclass declares `op`, `family`, `args` and `Attrs` (its typed record) and registers
+    itself; it gives its output shape and resolved values (`infer`), its tensors with their
+    initialisation (`weights`), its MACs and its diagram label. Back ends look a node's op up
+    in their own tables (TorchGenerator.TRANSFORMS, OnnxGenerator.TRANSFORMS)."""
 
     op: ClassVar[str]
     family: ClassVar[str]  # conv, pool, norm, activation, linear, reshape, dropout, merge
     args: ClassVar[tuple[Arg, ...]] = ()
-    many_inputs: ClassVar[bool] = False  # merges take several tensors
+    Attrs: ClassVar[type[Record]] = NoAttrs
     doc: ClassVar[str] = ""
+    # merges: how the inputs combine ("add", "mul", "concat"); they take several tensors
+    combine: ClassVar[str | None] = None
     # For generated block classes: the attribute holding the inferred input channels, and
     # how output channels relate to arguments (None: passes the input's channels through).
     channels_in: ClassVar[str | None] = None
     channels_out: ClassVar[str | None] = None
+    # a .cnn line using it on `x` (8 x 8 x 8) or `y` (8 x 8 x 8), for tests/test_registry.py
+    example: ClassVar[str] = ""
+    # the layer after which outputs are probabilities (softmax, sigmoid) or log-probabilities
+    scores: ClassVar[str | None] = None
+    # a batch norm that may be folded into a preceding layer of these ops (cnndsl.passes)
+    folds_into: ClassVar[tuple[str, ...]] = ()
 
     def __init_subclass__(cls, **kw):
         super().__init_subclass__(**kw)
         cls.args = tuple(Arg(a.name, a.coerce, a.default if a.default in (REQUIRED, None)
-                             else a.coerce(a.default), a.positional) for a in cls.args)
+                             else a.coerce(a.default), a.positional, a.tensor, a.shown)
+                         for a in cls.args)
         if "op" in cls.__dict__:
             REGISTRY[cls.op] = cls()
 
+    @property
+    def many_inputs(self) -> bool:
+        return self.combine is not None
+
+    def check(self, args: dict, xs: list[Shape], warn: Warn) -> tuple[Record, Shape]:
+        """The typed record and the output shape for these arguments and inputs."""
+        values = dict(args)
+        shape = self.infer(values, xs, warn)
+        return self.Attrs.of(values), shape
+
     def infer(self, a: dict, xs: list[Shape], warn: Warn) -> Shape:
-        """Output shape; may complete `a` with resolved values (in_channels, padding)."""
+        """Output shape; may complete the working values `a` (in_channels, padding)."""
         return xs[0]
+
+    def signature(self) -> str:
+        """`conv(out_channels, kernel, stride=1, ...)`, as the layer reference shows it."""
+        if self.combine is not None:
+            return f"{self.op}(a, b, ...)"
+        if not self.args:
+            return self.op
+        return f"{self.op}(" + ", ".join(
+            a.name if a.default is REQUIRED else
+            f"{a.name}={a.shown or ('…' if a.default is None else describe(short(a.default)))}"
+            for a in self.args) + ")"
 
     def defaults(self) -> dict[str, Any]:
         """The arguments a call may leave out, with their values."""
         return {arg.name: arg.default for arg in self.args if arg.default is not REQUIRED}
 
-    def param_shapes(self, a: dict) -> dict[str, Shape]:
-        """Trainable tensors by state_dict suffix (`weight`, `bias`), as PyTorch lays them out."""
-        return {}
+    def weights(self, a: Record) -> tuple[Weight, ...]:
+        """The layer's tensors as PyTorch lays them out, with their initialisation."""
+        return ()
 
-    def buffer_shapes(self, a: dict) -> dict[str, Shape]:
-        """Non-trainable state (batch-norm running statistics)."""
-        return {}
-
-    def count_params(self, a: dict, xs: list[Shape], y: Shape) -> int:
-        return sum(math.prod(s) for s in self.param_shapes(a).values())
-
-    def count_buffers(self, a: dict, xs: list[Shape], y: Shape) -> int:
-        return sum(math.prod(s) for s in self.buffer_shapes(a).values())
-
-    def count_macs(self, a: dict, xs: list[Shape], y: Shape) -> int:
+    def count_macs(self, a: Record, xs: list[Shape], y: Shape) -> int:
         return 0
+
+    def label(self, a: Record) -> str:
+        """The diagram's text for the node: `conv 3x3/2, 64`."""
+        return self.op
+
+
+def pair_text(value) -> str:
+    value = short(value)
+    return "x".join(map(str, value)) if isinstance(value, tuple) else str(value)
+
+
+def _kernel_label(a) -> str:
+    text = f"{a.kernel[0]}x{a.kernel[1]}"
+    if a.stride != (1, 1):
+        text += f"/{pair_text(a.stride)}"
+    return text
+
+
+def _groups(channels: int, out: int, groups: int, code: str = "E-groups") -> None:
+    for name, n in (("input channels", channels), ("out_channels", out)):
+        if n % groups:
+            raise LayerError(f"{name} ({n}) are not divisible by groups ({groups})",
+                             arg="groups", code=code,
+                             help="groups must divide both the input and output channels")
+
+
+@dataclass(frozen=True, slots=True)
+class ConvAttrs(Record):
+    in_channels: int
+    out_channels: int
+    kernel: tuple[int, int]
+    stride: tuple[int, int]
+    padding: Padding
+    dilation: tuple[int, int]
+    groups: int
+    bias: bool
 
 
 class Conv(LayerKind):
-    op, family = "conv", "conv"
+    op, family, Attrs = "conv", "conv", ConvAttrs
     channels_in, channels_out = "in_channels", "out_channels"
     doc = "2-D convolution; input channels are inferred"
+    example = "x -> conv(6, 3, stride=2, padding=same, groups=2)"
     args = (Arg("out_channels", positive), Arg("kernel", pair),
             Arg("stride", pair, 1, positional=False), Arg("padding", padding, 0, positional=False),
             Arg("dilation", pair, 1, positional=False),
@@ -325,28 +512,48 @@ class Conv(LayerKind):
 
     def infer(self, a, xs, warn):
         c, _, _ = image(xs[0], self.op)
-        for name, channels in (("input channels", c), ("out_channels", a["out_channels"])):
-            if channels % a["groups"]:
-                raise LayerError(f"{name} ({channels}) are not divisible by groups "
-                                 f"({a['groups']})", arg="groups", code="E-groups",
-                                 help="groups must divide both the input and output channels")
+        _groups(c, a["out_channels"], a["groups"])
         a["in_channels"] = c
         h, w = windowed(self.op, xs[0], a, warn)
         return (a["out_channels"], h, w)
 
-    def param_shapes(self, a):
-        weight = (a["out_channels"], a["in_channels"] // a["groups"], *a["kernel"])
-        return {"weight": weight, **({"bias": (a["out_channels"],)} if a["bias"] else {})}
+    def weights(self, a):
+        return _conv_like((a.out_channels, a.in_channels // a.groups, *a.kernel),
+                          a.out_channels, a.bias)
 
     def count_macs(self, a, xs, y):
-        kh, kw = a["kernel"]
-        return y[0] * (a["in_channels"] // a["groups"]) * kh * kw * y[1] * y[2]
+        kh, kw = a.kernel
+        return y[0] * (a.in_channels // a.groups) * kh * kw * y[1] * y[2]
+
+    def label(self, a):
+        extra = ""
+        if a.groups == a.in_channels == a.out_channels and a.groups > 1:
+            extra = " depthwise"
+        elif a.groups > 1:
+            extra = f" g{a.groups}"
+        if a.dilation != (1, 1):
+            extra += f" d{pair_text(a.dilation)}"
+        return f"conv {_kernel_label(a)}, {a.out_channels}{extra}"
+
+
+@dataclass(frozen=True, slots=True)
+class ConvTransposeAttrs(Record):
+    in_channels: int
+    out_channels: int
+    kernel: tuple[int, int]
+    stride: tuple[int, int]
+    padding: Padding
+    output_padding: tuple[int, int]
+    dilation: tuple[int, int]
+    groups: int
+    bias: bool
 
 
 class ConvTranspose(LayerKind):
-    op, family = "conv_transpose", "conv"
+    op, family, Attrs = "conv_transpose", "conv", ConvTransposeAttrs
     channels_in, channels_out = "in_channels", "out_channels"
     doc = "2-D transposed convolution (upsampling); out = (W-1)S - 2P + D(F-1) + output_padding + 1"
+    example = "x -> conv_transpose(4, 3, stride=2, padding=1, output_padding=1)"
     args = (Arg("out_channels", positive), Arg("kernel", pair),
             Arg("stride", pair, 1, positional=False), Arg("padding", pair0, 0, positional=False),
             Arg("output_padding", pair0, 0, positional=False),
@@ -355,10 +562,7 @@ class ConvTranspose(LayerKind):
 
     def infer(self, a, xs, warn):
         c, h, w = image(xs[0], self.op)
-        for name, channels in (("input channels", c), ("out_channels", a["out_channels"])):
-            if channels % a["groups"]:
-                raise LayerError(f"{name} ({channels}) are not divisible by groups "
-                                 f"({a['groups']})", arg="groups", code="E-groups")
+        _groups(c, a["out_channels"], a["groups"])
         a["in_channels"] = c
         out = []
         for n, k, s, p, op, d in zip((h, w), a["kernel"], a["stride"], a["padding"],
@@ -374,23 +578,38 @@ class ConvTranspose(LayerKind):
             out.append(o)
         return (a["out_channels"], out[0], out[1])
 
-    def param_shapes(self, a):
-        weight = (a["in_channels"], a["out_channels"] // a["groups"], *a["kernel"])
-        return {"weight": weight, **({"bias": (a["out_channels"],)} if a["bias"] else {})}
+    def weights(self, a):
+        return _conv_like((a.in_channels, a.out_channels // a.groups, *a.kernel),
+                          a.out_channels, a.bias)
 
     def count_macs(self, a, xs, y):
-        kh, kw = a["kernel"]
+        kh, kw = a.kernel
         _, h, w = xs[0]
-        return a["in_channels"] * (a["out_channels"] // a["groups"]) * kh * kw * h * w
+        return a.in_channels * (a.out_channels // a.groups) * kh * kw * h * w
+
+    def label(self, a):
+        return f"conv_transpose {_kernel_label(a)}, {a.out_channels}"
+
+
+@dataclass(frozen=True, slots=True)
+class PoolAttrs(Record):
+    kernel: tuple[int, int]
+    stride: tuple[int, int]
+    padding: Padding
+    dilation: tuple[int, int]
+    ceil_mode: bool
+    count_include_pad: bool
 
 
 class _Pool(LayerKind):
-    family = "pool"
+    family, Attrs = "pool", PoolAttrs
 
     def infer(self, a, xs, warn):
         c, _, _ = image(xs[0], self.op)
         if a["stride"] is None:
             a["stride"] = a["kernel"]
+        a.setdefault("dilation", (1, 1))
+        a.setdefault("count_include_pad", True)
         if isinstance(a["padding"], tuple) and any(
                 2 * p > k for p, k in zip(a["padding"], a["kernel"])):
             raise LayerError(f"padding {describe(a['padding'])} is more than half the kernel "
@@ -402,7 +621,8 @@ class _Pool(LayerKind):
         _windows_see_input(self.op, xs[0][1:], a, (h, w))
         return (c, h, w)
 
-
+    def label(self, a):
+        return f"{self.op} {_kernel_label(a)}"
 def _pool_padding_fits(mode, a: dict) -> None:
     """What a pool's back ends take: PyTorch at most kernel // 2 of padding on a side
     (onnxruntime less than the kernel). `same` with a dilation and `full` can need more
@@ -441,15 +661,18 @@ def _windows_see_input(op: str, hw: tuple[int, int], a: dict, out: tuple[int, in
 class MaxPool(_Pool):
     op = "maxpool"
     doc = "max pooling; stride defaults to the kernel"
-    args = (Arg("kernel", pair), Arg("stride", pair, None), Arg("padding", padding, 0),
-            Arg("dilation", pair, 1), Arg("ceil_mode", boolean, False, positional=False))
+    example = "x -> maxpool(3, stride=2, padding=same)"
+    args = (Arg("kernel", pair), Arg("stride", pair, None, shown="kernel"),
+            Arg("padding", padding, 0), Arg("dilation", pair, 1),
+            Arg("ceil_mode", boolean, False, positional=False))
 
 
 class AvgPool(_Pool):
     op = "avgpool"
     doc = "average pooling; stride defaults to the kernel; padding counts as zeros"
-    args = (Arg("kernel", pair), Arg("stride", pair, None), Arg("padding", padding, 0),
-            Arg("ceil_mode", boolean, False, positional=False),
+    example = "x -> avgpool(3, stride=2, padding=1, count_include_pad=false)"
+    args = (Arg("kernel", pair), Arg("stride", pair, None, shown="kernel"),
+            Arg("padding", padding, 0), Arg("ceil_mode", boolean, False, positional=False),
             Arg("count_include_pad", boolean, True, positional=False))
 
 
@@ -464,28 +687,54 @@ class _GlobalPool(LayerKind):
 class GlobalAvgPool(_GlobalPool):
     op = "global_avgpool"
     doc = "average over H x W -> C x 1 x 1"
+    example = "x -> global_avgpool"
 
 
 class GlobalMaxPool(_GlobalPool):
     op = "global_maxpool"
     doc = "maximum over H x W -> C x 1 x 1"
+    example = "x -> global_maxpool"
+
+
+@dataclass(frozen=True, slots=True)
+class SizeAttrs(Record):
+    size: tuple[int, int]
 
 
 class AdaptiveAvgPool(LayerKind):
-    op, family = "adaptive_avgpool", "pool"
-    doc = "average pooling to a fixed output size (torchvision's AlexNet/VGG 6x6, 7x7)"
+    op, family, Attrs = "adaptive_avgpool", "pool", SizeAttrs
+    doc = ("average pooling to a fixed output size (torchvision's AlexNet/VGG 6x6, 7x7; "
+           "uneven windows where the sizes do not divide, as PyTorch)")
+    example = "x -> adaptive_avgpool(3)"
     args = (Arg("size", pair),)
 
     def infer(self, a, xs, warn):
         c, _, _ = image(xs[0], self.op)
         return (c, *a["size"])
 
+    def label(self, a):
+        return f"adaptive_avgpool {pair_text(a.size)}"
+
+
+# ---- normalisation -----------------------------------------------------------------------
+
+_EPS = _in_range(0, 1, low_open=True, high_open=True)
+
+
+@dataclass(frozen=True, slots=True)
+class BatchNormAttrs(Record):
+    num_features: int
+    eps: float
+    momentum: float
+
 
 class BatchNorm(LayerKind):
-    op, family = "batchnorm", "norm"
+    op, family, Attrs = "batchnorm", "norm", BatchNormAttrs
     channels_in = "num_features"
+    folds_into = ("conv",)
     doc = "batch normalisation over channels (2-D) or features (1-D)"
-    args = (Arg("eps", _in_range(0, 1, low_open=True, high_open=True), 1e-5, positional=False),
+    example = "x -> batchnorm(eps=0.001, momentum=0.01)"
+    args = (Arg("eps", _EPS, 1e-5, positional=False),
             Arg("momentum", _in_range(0, 1), 0.1, positional=False))
 
     def infer(self, a, xs, warn):
@@ -494,17 +743,95 @@ class BatchNorm(LayerKind):
         a["num_features"] = xs[0][0]
         return xs[0]
 
-    def param_shapes(self, a):
-        return {"weight": (a["num_features"],), "bias": (a["num_features"],)}
+    def weights(self, a):
+        c = a.num_features
+        return (*_affine(c), Weight("running_mean", (c,), Init(constant=0.0), buffer=True),
+                Weight("running_var", (c,), Init(constant=1.0), buffer=True),
+                Weight("num_batches_tracked", (), Init(constant=0), buffer=True,
+                       dtype="int64"))
 
-    def buffer_shapes(self, a):
-        c = a["num_features"]
-        return {"running_mean": (c,), "running_var": (c,), "num_batches_tracked": ()}
+
+
+@dataclass(frozen=True, slots=True)
+class NormAttrs(Record):
+    channels: int
+    groups: int
+    eps: float
+    affine: bool
+
+
+class LayerNorm(LayerKind):
+    op, family, Attrs = "layernorm", "norm", NormAttrs
+    channels_in = "channels"
+    doc = ("layer normalisation over channels at each pixel (ConvNeXt's LayerNorm2d), or "
+           "over features")
+    example = "x -> layernorm(eps=1e-6)"
+    args = (Arg("eps", _EPS, 1e-5, positional=False),
+            Arg("affine", boolean, True, positional=False))
+
+    def infer(self, a, xs, warn):
+        if len(xs[0]) not in (1, 3):
+            raise LayerError(f"layernorm needs C x H x W or features, found {fmt(xs[0])}")
+        a["channels"], a["groups"] = xs[0][0], 1
+        return xs[0]
+
+    def weights(self, a):
+        return _affine(a.channels, a.affine)
+
+
+class GroupNorm(LayerKind):
+    op, family, Attrs = "groupnorm", "norm", NormAttrs
+    channels_in = "channels"
+    doc = "group normalisation: channels in `groups` groups, each normalised over C/G x H x W"
+    example = "x -> groupnorm(4)"
+    args = (Arg("groups", positive), Arg("eps", _EPS, 1e-5, positional=False),
+            Arg("affine", boolean, True, positional=False))
+
+    def infer(self, a, xs, warn):
+        c, _, _ = image(xs[0], self.op)
+        if c % a["groups"]:
+            raise LayerError(f"{c} channels are not divisible into {a['groups']} groups",
+                             arg="groups", code="E-groups",
+                             help="groups must divide the channels")
+        a["channels"] = c
+        return xs[0]
+
+    def weights(self, a):
+        return _affine(a.channels, a.affine)
+
+    def label(self, a):
+        return f"groupnorm {a.groups}"
+
+
+class InstanceNorm(LayerKind):
+    op, family, Attrs = "instancenorm", "norm", NormAttrs
+    channels_in = "channels"
+    doc = "instance normalisation: each channel of each image over H x W (no running statistics)"
+    example = "x -> instancenorm(affine=true)"
+    args = (Arg("eps", _EPS, 1e-5, positional=False),
+            Arg("affine", boolean, False, positional=False))
+
+    def infer(self, a, xs, warn):
+        c, _, _ = image(xs[0], self.op)
+        a["channels"], a["groups"] = c, c
+        return xs[0]
+
+    def weights(self, a):
+        return _affine(a.channels, a.affine)
+
+
+@dataclass(frozen=True, slots=True)
+class LRNAttrs(Record):
+    size: int
+    alpha: float
+    beta: float
+    k: float
 
 
 class LRN(LayerKind):
-    op, family = "lrn", "norm"
+    op, family, Attrs = "lrn", "norm", LRNAttrs
     doc = "local response normalisation across channels (AlexNet)"
+    example = "x -> lrn(size=3)"
     args = (Arg("size", odd, 5), Arg("alpha", _in_range(0, 1e6), 1e-4),
             Arg("beta", _in_range(0, 1e6), 0.75), Arg("k", _in_range(0, 1e6, low_open=True), 1.0))
 
@@ -513,25 +840,77 @@ class LRN(LayerKind):
         return xs[0]
 
 
+# ---- regularisation -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class DropAttrs(Record):
+    p: float
+    mode: str = "row"
+
+
 class Dropout(LayerKind):
-    op, family = "dropout", "dropout"
+    op, family, Attrs = "dropout", "dropout", DropAttrs
     doc = "dropout (identity at inference)"
+    example = "x -> dropout(0.3)"
     args = (Arg("p", probability, 0.5),)
+
+    def infer(self, a, xs, warn):
+        a.setdefault("mode", "element")
+        return xs[0]
+
+    def label(self, a):
+        return f"{self.op} {a.p:g}"
+
+
+class Dropout2d(Dropout):
+    op = "dropout2d"
+    doc = "drops whole channels (identity at inference)"
+    example = "x -> dropout2d(0.2)"
+
+    def infer(self, a, xs, warn):
+        image(xs[0], self.op)
+        a["mode"] = "channel"
+        return xs[0]
+
+
+class StochasticDepth(Dropout):
+    op = "stochastic_depth"
+    doc = ("drops the whole input of a sample (`row`) or of the batch (`batch`) with "
+           "probability p and scales the rest by 1/(1-p); identity at inference. At the end "
+           "of a residual body: stochastic depth (ConvNeXt, EfficientNet)")
+    example = "x -> stochastic_depth(0.1)"
+    args = (Arg("p", probability, 0.5), Arg("mode", choice("row", "batch"), "row"))
+
+    def infer(self, a, xs, warn):
+        return xs[0]
+
+
+# ---- shapes -----------------------------------------------------------------------------
 
 
 class Flatten(LayerKind):
     op, family = "flatten", "reshape"
     channels_out = "-"  # C*H*W: not an expression of the block's parameters
     doc = "C x H x W -> C*H*W"
+    example = "x -> flatten"
 
     def infer(self, a, xs, warn):
         return (math.prod(xs[0]),)
 
 
+@dataclass(frozen=True, slots=True)
+class LinearAttrs(Record):
+    in_features: int
+    out_features: int
+    bias: bool
+
+
 class Linear(LayerKind):
-    op, family = "linear", "linear"
+    op, family, Attrs = "linear", "linear", LinearAttrs
     channels_in, channels_out = "in_features", "out_features"
     doc = "fully connected layer; input features are inferred"
+    example = "x -> flatten -> linear(5)"
     args = (Arg("out_features", positive), Arg("bias", boolean, True, positional=False))
 
     def infer(self, a, xs, warn):
@@ -541,58 +920,263 @@ class Linear(LayerKind):
         a["in_features"] = xs[0][0]
         return (a["out_features"],)
 
-    def param_shapes(self, a):
-        weight = (a["out_features"], a["in_features"])
-        return {"weight": weight, **({"bias": (a["out_features"],)} if a["bias"] else {})}
+    def weights(self, a):
+        return _conv_like((a.out_features, a.in_features), a.out_features, a.bias)
 
     def count_macs(self, a, xs, y):
-        return a["in_features"] * a["out_features"]
+        return a.in_features * a.out_features
+
+    def label(self, a):
+        return f"linear {a.out_features}"
+
+
+@dataclass(frozen=True, slots=True)
+class UpsampleAttrs(Record):
+    size: tuple[int, int]  # the output's H x W
+    scale: tuple[int, int] | None  # the integer factor, when given as one
+    mode: str
 
 
 class Upsample(LayerKind):
-    op, family = "upsample", "reshape"
-    doc = "nearest or bilinear upsampling by an integer factor"
-    args = (Arg("scale", pair, 2), Arg("mode", choice("nearest", "bilinear"), "nearest"))
+    op, family, Attrs = "upsample", "reshape", UpsampleAttrs
+    doc = ("nearest or bilinear upsampling by an integer factor (`scale=2`), to a size "
+           "(`size=(64, 64)`), or to another tensor's size (`like=e1`)")
+    example = "x -> upsample(size=(12, 10), mode=bilinear)"
+    args = (Arg("scale", pair, None, shown="2"),
+            Arg("mode", choice("nearest", "bilinear"), "nearest"),
+            Arg("size", pair, None, positional=False),
+            Arg("like", tensor_shape, None, positional=False, tensor=True))
 
     def infer(self, a, xs, warn):
         c, h, w = image(xs[0], self.op)
-        return (c, h * a["scale"][0], w * a["scale"][1])
+        given = [k for k in ("scale", "size", "like") if a[k] is not None]
+        if len(given) > 1:
+            raise LayerError(f"give one of scale, size and like, not {' and '.join(given)}",
+                             arg=given[1], code="E-arg")
+        if a["like"] is not None:
+            a["size"] = tuple(image(a["like"], "upsample's `like`")[1:])
+        if a["size"] is None:
+            a["scale"] = a["scale"] or (2, 2)
+            a["size"] = (h * a["scale"][0], w * a["scale"][1])
+        elif a["size"][0] % h == 0 and a["size"][1] % w == 0:
+            a["scale"] = (a["size"][0] // h, a["size"][1] // w)
+        return (c, *a["size"])
+
+    def label(self, a):
+        size = f"x{pair_text(a.scale)}" if a.scale else f"to {pair_text(a.size)}"
+        return f"upsample {size} {a.mode}"
+
+
+@dataclass(frozen=True, slots=True)
+class PadAttrs(Record):
+    padding: Padding
+    value: float
 
 
 class Pad(LayerKind):
-    op, family = "pad", "reshape"
+    op, family, Attrs = "pad", "reshape", PadAttrs
     doc = "constant padding on every side: pad(1) or pad((rows, columns))"
+    example = "x -> pad((1, 2), value=0.5)"
     args = (Arg("padding", pair0), Arg("value", number, 0.0))
 
     def infer(self, a, xs, warn):
         c, h, w = image(xs[0], self.op)
         ph, pw = a["padding"]
-        a["padding"] = (ph, ph, pw, pw)
         return (c, h + 2 * ph, w + 2 * pw)
+
+
+@dataclass(frozen=True, slots=True)
+class CropAttrs(Record):
+    top: int
+    left: int
+    height: int
+    width: int
+
+
+class Crop(LayerKind):
+    op, family, Attrs = "crop", "reshape", CropAttrs
+    doc = ("a window of `size` from (top, left), or of another tensor's size (`like=up`: "
+           "U-Net's skip connections)")
+    example = "x -> crop((5, 6), top=1, left=2)"
+    args = (Arg("size", pair, None), Arg("top", nonnegative, 0, positional=False),
+            Arg("left", nonnegative, 0, positional=False),
+            Arg("like", tensor_shape, None, positional=False, tensor=True))
+
+    def infer(self, a, xs, warn):
+        c, h, w = image(xs[0], self.op)
+        size = self.size(a)
+        a["height"], a["width"] = size
+        a.setdefault("top", 0)
+        a.setdefault("left", 0)
+        self.place(a, h, w)
+        for axis, start, n, total in (("rows", a["top"], size[0], h),
+                                      ("columns", a["left"], size[1], w)):
+            if start + n > total:
+                raise LayerError(f"a crop of {n} {axis} from {start} needs {start + n}; the "
+                                 f"input has {total}", arg="size" if a["like"] is None
+                                 else "like", code="E-shape")
+        return (c, *size)
+
+    @staticmethod
+    def size(a) -> tuple[int, int]:
+        if (a["size"] is None) == (a["like"] is None):
+            raise LayerError("give the size, or `like=` a tensor of the size wanted",
+                             code="E-arg", arg="like" if a["like"] is not None else None)
+        return a["size"] or tuple(image(a["like"], "the `like` tensor")[1:])
+
+    def place(self, a, h, w) -> None:
+        pass
+
+    def label(self, a):
+        return f"{self.op} {a.height}x{a.width}"  # the window's size
+
+
+class CenterCrop(Crop):
+    op = "center_crop"
+    doc = ("the centre `size` window (the extra row or column of an odd difference is "
+           "dropped at the bottom and right), or of another tensor's size (`like=up`)")
+    example = "x -> center_crop((5, 4))"
+    args = (Arg("size", pair, None), Arg("like", tensor_shape, None, positional=False,
+                                         tensor=True))
+
+    def place(self, a, h, w) -> None:
+        a["top"], a["left"] = max(0, h - a["height"]) // 2, max(0, w - a["width"]) // 2
+
+
+@dataclass(frozen=True, slots=True)
+class GroupsAttrs(Record):
+    groups: int
+
+
+class ChannelShuffle(LayerKind):
+    op, family, Attrs = "channel_shuffle", "reshape", GroupsAttrs
+    doc = "interleaves the channels of `groups` groups (ShuffleNet)"
+    example = "x -> channel_shuffle(2)"
+    args = (Arg("groups", positive),)
+
+    def infer(self, a, xs, warn):
+        c, _, _ = image(xs[0], self.op)
+        if c % a["groups"]:
+            raise LayerError(f"{c} channels are not divisible into {a['groups']} groups",
+                             arg="groups", code="E-groups")
+        return xs[0]
+
+    def label(self, a):
+        return f"shuffle {a.groups}"
+
+
+@dataclass(frozen=True, slots=True)
+class SliceAttrs(Record):
+    start: int
+    stop: int
+
+
+class Slice(LayerKind):
+    op, family, Attrs = "slice", "reshape", SliceAttrs
+    channels_out = "-"
+    doc = ("channels start .. stop - 1 (also what `a, b = x -> split(2)` makes: one slice "
+           "per part)")
+    example = "x -> slice(2, 6)"
+    args = (Arg("start", nonnegative), Arg("stop", positive))
+
+    def infer(self, a, xs, warn):
+        c = xs[0][0]
+        if not a["start"] < a["stop"] <= c:
+            raise LayerError(f"channels {a['start']} to {a['stop']} of {c}: need start < "
+                             f"stop <= {c}", arg="stop", code="E-arg")
+        return (a["stop"] - a["start"], *xs[0][1:])
+
+    def label(self, a):
+        return f"channels {a.start}:{a.stop}"
+
+
+@dataclass(frozen=True, slots=True)
+class ScaleAttrs(Record):
+    channels: int
+    init: float
+    image: bool
+
+
+class Scale(LayerKind):
+    op, family, Attrs = "scale", "norm", ScaleAttrs
+    channels_in = "channels"
+    doc = "a learnable factor per channel, initialised to `init` (ConvNeXt's layer scale)"
+    example = "x -> scale(init=1e-6)"
+    args = (Arg("init", number, 1.0),)
+
+    def infer(self, a, xs, warn):
+        if len(xs[0]) not in (1, 3):
+            raise LayerError(f"scale needs C x H x W or features, found {fmt(xs[0])}")
+        a["channels"], a["image"] = xs[0][0], len(xs[0]) == 3
+        return xs[0]
+
+    def weights(self, a):
+        shape = (a.channels, 1, 1) if a.image else (a.channels,)
+        return (Weight("weight", shape, Init(constant=a.init)),)
+
+
+# ---- activations ------------------------------------------------------------------------
 
 
 class _Activation(LayerKind):
     family = "activation"
 
 
-def _activation(op: str, doc: str, args: tuple[Arg, ...] = ()) -> None:
-    type(op.title().replace("_", ""), (_Activation,), {"op": op, "doc": doc, "args": args})
+def _activation(op: str, doc: str, args: tuple[Arg, ...] = (), scores: str | None = None):
+    attrs = make_dataclass(f"{op.title().replace('_', '')}Attrs",
+                           [(a.name, Any) for a in args], bases=(Record,), frozen=True,
+                           slots=True) if args else NoAttrs
+    example = f"x -> {op}"
+    type(op.title().replace("_", ""), (_Activation,), {
+        "op": op, "doc": doc, "args": args, "Attrs": attrs, "example": example,
+        "scores": scores, "__module__": __name__})
 
 
 for _op, _doc in (("relu", "max(0, x)"), ("relu6", "min(max(0, x), 6)"),
                   ("gelu", "Gaussian error linear unit"), ("silu", "x * sigmoid(x) (swish)"),
-                  ("hardswish", "x * relu6(x + 3) / 6"), ("sigmoid", "1 / (1 + e^-x)"),
-                  ("tanh", "hyperbolic tangent"), ("identity", "passes its input through"),
-                  ("softmax", "softmax over channels / features"),
-                  ("log_softmax", "log of softmax over channels / features")):
+                  ("hardswish", "x * relu6(x + 3) / 6"),
+                  ("hardsigmoid", "relu6(x + 3) / 6 (MobileNetV3's gates)"),
+                  ("tanh", "hyperbolic tangent"), ("identity", "passes its input through")):
     _activation(_op, _doc)
+_activation("sigmoid", "1 / (1 + e^-x)", scores="probabilities")
+_activation("softmax", "softmax over channels / features", scores="probabilities")
+_activation("log_softmax", "log of softmax over channels / features",
+            scores="log-probabilities")
 _activation("leaky_relu", "x if x > 0 else slope * x", (Arg("slope", number, 0.01),))
 _activation("elu", "x if x > 0 else alpha * (e^x - 1)", (Arg("alpha", number, 1.0),))
 
 
+@dataclass(frozen=True, slots=True)
+class PReLUAttrs(Record):
+    channels: int
+    per_channel: bool
+    init: float
+
+
+class PReLU(_Activation):
+    op, Attrs = "prelu", PReLUAttrs
+    channels_in = "channels"
+    doc = "x if x > 0 else a * x, with a learnt slope (one, or one per channel)"
+    example = "x -> prelu(per_channel=true)"
+    args = (Arg("per_channel", boolean, False, positional=False),
+            Arg("init", number, 0.25, positional=False))
+
+    def infer(self, a, xs, warn):
+        a["channels"] = xs[0][0]
+        return xs[0]
+
+    def weights(self, a):
+        return (Weight("weight", (a.channels if a.per_channel else 1,),
+                       Init(constant=a.init)),)
+
+
+# ---- merges -------------------------------------------------------------------------------
+
+
 class Add(LayerKind):
-    op, family, many_inputs = "add", "merge", True
+    op, family, combine = "add", "merge", "add"
     doc = "element-wise sum of tensors of one shape"
+    example = "add(x, y)"
 
     def infer(self, a, xs, warn):
         for i, x in enumerate(xs[1:], 1):
@@ -602,10 +1186,14 @@ class Add(LayerKind):
                                  "channels and sizes agree")
         return xs[0]
 
+    def label(self, a):
+        return "+"
+
 
 class Mul(LayerKind):
-    op, family, many_inputs = "mul", "merge", True
+    op, family, combine = "mul", "merge", "mul"
     doc = "element-wise product; later tensors may be 1 on any axis (squeeze-excite gates)"
+    example = "z = x -> global_avgpool\nmul(y, z)"
 
     def infer(self, a, xs, warn):
         for i, x in enumerate(xs[1:], 1):
@@ -614,11 +1202,15 @@ class Mul(LayerKind):
                                  "be 1", inputs=(0, i))
         return xs[0]
 
+    def label(self, a):
+        return "×"
+
 
 class Concat(LayerKind):
-    op, family, many_inputs = "concat", "merge", True
+    op, family, combine = "concat", "merge", "concat"
     channels_out = "+"  # the sum of the inputs' channels
     doc = "concatenation along channels; all other sizes must agree"
+    example = "concat(x, y)"
 
     def infer(self, a, xs, warn):
         for i, x in enumerate(xs[1:], 1):
@@ -627,5 +1219,5 @@ class Concat(LayerKind):
                     f"concat of different sizes: {fmt(xs[0][1:]) or fmt(xs[0])} and "
                     f"{fmt(x[1:]) or fmt(x)}", inputs=(0, i),
                     help="make the spatial sizes agree: padding=same on the convs, ceil_mode on "
-                    "the pools, or pad(...) the smaller tensor")
+                    "the pools, crop(like=...) or pad(...) the larger or smaller tensor")
         return (sum(x[0] for x in xs), *xs[0][1:])

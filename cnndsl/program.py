@@ -24,6 +24,7 @@ class Program:
         self.confine_to = confine_to.resolve() if confine_to is not None else None
         self.sources = SourceMap()
         self.definitions: dict[str, ast.Definition] = {}
+        self.file_defaults: dict[str, tuple[ast.Defaults, ...]] = {}  # top-level `defaults`
         self.main: ast.Module | None = None
         self._loading: list[str] = []
         self._loaded: set[str] = set()
@@ -41,6 +42,8 @@ class Program:
             self._import(imp, base or Path.cwd(), name)
         for defn in module.definitions:
             self._define(defn, user=True)
+        if module.defaults:
+            self.file_defaults[name] = module.defaults
         return module
 
     def _parse_import(self, text: str, name: str, imp: ast.Import) -> ast.Module:

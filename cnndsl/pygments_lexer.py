@@ -21,7 +21,6 @@ from pygments.token import (
     Whitespace,
 )
 
-COMING_KEYWORDS = ("let", "else")  # issue 13: local constants, if/else
 TYPES = ("int", "float", "bool", "any", "layer", "tuple")
 CONSTANTS = ("true", "false", "same", "valid", "full", "nearest", "bilinear")
 
@@ -30,7 +29,7 @@ def grammar_keywords() -> tuple[str, ...]:
     """Every keyword of the language: `_KW_BLOCK.2: /block\\b/` in grammars/cnn.lark."""
     from .syntax import grammar_text
     found = re.findall(r"^_KW_\w+(?:\.\d+)?:\s*/(\w+)", grammar_text(), re.M)
-    return tuple(sorted({*found, *COMING_KEYWORDS} - {"x"}))  # `x` is an operator of shapes
+    return tuple(sorted(set(found) - {"x"}))  # `x` is an operator of shapes
 
 
 def layer_names() -> tuple[str, ...]:

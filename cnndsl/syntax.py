@@ -292,7 +292,9 @@ class _Builder(Transformer_NonRecursive):  # iterative: a huge expression cannot
         imports = tuple(i for i in items if isinstance(i, ast.Import))
         defs = tuple(i for i in items if isinstance(i, ast.Definition))
         trains = tuple(i for i in items if isinstance(i, ast.TrainDef))
-        return ast.Module(file=self.file, imports=imports, definitions=defs, trains=trains)
+        defaults = tuple(i for i in items if isinstance(i, ast.Defaults))
+        return ast.Module(file=self.file, imports=imports, definitions=defs, trains=trains,
+                          defaults=defaults)
 
     @v_args(meta=True)
     def import_stmt(self, meta, children):
@@ -352,9 +354,28 @@ class _Builder(Transformer_NonRecursive):  # iterative: a huge expression cannot
 
     @v_args(meta=True)
     def assign(self, meta, children):
-        target, chain = children
-        return ast.Assign(target=str(target), chain=chain, span=self._span(meta),
-                          target_span=self._span(target))
+        *targets, chain = children
+        return ast.Assign(targets=tuple((str(t), self._span(t)) for t in targets),
+                          chain=chain, span=self._span(meta))
+
+    @v_args(meta=True)
+    def let_stmt(self, meta, children):
+        name, value = children
+        return ast.Let(name=str(name), value=value, span=self._span(meta),
+                       name_span=self._span(name))
+
+    @v_args(meta=True)
+    def if_stmt(self, meta, children):
+        condition, then, orelse = children
+        if isinstance(orelse, ast.If):  # `else if`: a body of one statement
+            orelse = (orelse,)
+        return ast.If(condition=condition, then=then, orelse=orelse, span=self._span(meta))
+
+    @v_args(meta=True)
+    def defaults_stmt(self, meta, children):
+        name, (args, kwargs) = children
+        return ast.Defaults(layer=str(name), args=args, kwargs=kwargs, span=self._span(meta),
+                            name_span=self._span(name))
 
     @v_args(meta=True)
     def chain(self, meta, children):

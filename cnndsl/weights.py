@@ -21,50 +21,38 @@ from .layers import REGISTRY
 Weights = dict[str, np.ndarray]
 
 
-def expected_shapes(ir: Network) -> dict[str, tuple[int, ...]]:
-    shapes = {}
+def tensors(ir: Network):
+    """(state_dict name, Weight) of every tensor of the network, in module order."""
     for node in ir.nodes:
-        kind = REGISTRY[node.op]
-        for suffix, shape in {**kind.param_shapes(node.attrs),
-                              **kind.buffer_shapes(node.attrs)}.items():
-            shapes[f"{node.name}.{suffix}"] = shape
-    return shapes
+        for weight in REGISTRY[node.op].weights(node.attrs):
+            yield f"{node.name}.{weight.suffix}", weight
+
+
+def expected_shapes(ir: Network) -> dict[str, tuple[int, ...]]:
+    return {name: weight.shape for name, weight in tensors(ir)}
+
+
+def dtypes(ir: Network) -> dict[str, str]:
+    return {name: weight.dtype for name, weight in tensors(ir)}
 
 
 def initial_weights(ir: Network, seed: int = 0, only: set[str] | None = None) -> Weights:
-    """PyTorch's defaults: kaiming_uniform(a=sqrt(5)) weights and U(+-1/sqrt(fan_in)) biases
-    for conv and linear layers (bound = 1/sqrt(fan_in)); batch norm 1, 0, mean 0, var 1.
-    `only`: just these tensors (a new head)."""
+    """As PyTorch initialises them (each layer kind says how: `Weight.init`): U(-b, b)
+    with b = 1/sqrt(fan_in) for conv and linear weights and biases, constants for
+    normalisation and the rest. `only`: just these tensors (a new head)."""
     rng = np.random.default_rng(seed)
     weights: Weights = {}
-    for name, shape in expected_shapes(ir).items():
+    for name, weight in tensors(ir):
         if only is not None and name not in only:
             continue
-        suffix = name.rsplit(".", 1)[1]
-        if suffix in ("running_var",):
-            weights[name] = np.ones(shape, np.float32)
-        elif suffix in ("running_mean",):
-            weights[name] = np.zeros(shape, np.float32)
-        elif suffix == "num_batches_tracked":
-            weights[name] = np.zeros(shape, np.int64)
-        elif len(shape) == 1 and _is_norm(ir, name):
-            weights[name] = (np.ones if suffix == "weight" else np.zeros)(shape, np.float32)
+        if weight.init.constant is not None:
+            weights[name] = np.full(weight.shape, weight.init.constant, weight.dtype)
         else:
-            fan_in = _fan_in(ir, name, shape)
-            bound = 1 / math.sqrt(fan_in) if fan_in else 0
+            bound = 1 / math.sqrt(weight.init.fan_in) if weight.init.fan_in else 0
             # float32 from the start: a float64 draw of VGG's 102M-weight fc6 is 820 MB
-            weights[name] = (rng.random(shape, dtype=np.float32) * 2 - 1) * np.float32(bound)
+            weights[name] = ((rng.random(weight.shape, dtype=np.float32) * 2 - 1)
+                             * np.float32(bound))
     return weights
-
-
-def _is_norm(ir: Network, name: str) -> bool:
-    return ir.node(name.rsplit(".", 1)[0]).op == "batchnorm"
-
-
-def _fan_in(ir: Network, name: str, shape: tuple[int, ...]) -> int:
-    node = ir.node(name.rsplit(".", 1)[0])
-    weight = REGISTRY[node.op].param_shapes(node.attrs)["weight"]
-    return weight[1] * math.prod(weight[2:])  # as torch's _calculate_fan_in_and_fan_out
 
 
 def load_weights(path: str | Path, ir: Network) -> Weights:
@@ -172,15 +160,15 @@ def check_weights(raw: Weights, ir: Network, origin: str,
     layers in `exempt` may be missing or differ (they are reinitialised)."""
     expected = {k: v for k, v in expected_shapes(ir).items()
                 if k.rsplit(".", 1)[0] not in exempt}
+    types = dtypes(ir)
     problems = _name_problems(raw, expected, exempt)
-    problems += [p for k in expected if k in raw for p in _value_problems(k, raw[k])]
+    problems += [p for k in expected if k in raw for p in _value_problems(k, raw[k], types[k])]
     if problems:
         shown = problems[:8] + ([f"... and {len(problems) - 8} more"] if len(problems) > 8 else [])
         raise CnnError([Diagnostic(code="E-weights", message=f"the weights in {origin} do not "
                                    f"fit {ir.name}", notes=tuple(shown),
                                    help="save them from this spec's compiled module")])
-    return {k: np.asarray(raw[k], np.int64 if k.endswith("num_batches_tracked")
-                          else np.float32) for k in expected}
+    return {k: np.asarray(raw[k], types[k]) for k in expected}
 
 
 def _name_problems(raw: Weights, expected: dict, exempt: frozenset[str] = frozenset()):
@@ -192,11 +180,11 @@ def _name_problems(raw: Weights, expected: dict, exempt: frozenset[str] = frozen
     return problems
 
 
-def _value_problems(name: str, value) -> list[str]:
+def _value_problems(name: str, value, dtype: str = "float32") -> list[str]:
     """Values a network cannot compute with: NaN, infinities, complex numbers, and integer
     or boolean weights (a counter like num_batches_tracked aside)."""
     value = np.asarray(value)
-    if name.endswith("num_batches_tracked"):
+    if np.dtype(dtype).kind in "iu":
         return [] if value.dtype.kind in "iu" else [f"`{name}` must be an integer count"]
     if value.dtype.kind == "c":
         return [f"`{name}` is complex"]
@@ -247,14 +235,14 @@ def resolve_weights(ir: Network, weights, *, seed: int = 0, weights_from: str | 
         found.ignored.append(theirs)
         found.counterparts[name.rsplit(".", 1)[0]] = theirs.rsplit(".", 1)[0]
         arrays.pop(name)
+    types = dtypes(ir)
     problems = [p + ("" if theirs == k else f" (the spec's `{k}`)")
                 for k, theirs in found.pairs.items() if k in arrays
-                for p in _value_problems(theirs, arrays[k])]
+                for p in _value_problems(theirs, arrays[k], types[k])]
     if problems:
         raise CnnError([Diagnostic(code="E-weights", message=f"the weights in "
                                    f"{source.label} cannot be used", notes=tuple(problems[:8]))])
-    state = {k: np.asarray(arrays[k], np.int64 if k.endswith("num_batches_tracked")
-                           else np.float32) for k in expected if k in arrays}
+    state = {k: np.asarray(arrays[k], types[k]) for k in expected if k in arrays}
     state.update(initial_weights(ir, seed, only=set(found.reinit)))
     state = {k: state[k] for k in expected}
     if source.arch is not None:

@@ -7,6 +7,7 @@ import torch
 
 import cnndsl
 from cnndsl import CnnError
+from cnndsl.layers import Padding
 
 
 def net(body: str, input_shape: str = "3 x 7 x 7", **kw) -> cnndsl.Model:
@@ -61,7 +62,7 @@ def test_pad_one_stride_one_keeps_seven():
 def test_full_padding_grows_five_to_seven():
     model = net("conv(1, 3, padding=full)", "1 x 5 x 5")
     assert model.layers[0].shape == (1, 7, 7)
-    assert model.layers[0].attrs["padding"] == (2, 2, 2, 2)
+    assert model.layers[0].attrs.padding == Padding(2, 2, 2, 2)
     assert torch_shape(model) == (1, 7, 7)
 
 
@@ -72,20 +73,20 @@ def test_valid_padding_shrinks_five_to_three():
 def test_same_padding_keeps_size_at_stride_one():
     model = net("conv(4, 5, padding=same)", "1 x 9 x 9")
     assert model.layers[0].shape == (4, 9, 9)
-    assert model.layers[0].attrs["padding"] == (2, 2, 2, 2)  # P = (F - 1) / 2
+    assert model.layers[0].attrs.padding == Padding(2, 2, 2, 2)  # P = (F - 1) / 2
 
 
 def test_same_at_stride_two_on_odd_size_is_ceil():
     model = net("conv(4, 3, stride=2, padding=same)", "1 x 7 x 7")
     assert model.layers[0].shape == (4, 4, 4)  # ceil(7 / 2)
-    assert model.layers[0].attrs["padding"] == (1, 1, 1, 1)
+    assert model.layers[0].attrs.padding == Padding(1, 1, 1, 1)
     assert torch_shape(model) == (4, 4, 4)
 
 
 def test_same_at_stride_two_on_even_size_pads_asymmetrically():
     model = net("conv(4, 3, stride=2, padding=same)", "1 x 8 x 8")
     assert model.layers[0].shape == (4, 4, 4)
-    assert model.layers[0].attrs["padding"] == (0, 1, 0, 1)  # the extra row at the end
+    assert model.layers[0].attrs.padding == Padding(0, 1, 0, 1)  # the extra row at the end
     assert torch_shape(model) == (4, 4, 4)
     assert "F.pad(" in model.to_torch_source()
 

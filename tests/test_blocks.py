@@ -54,7 +54,7 @@ def test_automatic_shortcut_identity_and_projection():
     ops = [(n.local, n.op, n.shape) for n in projected.layers]
     assert ops == [("conv1", "conv", (32, 4, 4)), ("shortcut_conv1", "conv", (32, 4, 4)),
                    ("shortcut_batchnorm1", "batchnorm", (32, 4, 4)), ("add1", "add", (32, 4, 4))]
-    assert projected.layers[1].attrs["stride"] == (2, 2)
+    assert projected.layers[1].attrs.stride == (2, 2)
     values = run(projected)
     assert tuple(values["add1"].shape) == (2, 32, 4, 4)
 

@@ -81,5 +81,5 @@ def test_custom_blocks_example_uses_its_library():
     assert scopes[("stem",)] == "cbr" and scopes[("gate",)] == "se"
     assert scopes[("stage1", "0")] == "res_unit" and scopes[("stage1", "1")] == "res_unit"
     # the strided unit got an automatic 1x1 projection on its shortcut
-    assert model.ir.node("stage2.shortcut_conv1").attrs["stride"] == (2, 2)
+    assert model.ir.node("stage2.shortcut_conv1").attrs.stride == (2, 2)
     assert model.shape("stage3") == (128, 8, 8)

@@ -17,7 +17,7 @@ import subprocess
 from pathlib import Path
 
 from ..ir import Network, Node, ScopeTree, scope_tree
-from ..layers import REGISTRY, short
+from ..layers import REGISTRY, pair_text
 from ..report import human
 
 FAMILY_COLORS = {
@@ -35,44 +35,9 @@ INSTALL_HINT = ("graphviz's `dot` is not installed: apt-get install graphviz (De
                 "brew install graphviz (macOS) or conda install graphviz")
 
 
-def _pair(value) -> str:
-    value = short(value)
-    return "x".join(map(str, value)) if isinstance(value, tuple) else str(value)
-
-
-def _kernel(a: dict) -> str:
-    k = a["kernel"]
-    text = f"{k[0]}x{k[1]}"
-    if a.get("stride") not in (None, (1, 1)):
-        text += f"/{_pair(a['stride'])}"
-    return text
-
-
 def describe(node: Node) -> str:
-    """`conv 3x3/2, 64`: the op and what a reader needs of its arguments."""
-    a = node.attrs
-    if node.op == "conv":
-        extra = ""
-        if a["groups"] == a["in_channels"] == a["out_channels"] and a["groups"] > 1:
-            extra = " depthwise"
-        elif a["groups"] > 1:
-            extra = f" g{a['groups']}"
-        if a["dilation"] != (1, 1):
-            extra += f" d{_pair(a['dilation'])}"
-        return f"conv {_kernel(a)}, {a['out_channels']}{extra}"
-    if node.op == "conv_transpose":
-        return f"conv_transpose {_kernel(a)}, {a['out_channels']}"
-    if node.op in ("maxpool", "avgpool"):
-        return f"{node.op} {_kernel(a)}"
-    if node.op == "linear":
-        return f"linear {a['out_features']}"
-    if node.op == "adaptive_avgpool":
-        return f"adaptive_avgpool {_pair(a['size'])}"
-    if node.op == "dropout":
-        return f"dropout {a['p']:g}"
-    if node.op == "upsample":
-        return f"upsample x{_pair(a['scale'])} {a['mode']}"
-    return {"add": "+", "mul": "×", "concat": "concat"}.get(node.op, node.op)
+    """`conv 3x3/2, 64`: the op and what a reader needs of its arguments (its kind says)."""
+    return REGISTRY[node.op].label(node.attrs)
 
 
 def shape_text(shape) -> str:
@@ -104,7 +69,7 @@ def _call_label(tree: ScopeTree) -> str:
     local = tree.path[-1]
     if scope is None or scope.block is None:
         return local
-    args = ", ".join(_pair(v) if not isinstance(v, float) else f"{v:g}"
+    args = ", ".join(pair_text(v) if not isinstance(v, float) else f"{v:g}"
                      for k, v in scope.args.items() if k != "in_channels")
     call = f"{scope.block}({args})"
     return call if _auto_named(local, scope.block) else f"{local}: {call}"
@@ -217,14 +182,15 @@ class _Dot:
         family = REGISTRY[node.op].family
         self.families.add(family)
         label = describe(node)
-        if not _auto_named(node.local, node.op) and node.op not in ("add", "mul", "concat"):
+        kind = REGISTRY[node.op]
+        if not _auto_named(node.local, node.op) and kind.combine is None:
             label = f"{node.local}: {label}"
         if self.params and node.params:
             label += f"\n{node.params:,} params"
         style = ""
         if family == "merge":
             style = ", shape=circle, width=0.3, fixedsize=false, margin=0.02" \
-                if node.op != "concat" else ", shape=box, style=\"filled\""
+                if kind.combine != "concat" else ", shape=box, style=\"filled\""
         elif family == "activation":
             style = ", fontsize=10, height=0.24"
         self.lines.append(f"{indent}{self.q(node.name)} [label={self.q(label)}, "

@@ -10,7 +10,6 @@ read by onnxruntime >= 1.14 and TensorRT >= 8.6; `opset >= 20` writes GELU as on
 
 from __future__ import annotations
 
-from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +20,7 @@ from .. import __version__
 from ..diagnostics import CnnError, Diagnostic
 from ..ir import Network, Node
 from ..weights import Weights
-from .onnx_ops import ONNX_OPS
+from .onnx_ops import OnnxGenerator, _identity
 
 DEFAULT_OPSET = 18
 SUPPORTED_OPSETS = range(13, 22)
@@ -29,16 +28,15 @@ EXTERNAL_DATA_BYTES = 1_800_000_000  # protobuf's 2 GB limit, with room for the 
 
 
 class GraphBuilder:
-    def __init__(self, ir: Network, weights: Weights, opset: int, fold: dict[str, str]):
+    def __init__(self, ir: Network, weights: Weights, opset: int,
+                 generator: type[OnnxGenerator] = OnnxGenerator):
         self.ir = ir
         self.weights = weights
         self.opset = opset
-        self.fold = fold  # batchnorm name -> conv name it is folded into
-        self.folded_into = {conv: bn for bn, conv in fold.items()}
+        self.generator = generator
         self.nodes: list[onnx.NodeProto] = []
         self.initializers: dict[str, onnx.TensorProto] = {}
         self.value_of: dict[str, str] = {i.name: i.name for i in ir.inputs}
-        self._consumers: dict[str, list[Node]] | None = None
 
     # ---- used by handlers -----------------------------------------------------------------
 
@@ -54,17 +52,15 @@ class GraphBuilder:
     def feeds(self, node: Node, ops: tuple[str, ...]) -> bool:
         """Whether the node's value reaches a node of one of `ops`, directly or through
         nodes that write no ONNX node of their own (dropout, identity)."""
-        if self._consumers is None:
-            self._consumers = {}
-            for n in self.ir.nodes:
-                for i in n.inputs:
-                    self._consumers.setdefault(i, []).append(n)
         pending = [node.name]
         while pending:
-            for user in self._consumers.get(pending.pop(), ()):
+            for name in self.ir.users(pending.pop()):
+                user = self.ir.producer(name)
+                if user is None:  # a network output
+                    continue
                 if user.op in ops:
                     return True
-                if user.op in ("dropout", "identity"):
+                if self.generator.TRANSFORMS.get(user.op) is _identity:  # writes no node
                     pending.append(user.name)
         return False
 
@@ -78,37 +74,22 @@ class GraphBuilder:
             self.initializers[name] = numpy_helper.from_array(array, name)
         return name
 
-    def conv_weights(self, node: Node) -> tuple[str, str | None]:
-        """The conv's weight and bias, with a following batch norm folded in if planned."""
-        bn = self.folded_into.get(node.name)
-        if bn is None:
-            weight = self.weight(node, "weight")
-            return weight, (self.weight(node, "bias") if node.attrs["bias"] else None)
-        w = self.weights.pop(f"{node.name}.weight").astype(np.float64)
-        b = self.weights.pop(f"{node.name}.bias", np.zeros(w.shape[0])).astype(np.float64)
-        gamma, beta, mean, var = (self.weights.pop(f"{bn}.{k}").astype(np.float64) for k in
-                                  ("weight", "bias", "running_mean", "running_var"))
-        scale = gamma / np.sqrt(var + self.ir.node(bn).attrs["eps"])
-        weight = self.constant(f"{node.name}.weight", (w * scale[:, None, None, None])
-                               .astype(np.float32))
-        bias = self.constant(f"{node.name}.bias", ((b - mean) * scale + beta).astype(np.float32))
-        return weight, bias
+    def reduce_mean(self, x: str, axes: list[int], node: Node, output: str) -> str:
+        """ReduceMean keeping the axes (its `axes` became an input at opset 18)."""
+        if self.opset >= 18:
+            axes_value = self.constant(f"{output}.axes", np.array(axes, np.int64))
+            return self.op("ReduceMean", [x, axes_value], node, output=output, keepdims=1)
+        return self.op("ReduceMean", [x], node, output=output, axes=axes, keepdims=1)
 
     # ---- assembly -----------------------------------------------------------------------
 
     def build(self) -> onnx.ModelProto:
         for node in self.ir.nodes:
             xs = [self.value_of[i] for i in node.inputs]
-            if node.name in self.fold:  # folded into its conv: same value
-                self.value_of[node.name] = xs[0]
-                continue
-            handler = ONNX_OPS.get(node.op)
+            handler = self.generator.TRANSFORMS.get(node.op)
             if handler is None:  # tests/test_registry.py keeps this from happening
                 raise NotImplementedError(f"the ONNX back end has no handler for `{node.op}`")
-            out = handler(self, node, xs)
-            if node.name in self.folded_into:  # the conv's output carries the BN's name
-                out = self.nodes[-1].output[0] = self.folded_into[node.name]
-            self.value_of[node.name] = out
+            self.value_of[node.name] = handler(self, node, xs)
         return self.model()
 
     def model(self) -> onnx.ModelProto:
@@ -135,24 +116,12 @@ class GraphBuilder:
         return model
 
 
-def fold_plan(ir: Network) -> dict[str, str]:
-    """batchnorm -> conv pairs where folding is exact: the conv feeds only the batch norm."""
-    uses = Counter(i for n in ir.nodes for i in n.inputs)
-    uses.update(ir.outputs)
-    producers = {n.name: n for n in ir.nodes}
-    plan = {}
-    for node in ir.nodes:
-        if node.op != "batchnorm" or len(node.shape) != 3:
-            continue
-        conv = producers.get(node.inputs[0])
-        if conv is not None and conv.op == "conv" and uses[conv.name] == 1:
-            plan[node.name] = conv.name
-    return plan
-
-
 def to_onnx(ir: Network, weights: Weights, opset: int = DEFAULT_OPSET,
-            fold_batchnorm: bool = True) -> tuple[onnx.ModelProto, dict[str, str]]:
-    """The model, and for each IR node the ONNX value that holds its output.
+            fold_batchnorm: bool = True, generator: type[OnnxGenerator] = OnnxGenerator
+            ) -> tuple[onnx.ModelProto, dict[str, str]]:
+    """The model, and for each IR node the ONNX value that holds its output (batch norm
+    folded into the conv before it, by the IR pass cnndsl.passes.fold_batchnorm, unless
+    `fold_batchnorm=False`).
 
     Takes `weights` over: each array leaves the dict as it becomes an initializer, so the
     weights are held about once, not twice (pass a copy to keep yours)."""
@@ -160,9 +129,15 @@ def to_onnx(ir: Network, weights: Weights, opset: int = DEFAULT_OPSET,
         raise CnnError([Diagnostic(code="E-arg", message=f"opset {opset} is not supported",
                                    help=f"use {SUPPORTED_OPSETS.start}..."
                                    f"{SUPPORTED_OPSETS.stop - 1} (default {DEFAULT_OPSET})")])
-    builder = GraphBuilder(ir, weights, opset, fold_plan(ir) if fold_batchnorm else {})
+    folded: dict[str, str] = {}
+    if fold_batchnorm:
+        from ..passes import fold_batchnorm as fold
+        ir, weights, folded = fold(ir, weights)
+    builder = GraphBuilder(ir, weights, opset, generator)
     model = builder.build()
-    return model, dict(builder.value_of)
+    values = dict(builder.value_of)
+    values.update({bn: values[conv] for bn, conv in folded.items()})
+    return model, values
 
 
 def save(model: onnx.ModelProto, path: str | Path,

@@ -1,62 +1,57 @@
-"""How each IR op becomes ONNX: one handler per op (`ONNX_OPS`), writing plain standard
-operators. A handler gets the graph builder, the node and its input value names, and
-returns the name of its output value.
+"""How each IR op becomes ONNX: one table of handlers (`OnnxGenerator.TRANSFORMS`),
+writing plain standard operators at every supported opset (13-21). A handler gets the
+graph builder, the node and its input value names, and returns its output value's name.
 
-Dropout is the identity at inference and emits nothing; batch norm after a conv is folded
-into it by the exporter (onnx_export.py) where that is exact.
+Dropouts are the identity at inference and emit nothing; batch norm after a conv is folded
+into it beforehand by the IR pass cnndsl.passes.fold_batchnorm, where that is exact.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
 
 from ..ir import Node
+from ..layers import REGISTRY
 
 if TYPE_CHECKING:
     from .onnx_export import GraphBuilder
 
 
-def _pads(node: Node) -> list[int]:
-    top, bottom, left, right = node.attrs["padding"]
-    return [top, left, bottom, right]  # ONNX: all begins, then all ends
-
-
 def conv(g: GraphBuilder, node: Node, xs: list[str]) -> str:
     a = node.attrs
-    weight, bias = g.conv_weights(node)
-    return g.op("Conv", [xs[0], weight, *([bias] if bias else [])], node,
-                kernel_shape=list(a["kernel"]), strides=list(a["stride"]), pads=_pads(node),
-                dilations=list(a["dilation"]), group=a["groups"])
+    bias = [g.weight(node, "bias")] if a.bias else []
+    return g.op("Conv", [xs[0], g.weight(node, "weight"), *bias], node,
+                kernel_shape=list(a.kernel), strides=list(a.stride), pads=a.padding.onnx(),
+                dilations=list(a.dilation), group=a.groups)
 
 
 def conv_transpose(g: GraphBuilder, node: Node, xs: list[str]) -> str:
     a = node.attrs
-    weight, bias = g.conv_weights(node)
-    ph, pw = a["padding"]
-    return g.op("ConvTranspose", [xs[0], weight, *([bias] if bias else [])], node,
-                kernel_shape=list(a["kernel"]), strides=list(a["stride"]),
-                pads=[ph, pw, ph, pw], output_padding=list(a["output_padding"]),
-                dilations=list(a["dilation"]), group=a["groups"])
+    bias = [g.weight(node, "bias")] if a.bias else []
+    return g.op("ConvTranspose", [xs[0], g.weight(node, "weight"), *bias], node,
+                kernel_shape=list(a.kernel), strides=list(a.stride), pads=a.padding.onnx(),
+                output_padding=list(a.output_padding), dilations=list(a.dilation),
+                group=a.groups)
 
 
 def maxpool(g: GraphBuilder, node: Node, xs: list[str]) -> str:
     a = node.attrs
-    return g.op("MaxPool", xs, node, kernel_shape=list(a["kernel"]), strides=list(a["stride"]),
-                pads=_pads(node), dilations=list(a["dilation"]), ceil_mode=int(a["ceil_mode"]))
+    return g.op("MaxPool", xs, node, kernel_shape=list(a.kernel), strides=list(a.stride),
+                pads=a.padding.onnx(), dilations=list(a.dilation), ceil_mode=int(a.ceil_mode))
 
 
 def avgpool(g: GraphBuilder, node: Node, xs: list[str]) -> str:
     a = node.attrs
-    return g.op("AveragePool", xs, node, kernel_shape=list(a["kernel"]),
-                strides=list(a["stride"]), pads=_pads(node), ceil_mode=int(a["ceil_mode"]),
-                count_include_pad=int(a["count_include_pad"]))
+    return g.op("AveragePool", xs, node, kernel_shape=list(a.kernel),
+                strides=list(a.stride), pads=a.padding.onnx(), ceil_mode=int(a.ceil_mode),
+                count_include_pad=int(a.count_include_pad))
 
 
 def adaptive_avgpool(g: GraphBuilder, node: Node, xs: list[str]) -> str:
-    (_, h, w), (oh, ow) = node.in_shapes[0], node.attrs["size"]
+    (_, h, w), (oh, ow) = node.in_shapes[0], node.attrs.size
     if (h, w) == (oh, ow):
         return g.alias(node, xs[0])
     if h % oh or w % ow:  # PyTorch's windows overlap unevenly: a mean is a linear map
@@ -81,30 +76,108 @@ def _adaptive_means(size: int, out: int) -> np.ndarray:
 
 def batchnorm(g: GraphBuilder, node: Node, xs: list[str]) -> str:
     names = [g.weight(node, k) for k in ("weight", "bias", "running_mean", "running_var")]
-    return g.op("BatchNormalization", [xs[0], *names], node, epsilon=node.attrs["eps"])
+    return g.op("BatchNormalization", [xs[0], *names], node, epsilon=node.attrs.eps)
+
+
+def _per_channel(g: GraphBuilder, node: Node, suffix: str) -> str:
+    """A (C,) tensor as (C, 1, 1) for images, to broadcast over H x W."""
+    name = f"{node.name}.{suffix}"
+    array = np.asarray(g.weights.pop(name), np.float32)
+    if len(node.shape) == 3:
+        array = array.reshape(-1, 1, 1)
+    return g.constant(name, array)
+
+
+def _affine(g: GraphBuilder, node: Node, normalised: str) -> str:
+    if not node.attrs.affine:
+        return g.alias(node, normalised)
+    scaled = g.op("Mul", [normalised, _per_channel(g, node, "weight")], node,
+                  output=f"{node.name}.scaled")
+    return g.op("Add", [scaled, _per_channel(g, node, "bias")], node)
+
+
+def _normalise(g: GraphBuilder, node: Node, x: str, axes: list[int], tag: str) -> str:
+    """(x - mean) / sqrt(var + eps) over `axes` (biased variance, as PyTorch)."""
+    mean = g.reduce_mean(x, axes, node, f"{node.name}.{tag}mean")
+    centred = g.op("Sub", [x, mean], node, output=f"{node.name}.{tag}centred")
+    square = g.op("Mul", [centred, centred], node, output=f"{node.name}.{tag}square")
+    var = g.reduce_mean(square, axes, node, f"{node.name}.{tag}var")
+    eps = g.constant(f"{node.name}.eps", np.array(node.attrs.eps, np.float32))
+    shifted = g.op("Add", [var, eps], node, output=f"{node.name}.{tag}shifted")
+    root = g.op("Sqrt", [shifted], node, output=f"{node.name}.{tag}std")
+    return g.op("Div", [centred, root], node, output=f"{node.name}.{tag}normalised")
+
+
+def layernorm(g: GraphBuilder, node: Node, xs: list[str]) -> str:
+    """Over channels (axis 1); LayerNormalization (opset 17) takes the last axes only, so
+    images go through it channels-last; earlier opsets write it out."""
+    if g.opset < 17:
+        return _affine(g, node, _normalise(g, node, xs[0], [1], ""))
+    scale = (g.weight(node, "weight") if node.attrs.affine else
+             g.constant(f"{node.name}.ones", np.ones(node.attrs.channels, np.float32)))
+    bias = [g.weight(node, "bias")] if node.attrs.affine else []
+    if len(node.shape) == 1:
+        return g.op("LayerNormalization", [xs[0], scale, *bias], node, axis=-1,
+                    epsilon=node.attrs.eps)
+    last = g.op("Transpose", xs, node, output=f"{node.name}.nhwc", perm=[0, 2, 3, 1])
+    normed = g.op("LayerNormalization", [last, scale, *bias], node,
+                  output=f"{node.name}.normed", axis=-1, epsilon=node.attrs.eps)
+    return g.op("Transpose", [normed], node, perm=[0, 3, 1, 2])
+
+
+def groupnorm(g: GraphBuilder, node: Node, xs: list[str]) -> str:
+    """Written out at every opset (GroupNormalization changed meaning at 21): the groups
+    as an axis of their own, normalised over it, back to C x H x W."""
+    a = node.attrs
+    grouped = g.op("Reshape", [xs[0], g.constant(f"{node.name}.grouped_shape", np.array(
+        [0, a.groups, -1], np.int64))], node, output=f"{node.name}.grouped")
+    normed = _normalise(g, node, grouped, [2], "grouped_")
+    back = g.op("Reshape", [normed, g.constant(f"{node.name}.shape", np.array(
+        [0, *node.shape], np.int64))], node, output=f"{node.name}.ungrouped")
+    return _affine(g, node, back)
+
+
+def instancenorm(g: GraphBuilder, node: Node, xs: list[str]) -> str:
+    a = node.attrs
+    if a.affine:
+        scale, bias = g.weight(node, "weight"), g.weight(node, "bias")
+    else:
+        scale = g.constant(f"{node.name}.ones", np.ones(a.channels, np.float32))
+        bias = g.constant(f"{node.name}.zeros", np.zeros(a.channels, np.float32))
+    return g.op("InstanceNormalization", [xs[0], scale, bias], node, epsilon=a.eps)
 
 
 def linear(g: GraphBuilder, node: Node, xs: list[str]) -> str:
     weight = g.weight(node, "weight")
-    bias = [g.weight(node, "bias")] if node.attrs["bias"] else []
+    bias = [g.weight(node, "bias")] if node.attrs.bias else []
     return g.op("Gemm", [xs[0], weight, *bias], node, transB=1)
 
 
 def upsample(g: GraphBuilder, node: Node, xs: list[str]) -> str:
-    sh, sw = node.attrs["scale"]
-    scales = g.constant(f"{node.name}.scales", np.array([1, 1, sh, sw], np.float32))
-    if node.attrs["mode"] == "nearest":  # PyTorch's nearest: floor(out * in / out_size)
+    a = node.attrs
+    if a.mode == "nearest":  # PyTorch's nearest: floor(out * in / out_size)
         mode = {"mode": "nearest", "coordinate_transformation_mode": "asymmetric",
                 "nearest_mode": "floor"}
     else:
         mode = {"mode": "linear", "coordinate_transformation_mode": "half_pixel"}
-    return g.op("Resize", [xs[0], "", scales], node, **mode)
+    if a.scale is not None:
+        scales = g.constant(f"{node.name}.scales", np.array([1, 1, *a.scale], np.float32))
+        return g.op("Resize", [xs[0], "", scales], node, **mode)
+    # to a size: the batch and channels as they come, then H x W (the batch is dynamic)
+    shape = g.op("Shape", xs, node, output=f"{node.name}.in_shape")
+    start, stop = (g.constant(f"{node.name}.{k}", np.array([v], np.int64))
+                   for k, v in (("keep_from", 0), ("keep_to", 2)))
+    kept = g.op("Slice", [shape, start, stop], node, output=f"{node.name}.batch_channels")
+    hw = g.constant(f"{node.name}.size", np.array(a.size, np.int64))
+    sizes = g.op("Concat", [kept, hw], node, output=f"{node.name}.sizes", axis=0)
+    return g.op("Resize", [xs[0], "", "", sizes], node, **mode)
 
 
 def pad(g: GraphBuilder, node: Node, xs: list[str]) -> str:
-    pads = g.constant(f"{node.name}.pads", np.array([0, 0, *_pads(node)[:2], 0, 0,
-                                                     *_pads(node)[2:]], np.int64))
-    value = node.attrs["value"]
+    top, left, bottom, right = node.attrs.padding.onnx()
+    pads = g.constant(f"{node.name}.pads", np.array([0, 0, top, left, 0, 0, bottom, right],
+                                                    np.int64))
+    value = node.attrs.value
     if value == 0 and g.feeds(node, ("maxpool", "avgpool")):
         # onnxruntime's PadFusion folds a zero Pad into the pool's own padding, which a
         # max ignores and which may then exceed the kernel; it checks the value's bytes,
@@ -112,6 +185,41 @@ def pad(g: GraphBuilder, node: Node, xs: list[str]) -> str:
         value = -0.0
     value = g.constant(f"{node.name}.value", np.array(value, np.float32))
     return g.op("Pad", [xs[0], pads, value], node, mode="constant")
+
+
+def _slice(g: GraphBuilder, node: Node, x: str, starts, ends, axes) -> str:
+    consts = [g.constant(f"{node.name}.{k}", np.array(v, np.int64))
+              for k, v in (("starts", starts), ("ends", ends), ("axes", axes))]
+    return g.op("Slice", [x, *consts], node)
+
+
+def crop(g: GraphBuilder, node: Node, xs: list[str]) -> str:
+    a = node.attrs
+    return _slice(g, node, xs[0], [a.top, a.left], [a.top + a.height, a.left + a.width],
+                  [2, 3])
+
+
+def channel_slice(g: GraphBuilder, node: Node, xs: list[str]) -> str:
+    return _slice(g, node, xs[0], [node.attrs.start], [node.attrs.stop], [1])
+
+
+def channel_shuffle(g: GraphBuilder, node: Node, xs: list[str]) -> str:
+    c, h, w = node.shape
+    groups = node.attrs.groups
+    split = g.op("Reshape", [xs[0], g.constant(f"{node.name}.split", np.array(
+        [0, groups, c // groups, h, w], np.int64))], node, output=f"{node.name}.grouped")
+    swapped = g.op("Transpose", [split], node, output=f"{node.name}.swapped",
+                   perm=[0, 2, 1, 3, 4])
+    return g.op("Reshape", [swapped, g.constant(f"{node.name}.shape", np.array(
+        [0, c, h, w], np.int64))], node)
+
+
+def scale(g: GraphBuilder, node: Node, xs: list[str]) -> str:
+    return g.op("Mul", [xs[0], g.weight(node, "weight")], node)
+
+
+def prelu(g: GraphBuilder, node: Node, xs: list[str]) -> str:
+    return g.op("PRelu", [xs[0], _per_channel(g, node, "weight")], node)
 
 
 def relu6(g: GraphBuilder, node: Node, xs: list[str]) -> str:
@@ -153,47 +261,74 @@ def _simple(op_type: str, **attrs: Callable[[Node], object]):
     return handler
 
 
-def _join(op_type: str):
-    def handler(g: GraphBuilder, node: Node, xs: list[str]) -> str:
-        if op_type == "Concat":
-            return g.op("Concat", xs, node, axis=1)
-        out = xs[0]
-        for i, other in enumerate(xs[1:], 1):
-            last = i == len(xs) - 1
-            out = g.op(op_type, [out, other], node, output=None if last else f"{node.name}.{i}")
-        return out
-    return handler
+def _attr(name: str) -> Callable[[Node], object]:
+    return lambda node: getattr(node.attrs, name)
 
 
-ONNX_OPS: dict[str, Callable[[GraphBuilder, Node, list[str]], str]] = {
-    "conv": conv,
-    "conv_transpose": conv_transpose,
-    "maxpool": maxpool,
-    "avgpool": avgpool,
-    "global_avgpool": _simple("GlobalAveragePool"),
-    "global_maxpool": _simple("GlobalMaxPool"),
-    "adaptive_avgpool": adaptive_avgpool,
-    "batchnorm": batchnorm,
-    "lrn": _simple("LRN", size=lambda n: n.attrs["size"], alpha=lambda n: n.attrs["alpha"],
-                   beta=lambda n: n.attrs["beta"], bias=lambda n: n.attrs["k"]),
-    "dropout": lambda g, node, xs: g.alias(node, xs[0]),
-    "flatten": _simple("Flatten", axis=lambda n: 1),
-    "linear": linear,
-    "upsample": upsample,
-    "pad": pad,
-    "relu": _simple("Relu"),
-    "relu6": relu6,
-    "leaky_relu": _simple("LeakyRelu", alpha=lambda n: n.attrs["slope"]),
-    "elu": _simple("Elu", alpha=lambda n: n.attrs["alpha"]),
-    "gelu": gelu,
-    "silu": silu,
-    "hardswish": hardswish,
-    "sigmoid": _simple("Sigmoid"),
-    "tanh": _simple("Tanh"),
-    "softmax": _simple("Softmax", axis=lambda n: 1),
-    "log_softmax": _simple("LogSoftmax", axis=lambda n: 1),
-    "identity": lambda g, node, xs: g.alias(node, xs[0]),
-    "add": _join("Add"),
-    "mul": _join("Mul"),
-    "concat": _join("Concat"),
-}
+_JOINS = {"add": "Add", "mul": "Mul", "concat": "Concat"}
+
+
+def _join(g: GraphBuilder, node: Node, xs: list[str]) -> str:
+    """A merge, as its kind says its inputs combine."""
+    op_type = _JOINS[REGISTRY[node.op].combine]
+    if op_type == "Concat":
+        return g.op("Concat", xs, node, axis=1)
+    out = xs[0]
+    for i, other in enumerate(xs[1:], 1):
+        last = i == len(xs) - 1
+        out = g.op(op_type, [out, other], node, output=None if last else f"{node.name}.{i}")
+    return out
+
+
+def _identity(g: GraphBuilder, node: Node, xs: list[str]) -> str:
+    return g.alias(node, xs[0])
+
+
+class OnnxGenerator:
+    """op -> handler(graph builder, node, input values) -> output value. A variant extends
+    TRANSFORMS in a subclass and passes itself to `to_onnx(..., generator=...)`."""
+
+    TRANSFORMS: ClassVar[dict[str, Callable[[GraphBuilder, Node, list[str]], str]]] = {
+        "conv": conv,
+        "conv_transpose": conv_transpose,
+        "maxpool": maxpool,
+        "avgpool": avgpool,
+        "global_avgpool": _simple("GlobalAveragePool"),
+        "global_maxpool": _simple("GlobalMaxPool"),
+        "adaptive_avgpool": adaptive_avgpool,
+        "batchnorm": batchnorm,
+        "layernorm": layernorm,
+        "groupnorm": groupnorm,
+        "instancenorm": instancenorm,
+        "lrn": _simple("LRN", size=_attr("size"), alpha=_attr("alpha"), beta=_attr("beta"),
+                       bias=_attr("k")),
+        "dropout": _identity,  # inference: dropouts are the identity
+        "dropout2d": _identity,
+        "stochastic_depth": _identity,
+        "flatten": _simple("Flatten", axis=lambda n: 1),
+        "linear": linear,
+        "upsample": upsample,
+        "pad": pad,
+        "crop": crop,
+        "center_crop": crop,
+        "channel_shuffle": channel_shuffle,
+        "slice": channel_slice,
+        "scale": scale,
+        "relu": _simple("Relu"),
+        "relu6": relu6,
+        "leaky_relu": _simple("LeakyRelu", alpha=_attr("slope")),
+        "elu": _simple("Elu", alpha=_attr("alpha")),
+        "prelu": prelu,
+        "gelu": gelu,
+        "silu": silu,
+        "hardswish": hardswish,
+        "hardsigmoid": _simple("HardSigmoid", alpha=lambda n: 1 / 6, beta=lambda n: 0.5),
+        "sigmoid": _simple("Sigmoid"),
+        "tanh": _simple("Tanh"),
+        "softmax": _simple("Softmax", axis=lambda n: 1),
+        "log_softmax": _simple("LogSoftmax", axis=lambda n: 1),
+        "identity": _identity,
+        "add": _join,
+        "mul": _join,
+        "concat": _join,
+    }

@@ -11,23 +11,25 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..ir import Network
-from .torch_ops import TorchLayer, torch_layer
+from .torch_extra import CLASSES
+from .torch_ops import TorchGenerator, TorchLayer
 
 
 class CnnModule(nn.Module):
     """Runs the IR's nodes in order; each layer lives at its spec path."""
 
-    def __init__(self, ir: Network):
+    def __init__(self, ir: Network, generator: type[TorchGenerator] = TorchGenerator):
         super().__init__()
         self.network_name = ir.name
         self.input_names = [i.name for i in ir.inputs]
         self.output_names = list(ir.outputs)
         self._steps: list[tuple[str, tuple[str, ...], TorchLayer, nn.Module | None]] = []
         for node in ir.nodes:
-            spec = torch_layer(node)
+            spec = generator.layer(node)
             module = None
             if spec.cls is not None:
-                module = getattr(nn, spec.cls)(*spec.args, **spec.kwargs)
+                cls = CLASSES.get(spec.cls) or getattr(nn, spec.cls)
+                module = cls(*spec.args, **spec.kwargs)
                 self._container(node.path[:-1]).add_module(node.local, module)
             self._steps.append((node.name, node.inputs, spec, module))
 
@@ -73,15 +75,16 @@ class CnnModule(nn.Module):
         return values
 
 
-def build_module(ir: Network, state: dict | None = None) -> CnnModule:
+def build_module(ir: Network, state: dict | None = None,
+                 generator: type[TorchGenerator] = TorchGenerator) -> CnnModule:
     """The module; with `state` (arrays or tensors by state_dict name) built on the meta
     device and made real with those tensors, so nothing is initialised only to be
     overwritten (VGG-16's initialisation alone takes seconds)."""
     if state is None:
-        return CnnModule(ir)
+        return CnnModule(ir, generator)
     import numpy as np
     with torch.device("meta"):
-        module = CnnModule(ir)
+        module = CnnModule(ir, generator)
     tensors = {k: v if isinstance(v, torch.Tensor) else torch.from_numpy(
         v if v.flags.writeable and v.flags.c_contiguous else np.array(v))
         for k, v in state.items()}

@@ -12,16 +12,18 @@ Attribute names equal the in-memory module's paths, so their state_dicts are the
 
 from __future__ import annotations
 
+import inspect
 import keyword
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from .. import __version__, ast
 from ..ir import Network, Node, ScopeTree, scope_tree
-from ..layers import fmt
+from ..layers import Padding, fmt
 from ..values import evaluate
-from .torch_ops import TorchLayer, torch_layer
+from .torch_extra import CLASSES
+from .torch_ops import TorchGenerator, TorchLayer
 
 # ---- Python text ----------------------------------------------------------------------
 
@@ -30,7 +32,7 @@ def class_name(name: str) -> str:
     """`dense_layer` -> `DenseLayer`; never a keyword (`block none`) or a name the module
     uses itself (`block f` would hide `F`)."""
     text = "".join(part[:1].upper() + part[1:] for part in name.split("_") if part) or "Net"
-    taken = keyword.iskeyword(text) or text in ("F", "Sequential", "Module")
+    taken = keyword.iskeyword(text) or text in ("F", "Sequential", "Module", *CLASSES)
     return text + "Block" if taken else text
 
 
@@ -126,9 +128,13 @@ class Sym:
         return hash(self.code)
 
 
-def constructor(spec: TorchLayer) -> str:
+def constructor(spec: TorchLayer, needs: set[str]) -> str:
+    """`nn.Conv2d(...)`, or one of torch_extra's classes (whose source is then written)."""
     parts = [py_literal(a) for a in spec.args]
     parts += [f"{k}={py_literal(v)}" for k, v in spec.kwargs.items()]
+    if spec.extra:
+        needs.add(spec.cls)
+        return f"{spec.cls}({', '.join(parts)})"
     return f"nn.{spec.cls}({', '.join(parts)})"
 
 
@@ -143,12 +149,15 @@ class ClassPlan:
     init: list[str]
     forward: list[str]
     doc: str
+    inputs: list[str]  # forward's parameters: x, then the block's tensor parameters
 
 
 class _Planner:
-    def __init__(self, ir: Network, definitions: dict[str, ast.Definition]):
+    def __init__(self, ir: Network, definitions: dict[str, ast.Definition],
+                 generator: type[TorchGenerator]):
         self.ir = ir
         self.definitions = definitions
+        self.generator = generator
         self.needs: set[str] = set()
         self.classes: list[ClassPlan] = []
         self.by_signature: dict[tuple, ClassPlan] = {}
@@ -163,15 +172,18 @@ class _Planner:
         scope = item.scope
         env = scope.args
         init, params = self.init_lines(item, env)
-        forward = self.forward_lines(item, ("x",))
-        ordered = ["in_channels"] + [p.name for p in self.definitions[scope.block].params] \
-            if scope.block in self.definitions else ["in_channels"]
+        defn = self.definitions.get(scope.block)
+        tensor_params = [identifier(p.name) for p in defn.params if p.type == "tensor"] \
+            if defn else []
+        inputs = ["x", *tensor_params][:len(item.inputs)]
+        forward = self.forward_lines(item, tuple(inputs))
+        ordered = ["in_channels"] + [p.name for p in defn.params] if defn else ["in_channels"]
         used = [p for p in ordered if p in params]
-        signature = (scope.block, tuple(used), tuple(init), tuple(forward))
+        signature = (scope.block, tuple(used), tuple(inputs), tuple(init), tuple(forward))
         plan = self.by_signature.get(signature)
         if plan is None:
             plan = ClassPlan(self.fresh_name(scope.block), scope.block, used, init, forward,
-                             self.doc(scope.block))
+                             self.doc(scope.block), inputs)
             self.by_signature[signature] = plan
             self.classes.append(plan)
         self.class_of[scope.path] = plan
@@ -213,7 +225,7 @@ class _Planner:
     def make(self, item: Node | ScopeTree, env: dict | None, used: set[str]) -> str | None:
         if isinstance(item, Node):
             spec = self.symbolic_layer(item, env, used)
-            return None if spec.cls is None else constructor(spec)
+            return None if spec.cls is None else constructor(spec, self.needs)
         scope = item.scope
         if scope.block is None:
             parts = [self.make(child, env, used) for child in item.items]
@@ -231,23 +243,26 @@ class _Planner:
         return py_literal(value)
 
     def symbolic_layer(self, node: Node, env: dict | None, used: set[str]) -> TorchLayer:
+        """The layer with the arguments the spec wrote as expressions of the block's
+        parameters (where they give this instance's values)."""
+        layer = self.generator.layer
         if env is None or not node.syms:
-            return torch_layer(node)
-        attrs, names = dict(node.attrs), set()
+            return layer(node)
+        updates, names = {}, set()
         for attr, expr in node.syms.items():
-            value = attrs.get(attr)
-            if isinstance(value, tuple) and len(value) == 4:  # resolved padding
+            value = getattr(node.attrs, attr, None)
+            if isinstance(value, Padding):
                 symbolic = _symmetric_padding(expr, env, value, self.needs)
                 if symbolic is not None:
-                    attrs[attr] = symbolic
+                    updates[attr] = symbolic
                     names.update(_names(expr))
-            elif attr in attrs and _gives(expr, env, value):
-                attrs[attr] = Sym(py_expr(expr, self.needs))
+            elif hasattr(node.attrs, attr) and _gives(expr, env, value):
+                updates[attr] = Sym(py_expr(expr, self.needs))
                 names.update(_names(expr))
         try:
-            spec = torch_layer(node.model_copy(update={"attrs": attrs}))
+            spec = layer(node.model_copy(update={"attrs": replace(node.attrs, **updates)}))
         except (TypeError, ValueError):  # a handler that needs the number itself
-            return torch_layer(node)
+            return layer(node)
         used.update(names)
         return spec
 
@@ -255,15 +270,17 @@ class _Planner:
     def forward_lines(self, item: ScopeTree, inputs: tuple[str, ...]) -> list[str]:
         external = dict(zip(item.inputs, inputs)) if item.path else {
             i.name: identifier(i.name) for i in self.ir.inputs}
-        return _Forward(item, external, self.ir, shapes=False).lines()
+        return _Forward(item, external, self.ir, self.generator, shapes=False).lines()
 
 
 class _Forward:
     """Writes forward(): a chain reuses `x`; a value used elsewhere gets its own name."""
 
-    def __init__(self, item: ScopeTree, external: dict[str, str], ir: Network, shapes: bool):
+    def __init__(self, item: ScopeTree, external: dict[str, str], ir: Network,
+                 generator: type[TorchGenerator], shapes: bool):
         self.item = item
         self.ir = ir
+        self.generator = generator
         self.shapes = shapes  # shape comments only where one instance is meant
         self.var = dict(external)
         # running variable -> the values it holds now (a reuse drops the finished ones), so
@@ -272,7 +289,7 @@ class _Forward:
         for value, name in external.items():
             self.holders.setdefault(name, set()).add(value)
         self.uses = Counter(i for child in item.items for i in child.inputs)
-        self.outputs = [item.output] if item.path else list(ir.outputs)
+        self.outputs = list(item.outputs) if item.path else list(ir.outputs)
         self.uses.update(self.outputs)
 
     def lines(self) -> list[str]:
@@ -282,6 +299,12 @@ class _Forward:
         for index, child in enumerate(children):
             expr = self.expression(child)
             remaining.subtract(child.inputs)
+            if isinstance(child, ScopeTree) and len(child.outputs) > 1:  # a split, a block
+                targets = [f"{identifier(child.local)}_{i}" for i in range(len(child.outputs))]
+                for value, target in zip(child.outputs, targets):
+                    self.var[value] = target
+                out.append(f"{', '.join(targets)} = {expr}")
+                continue
             nxt = children[index + 1] if index + 1 < len(children) else None
             last = nxt is None
             chained = self.uses[child.output] == 1 and (
@@ -310,8 +333,11 @@ class _Forward:
     def expression(self, child: Node | ScopeTree) -> str:
         args = [self.var[i] for i in child.inputs]
         if isinstance(child, ScopeTree):
-            return f"self.{child.local}({args[0]})"
-        spec = torch_layer(child)
+            if child.scope.block is None and len(child.outputs) > 1:  # a split's slices
+                return ", ".join(f"self.{child.local}[{i}]({args[0]})"
+                                 for i in range(len(child.outputs)))
+            return f"self.{child.local}({', '.join(args)})"
+        spec = self.generator.layer(child)
         if spec.join in ("add", "mul"):
             return (" + " if spec.join == "add" else " * ").join(args)
         if spec.join == "concat":
@@ -338,16 +364,15 @@ def _gives(expr, env: dict, value: Any) -> bool:
         isinstance(value, tuple) and result == value)
 
 
-def _symmetric_padding(expr, env: dict, value: tuple, needs: set[str]):
-    """(top, bottom, left, right) as expressions, when the written padding gives it."""
-    top, bottom, left, right = value
-    if top != bottom or left != right or not _gives(expr, env, (top, left)):
+def _symmetric_padding(expr, env: dict, value: Padding, needs: set[str]) -> Padding | None:
+    """The padding with expressions for its sides, when the written padding gives it."""
+    if not value.symmetric or not _gives(expr, env, value.pair):
         return None
     if isinstance(expr, ast.Tuple):
         rows, cols = (Sym(py_expr(e, needs)) for e in expr.items)
     else:
         rows = cols = Sym(py_expr(expr, needs))
-    return (rows, rows, cols, cols)
+    return Padding(rows, rows, cols, cols)
 
 
 def _names(expr) -> set[str]:
@@ -373,14 +398,16 @@ _DIVISIBLE = '''def _divisible(value, divisor=8, min_value=None):
     return rounded'''
 
 
-def generate_source(ir: Network, definitions: dict[str, ast.Definition] | None = None) -> str:
-    planner = _Planner(ir, definitions or {})
+def generate_source(ir: Network, definitions: dict[str, ast.Definition] | None = None,
+                    generator: type[TorchGenerator] = TorchGenerator) -> str:
+    planner = _Planner(ir, definitions or {}, generator)
     root = scope_tree(ir)
     for child in root.items:
         if isinstance(child, ScopeTree):
             planner.plan_scope_children(child)
     init, _ = planner.init_lines(root, None)
-    forward = _Forward(root, {i.name: identifier(i.name) for i in ir.inputs}, ir, shapes=True)
+    forward = _Forward(root, {i.name: identifier(i.name) for i in ir.inputs}, ir, generator,
+                       shapes=True)
     forward_lines = forward.lines()
     needs_functional = any("F.pad(" in line for line in [
         *forward_lines, *(line for plan in planner.classes for line in plan.forward)])
@@ -402,12 +429,15 @@ def generate_source(ir: Network, definitions: dict[str, ast.Definition] | None =
     ]
     if "_divisible" in planner.needs:
         out += ["", _DIVISIBLE, ""]
+    for extra in sorted(planner.needs & set(CLASSES)):  # modules torch has no class for
+        out += ["", inspect.getsource(CLASSES[extra]).rstrip("\n"), ""]
     for plan in planner.classes:
         signature = ", ".join(["self", *(identifier(p) for p in plan.params)])
         out += ["", f"class {plan.name}(nn.Module):", f'    """{docstring_text(plan.doc)}"""', "",
                 f"    def __init__({signature}):", "        super().__init__()",
                 *(f"        {line}" for line in plan.init), "",
-                "    def forward(self, x):", *(f"        {line}" for line in plan.forward), ""]
+                f"    def forward(self, {', '.join(plan.inputs)}):",
+                *(f"        {line}" for line in plan.forward), ""]
     args = ", ".join(identifier(i.name) for i in ir.inputs)
     out += ["", f"class {name}(nn.Module):", f'    """Input {inputs}."""', "",
             "    def __init__(self):", "        super().__init__()",

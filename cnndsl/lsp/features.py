@@ -320,9 +320,7 @@ def doc_comment(analysis: Analysis, defn: ast.Definition) -> str:
 
 
 def layer_signature(kind: LayerKind) -> str:
-    return f"{kind.op}(" + ", ".join(
-        a.name if a.default is REQUIRED else f"{a.name}={_default(a.default)}"
-        for a in kind.args) + ")"
+    return kind.signature()
 
 
 def _default(value) -> str:

@@ -24,7 +24,7 @@ from pydantic import BaseModel, ConfigDict
 
 from .. import ast
 from ..diagnostics import CnnError, Diagnostic, Label
-from ..layers import REQUIRED, Arg, LayerError, as_int, boolean, number
+from ..layers import REGISTRY, REQUIRED, Arg, LayerError, as_int, boolean, number
 from ..source import Span
 from ..suggest import did_you_mean
 from ..values import describe, evaluate
@@ -456,16 +456,16 @@ def check_loss_fits(config: TrainConfig, ir) -> None:
             f"{' x '.join(map(str, shape))}", **where,
             help="end the network with `flatten -> linear(classes)`")])
     last_op = node.op if node is not None else None
-    if loss == "nll" and last_op != "log_softmax":
+    scores = REGISTRY[last_op].scores if node is not None else None
+    if loss == "nll" and scores != "log-probabilities":
         raise CnnError([Diagnostic(
             code="E-train", message="`nll` takes log-probabilities: end the network with "
             "`log_softmax`", **where, help="or use `loss: cross_entropy` on raw scores")])
-    if loss in ("cross_entropy", "bce_with_logits") and last_op in (
-            "softmax", "sigmoid", "log_softmax"):
+    if loss in ("cross_entropy", "bce_with_logits") and scores is not None:
         raise CnnError([Diagnostic(
             code="E-train", message=f"`{loss}` takes raw scores but the network ends with "
             f"`{last_op}`", **where, help=f"drop the final {last_op} (the loss applies it)"
-            + (", or use `loss: nll`" if last_op == "log_softmax" else ""))])
+            + (", or use `loss: nll`" if scores == "log-probabilities" else ""))])
 
 
 def check_classes(config: TrainConfig, ir, classes: int) -> None:
@@ -495,7 +495,8 @@ def _node(ir, name: str):
 def _producer(ir, name: str):
     """The layer that fixes the output's size: the last one that sets features/channels."""
     node = _node(ir, name)
-    while node is not None and node.op not in ("linear", "conv", "conv_transpose"):
+    while node is not None and REGISTRY[node.op].channels_out not in ("out_features",
+                                                                      "out_channels"):
         node = _node(ir, node.inputs[0])
     return node
 

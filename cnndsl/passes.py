@@ -1,0 +1,62 @@
+"""IR -> IR passes that back ends may run: each takes a checked network (and its weights)
+and gives another network, leaving the one it was given as it was."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+
+from .ir import Network
+from .layers import REGISTRY
+from .weights import Weights
+
+
+def fold_batchnorm(ir: Network, weights: Weights) -> tuple[Network, Weights, dict[str, str]]:
+    """Every batch norm on images that follows a layer it can fold into (its kind's
+    `folds_into`), which feeds nothing else, folded into that layer's weight and bias:
+    exact in eval mode. Returns the network without them, its weights and, for each removed
+    node, the node whose output now holds its value. Takes `weights` over: they are
+    rewritten in place (the batch norms' gone, the folded layers' changed), so that large
+    networks are held once."""
+    folded: dict[str, str] = {}  # batch norm -> the layer it folds into
+    for node in ir.nodes:
+        kind = REGISTRY[node.op]
+        if not kind.folds_into or len(node.shape) != 3:
+            continue
+        producer = ir.producer(node.inputs[0])
+        if producer is not None and producer.op in kind.folds_into and \
+                ir.users(producer.name) == (node.name,):
+            folded[node.name] = producer.name
+    if not folded:
+        return ir, weights, {}
+    into = {conv: bn for bn, conv in folded.items()}
+    nodes = []
+    for node in ir.nodes:
+        if node.name in folded:
+            continue
+        inputs = tuple(folded.get(i, i) for i in node.inputs)
+        if node.name in into:
+            node = _fold_into(node, ir.node(into[node.name]), weights)
+        nodes.append(node.model_copy(update={"inputs": inputs}))
+    scopes = tuple(s.model_copy(update={"output": folded.get(s.output, s.output),
+                                        "inputs": tuple(folded.get(i, i) for i in s.inputs)})
+                   for s in ir.scopes)
+    network = ir.model_copy(update={"nodes": tuple(nodes), "scopes": scopes,
+                                    "outputs": tuple(folded.get(o, o) for o in ir.outputs)})
+    return network, weights, folded
+
+
+def _fold_into(conv, bn, weights: Weights):
+    w = weights.pop(f"{conv.name}.weight").astype(np.float64)
+    b = weights.pop(f"{conv.name}.bias", np.zeros(w.shape[0])).astype(np.float64)
+    gamma, beta, mean, var = (weights.pop(f"{bn.name}.{k}").astype(np.float64) for k in
+                              ("weight", "bias", "running_mean", "running_var"))
+    weights.pop(f"{bn.name}.num_batches_tracked", None)
+    scale = gamma / np.sqrt(var + bn.attrs.eps)
+    weights[f"{conv.name}.weight"] = (w * scale.reshape(-1, *[1] * (w.ndim - 1))
+                                      ).astype(np.float32)
+    weights[f"{conv.name}.bias"] = ((b - mean) * scale + beta).astype(np.float32)
+    added = 0 if conv.attrs.bias else conv.attrs.out_channels
+    return conv.model_copy(update={"attrs": replace(conv.attrs, bias=True),
+                                   "params": conv.params + added})
