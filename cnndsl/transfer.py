@@ -259,18 +259,76 @@ class Graph:
     # concatenates one more each time; both make the same values
     joined: dict[int, tuple[int, tuple[int, ...]]] = field(default_factory=dict)
     by_parts: dict[tuple[int, tuple[int, ...]], int] = field(default_factory=dict)
+    # a slice's value -> (the value it slices, axis, start, stop): torchvision's
+    # `x.chunk(2, dim=1)` and a spec's `split(2)` (channel slices) make the same values
+    sliced: dict[int, tuple[int, int, int, int]] = field(default_factory=dict)
+    by_slice: dict[tuple[int, int, int, int], int] = field(default_factory=dict)
 
     def __post_init__(self):
         self.by_parts = {parts: value for value, parts in self.joined.items()}
+        self.by_slice = {part: value for value, part in self.sliced.items()}
 
 
 _KIND_ALIASES = {"iadd": "add", "radd": "add", "imul": "mul", "rmul": "mul",
                  "concat": "cat", "concatenate": "cat"}
 
 
-def _kind(func) -> str:
+def _kind(func, args=(), kwargs=None, shapes=None) -> str:
+    """The call's kind; a 1x1 convolution (stride 1, one group) and a linear layer are both
+    `dense`: one matrix over the channels (torchvision's ConvNeXt uses Linear on
+    channels-last tensors where a spec writes conv(c, 1))."""
     name = getattr(func, "__name__", str(func)).strip("_")
-    return _KIND_ALIASES.get(name, name)
+    name = _KIND_ALIASES.get(name, name)
+    if name == "linear":
+        return "dense"
+    if name == "conv2d" and shapes is not None and len(args) > 1:
+        options = dict(zip(("bias", "stride", "padding", "dilation", "groups"), args[2:]))
+        options.update(kwargs or {})
+        pointwise = all(n == 1 for n in shapes[2:]) and options.get("groups", 1) == 1 and \
+            _all_ones(options.get("stride", 1)) and not _any(options.get("padding", 0))
+        return "dense" if pointwise else name
+    return name
+
+
+def _all_ones(value) -> bool:
+    return all(v == 1 for v in value) if isinstance(value, (tuple, list)) else value == 1
+
+
+def _any(value) -> bool:
+    if isinstance(value, str):
+        return value != "valid"
+    return any(value) if isinstance(value, (tuple, list)) else bool(value)
+
+
+_PARTS = ("getitem", "narrow", "chunk", "split", "tensor_split")
+
+
+def _part_ranges(kind: str, args, kwargs, x, outs) -> list[tuple[int, int, int]] | None:
+    """(axis, start, stop) of each output that is a slice of `x` along one axis (`chunk`,
+    `split`, `x[:, a:b]`), else None."""
+    kwargs = kwargs or {}
+    if kind in ("chunk", "split", "tensor_split"):
+        axis = args[2] if len(args) > 2 else kwargs.get("dim", 0)
+        axis %= x.dim()
+        ranges, start = [], 0
+        for out in outs:
+            ranges.append((axis, start, start + out.shape[axis]))
+            start += out.shape[axis]
+        return ranges if start == x.shape[axis] else None
+    if kind == "narrow" and len(args) >= 4:
+        axis = args[1] % x.dim()
+        return [(axis, args[2], args[2] + args[3])]
+    if kind == "getitem" and len(args) > 1:
+        key = args[1] if isinstance(args[1], tuple) else (args[1],)
+        if not all(isinstance(k, slice) for k in key):
+            return None
+        sliced = [(i, k) for i, k in enumerate(key) if k != slice(None)]
+        if len(sliced) != 1 or sliced[0][1].step not in (None, 1):
+            return None
+        axis, part = sliced[0]
+        start, stop, _ = part.indices(x.shape[axis])
+        return [(axis, start, stop)]
+    return None
 
 
 def trace(module, input_shapes: list[tuple[int, ...]], training: bool = True) -> Graph:
@@ -286,7 +344,20 @@ def trace(module, input_shapes: list[tuple[int, ...]], training: bool = True) ->
     value_of: dict[int, int] = {}
     calls: list[Call] = []
     joined: dict[int, tuple[int, tuple[int, ...]]] = {}
+    sliced: dict[int, tuple[int, int, int, int]] = {}
     counter = [0]
+
+    def slice_of(x, base: int, ranges, outs) -> None:
+        for out, (axis, start, stop) in zip(outs, ranges):
+            if (start, stop) == (0, x.shape[axis]):  # all of it: the same value
+                keep.append(out)
+                value_of[id(out)] = base
+                continue
+            outer = sliced.get(base)
+            if outer is not None and outer[1] == axis:  # a slice of a slice
+                sliced[new_value(out)] = (outer[0], axis, outer[2] + start, outer[2] + stop)
+            else:
+                sliced[new_value(out)] = (base, axis, start, stop)
 
     def join(inputs: list[int], out, axis: int) -> None:
         parts: list[int] = []
@@ -309,18 +380,23 @@ def trace(module, input_shapes: list[tuple[int, ...]], training: bool = True) ->
             inputs = list(dict.fromkeys(value_of[id(t)] for t in tensors
                                         if id(t) in value_of and id(t) not in names))
             outs = list(_tensors(out))
-            if params and not inputs:  # a view of a parameter (`weight.view(-1, 1, 1)`)
+            kind = _kind(func, args, kwargs, shapes.get(params[0]) if params else None)
+            ranges = _part_ranges(kind, args, kwargs, tensors[0], outs) \
+                if kind in _PARTS and len(inputs) == 1 and not params and tensors else None
+            if ranges is not None:
+                slice_of(tensors[0], inputs[0], ranges, outs)
+            elif params and not inputs:  # a view of a parameter (`weight.view(-1, 1, 1)`)
                 for t in outs:
                     if id(t) not in names:
                         keep.append(t)
                         names[id(t)] = params[0]
-            elif _kind(func) == "cat" and len(inputs) > 1 and not params:
+            elif kind == "cat" and len(inputs) > 1 and not params:
                 axis = (args[1] if len(args) > 1 else (kwargs or {}).get("dim", 0))
                 join([value_of[id(t)] for t in tensors if id(t) in value_of], out,
                      axis % out.dim())
             elif params or len(inputs) > 1 or (inputs and len(outs) > 1):
                 ids = tuple(new_value(t) for t in outs)
-                calls.append(Call(len(calls), _kind(func), tuple(params),
+                calls.append(Call(len(calls), kind, tuple(params),
                                   tuple(_squeezed(shapes[p]) for p in params), tuple(inputs),
                                   ids, tuple(_per_sample(t) for t in outs)))
             elif inputs:  # a unary op with no weights (relu, pooling, flatten): see through
@@ -334,7 +410,7 @@ def trace(module, input_shapes: list[tuple[int, ...]], training: bool = True) ->
     module.train(training)
     with torch.no_grad(), Recorder():
         module(*xs)
-    return Graph(calls, ids, shapes, joined)
+    return Graph(calls, ids, shapes, joined, sliced=sliced)
 
 
 def _tensors(obj):
@@ -403,6 +479,10 @@ class _Search:
         same (matched) parts."""
         if value in values:
             return values[value]
+        part = self.target.sliced.get(value)
+        if part is not None:
+            base = self.resolve(part[0], values)
+            return None if base is None else self.source.by_slice.get((base, *part[1:]))
         joined = self.target.joined.get(value)
         if joined is None:
             return None

@@ -17,7 +17,7 @@ def _divisible(value, divisor=8, min_value=None):
 
 
 class SqueezeExcite(nn.Module):
-    """block squeeze_excite(squeeze), <stdlib>/efficientnet.cnn:3"""
+    """block squeeze_excite(squeeze, act, gate), <stdlib>/efficientnet.cnn:4"""
 
     def __init__(self, in_channels, squeeze):
         super().__init__()
@@ -38,16 +38,16 @@ class SqueezeExcite(nn.Module):
 
 
 class Mbconv(nn.Module):
-    """block mbconv(c, kernel, stride, expand, eps), <stdlib>/efficientnet.cnn:13"""
+    """block mbconv(c, kernel, stride, expand), <stdlib>/efficientnet.cnn:14"""
 
-    def __init__(self, in_channels, c, kernel, stride, expand, eps):
+    def __init__(self, in_channels, c, kernel, stride, expand):
         super().__init__()
         self.conv1 = nn.Conv2d(in_channels, _divisible(in_channels * expand, 8), kernel_size=kernel, stride=stride, padding=(kernel - 1) // 2, groups=_divisible(in_channels * expand, 8), bias=False)
-        self.batchnorm1 = nn.BatchNorm2d(_divisible(in_channels * expand, 8), eps=eps)
+        self.batchnorm1 = nn.BatchNorm2d(_divisible(in_channels * expand, 8))
         self.silu1 = nn.SiLU()
         self.squeeze_excite1 = SqueezeExcite(_divisible(in_channels * expand, 8), max(1, in_channels // 4))
         self.conv2 = nn.Conv2d(_divisible(in_channels * expand, 8), c, kernel_size=1, bias=False)
-        self.batchnorm2 = nn.BatchNorm2d(c, eps=eps)
+        self.batchnorm2 = nn.BatchNorm2d(c)
 
     def forward(self, x):
         x = self.conv1(x)
@@ -60,11 +60,11 @@ class Mbconv(nn.Module):
 
 
 class MbconvStage(nn.Module):
-    """block mbconv_stage(expand, kernel, stride, c, n, eps), <stdlib>/efficientnet.cnn:24"""
+    """block mbconv_stage(expand, kernel, stride, c, n), <stdlib>/efficientnet.cnn:25"""
 
-    def __init__(self, in_channels, expand, kernel, stride, c, eps):
+    def __init__(self, in_channels, expand, kernel, stride, c):
         super().__init__()
-        self.mbconv1 = Mbconv(in_channels, c, kernel, stride, expand, eps)
+        self.mbconv1 = Mbconv(in_channels, c, kernel, stride, expand)
 
     def forward(self, x):
         x = self.mbconv1(x)
@@ -72,19 +72,19 @@ class MbconvStage(nn.Module):
 
 
 class Mbconv2(nn.Module):
-    """block mbconv(c, kernel, stride, expand, eps), <stdlib>/efficientnet.cnn:13"""
+    """block mbconv(c, kernel, stride, expand), <stdlib>/efficientnet.cnn:14"""
 
-    def __init__(self, in_channels, c, kernel, stride, expand, eps):
+    def __init__(self, in_channels, c, kernel, stride, expand):
         super().__init__()
         self.conv1 = nn.Conv2d(in_channels, _divisible(in_channels * expand, 8), kernel_size=1, bias=False)
-        self.batchnorm1 = nn.BatchNorm2d(_divisible(in_channels * expand, 8), eps=eps)
+        self.batchnorm1 = nn.BatchNorm2d(_divisible(in_channels * expand, 8))
         self.silu1 = nn.SiLU()
         self.conv2 = nn.Conv2d(_divisible(in_channels * expand, 8), _divisible(in_channels * expand, 8), kernel_size=kernel, stride=stride, padding=(kernel - 1) // 2, groups=_divisible(in_channels * expand, 8), bias=False)
-        self.batchnorm2 = nn.BatchNorm2d(_divisible(in_channels * expand, 8), eps=eps)
+        self.batchnorm2 = nn.BatchNorm2d(_divisible(in_channels * expand, 8))
         self.silu2 = nn.SiLU()
         self.squeeze_excite1 = SqueezeExcite(_divisible(in_channels * expand, 8), max(1, in_channels // 4))
         self.conv3 = nn.Conv2d(_divisible(in_channels * expand, 8), c, kernel_size=1, bias=False)
-        self.batchnorm3 = nn.BatchNorm2d(c, eps=eps)
+        self.batchnorm3 = nn.BatchNorm2d(c)
 
     def forward(self, x):
         x = self.conv1(x)
@@ -100,19 +100,19 @@ class Mbconv2(nn.Module):
 
 
 class Mbconv3(nn.Module):
-    """block mbconv(c, kernel, stride, expand, eps), <stdlib>/efficientnet.cnn:13"""
+    """block mbconv(c, kernel, stride, expand), <stdlib>/efficientnet.cnn:14"""
 
-    def __init__(self, in_channels, c, kernel, stride, expand, eps):
+    def __init__(self, in_channels, c, kernel, stride, expand):
         super().__init__()
         self.conv1 = nn.Conv2d(in_channels, _divisible(in_channels * expand, 8), kernel_size=1, bias=False)
-        self.batchnorm1 = nn.BatchNorm2d(_divisible(in_channels * expand, 8), eps=eps)
+        self.batchnorm1 = nn.BatchNorm2d(_divisible(in_channels * expand, 8))
         self.silu1 = nn.SiLU()
         self.conv2 = nn.Conv2d(_divisible(in_channels * expand, 8), _divisible(in_channels * expand, 8), kernel_size=kernel, stride=stride, padding=(kernel - 1) // 2, groups=_divisible(in_channels * expand, 8), bias=False)
-        self.batchnorm2 = nn.BatchNorm2d(_divisible(in_channels * expand, 8), eps=eps)
+        self.batchnorm2 = nn.BatchNorm2d(_divisible(in_channels * expand, 8))
         self.silu2 = nn.SiLU()
         self.squeeze_excite1 = SqueezeExcite(_divisible(in_channels * expand, 8), max(1, in_channels // 4))
         self.conv3 = nn.Conv2d(_divisible(in_channels * expand, 8), c, kernel_size=1, bias=False)
-        self.batchnorm3 = nn.BatchNorm2d(c, eps=eps)
+        self.batchnorm3 = nn.BatchNorm2d(c)
 
     def forward(self, x):
         y = self.conv1(x)
@@ -129,12 +129,12 @@ class Mbconv3(nn.Module):
 
 
 class MbconvStage2(nn.Module):
-    """block mbconv_stage(expand, kernel, stride, c, n, eps), <stdlib>/efficientnet.cnn:24"""
+    """block mbconv_stage(expand, kernel, stride, c, n), <stdlib>/efficientnet.cnn:25"""
 
-    def __init__(self, in_channels, expand, kernel, stride, c, eps):
+    def __init__(self, in_channels, expand, kernel, stride, c):
         super().__init__()
-        self.mbconv1 = Mbconv2(in_channels, c, kernel, stride, expand, eps)
-        self.mbconv2 = Mbconv3(c, c, kernel, 1, expand, eps)
+        self.mbconv1 = Mbconv2(in_channels, c, kernel, stride, expand)
+        self.mbconv2 = Mbconv3(c, c, kernel, 1, expand)
 
     def forward(self, x):
         x = self.mbconv1(x)
@@ -143,13 +143,13 @@ class MbconvStage2(nn.Module):
 
 
 class MbconvStage3(nn.Module):
-    """block mbconv_stage(expand, kernel, stride, c, n, eps), <stdlib>/efficientnet.cnn:24"""
+    """block mbconv_stage(expand, kernel, stride, c, n), <stdlib>/efficientnet.cnn:25"""
 
-    def __init__(self, in_channels, expand, kernel, stride, c, eps):
+    def __init__(self, in_channels, expand, kernel, stride, c):
         super().__init__()
-        self.mbconv1 = Mbconv2(in_channels, c, kernel, stride, expand, eps)
-        self.mbconv2 = Mbconv3(c, c, kernel, 1, expand, eps)
-        self.mbconv3 = Mbconv3(c, c, kernel, 1, expand, eps)
+        self.mbconv1 = Mbconv2(in_channels, c, kernel, stride, expand)
+        self.mbconv2 = Mbconv3(c, c, kernel, 1, expand)
+        self.mbconv3 = Mbconv3(c, c, kernel, 1, expand)
 
     def forward(self, x):
         x = self.mbconv1(x)
@@ -159,14 +159,14 @@ class MbconvStage3(nn.Module):
 
 
 class MbconvStage4(nn.Module):
-    """block mbconv_stage(expand, kernel, stride, c, n, eps), <stdlib>/efficientnet.cnn:24"""
+    """block mbconv_stage(expand, kernel, stride, c, n), <stdlib>/efficientnet.cnn:25"""
 
-    def __init__(self, in_channels, expand, kernel, stride, c, eps):
+    def __init__(self, in_channels, expand, kernel, stride, c):
         super().__init__()
-        self.mbconv1 = Mbconv2(in_channels, c, kernel, stride, expand, eps)
-        self.mbconv2 = Mbconv3(c, c, kernel, 1, expand, eps)
-        self.mbconv3 = Mbconv3(c, c, kernel, 1, expand, eps)
-        self.mbconv4 = Mbconv3(c, c, kernel, 1, expand, eps)
+        self.mbconv1 = Mbconv2(in_channels, c, kernel, stride, expand)
+        self.mbconv2 = Mbconv3(c, c, kernel, 1, expand)
+        self.mbconv3 = Mbconv3(c, c, kernel, 1, expand)
+        self.mbconv4 = Mbconv3(c, c, kernel, 1, expand)
 
     def forward(self, x):
         x = self.mbconv1(x)
@@ -177,11 +177,11 @@ class MbconvStage4(nn.Module):
 
 
 class MbconvStage5(nn.Module):
-    """block mbconv_stage(expand, kernel, stride, c, n, eps), <stdlib>/efficientnet.cnn:24"""
+    """block mbconv_stage(expand, kernel, stride, c, n), <stdlib>/efficientnet.cnn:25"""
 
-    def __init__(self, in_channels, expand, kernel, stride, c, eps):
+    def __init__(self, in_channels, expand, kernel, stride, c):
         super().__init__()
-        self.mbconv1 = Mbconv2(in_channels, c, kernel, stride, expand, eps)
+        self.mbconv1 = Mbconv2(in_channels, c, kernel, stride, expand)
 
     def forward(self, x):
         x = self.mbconv1(x)
@@ -196,13 +196,13 @@ class Efficientnet(nn.Module):
         self.conv1 = nn.Conv2d(3, 32, kernel_size=3, stride=2, padding=1, bias=False)
         self.batchnorm1 = nn.BatchNorm2d(32)
         self.silu1 = nn.SiLU()
-        self.mbconv_stage1 = MbconvStage(32, 1, 3, 1, 16, 1e-05)
-        self.mbconv_stage2 = MbconvStage2(16, 6, 3, 2, 24, 1e-05)
-        self.mbconv_stage3 = MbconvStage2(24, 6, 5, 2, 40, 1e-05)
-        self.mbconv_stage4 = MbconvStage3(40, 6, 3, 2, 80, 1e-05)
-        self.mbconv_stage5 = MbconvStage3(80, 6, 5, 1, 112, 1e-05)
-        self.mbconv_stage6 = MbconvStage4(112, 6, 5, 2, 192, 1e-05)
-        self.mbconv_stage7 = MbconvStage5(192, 6, 3, 1, 320, 1e-05)
+        self.mbconv_stage1 = MbconvStage(32, 1, 3, 1, 16)
+        self.mbconv_stage2 = MbconvStage2(16, 6, 3, 2, 24)
+        self.mbconv_stage3 = MbconvStage2(24, 6, 5, 2, 40)
+        self.mbconv_stage4 = MbconvStage3(40, 6, 3, 2, 80)
+        self.mbconv_stage5 = MbconvStage3(80, 6, 5, 1, 112)
+        self.mbconv_stage6 = MbconvStage4(112, 6, 5, 2, 192)
+        self.mbconv_stage7 = MbconvStage5(192, 6, 3, 1, 320)
         self.conv2 = nn.Conv2d(320, 1280, kernel_size=1, bias=False)
         self.batchnorm2 = nn.BatchNorm2d(1280)
         self.silu2 = nn.SiLU()
