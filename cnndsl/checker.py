@@ -142,6 +142,7 @@ class Checker:
         network = Network(name=defn.name, file=defn.span.file, params=params,
                           inputs=tuple(inputs), nodes=tuple(self.nodes), outputs=tuple(outputs),
                           output_names=tuple(self.output_names), scopes=tuple(self.scopes),
+                          tensors={k: t.name for k, t in frame.tensors.items()},
                           warnings=tuple(self.warnings))
         self.check_memory(network, defn)
         return network

@@ -152,3 +152,9 @@ def printable(text: str) -> str:
     escapes instead of acting on the screen."""
     return "".join(ch if ch == "\t" or ch.isprintable() else ch.encode(
         "unicode_escape").decode("ascii") for ch in text)
+
+
+def printable_text(text: str) -> str:
+    """`printable` line by line: several lines of output (a table, a report), each made
+    safe for a terminal, the line breaks kept."""
+    return "\n".join(printable(line) for line in text.split("\n"))

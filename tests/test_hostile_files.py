@@ -205,3 +205,97 @@ def test_loads_has_the_same_size_limit_as_files():
         cnndsl.loads("network n() {\n" + " " * (4 * 2**20) + "}")
     with pytest.raises(cnndsl.CnnError, match="larger than 4 MiB"):
         cnndsl.load("network n() {\n" + " " * (4 * 2**20) + "}")
+
+
+def test_an_output_through_a_symbolic_link_is_refused_and_the_link_kept(tmp_path):
+    """b14: `-o link` replaced the link by a regular file (with `-o /dev/stdout`, the
+    system's /dev/stdout); the file it points to was left as it was."""
+    real = tmp_path / "real.txt"
+    real.write_text("real\n")
+    link = tmp_path / "m.onnx"
+    link.symlink_to(real)
+    for to, out in (("onnx", link), ("torch", link)):
+        result = run_cli("compile", "specs/lenet5.cnn", "--to", to, "-o", str(out))
+        assert result.returncode == 1
+        assert result.stderr.startswith(f"error[E-io]: cannot access {link}: a symbolic link")
+        assert link.is_symlink() and real.read_text() == "real\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx", "real.txt"]
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="only root can give a file to another user")
+@pytest.mark.parametrize("to", ["torch", "onnx"])
+def test_replacing_another_users_file_keeps_its_owner_and_mode(to, tmp_path):
+    """b14: root replacing a writable file of another user made it root's."""
+    target = tmp_path / f"m.{'py' if to == 'torch' else 'onnx'}"
+    target.write_bytes(b"old")
+    os.chown(target, 65534, 65534)
+    os.chmod(target, 0o664)
+    result = run_cli("compile", "specs/lenet5.cnn", "--to", to, "-o", str(target))
+    assert result.returncode == 0, result.stderr
+    info = os.stat(target)
+    assert (info.st_uid, info.st_gid, stat.S_IMODE(info.st_mode)) == (65534, 65534, 0o664)
+    assert target.read_bytes() != b"old"
+
+
+def test_errors_name_the_target_not_the_temporary_file(tmp_path):
+    """b15: `-o /proc/m.onnx` said `cannot access /proc/.m.onnx.d5f2zr5g.tmp`."""
+    for to in ("onnx", "torch"):
+        result = run_cli("compile", "specs/lenet5.cnn", "--to", to, "-o", "/proc/m.out")
+        assert result.returncode == 1
+        assert result.stderr.startswith("error[E-io]: cannot access /proc/m.out: ")
+        assert ".tmp" not in result.stderr
+
+
+def test_a_killed_writes_temporary_file_is_removed_by_the_next_write(tmp_path):
+    """b21: `.NAME.*.tmp` of a killed write stayed for ever; a live writer's is kept."""
+    import signal
+    (tmp_path / ".m.py.zz99.tmp").write_text("junk")  # no process id: an old leftover
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    (tmp_path / f".m.py.{dead.pid}.abcd.tmp").write_text("junk")
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (tmp_path / f".m.py.{live.pid}.abcd.tmp").write_text("being written")
+        (tmp_path / ".other.py.zz99.tmp").write_text("another target's")
+        result = run_cli("compile", "specs/lenet5.cnn", "--to", "torch", "-o",
+                         str(tmp_path / "m.py"))
+        assert result.returncode == 0, result.stderr
+        assert sorted(p.name for p in tmp_path.iterdir()) == [
+            f".m.py.{live.pid}.abcd.tmp", ".other.py.zz99.tmp", "m.py"]
+    finally:
+        live.send_signal(signal.SIGKILL)
+        live.wait()
+
+
+def _fifo(tmp_path, name):
+    path = tmp_path / name
+    os.mkfifo(path)
+    return str(path)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["compile", "specs/lenet5.cnn", "--to", "onnx", "-o", "{tmp}/m.onnx", "--weights",
+      "{fifo}"], "error[E-weights]: cannot read weights from {fifo}: not a regular file"),
+    (["run", "specs/lenet5.cnn", "--weights", "{fifo}"],
+     "error[E-weights]: cannot read weights from {fifo}: not a regular file"),
+    (["run", "specs/lenet5.cnn", "--input", "{fifo}"],
+     "error[E-run]: cannot read {fifo}: not a regular file"),
+    (["run", "{fifo}"], "error[E-io]: cannot read {fifo}: not a regular file"),
+    (["eval", "examples/train_digits.cnn", "--weights", "{fifo}"],
+     "error[E-weights]: cannot read weights from {fifo}: not a regular file"),
+    (["train", "examples/train_digits.cnn", "--data", "{tmp}/d.npz", "--out", "{tmp}/run"],
+     "error[E-data]: cannot read {tmp}/d.npz: not a regular file"),
+    (["train", "examples/train_digits.cnn", "--resume", "{tmp}", "--out", "{tmp}/run"],
+     "error[E-train]: cannot read the training state {tmp}/state.pt: not a regular file"),
+])
+def test_a_fifo_given_as_any_input_file_is_refused_at_once(argv, message, tmp_path):
+    """b16: a FIFO as --weights, --input, --data, --resume or the model blocked for ever."""
+    fifo = _fifo(tmp_path, "w.pt")
+    os.mkfifo(tmp_path / "d.npz")
+    os.mkfifo(tmp_path / "state.pt")
+    words = [a.format(tmp=tmp_path, fifo=fifo) for a in argv]
+    result = subprocess.run([sys.executable, "-m", "cnndsl", *words], cwd=ROOT, timeout=60,
+                            capture_output=True, text=True, env={**os.environ, "NO_COLOR": "1"})
+    assert result.returncode == 1, result.stderr
+    assert message.format(tmp=tmp_path, fifo=fifo) in result.stderr
+    assert "Traceback" not in result.stderr

@@ -89,9 +89,18 @@ class GraphBuilder:
         gamma, beta, mean, var = (self.weights.pop(f"{bn}.{k}").astype(np.float64) for k in
                                   ("weight", "bias", "running_mean", "running_var"))
         scale = gamma / np.sqrt(var + self.ir.node(bn).attrs["eps"])
-        weight = self.constant(f"{node.name}.weight", (w * scale[:, None, None, None])
-                               .astype(np.float32))
-        bias = self.constant(f"{node.name}.bias", ((b - mean) * scale + beta).astype(np.float32))
+        folded_w = w * scale[:, None, None, None]
+        folded_b = (b - mean) * scale + beta
+        limit = np.finfo(np.float32).max
+        if not (np.abs(folded_w).max(initial=0) <= limit and np.abs(folded_b).max() <= limit):
+            raise CnnError([Diagnostic(
+                code="E-weights", message=f"folding `{bn}` into `{node.name}` gives weights "
+                "too large for float32", span=node.span,
+                notes=(f"{bn}.weight / sqrt({bn}.running_var + eps) reaches "
+                       f"{np.abs(scale).max():.3g}",),
+                help="check the batch-norm statistics, or keep them: --keep-batchnorm")])
+        weight = self.constant(f"{node.name}.weight", folded_w.astype(np.float32))
+        bias = self.constant(f"{node.name}.bias", folded_b.astype(np.float32))
         return weight, bias
 
     # ---- assembly -----------------------------------------------------------------------
@@ -194,7 +203,7 @@ def _save_with_data(model: onnx.ModelProto, path: Path) -> None:
     import secrets
     import tempfile
 
-    from ..atomic import _mode_for
+    from ..atomic import _mode_for, adopt
     path.parent.mkdir(parents=True, exist_ok=True)
     _remove_leftovers(path)
     data = f"{path.name}.{secrets.token_hex(4)}.data"
@@ -209,6 +218,7 @@ def _save_with_data(model: onnx.ModelProto, path: Path) -> None:
             with open(os.path.join(work, name), "rb+") as f:
                 os.fsync(f.fileno())
             os.chmod(os.path.join(work, name), mode)
+        adopt(graph, path)  # the old graph's owner too
         os.replace(os.path.join(work, data), path.parent / data)
         os.replace(graph, path)  # the commit: from here on the new pair is the file
     _fsync_dir(path.parent)
