@@ -299,3 +299,47 @@ def test_a_fifo_given_as_any_input_file_is_refused_at_once(argv, message, tmp_pa
     assert result.returncode == 1, result.stderr
     assert message.format(tmp=tmp_path, fifo=fifo) in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def _check_peak(spec) -> tuple[subprocess.CompletedProcess, float]:
+    """`cnndsl check` in a fresh process: the result and its peak memory in MB."""
+    out, err = spec.with_suffix(".out"), spec.with_suffix(".err")
+    with open(out, "w") as stdout, open(err, "w") as stderr:
+        process = subprocess.Popen([sys.executable, "-m", "cnndsl", "check", str(spec)],
+                                   cwd=ROOT, stdout=stdout, stderr=stderr,
+                                   env={**os.environ, "NO_COLOR": "1"})
+        _, status, usage = os.wait4(process.pid, 0)
+    result = subprocess.CompletedProcess(process.args, os.waitstatus_to_exitcode(status),
+                                         out.read_text(), err.read_text())
+    return result, usage.ru_maxrss / 1024
+
+
+@pytest.mark.parametrize("kind, message, column", [
+    ("plus", "an expression of more than 500 operators", 10),
+    ("and", "an expression of more than 500 operators", 19),
+    ("tuple", "more than 1,000 items in one `(...)`", 13),
+])
+def test_long_expressions_under_the_token_limit_end_early(kind, message, column, tmp_path):
+    """Issue 10 #9: a 780 KB `+` chain took 10 s and 814 MB, an `and` chain 4.5 s and
+    395 MB, a 0.6 MB tuple 12 s, to reach an error; they are refused while lexing."""
+    n = 780 * 1024
+    head = "network n() {\n    input image: 3 x 8 x 8\n"
+    text = {"plus": head + "    conv(" + "1 + " * (n // 4) + "1, 3)\n}\n",
+            "and": head + "    conv(4, 3) if " + "true and " * (n // 9) + "true\n}\n",
+            "tuple": head + "    conv(4, (" + ", ".join(["1"] * 199_000) + "))\n}\n"}[kind]
+    spec = tmp_path / f"{kind}.cnn"
+    spec.write_text(text)
+    result, peak = _check_peak(spec)
+    assert result.returncode == 1
+    assert result.stderr.startswith(f"error[E-limit]: {message}\n --> {spec}:3:{column}\n")
+    assert peak < 150, peak
+
+
+def test_many_layers_need_less_memory(tmp_path):
+    """50,000 `relu` lines: 325 MB before the parse tree was dropped as it is built and
+    spans became slotted dataclasses; now about 180 MB."""
+    spec = tmp_path / "relu.cnn"
+    spec.write_text("network n() {\n    input image: 3 x 8 x 8\n" + "    relu\n" * 50_000 + "}\n")
+    result, peak = _check_peak(spec)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.count("\nrelu") == 50_000 and peak < 250, peak
