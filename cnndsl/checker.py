@@ -143,7 +143,7 @@ class Checker:
                           inputs=tuple(inputs), nodes=tuple(self.nodes), outputs=tuple(outputs),
                           output_names=tuple(self.output_names), scopes=tuple(self.scopes),
                           tensors={k: t.name for k, t in frame.tensors.items()},
-                          warnings=tuple(self.warnings))
+                          warnings=tuple(_distinct(self.warnings)))
         self.check_memory(network, defn)
         return network
 

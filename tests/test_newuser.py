@@ -464,3 +464,10 @@ def test_usage_errors_are_e_usage_and_one_json_document_under_json(argv, message
     text = run_cli(*argv, cwd=tmp_path if argv[0] == "compile" else ROOT)
     assert text.returncode == 2 and text.stdout == ""
     assert "error[E-usage]: " in text.stderr and message in text.stderr
+
+
+def test_a_warning_in_a_block_called_twice_is_reported_once():
+    model = cnndsl.loads("block u(c: int) {\n    conv(c, 3, padding=1)\n}\nblock b() {\n"
+                         "    s: u(4) -> u(4)\n}\nnetwork n() {\n    input image: 3 x 8 x 8\n"
+                         "    b -> b\n}")
+    assert [(w.code, w.span.line) for w in model.warnings] == [("W-label", 5)]
