@@ -153,6 +153,13 @@ CATALOGUE: tuple[Entry, ...] = (
           "    flatten -> linear(classes)\n}\n",
           "Point --data at `digits` or at a folder with one subfolder of images per class.",
           argv=("train", "example.cnn", "--data", "no_such_folder", "--out", "run")),
+    Entry("E-usage", "a command line cnndsl cannot run",
+          "An unknown option or command, a missing argument, or an option's value out of "
+          "its range. The exit status is 2; with --json the error is the one JSON "
+          "document on stdout.",
+          _net("conv(8, 3)"),
+          "Spell the option as `cnndsl COMMAND --help` lists it, e.g. `--memory-limit 4GiB`.",
+          argv=("check", "example.cnn", "--memory-limit", "lots")),
     Entry("W-stride", "a stride that leaves rows or columns of the input unread",
           "(W + 2P - D(F-1) - 1) / S is not a whole number and the windows stop before the "
           "last rows or columns of real input (padding aside). A warning; an error with "

@@ -10,14 +10,37 @@ import sys
 from pathlib import Path
 
 from .checker import WEIGHT_COPIES
-from .diagnostics import CnnError, Diagnostic, render_all, use_color
+from .diagnostics import CnnError, Diagnostic, printable_text, render_all, use_color
 from .source import SourceMap
 
 EXIT_OK, EXIT_SPEC, EXIT_USAGE, EXIT_INTERNAL = 0, 1, 2, 3
 
 
 class UsageError(Exception):
-    pass
+    """A command line cnndsl cannot run (exit 2); `parser` is the (sub)command's."""
+
+    def __init__(self, message: str, parser: argparse.ArgumentParser | None = None):
+        super().__init__(message)
+        self.parser = parser
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, its complaints raised as UsageError: rendered as every error is (escaped,
+    with a code) and as JSON under --json, instead of printed raw and exited."""
+
+    def error(self, message: str):
+        raise UsageError(message, self)
+
+
+def _say(text: str) -> None:
+    """A line of progress or result for a person: on stderr, made safe for a terminal
+    (paths and spec text may hold escape sequences)."""
+    print(printable_text(text), file=sys.stderr)
+
+
+def _show(text: str, end: str = "\n") -> None:
+    """Text output on stdout (a table, a report), made safe for a terminal."""
+    print(printable_text(text), end=end)
 
 
 def parse_value(text: str):
@@ -104,7 +127,7 @@ def cmd_check(args) -> int:
         if model.warnings:
             sys.stderr.write(render_all(list(model.warnings), model.program.sources,
                                         use_color()) + "\n")
-        print(layer_table(model.ir), end="")
+        _show(layer_table(model.ir), end="")
     return EXIT_OK
 
 
@@ -137,8 +160,7 @@ def cmd_compile(args) -> int:
                           weights_report=_weights_json(model))
         print(json.dumps(report, indent=2))
     else:
-        print(f"wrote {args.output} ({args.to}, {model.params:,} parameters{detail})",
-              file=sys.stderr)
+        _say(f"wrote {args.output} ({args.to}, {model.params:,} parameters{detail})")
     return EXIT_OK
 
 
@@ -158,9 +180,7 @@ def cmd_run(args) -> int:
             raise UsageError("--weights, --weights-from, --reinit and --set apply to .cnn "
                              "specs, not to .onnx files")
         model = None
-        data, source = args.model, args.model
-        if not Path(args.model).is_file():
-            raise _spec_error(f"cannot read {args.model}: no such file")
+        data, source = _onnx_model(args.model), args.model
         shapes = None
     session = create_session(data, args.provider, args.threads, benchmark=bool(args.bench))
     if shapes is None:
@@ -169,10 +189,10 @@ def cmd_run(args) -> int:
     if args.input:
         inputs = [read_input(args.input, shapes[0])]
     else:
-        inputs = random_inputs(shapes, args.batch, args.seed)
+        inputs = random_inputs(shapes, args.batch, args.seed, args.memory_limit)
     if not args.json:
-        print(f"{source}: running on {session.provider} "
-              f"({session.session.get_providers()[0]})", file=sys.stderr)
+        _say(f"{source}: running on {session.provider} "
+             f"({session.session.get_providers()[0]})")
     outputs = session.run(*inputs)
     report = {"ok": True, "model": source, "provider": session.provider, "outputs": []}
     if model is not None and model.weights_report is not None:
@@ -180,12 +200,12 @@ def cmd_run(args) -> int:
     for name, out in zip([o.name for o in session.session.get_outputs()], outputs):
         entry = {"name": name, "shape": list(out.shape)}
         line = f"output {name}: {' x '.join(map(str, out.shape))}"
-        if out.ndim == 2:
+        if out.ndim == 2 and out.size:
             entry["argmax"] = out.argmax(axis=1).tolist()
             line += f", argmax {entry['argmax'][:8]}"
         report["outputs"].append(entry)
         if not args.json:
-            print(line)
+            _show(line)
     if args.output:
         import numpy as np
 
@@ -204,10 +224,26 @@ def cmd_run(args) -> int:
     return EXIT_OK
 
 
+def _onnx_model(path: str) -> str | bytes:
+    """What onnxruntime opens: the path (its external data lies beside it), or, for a path
+    onnxruntime cannot take (not UTF-8), the file's bytes. A regular file only: a FIFO
+    would block."""
+    from .files import open_regular
+    try:
+        with open_regular(path) as f:
+            try:
+                path.encode("utf-8")
+            except UnicodeEncodeError:
+                return f.read()
+    except OSError as exc:
+        raise _spec_error(f"cannot read {path}: {exc.strerror or exc}") from None
+    return path
+
+
 def _say_weights(model, args) -> None:
     """The weight import's report, on stderr (JSON output carries it instead)."""
     if model.weights_report is not None and not getattr(args, "json", False):
-        print(model.weights_report.text(), file=sys.stderr)
+        _say(model.weights_report.text())
 
 
 def _weights_json(model) -> dict | None:
@@ -229,14 +265,14 @@ def cmd_render(args) -> int:
             print(json.dumps({"ok": False, "output": str(dot_path), "format": "dot",
                               "error": str(exc)}, indent=2))
         else:
-            print(f"wrote {dot_path} instead of {args.output}: {exc}", file=sys.stderr)
+            _say(f"wrote {dot_path} instead of {args.output}: {exc}")
         return EXIT_SPEC
     except RuntimeError as exc:
         raise _spec_error(str(exc)) from None
     if args.json:
         print(json.dumps({"ok": True, "output": args.output, "format": suffix[1:]}, indent=2))
     else:
-        print(f"wrote {args.output}", file=sys.stderr)
+        _say(f"wrote {args.output}")
     return EXIT_OK
 
 
@@ -245,17 +281,21 @@ def cmd_summary(args) -> int:
     model = _load(args)
     frozen = _frozen(model, args)
     if args.json:
-        print(json.dumps({"network": model.name,
+        print(json.dumps({"ok": True, "network": model.name,
                           "rows": summary_rows(model.ir, args.depth, frozen),
                           "totals": summary_totals(model.ir, frozen)}, indent=2))
     else:
-        print(summary_table(model.ir, args.depth, frozen), end="")
+        _show(summary_table(model.ir, args.depth, frozen), end="")
     return EXIT_OK
 
 
 def cmd_explain(args) -> int:
     from .catalogue import BY_CODE, CATALOGUE, explain
     if args.code is None:
+        if args.json:
+            print(json.dumps({"ok": True, "codes": [{"code": e.code, "title": e.title}
+                                                    for e in CATALOGUE]}, indent=2))
+            return EXIT_OK
         width = max(len(e.code) for e in CATALOGUE)
         print("\n".join(f"{e.code:<{width}}  {e.title}" for e in CATALOGUE))
         print("\n`cnndsl explain CODE` explains one, with an example and the fix.")
@@ -268,7 +308,13 @@ def cmd_explain(args) -> int:
         hint = near and f"did you mean `{by_lower[near.split('`')[1]]}`?"
         raise UsageError(f"no code `{args.code}`" + (f"; {hint}" if hint else "") +
                          f"; codes: {', '.join(BY_CODE)}")
-    print(explain(code), end="")
+    if args.json:
+        entry = BY_CODE[code]
+        print(json.dumps({"ok": True, "code": code, "title": entry.title,
+                          "explanation": entry.explanation, "example": entry.example,
+                          "fix": entry.fix}, indent=2))
+    else:
+        print(explain(code), end="")
     return EXIT_OK
 
 
@@ -316,16 +362,16 @@ def cmd_train(args) -> int:
                             weights=args.weights, weights_from=args.weights_from,
                             overrides=overrides, progress=None if not args.json else False)
     except TrainingStopped as stop:
-        print(f"interrupted at epoch {stop.epoch + 1}, step {stop.step}: the state is saved; "
-              f"continue with --resume {out}", file=sys.stderr)
+        _say(f"interrupted at epoch {stop.epoch + 1}, step {stop.step}: the state is saved; "
+             f"continue with --resume {out}")
         return 130
     summary.pop("module")
     if not is_main_rank():
         return EXIT_OK
     if args.json:
-        print(json.dumps(summary, indent=2))
+        print(json.dumps({"ok": True, **summary}, indent=2))
     else:
-        print(f"best epoch {summary['best_epoch']}: val accuracy "
+        _show(f"best epoch {summary['best_epoch']}: val accuracy "
               f"{summary['history'][summary['best_epoch'] - 1]['val_accuracy']:.4f}; "
               f"wrote {out}/best.safetensors, last.safetensors, metrics.json, curves.png, "
               "confusion.png")
@@ -344,11 +390,11 @@ def cmd_eval(args) -> int:
         plot_confusion(report["confusion_matrix"], [c["class"] for c in report["per_class"]],
                        Path(args.plot))
     if args.json:
-        print(json.dumps(report, indent=2))
+        print(json.dumps({"ok": True, **report}, indent=2))
     else:
-        print(f"{model.name} on {report['source']} (validation split, "
+        _show(f"{model.name} on {report['source']} (validation split, "
               f"{report['samples']} images)")
-        print(format_report(report))
+        _show(format_report(report))
     return EXIT_OK
 
 
@@ -371,7 +417,7 @@ def _spec_error(message: str) -> CnnError:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="cnndsl", description="Check and compile .cnn convolutional network specs.")
     from . import __version__
     parser.add_argument("--version", action="version", version=f"cnndsl {__version__}")
@@ -473,6 +519,7 @@ def build_parser() -> argparse.ArgumentParser:
     explain = sub.add_parser("explain", help="explain an error code (e.g. E-shape)")
     explain.add_argument("code", nargs="?", help="e.g. E-shape (any case); none lists "
                          "every code")
+    explain.add_argument("--json", action="store_true", help="the entry (or the list) as JSON")
     explain.set_defaults(run=cmd_explain)
 
     fmt = sub.add_parser("fmt", help="format .cnn files in the canonical layout",
@@ -509,6 +556,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--memory-limit", type=parse_size, metavar="SIZE")
     run.add_argument("--json", action="store_true", help="benchmark figures as JSON")
     run.set_defaults(run=cmd_run)
+    for command in sub.choices.values():  # usage errors show the command's own usage
+        command.set_defaults(parser=command)
     return parser
 
 
@@ -532,11 +581,15 @@ def main(argv: list[str] | None = None) -> int:
         if hasattr(stream, "reconfigure"):
             stream.reconfigure(errors="backslashreplace")
     parser = build_parser()
-    args = parser.parse_args(expand_sets(sys.argv[1:] if argv is None else argv))
+    words = expand_sets(sys.argv[1:] if argv is None else argv)
+    try:
+        args = parser.parse_args(words)
+    except UsageError as exc:
+        return _usage(exc, exc.parser or parser, "--json" in words)
     try:
         return args.run(args)
     except UsageError as exc:
-        parser.error(str(exc))
+        return _usage(exc, exc.parser or args.parser, getattr(args, "json", False))
     except CnnError as exc:
         _report(exc, args)
         return EXIT_SPEC
@@ -551,10 +604,21 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:  # noqa: BLE001 - the last line of defence for users
         if os.environ.get("CNNDSL_DEBUG"):
             raise
-        print(f"internal error: {type(exc).__name__}: {exc}\n(this is a bug in cnndsl; "
-              "CNNDSL_DEBUG=1 shows the traceback)", file=sys.stderr)
+        _say(f"internal error: {type(exc).__name__}: {exc}\n(this is a bug in cnndsl; "
+             "CNNDSL_DEBUG=1 shows the traceback)")
         return EXIT_INTERNAL
-    return EXIT_OK
+
+
+def _usage(exc: UsageError, parser: argparse.ArgumentParser, as_json: bool) -> int:
+    """A command line that cannot run: E-usage, exit 2; the usage line on stderr, and
+    under --json the one JSON document on stdout."""
+    d = Diagnostic(code="E-usage", message=str(exc), help=f"`{parser.prog} --help` lists "
+                   "the options")
+    if as_json:
+        print(json.dumps({"ok": False, "errors": [d.to_json()], "warnings": []}, indent=2))
+    sys.stderr.write(printable_text(parser.format_usage()))
+    sys.stderr.write(render_all([d], SourceMap(), use_color()))
+    return EXIT_USAGE
 
 
 def _report(exc: CnnError, args) -> None:

@@ -150,5 +150,13 @@ def printable(text: str) -> str:
     """Text from a spec or a file name, safe for a terminal: control and format characters
     (escape sequences, line and paragraph separators, bidi overrides) are written as
     escapes instead of acting on the screen."""
+    if text.isprintable():  # the usual case, at C speed
+        return text
     return "".join(ch if ch == "\t" or ch.isprintable() else ch.encode(
         "unicode_escape").decode("ascii") for ch in text)
+
+
+def printable_text(text: str) -> str:
+    """`printable` line by line: several lines of output (a table, a report), each made
+    safe for a terminal, the line breaks kept."""
+    return "\n".join(printable(line) for line in text.split("\n"))

@@ -87,6 +87,8 @@ class Network(BaseModel):
     # the spec names none
     output_names: tuple[str, ...] = ()
     scopes: tuple[Scope, ...] = ()
+    # the spec's named tensors (`skip = ...`, labels, inputs) -> the value each names
+    tensors: dict[str, str] = {}
     warnings: tuple[Diagnostic, ...] = ()
     _index: dict[str, Node] | None = PrivateAttr(default=None)
     _users: dict[str, tuple[str, ...]] | None = PrivateAttr(default=None)
@@ -122,8 +124,10 @@ class Network(BaseModel):
         for scope in self.scopes:  # a block call or a labelled repeat: its output
             if ".".join(scope.path) == name and scope.output in by_name:
                 return by_name[scope.output].shape
+        if name in self.tensors and self.tensors[name] != name:  # `logits = ...`
+            return self.shape_of(self.tensors[name])
         from .suggest import did_you_mean
-        hint = did_you_mean(name, [*by_name, *(i.name for i in self.inputs)])
+        hint = did_you_mean(name, [*by_name, *(i.name for i in self.inputs), *self.tensors])
         raise KeyError(f"no layer or input `{name}` in {self.name}" + (f"; {hint}" if hint
                                                                        else ""))
 

@@ -225,7 +225,7 @@ def short(value):
 
 
 def fmt(shape: Shape) -> str:
-    return " x ".join(str(n) for n in shape)
+    return " x ".join(map(str, shape))
 
 
 def windowed(op: str, x: Shape, a: dict, warn: Warn, ceil_mode=False,

@@ -7,6 +7,7 @@ from dataclasses import replace
 
 import numpy as np
 
+from .diagnostics import CnnError, Diagnostic
 from .ir import Network
 from .layers import REGISTRY
 from .weights import Weights
@@ -48,15 +49,25 @@ def fold_batchnorm(ir: Network, weights: Weights) -> tuple[Network, Weights, dic
 
 
 def _fold_into(conv, bn, weights: Weights):
-    w = weights.pop(f"{conv.name}.weight").astype(np.float64)
-    b = weights.pop(f"{conv.name}.bias", np.zeros(w.shape[0])).astype(np.float64)
-    gamma, beta, mean, var = (weights.pop(f"{bn.name}.{k}").astype(np.float64) for k in
+    w = weights[f"{conv.name}.weight"].astype(np.float64)
+    b = weights.get(f"{conv.name}.bias", np.zeros(w.shape[0])).astype(np.float64)
+    gamma, beta, mean, var = (weights[f"{bn.name}.{k}"].astype(np.float64) for k in
                               ("weight", "bias", "running_mean", "running_var"))
-    weights.pop(f"{bn.name}.num_batches_tracked", None)
     scale = gamma / np.sqrt(var + bn.attrs.eps)
-    weights[f"{conv.name}.weight"] = (w * scale.reshape(-1, *[1] * (w.ndim - 1))
-                                      ).astype(np.float32)
-    weights[f"{conv.name}.bias"] = ((b - mean) * scale + beta).astype(np.float32)
+    folded_w = w * scale.reshape(-1, *[1] * (w.ndim - 1))
+    folded_b = (b - mean) * scale + beta
+    limit = np.finfo(np.float32).max
+    if not (np.abs(folded_w).max(initial=0) <= limit and np.abs(folded_b).max() <= limit):
+        raise CnnError([Diagnostic(
+            code="E-weights", message=f"folding `{bn.name}` into `{conv.name}` gives weights "
+            "too large for float32", span=conv.span,
+            notes=(f"{bn.name}.weight / sqrt({bn.name}.running_var + eps) reaches "
+                   f"{np.abs(scale).max():.3g}",),
+            help="check the batch-norm statistics, or keep them: --keep-batchnorm")])
+    for key in ("weight", "bias", "running_mean", "running_var", "num_batches_tracked"):
+        weights.pop(f"{bn.name}.{key}", None)
+    weights[f"{conv.name}.weight"] = folded_w.astype(np.float32)
+    weights[f"{conv.name}.bias"] = folded_b.astype(np.float32)
     added = 0 if conv.attrs.bias else conv.attrs.out_channels
     return conv.model_copy(update={"attrs": replace(conv.attrs, bias=True),
                                    "params": conv.params + added})

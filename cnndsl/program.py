@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import errno
-import os
-import stat
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
@@ -195,12 +192,8 @@ def _stdlib() -> tuple[tuple[str, str, ast.Module], ...]:
 def read_spec(path: Path) -> str:
     """A spec's text: from a regular file only (a FIFO, a terminal or /dev/zero would block
     or never end), at most MAX_SOURCE_BYTES, UTF-8."""
-    if "\0" in str(path):
-        raise OSError(errno.EINVAL, "a NUL character in the path")
-    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOCTTY", 0))
-    with os.fdopen(fd, "rb") as f:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise OSError(errno.EINVAL, "not a regular file")
+    from .files import open_regular
+    with open_regular(path) as f:
         data = f.read(MAX_SOURCE_BYTES + 1)
     if len(data) > MAX_SOURCE_BYTES:
         raise CnnError([Diagnostic(code="E-limit", message=f"{path} is larger than "

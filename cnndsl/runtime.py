@@ -14,10 +14,10 @@ from __future__ import annotations
 
 import math
 import os
-import stat
 import statistics
 import sys
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -77,11 +77,12 @@ class Session:
 
     def run(self, *inputs: np.ndarray) -> list[np.ndarray]:
         feeds = self._feeds(inputs)
-        if self.provider == "cpu":
-            return self.session.run(None, feeds)
-        binding = self._bind(feeds)
-        self.session.run_with_iobinding(binding)
-        return binding.copy_outputs_to_cpu()
+        with _run_errors():
+            if self.provider == "cpu":
+                return self.session.run(None, feeds)
+            binding = self._bind(feeds)
+            self.session.run_with_iobinding(binding)
+            return binding.copy_outputs_to_cpu()
 
     def _feeds(self, inputs) -> dict[str, np.ndarray]:
         """Inputs by name, as the contiguous float32 arrays the model takes."""
@@ -110,15 +111,16 @@ class Session:
             def call():
                 self.session.run_with_iobinding(binding)
                 binding.synchronize_outputs()
-        for _ in range(warmup):
-            call()
         times = []
         bar = _Progress(runs, enabled=progress)
-        for _ in range(runs):
-            start = time.perf_counter()
-            call()
-            times.append(time.perf_counter() - start)
-            bar.step()
+        with _run_errors():
+            for _ in range(warmup):
+                call()
+            for _ in range(runs):
+                start = time.perf_counter()
+                call()
+                times.append(time.perf_counter() - start)
+                bar.step()
         bar.close()
         times.sort()
         batch = inputs[0].shape[0]
@@ -132,13 +134,32 @@ class Session:
                 "images_per_s": batch / statistics.median(times)}
 
 
+@contextmanager
+def _run_errors():
+    """onnxruntime's failures while running (a shape its kernels refuse, memory it cannot
+    have) as located E-run errors, not tracebacks."""
+    try:
+        yield
+    except MemoryError:
+        raise _error("onnxruntime ran out of memory running the model",
+                     help="a smaller --batch, or a machine with more memory") from None
+    except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own untyped errors
+        if isinstance(exc, CnnError):
+            raise
+        message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise _error(f"onnxruntime failed running the model: {message}") from None
+
+
 def create_session(model: bytes | str, provider: str = "auto", threads: int | None = None,
                    benchmark: bool = False) -> Session:
     import onnxruntime as ort
     chosen = resolve_provider(provider)
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.log_severity_level = 3
+    # onnxruntime's own log lines carry ANSI colour whatever NO_COLOR says; what matters
+    # of them reaches the user as the exception's message, in a located E-run
+    ort.set_default_logger_severity(4)
+    options.log_severity_level = 4
     if threads:
         options.intra_op_num_threads = threads
     search = "EXHAUSTIVE" if benchmark else "HEURISTIC"
@@ -173,6 +194,9 @@ def model_inputs(session: Session, batch: int | None, have_input: bool) -> list[
                          help="run it from Python with onnxruntime")
         first, *rest = i.shape or [None]
         dims = tuple(d if isinstance(d, int) else None for d in rest)
+        if 0 in dims or first == 0:
+            raise _error(f"input `{i.name}` has an axis of size 0 "
+                         f"({' x '.join(map(str, i.shape))}): there is nothing to feed it")
         if None in dims and not have_input:
             raise _error(f"input `{i.name}` has a symbolic size ({' x '.join(map(str, rest))})",
                          help="give the data with --input FILE.npy")
@@ -183,9 +207,22 @@ def model_inputs(session: Session, batch: int | None, have_input: bool) -> list[
     return shapes
 
 
-def random_inputs(shapes: list[tuple[int, ...]], batch: int, seed: int = 0) -> list[np.ndarray]:
+def random_inputs(shapes: list[tuple[int, ...]], batch: int, seed: int = 0,
+                  memory_limit: int | None = None) -> list[np.ndarray]:
+    """Random float32 inputs, refused before anything is allocated when they need more
+    than `memory_limit` bytes (the model's sizes are anyone's to write)."""
+    from .checker import default_memory_limit
+    from .report import human_bytes
+    limit = default_memory_limit() if memory_limit is None else memory_limit
+    need = sum(4 * batch * math.prod(s) for s in shapes)
+    if need > limit:
+        sizes = ", ".join(" x ".join(map(str, (batch, *s))) for s in shapes)
+        raise CnnError([Diagnostic(
+            code="E-limit", message=f"the model's inputs ({sizes}) need {human_bytes(need)} "
+            f"as float32, over the limit of {human_bytes(limit)}",
+            help="raise the limit with --memory-limit if the machine has the memory")])
     rng = np.random.default_rng(seed)
-    return [rng.standard_normal((batch, *s)).astype(np.float32) for s in shapes]
+    return [rng.standard_normal((batch, *s), dtype=np.float32) for s in shapes]
 
 
 MAX_INPUT_BYTES = 2**31  # an input larger than 2 GiB is not a test image
@@ -194,10 +231,9 @@ MAX_INPUT_BYTES = 2**31  # an input larger than 2 GiB is not a test image
 def read_input(path: str, shape: tuple[int, ...]) -> np.ndarray:
     """An .npy array of numbers, its header checked before any data is read: a header can
     claim any shape."""
+    from .files import open_regular
     try:
-        with open(path, "rb") as f:
-            if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
-                raise ValueError("not a regular file")
+        with open_regular(path) as f:
             version = np.lib.format.read_magic(f)
             read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0) else
                            np.lib.format.read_array_header_2_0)
@@ -210,7 +246,9 @@ def read_input(path: str, shape: tuple[int, ...]) -> np.ndarray:
                                  f"values ({size:,} bytes), more than the file holds")
             f.seek(0)
             array = np.load(f, allow_pickle=False)
-    except (OSError, ValueError, EOFError) as exc:
+    except OSError as exc:
+        raise _error(f"cannot read {path}: {exc.strerror or exc}") from None
+    except (ValueError, EOFError) as exc:
         raise _error(f"cannot read {path}: {exc}") from None
     def fits(dims) -> bool:
         return len(dims) == len(shape) and all(s is None or s == d for s, d in zip(shape, dims))

@@ -7,15 +7,13 @@ from functools import lru_cache
 from importlib import resources
 from pathlib import Path
 
-from lark import Lark, Token, v_args
+from lark import Lark, Token, Tree, v_args
 from lark.exceptions import (
     UnexpectedCharacters,
     UnexpectedEOF,
     UnexpectedInput,
     UnexpectedToken,
-    VisitError,
 )
-from lark.visitors import Transformer_NonRecursive
 
 from . import ast
 from .diagnostics import CnnError, Diagnostic, Label
@@ -24,6 +22,15 @@ from .source import Span
 MAX_NUMBER_LENGTH = 40
 MAX_TOKENS = 400_000  # twice the 100x spec of benchmarks/check_scaling.py
 MAX_NESTING = 64  # ( and { levels; keeps every later recursive pass far from Python's limit
+# operators in one expression: each nests the expression a level deeper, and past ~900
+# levels evaluating it fails anyway; counted while lexing, a 200,000-term sum is refused
+# before it is parsed (it took 9 s and 0.8 GB to reach the same error)
+MAX_OPERATORS = 500
+MAX_ITEMS = 1_000  # in one (...): arguments, tuple items (a 200,000-item tuple took 12 s)
+_OPERATORS = frozenset(("+", "-", "*", "/", "//", "**"))
+_OPERATOR_TYPES = frozenset(("COMPARE", "_KW_AND", "_KW_OR", "_KW_NOT"))
+_EXPRESSION_ENDS = frozenset(("_NL", "_ARROW", "LBRACE", "RBRACE", "COMMA", "EQUAL", "COLON",
+                              "_KW_IF"))
 
 
 def grammar_text() -> str:
@@ -51,7 +58,9 @@ class _Newlines:
         self.open_parens = []
         braces = 0
         previous = None
+        operators = _OperatorCount(self)
         for count, tok in enumerate(stream):
+            operators.see(tok)
             if count == MAX_TOKENS:  # time and memory grow with tokens: bound them
                 span = Span(file=self.file, line=tok.line, column=tok.column,
                             end_line=tok.line, end_column=tok.column + 1)
@@ -59,8 +68,9 @@ class _Newlines:
                     code="E-limit", message=f"more than {MAX_TOKENS:,} tokens in one file",
                     span=span, label="the limit is reached here",
                     help="split the network into blocks, or repeat with `* N`")])
-            if tok.type == "_NL":
-                if self.open_parens or previous is None or previous.type in ("_NL", "_ARROW"):
+            if tok.type == "_NL":  # a `;` inside (...) is left to the parser to refuse
+                if self.open_parens and ";" not in tok.value or previous is None or \
+                        previous.type in ("_NL", "_ARROW"):
                     continue
             elif tok.value == "(":
                 self.open_parens.append(tok)
@@ -84,6 +94,51 @@ class _Newlines:
                                     f"{MAX_NESTING} deep", span=span, label="too deep here")])
 
 
+class _OperatorCount:
+    """Operators per expression, one count per level of parentheses: a `(` opens a level,
+    its `)` adds the level's operators to the enclosing one; a separator (`,`, a new line,
+    `->`, ...) starts a new expression at its level."""
+
+    def __init__(self, postlex: _Newlines) -> None:
+        self.postlex = postlex
+        # per level: [operators, the expression's first token, items, the `(`]
+        self.levels: list[list] = [[0, None, 0, None]]
+
+    def see(self, tok: Token) -> None:
+        level = self.levels[-1]
+        if tok.type == "LPAR":
+            if level[1] is None:
+                level[1] = tok
+            self.levels.append([0, None, 0, tok])
+        elif tok.type == "RPAR" and len(self.levels) > 1:
+            inner = self.levels.pop()
+            self.levels[-1][0] += inner[0]
+        elif tok.type in _EXPRESSION_ENDS:
+            level[:2] = [0, None]
+            if tok.type == "COMMA" and level[3] is not None:
+                level[2] += 1
+                if level[2] >= MAX_ITEMS:
+                    raise self.too_long(level[3], f"more than {MAX_ITEMS:,} items in one "
+                                        "`(...)`", "opened here", "a layer takes a few "
+                                        "arguments, and sizes are pairs")
+        else:
+            if level[1] is None:
+                level[1] = tok
+            if tok.type in _OPERATOR_TYPES or tok.value in _OPERATORS:
+                level[0] += 1
+                if level[0] > MAX_OPERATORS:
+                    raise self.too_long(level[1], f"an expression of more than "
+                                        f"{MAX_OPERATORS} operators", "the expression "
+                                        "starts here", "work the value out in steps (block "
+                                        "parameters), or write the number")
+
+    def too_long(self, start: Token, message: str, label: str, help: str) -> CnnError:
+        span = Span(file=self.postlex.file, line=start.line, column=start.column,
+                    end_line=start.line, end_column=start.column + 1)
+        return CnnError([Diagnostic(code="E-limit", message=message, span=span, label=label,
+                                    help=help)])
+
+
 @lru_cache(maxsize=1)
 def keywords() -> frozenset[str]:
     """The language's keywords (`residual`, `input`, ...), read from the grammar."""
@@ -93,7 +148,8 @@ def keywords() -> frozenset[str]:
 @lru_cache(maxsize=1)
 def _parser() -> Lark:
     return Lark(grammar_text(), parser="lalr", lexer="contextual",
-                propagate_positions=True, postlex=_Newlines(), maybe_placeholders=True)
+                propagate_positions=True, postlex=_Newlines(), maybe_placeholders=True,
+                transformer=_Reducer())
 
 
 def normalise(text: str) -> str:
@@ -129,16 +185,11 @@ def parse(text: str, file: str = "<string>") -> ast.Module:
     _check_token_count(text, file)
     parser = _parser()
     parser.options.postlex.file = file
+    parser.options.transformer.builder = _Builder(file)
     try:
-        tree = parser.parse(text)
+        return parser.options.transformer.built(parser.parse(text))
     except UnexpectedInput as exc:
         raise CnnError([_syntax_diagnostic(exc, text, file, parser)]) from None
-    try:
-        return _Builder(file).transform(tree)
-    except VisitError as exc:  # Lark wraps what a transformer raises; users never see that
-        if isinstance(exc.orig_exc, CnnError):
-            raise exc.orig_exc from None
-        raise
 
 
 # ---- syntax errors in words ------------------------------------------------------
@@ -163,7 +214,10 @@ def _describe(terminal: str, parser: Lark) -> str:
 
 
 def _expected(names, parser: Lark) -> str:
-    words = sorted({_describe(n, parser) for n in names})
+    words = {_describe(n, parser) for n in names}
+    if "_NL" in names:  # the new-line terminal stands for `;` too
+        words.add("`;`")
+    words = sorted(words)
     if len(words) > 6:  # a long list helps nobody; name the usual suspects
         common = [w for w in words if w in ("`)`", "`,`", "`->`", "`}`", "a new line")]
         words = common or words[:6]
@@ -181,7 +235,8 @@ def _syntax_diagnostic(exc: UnexpectedInput, text: str, file: str, parser: Lark)
         expected = _expected(exc.expected, parser)
     elif isinstance(exc, UnexpectedToken):
         line, column = exc.token.line, exc.token.column
-        found = "a new line" if exc.token.type == "_NL" else f"`{exc.token.value}`"
+        found = f"`{exc.token.value}`" if exc.token.type != "_NL" else \
+            "`;`" if exc.token.value.startswith(";") else "a new line"
         width = 1 if exc.token.type == "_NL" else max(1, len(exc.token.value))
         expected = _expected(exc.expected, parser)
     else:
@@ -199,10 +254,13 @@ def _syntax_diagnostic(exc: UnexpectedInput, text: str, file: str, parser: Lark)
                          text="this `(` is never closed"),)
     label = "the file ends here" if found == "the end of the file" else f"unexpected {found}"
     brace = _unclosed_brace(text) if found == "the end of the file" else None
-    if isinstance(exc, UnexpectedToken) and exc.token.value in _DEFINITION_WORDS and \
-            _open_braces(text):  # a definition starts while an earlier `{` is still open
-        brace = _unclosed_brace(text[:exc.token.start_pos])
-        label = f"`{exc.token.value}` starts the next definition here"
+    definition = _definition_on_line(text, line) if isinstance(exc, UnexpectedToken) else None
+    if definition is not None and _open_braces(text):  # while an earlier `{` is still open
+        offset, word_column, word = definition
+        brace = _unclosed_brace(text[:offset])
+        span = Span(file=file, line=line, column=word_column, end_line=line,
+                    end_column=word_column + len(word))
+        label = f"`{word}` starts the next definition here"
     if brace is not None and not unclosed:
         where = Span(file=file, line=brace[0], column=brace[1], end_line=brace[0],
                      end_column=brace[1] + 1)
@@ -226,7 +284,16 @@ def _untyped_parameter_help(text: str, line: int, column: int) -> str | None:
     return f"parameters are typed: `{match.group(2)}: {kind} = {value}`"
 
 
-_DEFINITION_WORDS = ("network", "block", "import", "train")
+_DEFINITION = re.compile(r"[\t ]*(network|block|import|train)\b")
+
+
+def _definition_on_line(text: str, line: int) -> tuple[int, int, str] | None:
+    """(offset of the line, column, word) when the line starts a definition."""
+    offset = 0
+    for _ in range(line - 1):
+        offset = text.index("\n", offset) + 1
+    match = _DEFINITION.match(text, offset)
+    return (offset, match.start(1) - offset + 1, match.group(1)) if match else None
 
 
 def _open_braces(text: str) -> int:
@@ -274,11 +341,39 @@ def _scan_braces(text: str):
 # ---- tree -> ast ---------------------------------------------------------------
 
 
-class _Builder(Transformer_NonRecursive):  # iterative: a huge expression cannot overflow
+class _Reduced(Tree):
+    """A rule the parser has just reduced, its children already built. Lark sets its
+    position once the callback returns, so it becomes syntax (`_Builder`) one reduction
+    later, when its parent is reduced: no parse tree is ever held whole, and no second
+    pass walks one (for 4 MiB of `relu` lines: 380 MB and 2.8 s less)."""
+
+
+class _Reducer:
+    """Lark's callbacks during parsing, for the rules `_Builder` builds (lark looks them up
+    by name; rules it has no method for, such as repetition helpers, stay Lark trees)."""
+
+    def __init__(self) -> None:
+        self.builder: _Builder | None = None
+
+    def __getattr__(self, rule: str):
+        if rule.startswith("_") or not callable(getattr(_Builder, rule, None)):
+            raise AttributeError(rule)
+        return lambda children: _Reduced(rule, [self.built(c) for c in children])
+
+    def built(self, node):
+        """A reduced rule as syntax; anything else as it is."""
+        if not isinstance(node, _Reduced):
+            return node
+        method = getattr(self.builder, node.data)
+        wrapper = getattr(method, "visit_wrapper", None)  # lark's v_args protocol
+        return wrapper(method, node.data, node.children, node.meta) if wrapper else \
+            method(node.children)
+
+
+class _Builder:
     """One method per grammar rule; spans come from `_span` alone."""
 
     def __init__(self, file: str):
-        super().__init__()
         self.file = file
 
     def _span(self, meta) -> Span:

@@ -63,23 +63,25 @@ def load_weights(path: str | Path, ir: Network) -> Weights:
 def read_state(path: str | Path) -> Weights:
     """A state_dict from a file, recognised by its content: safetensors, or a PyTorch
     checkpoint (`torch.save`, read with weights_only=True: no code runs). In the file's
-    order, names as the file has them."""
+    order, names as the file has them. A regular file only (a FIFO would block)."""
+    from .files import open_regular
     path = Path(path)
 
     def refuse(why: str, help: str | None = None) -> CnnError:
         return CnnError([Diagnostic(code="E-weights", message=f"cannot read weights from "
                                     f"{path}: {why}", help=help)])
     try:
-        with open(path, "rb") as f:
+        with open_regular(path) as f:
             head = f.read(16)
+            if not head:
+                raise refuse("the file is empty")
+            if _looks_like_safetensors(head):
+                return _read_safetensors(path, refuse)
+            if head.startswith(b"PK\x03\x04") or head[:1] == b"\x80":
+                f.seek(0)
+                return _read_torch(f, refuse)
     except OSError as exc:
         raise refuse(exc.strerror or str(exc)) from None
-    if not head:
-        raise refuse("the file is empty")
-    if _looks_like_safetensors(head):
-        return _read_safetensors(path, refuse)
-    if head.startswith(b"PK\x03\x04") or head[:1] == b"\x80":
-        return _read_torch(path, refuse)
     raise refuse("neither a safetensors file nor a PyTorch checkpoint",
                  help="save it with `torch.save(model.state_dict(), path)` or "
                  "safetensors' `save_file`")
@@ -96,6 +98,9 @@ def _read_safetensors(path: Path, refuse) -> Weights:
     except ImportError:
         raise refuse("reading .safetensors needs the safetensors package",
                      help="pip install safetensors (or 'cnndsl[all]')") from None
+    unreadable = _safetensors_types_numpy_lacks(path)
+    if unreadable:
+        return _safetensors_via_torch(path, refuse)
     raw: Weights = {}
     try:
         with safe_open(str(path), framework="numpy") as f:
@@ -111,6 +116,21 @@ def _read_safetensors(path: Path, refuse) -> Weights:
     return raw
 
 
+def _safetensors_types_numpy_lacks(path: Path) -> bool:
+    """Whether the header names a type numpy cannot hold (bfloat16, float8): those are
+    read through torch, which names each tensor it cannot use."""
+    import json
+    try:
+        with open(path, "rb") as f:
+            size = int.from_bytes(f.read(8), "little")
+            header = json.loads(f.read(min(size, 100_000_000)))
+    except (OSError, ValueError):
+        return False  # safe_open says what is wrong with it
+    return isinstance(header, dict) and any(
+        isinstance(v, dict) and str(v.get("dtype", "")).startswith(("BF", "F8", "F4", "F6"))
+        for k, v in header.items() if k != "__metadata__")
+
+
 def _safetensors_via_torch(path: Path, refuse) -> Weights:
     try:
         from safetensors.torch import load_file
@@ -120,15 +140,18 @@ def _safetensors_via_torch(path: Path, refuse) -> Weights:
     return tensors_to_numpy(state, refuse)
 
 
-def _read_torch(path: Path, refuse) -> Weights:
+def _read_torch(f, refuse) -> Weights:
     try:
         import torch
     except ImportError:
         raise refuse("reading a PyTorch checkpoint needs torch",
                      help="pip install 'cnndsl[torch]', or save the weights as safetensors") \
             from None
+    import warnings
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch's deprecation notes about the file's storage
+            warnings.simplefilter("ignore")
+            state = torch.load(f, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - truncated zips, refused pickles, ...
         raise refuse(f"not a readable PyTorch checkpoint ({str(exc).splitlines()[0]})",
                      help="only plain state_dicts load (weights_only=True)") from None
@@ -141,16 +164,29 @@ def _read_torch(path: Path, refuse) -> Weights:
 
 
 def tensors_to_numpy(state: dict, refuse) -> Weights:
+    """Tensors as numpy arrays; what holds no usable numbers is refused by name: meta
+    tensors (no values), quantized and sparse ones, types numpy has not (float8)."""
     import torch
     raw: Weights = {}
     for key, value in state.items():
         if not isinstance(value, torch.Tensor):
             raise refuse(f"`{key}` is a {type(value).__name__}, not a tensor")
+        if value.is_meta:
+            raise refuse(f"`{key}` is on the meta device: it has a shape but no values",
+                         help="save the weights of a module that holds real tensors")
+        if value.is_quantized:
+            raise refuse(f"`{key}` is a quantized tensor ({value.dtype})",
+                         help="save it as floating point (.dequantize())")
         if value.layout != torch.strided:
             raise refuse(f"`{key}` is a sparse tensor", help="save it dense (.to_dense())")
         if value.dtype in (torch.bfloat16, torch.float16):
             value = value.float()  # exact
-        raw[str(key)] = value.detach().cpu().numpy()
+        try:
+            raw[str(key)] = value.detach().cpu().numpy()
+        except (TypeError, RuntimeError):
+            raise refuse(f"`{key}` holds {str(value.dtype).removeprefix('torch.')} values, "
+                         "which cnndsl cannot read", help="save it as float32 (.float())") \
+                from None
     return raw
 
 
@@ -180,10 +216,14 @@ def _name_problems(raw: Weights, expected: dict, exempt: frozenset[str] = frozen
     return problems
 
 
-def _value_problems(name: str, value, dtype: str = "float32") -> list[str]:
-    """Values a network cannot compute with: NaN, infinities, complex numbers, and integer
-    or boolean weights (a counter like num_batches_tracked aside)."""
+def _value_problems(name: str, value, dtype: str = "float32", role: str | None = None
+                    ) -> list[str]:
+    """Values a network cannot compute with: NaN, infinities, values float32 cannot hold,
+    complex numbers, integer or boolean weights (a counter like num_batches_tracked aside),
+    and negative variances. `dtype`: what the network keeps there; `role`: the spec's name
+    of the tensor, when `name` is the file's."""
     value = np.asarray(value)
+    role = role or name
     if np.dtype(dtype).kind in "iu":
         return [] if value.dtype.kind in "iu" else [f"`{name}` must be an integer count"]
     if value.dtype.kind == "c":
@@ -191,8 +231,19 @@ def _value_problems(name: str, value, dtype: str = "float32") -> list[str]:
     if value.dtype.kind not in "f":
         return [f"`{name}` holds {value.dtype} values, not floating point"]
     bad = int(np.size(value) - np.count_nonzero(np.isfinite(value)))
-    return [f"`{name}` has {bad:,} NaN or infinite value{'s' if bad != 1 else ''}"] if bad \
-        else []
+    if bad:
+        return [f"`{name}` has {bad:,} NaN or infinite value{'s' if bad != 1 else ''}"]
+    if value.dtype.itemsize > 4:  # float64 beyond float32's range would become inf
+        huge = int(np.count_nonzero(np.abs(value) > np.finfo(np.float32).max))
+        if huge:
+            return [f"`{name}` has {huge:,} value{'s' if huge != 1 else ''} too large for "
+                    "float32"]
+    if role.endswith("running_var"):
+        negative = int(np.count_nonzero(value < 0))
+        if negative:
+            return [f"`{name}` has {negative:,} negative value{'s' if negative != 1 else ''}"
+                    ": a variance is never negative"]
+    return []
 
 
 # ---- weights from anywhere: this spec's names, another naming, torchvision ------------------
@@ -238,7 +289,7 @@ def resolve_weights(ir: Network, weights, *, seed: int = 0, weights_from: str | 
     types = dtypes(ir)
     problems = [p + ("" if theirs == k else f" (the spec's `{k}`)")
                 for k, theirs in found.pairs.items() if k in arrays
-                for p in _value_problems(theirs, arrays[k], types[k])]
+                for p in _value_problems(theirs, arrays[k], types[k], k)]
     if problems:
         raise CnnError([Diagnostic(code="E-weights", message=f"the weights in "
                                    f"{source.label} cannot be used", notes=tuple(problems[:8]))])
@@ -286,8 +337,10 @@ def _source(weights, weights_from: str | None):
     if isinstance(weights, (str, Path)):
         return transfer.Source(str(weights), read_state(weights), arch)
     if isinstance(weights, dict):
-        state = {k: v.detach().cpu().numpy() if hasattr(v, "detach") else np.asarray(v)
-                 for k, v in weights.items()}
+        tensors = {k: v for k, v in weights.items() if hasattr(v, "detach")}
+        state = tensors_to_numpy(tensors, lambda why, help=None: _refuse(
+            f"cannot use the given state_dict: {why}", help)) if tensors else {}
+        state = {k: state[k] if k in state else np.asarray(v) for k, v in weights.items()}
         return transfer.Source("the given state_dict", state, arch)
     raise _refuse(f"weights must be a path, torchvision:NAME or a state_dict, not a "
                   f"{type(weights).__name__}")

@@ -205,3 +205,151 @@ def test_loads_has_the_same_size_limit_as_files():
         cnndsl.loads("network n() {\n" + " " * (4 * 2**20) + "}")
     with pytest.raises(cnndsl.CnnError, match="larger than 4 MiB"):
         cnndsl.load("network n() {\n" + " " * (4 * 2**20) + "}")
+
+
+def test_an_output_through_a_symbolic_link_is_refused_and_the_link_kept(tmp_path):
+    """b14: `-o link` replaced the link by a regular file (with `-o /dev/stdout`, the
+    system's /dev/stdout); the file it points to was left as it was."""
+    real = tmp_path / "real.txt"
+    real.write_text("real\n")
+    link = tmp_path / "m.onnx"
+    link.symlink_to(real)
+    for to, out in (("onnx", link), ("torch", link)):
+        result = run_cli("compile", "specs/lenet5.cnn", "--to", to, "-o", str(out))
+        assert result.returncode == 1
+        assert result.stderr.startswith(f"error[E-io]: cannot access {link}: a symbolic link")
+        assert link.is_symlink() and real.read_text() == "real\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx", "real.txt"]
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="only root can give a file to another user")
+@pytest.mark.parametrize("to", ["torch", "onnx"])
+def test_replacing_another_users_file_keeps_its_owner_and_mode(to, tmp_path):
+    """b14: root replacing a writable file of another user made it root's."""
+    target = tmp_path / f"m.{'py' if to == 'torch' else 'onnx'}"
+    target.write_bytes(b"old")
+    os.chown(target, 65534, 65534)
+    os.chmod(target, 0o664)
+    result = run_cli("compile", "specs/lenet5.cnn", "--to", to, "-o", str(target))
+    assert result.returncode == 0, result.stderr
+    info = os.stat(target)
+    assert (info.st_uid, info.st_gid, stat.S_IMODE(info.st_mode)) == (65534, 65534, 0o664)
+    assert target.read_bytes() != b"old"
+
+
+def test_errors_name_the_target_not_the_temporary_file(tmp_path):
+    """b15: `-o /proc/m.onnx` said `cannot access /proc/.m.onnx.d5f2zr5g.tmp`."""
+    for to in ("onnx", "torch"):
+        result = run_cli("compile", "specs/lenet5.cnn", "--to", to, "-o", "/proc/m.out")
+        assert result.returncode == 1
+        assert result.stderr.startswith("error[E-io]: cannot access /proc/m.out: ")
+        assert ".tmp" not in result.stderr
+
+
+def test_a_killed_writes_temporary_file_is_removed_by_the_next_write(tmp_path):
+    """b21: `.NAME.*.tmp` of a killed write stayed for ever; a live writer's is kept."""
+    import signal
+    (tmp_path / ".m.py.zz99.tmp").write_text("junk")  # no process id: an old leftover
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    (tmp_path / f".m.py.{dead.pid}.abcd.tmp").write_text("junk")
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (tmp_path / f".m.py.{live.pid}.abcd.tmp").write_text("being written")
+        (tmp_path / ".other.py.zz99.tmp").write_text("another target's")
+        result = run_cli("compile", "specs/lenet5.cnn", "--to", "torch", "-o",
+                         str(tmp_path / "m.py"))
+        assert result.returncode == 0, result.stderr
+        assert sorted(p.name for p in tmp_path.iterdir()) == [
+            f".m.py.{live.pid}.abcd.tmp", ".other.py.zz99.tmp", "m.py"]
+    finally:
+        live.send_signal(signal.SIGKILL)
+        live.wait()
+
+
+def _fifo(tmp_path, name):
+    path = tmp_path / name
+    os.mkfifo(path)
+    return str(path)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["compile", "specs/lenet5.cnn", "--to", "onnx", "-o", "{tmp}/m.onnx", "--weights",
+      "{fifo}"], "error[E-weights]: cannot read weights from {fifo}: not a regular file"),
+    (["run", "specs/lenet5.cnn", "--weights", "{fifo}"],
+     "error[E-weights]: cannot read weights from {fifo}: not a regular file"),
+    (["run", "specs/lenet5.cnn", "--input", "{fifo}"],
+     "error[E-run]: cannot read {fifo}: not a regular file"),
+    (["run", "{fifo}"], "error[E-io]: cannot read {fifo}: not a regular file"),
+    (["eval", "examples/train_digits.cnn", "--weights", "{fifo}"],
+     "error[E-weights]: cannot read weights from {fifo}: not a regular file"),
+    (["train", "examples/train_digits.cnn", "--data", "{tmp}/d.npz", "--out", "{tmp}/run"],
+     "error[E-data]: cannot read {tmp}/d.npz: not a regular file"),
+    (["train", "examples/train_digits.cnn", "--resume", "{tmp}", "--out", "{tmp}/run"],
+     "error[E-train]: cannot read the training state {tmp}/state.pt: not a regular file"),
+])
+def test_a_fifo_given_as_any_input_file_is_refused_at_once(argv, message, tmp_path):
+    """b16: a FIFO as --weights, --input, --data, --resume or the model blocked for ever."""
+    fifo = _fifo(tmp_path, "w.pt")
+    os.mkfifo(tmp_path / "d.npz")
+    os.mkfifo(tmp_path / "state.pt")
+    words = [a.format(tmp=tmp_path, fifo=fifo) for a in argv]
+    result = subprocess.run([sys.executable, "-m", "cnndsl", *words], cwd=ROOT, timeout=60,
+                            capture_output=True, text=True, env={**os.environ, "NO_COLOR": "1"})
+    assert result.returncode == 1, result.stderr
+    assert message.format(tmp=tmp_path, fifo=fifo) in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+# Linux keeps a process's peak memory across fork and exec, so a child of this (large)
+# test process would report at least the test process's size: a small launcher starts it.
+_LAUNCHER = """import os, subprocess, sys
+out, err, *argv = sys.argv[1:]
+with open(out, "w") as stdout, open(err, "w") as stderr:
+    child = subprocess.Popen(argv, stdout=stdout, stderr=stderr)
+    _, status, usage = os.wait4(child.pid, 0)
+print(os.waitstatus_to_exitcode(status), usage.ru_maxrss)
+"""
+
+
+def _check_peak(spec) -> tuple[subprocess.CompletedProcess, float]:
+    """`cnndsl check` in a fresh process: the result and its peak memory in MB."""
+    out, err = spec.with_suffix(".out"), spec.with_suffix(".err")
+    argv = [sys.executable, "-m", "cnndsl", "check", str(spec)]
+    launcher = subprocess.run([sys.executable, "-c", _LAUNCHER, str(out), str(err), *argv],
+                              cwd=ROOT, capture_output=True, text=True, check=True,
+                              env={**os.environ, "NO_COLOR": "1"})
+    status, peak_kb = map(int, launcher.stdout.split())
+    result = subprocess.CompletedProcess(argv, status, out.read_text(), err.read_text())
+    return result, peak_kb / 1024
+
+
+@pytest.mark.parametrize("kind, message, column", [
+    ("plus", "an expression of more than 500 operators", 10),
+    ("and", "an expression of more than 500 operators", 19),
+    ("tuple", "more than 1,000 items in one `(...)`", 13),
+])
+def test_long_expressions_under_the_token_limit_end_early(kind, message, column, tmp_path):
+    """Issue 10 #9: a 780 KB `+` chain took 10 s and 814 MB, an `and` chain 4.5 s and
+    395 MB, a 0.6 MB tuple 12 s, to reach an error; they are refused while lexing."""
+    n = 780 * 1024
+    head = "network n() {\n    input image: 3 x 8 x 8\n"
+    text = {"plus": head + "    conv(" + "1 + " * (n // 4) + "1, 3)\n}\n",
+            "and": head + "    conv(4, 3) if " + "true and " * (n // 9) + "true\n}\n",
+            "tuple": head + "    conv(4, (" + ", ".join(["1"] * 199_000) + "))\n}\n"}[kind]
+    spec = tmp_path / f"{kind}.cnn"
+    spec.write_text(text)
+    result, peak = _check_peak(spec)
+    assert result.returncode == 1
+    assert result.stderr.startswith(f"error[E-limit]: {message}\n --> {spec}:3:{column}\n")
+    assert peak < 150, peak
+
+
+def test_many_layers_need_less_memory(tmp_path):
+    """50,000 `relu` lines: 325 MB before the parse tree was dropped as it is built and
+    spans became slotted dataclasses; now about 180 MB."""
+    spec = tmp_path / "relu.cnn"
+    spec.write_text("network n() {\n    input image: 3 x 8 x 8\n" + "    relu\n" * 50_000 + "}\n")
+    result, peak = _check_peak(spec)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.count("\nrelu") == 50_000 and peak < 250, peak

@@ -196,3 +196,32 @@ def test_a_block_named_like_a_keyword_is_refused_at_its_definition():
                          "    input image: 3 x 8 x 8\n    relu\n}", name="h.cnn")
         d = info.value.diagnostics[0]
         assert (d.code, d.span.line, d.span.column) == ("E-name", 1, 7), word
+
+
+ESCAPES = "\x1b]0;TITLE\x07\x1b[2J\r\x0c\u202e"
+
+
+def test_escape_sequences_in_paths_never_reach_stdout_or_stderr(tmp_path):
+    """b13: the file name's escapes reached the terminal raw in the check and summary
+    headers (stdout), `run`'s "running on" line and the "wrote" lines; and onnxruntime's
+    own log lines carried ANSI colour whatever NO_COLOR said."""
+    spec = tmp_path / f"evil{ESCAPES}.cnn"
+    spec.write_text("network n() {\n    input image: 1 x 4 x 4\n    relu\n}\n")
+    bad = tmp_path / f"bad{ESCAPES}.cnn"
+    bad.write_text("network n() {\n    input x: 2 x 12 x 8\n    conv_transpose(2, 3, "
+                   "output_padding=1)\n}\n")
+    out = f"o{ESCAPES}"
+    runs = [["check", str(spec)], ["summary", str(spec)], ["run", str(spec)],
+            ["compile", str(spec), "--to", "torch", "-o", out + ".py"],
+            ["compile", str(spec), "--to", "onnx", "-o", out + ".onnx"],
+            ["render", str(spec), "-o", out + ".dot"], ["run", out + ".onnx"],
+            ["check", str(spec), ESCAPES], ["render", str(spec), "-o", "o.x" + ESCAPES],
+            ["check", str(bad)], ["run", str(bad)]]
+    for argv in runs:
+        result = subprocess.run([sys.executable, "-m", "cnndsl", *argv], cwd=tmp_path,
+                                capture_output=True, text=True, timeout=120,
+                                env={**os.environ, "NO_COLOR": "1"})
+        assert result.returncode in (0, 1, 2), (argv, result.stderr)
+        shown = result.stdout + result.stderr
+        assert not any(c in shown for c in "\x1b\x07\r\x0c\u202e"), (argv, shown)
+        assert "\\x1b]0;title\\x07" in shown.lower(), (argv, shown)  # there, escaped

@@ -171,3 +171,116 @@ def test_symbolic_sizes_run_from_an_input_array(tmp_path):
     result = run_cli("run", path, "--input", str(tmp_path / "x.npy"), "--json")
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["outputs"][0]["shape"] == [2, 3, 5, 7]
+
+
+def _odd_weights(kind: str, state):
+    good = {k: v.clone() for k, v in state.items()}
+    if kind == "meta":
+        good["f7.bias"] = torch.empty(10, device="meta")
+    elif kind == "quantized":
+        good["f7.bias"] = torch.quantize_per_tensor(torch.zeros(10), 0.1, 0, torch.qint8)
+    elif kind == "float8":
+        good["f7.bias"] = torch.zeros(10).to(torch.float8_e4m3fn)
+    elif kind == "float64_huge":
+        good["f7.bias"] = torch.full((10,), 1e300, dtype=torch.float64)
+    return good
+
+
+@pytest.mark.parametrize("kind, suffix, message", [
+    ("meta", "pt", "`f7.bias` is on the meta device"),
+    ("quantized", "pt", "`f7.bias` is a quantized tensor"),
+    ("float8", "pt", "`f7.bias` holds float8_e4m3fn values"),
+    ("float8", "safetensors", "`f7.bias` holds float8_e4m3fn values"),
+    ("float64_huge", "pt", "`f7.bias` has 10 values too large for float32"),
+])
+def test_weights_without_usable_numbers_are_refused_by_name(kind, suffix, message, tmp_path,
+                                                            state):
+    """b17: meta and quantized tensors were an internal error, float8 "a damaged file",
+    float64 beyond float32's range became inf in the ONNX model."""
+    path = tmp_path / f"w.{suffix}"
+    weights = _odd_weights(kind, state)
+    if suffix == "pt":
+        torch.save(weights, path)
+    else:
+        from safetensors.torch import save_file
+        save_file(weights, str(path))
+    result = run_cli("compile", LENET, "--to", "onnx", "-o", str(tmp_path / "m.onnx"),
+                     "--weights", str(path))
+    assert result.returncode == 1, result.stderr
+    assert result.stderr.startswith("error[E-weights]") and message in result.stderr
+    assert not (tmp_path / "m.onnx").exists()
+    if kind in ("meta", "quantized"):  # a state_dict given to the API: the same words
+        with pytest.raises(cnndsl.CnnError, match=message):
+            cnndsl.load(LENET).to_onnx(weights=weights)
+
+
+BN_NET = ("network w() {\n    input image: 1 x 16 x 16\n    c1: conv(4, 3, padding=same, "
+          "bias=false) -> bn: batchnorm -> relu\n    flatten\n    fc: linear(10)\n}\n")
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"bn.running_var": -1.0}, "`bn.running_var` has 4 negative values"),
+    ({"bn.weight": 1e38, "bn.running_var": 1e-30},
+     "folding `bn` into `c1` gives weights too large for float32"),
+])
+def test_batch_norm_statistics_that_fold_into_nan_or_inf_are_refused(change, message, tmp_path):
+    """b17: a negative running_var compiled (exit 0) to NaN folded weights."""
+    spec = tmp_path / "w.cnn"
+    spec.write_text(BN_NET)
+    weights = cnndsl.load(spec).to_torch().state_dict()
+    for name, value in change.items():
+        weights[name] = torch.full((4,), value)
+    torch.save(weights, tmp_path / "w.pt")
+    result = run_cli("compile", str(spec), "--to", "onnx", "-o", str(tmp_path / "m.onnx"),
+                     "--weights", str(tmp_path / "w.pt"))
+    assert result.returncode == 1 and message in result.stderr, result.stderr
+    assert not (tmp_path / "m.onnx").exists()
+
+
+def _save(path, inputs, outputs, nodes, inits=()):
+    graph = helper.make_graph(nodes, "g", inputs, outputs, list(inits))
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 8
+    onnx.save(model, path)
+    return str(path)
+
+
+def test_onnx_models_that_fail_in_onnxruntime_are_located_errors(tmp_path):
+    """b18: a zero-size axis, a failure while running and a huge fixed input were
+    internal errors (argmax of an empty sequence, Fail, MemoryError)."""
+    value = helper.make_tensor_value_info
+    zero = _save(tmp_path / "zero.onnx", [value("x", TensorProto.FLOAT, [1, 0])],
+                 [value("y", TensorProto.FLOAT, [1, 0])], [helper.make_node("Relu", ["x"], ["y"])])
+    failing = _save(tmp_path / "fail.onnx", [value("x", TensorProto.FLOAT, [1, 3])],
+                    [value("y", TensorProto.FLOAT, None)],
+                    [helper.make_node("Reshape", ["x", "s"], ["y"])],
+                    [helper.make_tensor("s", TensorProto.INT64, [1], [7])])
+    huge = _save(tmp_path / "huge.onnx", [value("x", TensorProto.FLOAT, [1, 100000, 100000])],
+                 [value("y", TensorProto.FLOAT, [1, 100000, 100000])],
+                 [helper.make_node("Relu", ["x"], ["y"])])
+    for path, start in ((zero, "error[E-run]: input `x` has an axis of size 0"),
+                        (failing, "error[E-run]: onnxruntime failed running the model"),
+                        (huge, "error[E-limit]: the model's inputs (1 x 100000 x 100000) need "
+                               "37.25 GiB")):
+        for flags in ((), ("--bench", "2"), ("--json",)):
+            result = run_cli("run", path, *flags)
+            assert result.returncode == 1, (path, result.stderr)
+            if "--json" in flags:
+                assert json.loads(result.stdout)["ok"] is False
+            else:
+                assert start in result.stderr and "internal error" not in result.stderr
+                assert "\x1b" not in result.stderr  # onnxruntime's coloured log stays quiet
+
+
+def test_an_onnx_file_whose_path_is_not_utf8_runs(tmp_path):
+    """b19: onnxruntime takes str paths only: "incompatible constructor arguments"."""
+    import os
+    import subprocess
+    import sys
+    path = os.fsencode(tmp_path) + b"/o\xff.onnx"
+    with open(path, "wb") as f:
+        f.write(cnndsl.load(LENET).to_onnx().SerializeToString())
+    result = subprocess.run([sys.executable, "-m", "cnndsl", "run", path, "--json"],
+                            capture_output=True, timeout=120, env={**os.environ, "NO_COLOR": "1"})
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["outputs"][0]["shape"] == [1, 10]

@@ -11,7 +11,7 @@ import torch
 
 import cnndsl
 from cnndsl.runtime import create_session
-from conftest import import_file, run_cli
+from conftest import ROOT, import_file, run_cli
 
 RESNET_LIKE = """
 network r(classes: int = 10) {
@@ -422,3 +422,52 @@ def test_the_arguments_of_an_unknown_layer_are_checked_in_the_same_run():
                       "stride, padding and the rest are keywords"),
         ("E-arg", 22, "in cnndsl it is `stride`"), ("E-name", 36, "did you mean `basic`?"),
         ("E-arg", 45, "did you mean `stride`?")]
+
+
+def test_shape_knows_the_specs_tensor_and_output_names():
+    """b20: `Model.shape("logits")` was a KeyError though `logits` is an output."""
+    model = cnndsl.load("examples/two_outputs.cnn")
+    assert model.ir.output_names == ("logits", "probs", "embedding")
+    assert [model.shape(n) for n in model.ir.output_names] == [(10,), (10,), (64,)]
+    assert model.shape("features") == model.shape("flatten1")
+    with pytest.raises(KeyError, match="did you mean `logits`"):
+        model.shape("logitz")
+
+
+@pytest.mark.parametrize("argv, key", [
+    (("explain",), "codes"), (("explain", "e-shape"), "explanation"),
+    (("summary", "specs/lenet5.cnn"), "rows"),
+])
+def test_json_on_explain_and_summary_is_one_ok_document(argv, key):
+    """b22: `explain --json` was a usage error, summary's JSON had no "ok"."""
+    result = run_cli(*argv, "--json")
+    assert result.returncode == 0, result.stderr
+    document = json.loads(result.stdout)
+    assert document["ok"] is True and key in document
+
+
+@pytest.mark.parametrize("argv, message", [
+    (("check", "specs/lenet5.cnn", "--memory-limit", "lots"), "not a size: `lots`"),
+    (("run", "specs/lenet5.cnn", "--batch", "-1"), "must be between 1 and 65,536"),
+    (("explain", "e-shap"), "did you mean `E-shape`?"),
+    (("check",), "the following arguments are required: spec"),
+    (("compile", "specs/lenet5.cnn", "--to", "torch", "-o", "x.py", "--opset", "13"),
+     "apply to --to onnx"),
+    (("check", "specs/lenet5.cnn", "--frobnicate"), "unrecognized arguments: --frobnicate"),
+])
+def test_usage_errors_are_e_usage_and_one_json_document_under_json(argv, message, tmp_path):
+    """b22: a usage error under --json printed nothing on stdout."""
+    result = run_cli(*argv, "--json", cwd=tmp_path if argv[0] == "compile" else ROOT)
+    assert result.returncode == 2
+    (error,) = json.loads(result.stdout)["errors"]
+    assert error["code"] == "E-usage" and message in error["message"]
+    text = run_cli(*argv, cwd=tmp_path if argv[0] == "compile" else ROOT)
+    assert text.returncode == 2 and text.stdout == ""
+    assert "error[E-usage]: " in text.stderr and message in text.stderr
+
+
+def test_a_warning_in_a_block_called_twice_is_reported_once():
+    model = cnndsl.loads("block u(c: int) {\n    conv(c, 3, padding=1)\n}\nblock b() {\n"
+                         "    s: u(4) -> u(4)\n}\nnetwork n() {\n    input image: 3 x 8 x 8\n"
+                         "    b -> b\n}")
+    assert [(w.code, w.span.line) for w in model.warnings] == [("W-label", 5)]

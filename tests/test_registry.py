@@ -201,3 +201,14 @@ def test_a_new_layer_is_one_class_and_a_handler_per_back_end(tmp_path):
             build_module(model.ir)  # the stock back end has no handler: said by name
     finally:
         del REGISTRY["softplus_test"]
+
+
+def test_layer_reference_rewrites_only_its_own_table():
+    sys.path.insert(0, str(ROOT / "tools"))
+    import layer_reference
+    text = ("### Layer reference\n\nintro\n\n| layer | what it does |\n|---|---|\n| `old` | x |\n"
+            "\n## Next section\n\n| other | table |\n|---|---|\n| a | b |\n\nafter\n")
+    rewritten = layer_reference.updated(text)
+    assert rewritten.endswith("\n## Next section\n\n| other | table |\n|---|---|\n| a | b |\n\n"
+                              "after\n")
+    assert "| `old` |" not in rewritten and "| `conv(" in rewritten

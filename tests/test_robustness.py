@@ -116,3 +116,54 @@ def test_load_and_loads():
     with pytest.raises(CnnError) as info:
         cnndsl.loads("relu")
     assert info.value.diagnostics[0].span.file == "<string>"
+
+
+LINE_BREAKERS = ["\f", "\v", "\x1c", "\x1d", "\x1e", "\x1f", "\x85", "\u2028", "\u2029"]
+
+
+@pytest.mark.parametrize("char", LINE_BREAKERS, ids=lambda c: f"U+{ord(c):04X}")
+def test_characters_python_splits_lines_at_keep_line_numbers(char):
+    """Issue 10 #15: Lark counts `\\n` only while str.splitlines() also breaks at these; a
+    quoted line must be the line the error is on, in a comment or not."""
+    in_comment = (f"network n() {{\n    input image: 3 x 8 x 8  # a{char}b\n    relu\n"
+                  "    conv(4, 99)\n}\n")
+    with pytest.raises(CnnError) as info:
+        cnndsl.loads(in_comment, name="t.cnn")
+    d = info.value.diagnostics[0]
+    assert (d.code, d.span.line, d.span.column) == ("E-shape", 4, 13)
+    assert "4 |     conv(4, 99)\n" in info.value.render()
+    outside = (f"network n() {{\n    input image: 3 x 8 x 8\n    relu {char}\n"
+               "    conv(4, 99)\n}\n")
+    with pytest.raises(CnnError) as info:
+        cnndsl.loads(outside, name="t.cnn")
+    d = info.value.diagnostics[0]
+    # a form feed is white space; the others are characters the grammar has no place for
+    expected = ("E-shape", 4, 13) if char == "\f" else ("E-syntax", 3, 10)
+    assert (d.code, d.span.line, d.span.column) == expected
+    escaped = char.encode("unicode_escape").decode()
+    quoted = "4 |     conv(4, 99)" if char == "\f" else f"3 |     relu {escaped}"
+    assert quoted + "\n" in info.value.render()  # quoted escaped, at its own line
+
+
+@pytest.mark.parametrize("text", [
+    "\ufeffnetwork n() {\n    input image: 3 x 8 x 8\n    conv(4, 99)\n}\n",
+    "network n() {\r\n    input image: 3 x 8 x 8\r\n    conv(4, 99)\r\n}\r\n",
+    "network n() {\r    input image: 3 x 8 x 8\r    conv(4, 99)\r}\r",
+], ids=["bom", "crlf", "lone-cr"])
+def test_byte_order_mark_and_line_ends_are_read_as_newlines(text):
+    with pytest.raises(CnnError) as info:
+        cnndsl.loads(text, name="t.cnn")
+    d = info.value.diagnostics[0]
+    assert (d.code, d.span.line, d.span.column) == ("E-shape", 3, 13)
+    assert "3 |     conv(4, 99)\n" in info.value.render()
+
+
+def test_a_keyword_ends_at_a_word_boundary():
+    """`networkfoo() {` parsed as `network foo`; `input_image` and `notes` were split."""
+    with pytest.raises(CnnError) as info:
+        cnndsl.loads("networkfoo() {\n    input image: 3 x 8 x 8\n}\n", name="t.cnn")
+    d = info.value.diagnostics[0]
+    assert (d.code, d.span.line, d.span.column) == ("E-syntax", 1, 1)
+    model = cnndsl.loads("network n() {\n    input input_image: 3 x 8 x 8\n"
+                         "    notes = input_image -> relu\n    output notes\n}\n")
+    assert model.ir.inputs[0].name == "input_image" and model.ir.output_names == ("notes",)

@@ -54,6 +54,7 @@ def trained(tmp_path_factory) -> Path:
     result = run_cli("train", str(EXAMPLE), "--out", str(out), "--json")
     assert result.returncode == 0, result.stderr
     summary = json.loads(result.stdout)
+    assert summary["ok"] is True  # b22: one document, "ok" like every other command's
     (out / "summary.json").write_text(json.dumps(summary))
     return out
 
@@ -84,6 +85,7 @@ def test_eval_metrics_equal_scikit_learns(trained):
                      "--json")
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
+    assert report.pop("ok") is True
     # recomputed independently: our own forward pass, scikit-learn's formulas
     model = cnndsl.load(EXAMPLE)
     module = model.to_torch().eval()

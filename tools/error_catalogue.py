@@ -38,6 +38,7 @@ def run_example(entry: Entry) -> tuple[int, str]:
             err = io.StringIO()
             env = dict(os.environ)
             os.environ["NO_COLOR"] = "1"
+            os.environ["COLUMNS"] = "80"  # argparse wraps usage lines to the terminal
             with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
                 status = main(list(entry.argv))
             os.environ.clear()

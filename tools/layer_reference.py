@@ -17,7 +17,7 @@ sys.path.insert(0, str(ROOT))
 from cnndsl.layers import REGISTRY  # noqa: E402
 
 README = ROOT / "README.md"
-TABLE = re.compile(r"(### Layer reference\n.*?\n)(\| layer \| what it does \|\n(?:\|.*\|\n)+)",
+TABLE = re.compile(r"(### Layer reference\n.*?\n)(\| layer \| what it does \|\n(?:\|[^\n]*\|\n)+)",
                    re.S)
 
 

@@ -169,7 +169,7 @@ def _save_with_data(model: onnx.ModelProto, path: Path) -> None:
     import secrets
     import tempfile
 
-    from ..atomic import _mode_for
+    from ..atomic import _mode_for, adopt
     path.parent.mkdir(parents=True, exist_ok=True)
     _remove_leftovers(path)
     data = f"{path.name}.{secrets.token_hex(4)}.data"
@@ -184,6 +184,7 @@ def _save_with_data(model: onnx.ModelProto, path: Path) -> None:
             with open(os.path.join(work, name), "rb+") as f:
                 os.fsync(f.fileno())
             os.chmod(os.path.join(work, name), mode)
+        adopt(graph, path)  # the old graph's owner too
         os.replace(os.path.join(work, data), path.parent / data)
         os.replace(graph, path)  # the commit: from here on the new pair is the file
     _fsync_dir(path.parent)

@@ -10,6 +10,7 @@ draw per sample, from torch's global generator (so a saved RNG state replays a r
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -79,7 +80,7 @@ def _load(data: str | Path, shape: tuple[int, int, int], val_fraction: float, se
     if str(data) == "digits":
         return _digits(shape, val_fraction, seed)
     path = Path(data)
-    if path.suffix == ".npz" and path.is_file():
+    if path.suffix == ".npz" and os.path.lexists(path) and not path.is_dir():
         return _npz(path, shape, val_fraction, seed, max_bytes)
     if not path.exists():
         raise DataError(f"no data at {path}", help="give `digits`, an image folder (one "
@@ -189,14 +190,18 @@ def _check_nonempty(data: Dataset, classes: list[str], where: Path) -> None:
 
 def _npz(path: Path, shape, val_fraction: float, seed: int, max_bytes: int) -> Data:
     import numpy as np
+
+    from ..files import open_regular
     try:
-        with np.load(path, allow_pickle=False) as arrays:
+        with open_regular(path) as f, np.load(f, allow_pickle=False) as arrays:
             if "x" not in arrays or "y" not in arrays:
                 raise DataError(f"{path} needs arrays `x` (images) and `y` (labels); it has "
                                 f"{', '.join(arrays.files) or 'none'}")
             x, y = arrays["x"], arrays["y"]
             names = [str(c) for c in arrays["classes"]] if "classes" in arrays else None
-    except (OSError, ValueError) as exc:
+    except OSError as exc:
+        raise DataError(f"cannot read {path}: {exc.strerror or exc}") from None
+    except ValueError as exc:
         raise DataError(f"cannot read {path}: {exc}") from None
     if x.ndim == 3:
         x = x[:, None]

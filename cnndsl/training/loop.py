@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..atomic import atomic_path, write_text
-from ..diagnostics import CnnError, Diagnostic
+from ..diagnostics import CnnError, Diagnostic, printable_text
 from .data import Data, Dataset, augmenter, eval_transform
 from .metrics import classification_report
 from .spec import TrainConfig
@@ -207,11 +207,16 @@ def save_state(path: Path, state: dict[str, Any]) -> None:
 
 
 def load_state(path: Path) -> dict[str, Any]:
+    from ..files import open_regular
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with open_regular(path) as f:
+            return torch.load(f, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise _error(f"nothing to resume in {path.parent}: no {path.name}",
                      help="resume from the --out folder of an earlier `cnndsl train`") from None
+    except OSError as exc:
+        raise _error(f"cannot read the training state {path}: {exc.strerror or exc}") \
+            from None
     except Exception as exc:  # noqa: BLE001 - a damaged file of any kind
         raise _error(f"cannot read the training state {path}: {exc}") from None
 
@@ -247,7 +252,8 @@ class Trainer:
     out: Path | None = None
     device: str = "auto"
     progress_bar: bool | None = None  # None: on a terminal only
-    log: Callable[[str], None] = field(default=lambda line: print(line, file=sys.stderr))
+    log: Callable[[str], None] = field(
+        default=lambda line: print(printable_text(line), file=sys.stderr))
     fingerprint: dict = field(default_factory=dict)
     stop_at: tuple[int, int] | None = None  # (epoch, step): behave as if Ctrl-C came there
     frozen: set[str] = field(default_factory=set)  # layers kept frozen (config.freeze)

@@ -9,7 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ..diagnostics import CnnError, Diagnostic
+from ..diagnostics import CnnError, Diagnostic, printable_text
 from .spec import TrainConfig, check_classes, check_layers, check_train, selected_layers
 
 
@@ -66,7 +66,7 @@ def fit_model(model, data=None, *, out: str | Path | None = None, device: str = 
     import torch
 
     from .loop import Trainer
-    log = log or (lambda line: print(line, file=sys.stderr))
+    log = log or (lambda line: print(printable_text(line), file=sys.stderr))
     if not is_main_rank():
         log = _quiet
     config = train_config(model, overrides)
