@@ -165,3 +165,26 @@ def test_make_demo_runs(tmp_path):
     assert "class " in (tmp_path / "model.py").read_text()
     assert "images/s" in result.stdout + result.stderr
     assert "warning" not in result.stderr  # a stock ResNet-18 checks clean
+
+
+def _zoo_rows():
+    zoo = (ROOT / "README.md").read_text().split("## The model zoo", 1)[1].split("\n## ", 1)[0]
+    for spec, options, params, macs in re.findall(
+            r"^\| `(\w+\.cnn)((?: --set [^`]*)?)`[^|]*\| ([\d,]+) \| ([\d,]+) \|$", zoo, re.M):
+        yield pytest.param(spec, options.replace(" --set ", "").split(),
+                           int(params.replace(",", "")), int(macs.replace(",", "")), id=spec
+                           + "".join("-" + o for o in options.split()[1:]))
+
+
+ZOO_ROWS = list(_zoo_rows())
+
+
+def test_the_zoo_table_lists_every_spec():
+    assert {row.values[0] for row in ZOO_ROWS} == {p.name for p in (ROOT / "specs").glob("*.cnn")}
+
+
+@pytest.mark.parametrize("spec, overrides, params, macs", ZOO_ROWS)
+def test_zoo_table_figures_are_the_checkers(spec, overrides, params, macs):
+    model = cnndsl.load(ROOT / "specs" / spec, **{
+        k: float(v) if "." in v else int(v) for k, v in (o.split("=") for o in overrides)})
+    assert (model.params, model.macs) == (params, macs)

@@ -536,3 +536,54 @@ async def test_the_server_survives_hostile_documents(client: LanguageClient, tmp
         assert diagnostics
         close(client, opened)
     close(client, uri)
+
+
+NEW_LANGUAGE = """\
+block up(c: int, skip: tensor, act: layer = relu) {
+    input x
+    let half = c // 2
+    u = x -> conv_transpose(c, 2, stride=2) -> center_crop(like=skip)
+    u -> concat(skip) -> conv(half, 3, padding=same) -> act
+}
+
+network n(wide: bool = false) {
+    input image: 8 x 16 x 16
+    defaults batchnorm(eps=0.001)
+    left, right = image -> split(2)
+    if wide {
+        mid = left -> conv(8, 3, padding=1)
+    } else {
+        mid = left -> conv(4, 3, padding=1)
+    }
+    joined = mid -> concat(right) -> maxpool(2) -> batchnorm
+    joined -> up(8, skip=right)
+}
+"""
+
+
+async def test_split_targets_let_if_and_tensor_parameters(client: LanguageClient, tmp_path):
+    """The second name of `a, b = x -> split(2)` is a tensor like any other: hover,
+    definition and rename; shapes inside if/else and in a block with a tensor parameter."""
+    path = tmp_path / "new.cnn"
+    path.write_text(NEW_LANGUAGE)
+    uri, diagnostics = await open_doc(client, path)
+    assert diagnostics == []
+    ir = cnndsl.load(path).ir
+    line, column = where(NEW_LANGUAGE, "skip=right")
+    position = at(line, column + len("skip="))
+    hover = await client.text_document_hover_async(lsp.HoverParams(
+        text_document=doc(uri), position=position))
+    assert hover.contents.value == f"tensor `right`: `{fmt(ir.shape_of(ir.tensors['right']))}`"
+    assert "4 x 16 x 16" in hover.contents.value
+    location = await client.text_document_definition_async(lsp.DefinitionParams(
+        text_document=doc(uri), position=position))
+    assert location.range.start == at(*where(NEW_LANGUAGE, "right = "))
+    edit = await client.text_document_rename_async(lsp.RenameParams(
+        text_document=doc(uri), position=position, new_name="rest"))
+    renamed = apply(NEW_LANGUAGE, edit.changes[uri])
+    assert renamed.count("rest") == 3 and "right" not in renamed
+    assert cnndsl.loads(renamed).params == cnndsl.load(path).params
+    shown = {h.position.line + 1: h.label for h in await hints(client, uri, 20)}
+    conv = next(n for n in ir.nodes if n.op == "conv" and not n.path[:-1])
+    assert fmt(conv.shape) in shown[conv.span.line]
+    close(client, uri)

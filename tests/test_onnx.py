@@ -211,3 +211,19 @@ def test_onnx_session_api():
     assert_close(session.run(x)[0], expected)
     stats = session.benchmark([x.astype(np.float64)], runs=3, progress=False)  # as run() takes
     assert stats["batch"] == 4 and stats["p50_ms"] > 0 and stats["images_per_s"] > 0
+
+
+@pytest.mark.parametrize("mode", ["nearest", "bilinear"])
+@pytest.mark.parametrize("size, to", [((6, 14), (1, 2)), ((7, 5), (3, 5)), ((13, 3), (9, 17)),
+                                      ((6, 14), (28, 10))])
+@pytest.mark.parametrize("opset", [13, 21])
+def test_upsample_to_any_size_picks_pytorchs_pixels(size, to, mode, opset):
+    """Found by the property test: Resize divides by out/in in float, so nearest from 14 to
+    2 columns read column 6 where PyTorch reads 7 (14 * (1/7) < 2)."""
+    model = cnndsl.loads(f"network n() {{\n    input x: 2 x {size[0]} x {size[1]}\n"
+                         f"    upsample(size=({to[0]}, {to[1]}), mode={mode})\n}}\n")
+    module = model.to_torch().eval()
+    x = torch.randn(3, 2, *size)
+    proto, _ = to_onnx(model.ir, model.weights(module.state_dict()), opset)
+    actual = create_session(proto.SerializeToString(), "cpu").run(x.numpy())[0]
+    np.testing.assert_allclose(actual, module(x).detach().numpy(), atol=1e-5)

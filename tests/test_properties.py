@@ -52,10 +52,15 @@ def conv_line(draw, channels: int) -> tuple[str, int]:
             f"groups={groups}, bias={bias})"), out
 
 
+def _divisors(channels: int) -> list[int]:
+    return [g for g in (2, 3, 4) if channels % g == 0]
+
+
 @st.composite
-def step(draw, channels: int) -> tuple[str, int]:
+def step(draw, channels: int, index: int) -> tuple[str, int]:
     kind = draw(st.sampled_from(["conv", "conv", "pool", "act", "norm", "residual", "branch",
-                                 "block", "transpose", "upsample"]))
+                                 "block", "transpose", "upsample", "channels", "crop",
+                                 "skip"]))
     if kind == "conv":
         return draw(conv_line(channels))
     if kind == "pool":
@@ -67,12 +72,35 @@ def step(draw, channels: int) -> tuple[str, int]:
                f"ceil_mode={ceil})", channels
     if kind == "act":
         return draw(st.sampled_from(["relu", "relu6", "gelu", "silu", "hardswish", "sigmoid",
-                                     "tanh", "leaky_relu(0.2)", "elu", "identity"])), channels
+                                     "tanh", "leaky_relu(0.2)", "elu", "identity",
+                                     "hardsigmoid", "prelu", "prelu(per_channel=true)",
+                                     "scale(0.5)"])), channels
     if kind == "norm":
-        return draw(st.sampled_from(["batchnorm", "lrn(3)", "dropout(0.1)"])), channels
+        groups = [f"groupnorm({g})" for g in _divisors(channels)]
+        return draw(st.sampled_from(["batchnorm", "lrn(3)", "dropout(0.1)", "layernorm",
+                                     "instancenorm", "instancenorm(affine=true)",
+                                     "dropout2d(0.2)", *groups])), channels
     if kind == "residual":
         body, out = draw(conv_line(channels))
-        return f"residual {{\n        {body} -> batchnorm\n    }}", out
+        tail = draw(st.sampled_from(["", " -> stochastic_depth(0.2)",
+                                     " -> stochastic_depth(0.1, mode=batch)"]))
+        return f"residual {{\n        {body} -> batchnorm{tail}\n    }}", out
+    if kind == "channels":
+        shuffles = [(f"channel_shuffle({g})", channels) for g in _divisors(channels)]
+        start = draw(st.integers(0, channels - 1))
+        stop = draw(st.integers(start + 1, channels))
+        return draw(st.sampled_from([(f"slice({start}, {stop})", stop - start), *shuffles]))
+    if kind == "crop":
+        size = f"({draw(st.integers(1, 6))}, {draw(st.integers(1, 6))})"
+        return draw(st.sampled_from([
+            f"crop(size={size}, top={draw(st.integers(0, 2))}, left={draw(st.integers(0, 2))})",
+            f"center_crop(size={size})", f"upsample(size={size})",
+            f"upsample(size={size}, mode=bilinear)"])), channels
+    if kind == "skip":  # U-Net: down, back up to a kept tensor's size, join it
+        back = draw(st.sampled_from(["upsample(like=k{i})", "upsample(2) -> center_crop(like=k{i})",
+                                     "upsample(like=k{i}, mode=bilinear)"])).format(i=index)
+        return (f"k{index}: identity -> maxpool(2, ceil_mode=true) -> conv(4, 1) -> {back} "
+                f"-> concat(k{index})"), channels + 4
     if kind == "branch":
         a, ca = draw(conv_line(channels))
         mode = draw(st.sampled_from(["concat", "add"]))
@@ -96,8 +124,8 @@ def networks(draw) -> str:
     channels = c0 = draw(st.integers(1, 6))
     h, w = draw(st.integers(6, 28)), draw(st.integers(6, 28))
     lines = []
-    for _ in range(draw(st.integers(1, 6))):
-        line, channels = draw(step(channels))
+    for index in range(draw(st.integers(1, 6))):
+        line, channels = draw(step(channels, index))
         lines.append(line)
     head = draw(st.sampled_from(["", "global_avgpool -> flatten -> linear(5) -> softmax"]))
     body = "\n    ".join(lines + ([head] if head else []))
@@ -109,8 +137,8 @@ ACCEPTED: list[str] = []
 
 
 @settings()
-@given(networks())
-def test_checker_torch_and_onnxruntime_agree(text):
+@given(networks(), st.sampled_from([13, 17, 21]))
+def test_checker_torch_and_onnxruntime_agree(text, opset):
     try:
         model = cnndsl.loads(text)
     except CnnError as exc:
@@ -127,7 +155,7 @@ def test_checker_torch_and_onnxruntime_agree(text):
     for node in model.layers:
         assert tuple(values[node.name].shape[1:]) == node.shape, (node.name, text)
 
-    proto, value_of = to_onnx(model.ir, model.weights(module.state_dict()))
+    proto, value_of = to_onnx(model.ir, model.weights(module.state_dict()), opset)
     exposed = {value_of[n.name] for n in model.layers} - {o.name for o in proto.graph.output}
     for name in sorted(exposed):
         proto.graph.output.append(onnx.helper.make_empty_tensor_value_info(name))

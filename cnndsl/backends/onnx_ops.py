@@ -163,6 +163,8 @@ def upsample(g: GraphBuilder, node: Node, xs: list[str]) -> str:
     if a.scale is not None:
         scales = g.constant(f"{node.name}.scales", np.array([1, 1, *a.scale], np.float32))
         return g.op("Resize", [xs[0], "", scales], node, **mode)
+    if a.mode == "nearest":  # Resize divides by out/in in float: 2/14 gives 6.99.. for 7
+        return _nearest_to_size(g, node, xs[0])
     # to a size: the batch and channels as they come, then H x W (the batch is dynamic)
     shape = g.op("Shape", xs, node, output=f"{node.name}.in_shape")
     start, stop = (g.constant(f"{node.name}.{k}", np.array([v], np.int64))
@@ -171,6 +173,23 @@ def upsample(g: GraphBuilder, node: Node, xs: list[str]) -> str:
     hw = g.constant(f"{node.name}.size", np.array(a.size, np.int64))
     sizes = g.op("Concat", [kept, hw], node, output=f"{node.name}.sizes", axis=0)
     return g.op("Resize", [xs[0], "", "", sizes], node, **mode)
+
+
+def _nearest_to_size(g: GraphBuilder, node: Node, x: str) -> str:
+    """Rows, then columns, gathered at the indices PyTorch computes: floor(i * in / out) in
+    float32 (its nearest_idx), so every size gives the same pixels."""
+    axes = [(axis, n_in, n_out) for axis, n_in, n_out in
+            zip((2, 3), node.in_shapes[0][1:], node.attrs.size) if n_in != n_out]
+    if not axes:
+        return g.alias(node, x)
+    for k, (axis, n_in, n_out) in enumerate(axes):
+        source = np.floor(np.arange(n_out, dtype=np.float32) * (np.float32(n_in) / n_out))
+        index = g.constant(f"{node.name}.rows" if axis == 2 else f"{node.name}.columns",
+                           np.minimum(source.astype(np.int64), n_in - 1))
+        last = k == len(axes) - 1
+        x = g.op("Gather", [x, index], node, axis=axis,
+                 **({} if last else {"output": f"{node.name}.gathered_rows"}))
+    return x
 
 
 def pad(g: GraphBuilder, node: Node, xs: list[str]) -> str:

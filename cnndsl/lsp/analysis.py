@@ -142,13 +142,16 @@ class TensorName:
     name: str
     span: Span  # the name itself
     statement: object  # the ast node that defines it
+    part: int | None = None  # which of several targets (`a, b = x -> split(2)`)
 
 
 def tensor_names(defn: ast.Definition, text_lines: list[str]) -> list[TensorName]:
     found = []
     for node, _ in walk(defn.body):
         if isinstance(node, ast.Assign):
-            found.append(TensorName(node.target, node.target_span, node))
+            several = len(node.targets) > 1
+            found += [TensorName(name, span, node, k if several else None)
+                      for k, (name, span) in enumerate(node.targets)]
         elif isinstance(node, ast.Group) or isinstance(node, ast.Layer) and node.label:
             found.append(TensorName(node.label, _word_span(node.span, node.label), node))
         elif isinstance(node, ast.InputDecl):
@@ -261,10 +264,12 @@ def steps_at(analysis: Analysis, span: Span) -> list[Step]:
                   key=lambda s: s.order)
 
 
-def output_of(analysis: Analysis, within: Span) -> list[tuple[int, ...]]:
+def output_of(analysis: Analysis, within: Span, part: int | None = None
+              ) -> list[tuple[int, ...]]:
     """Distinct output shapes of the code in `within` (a chain): per run of it, the step
-    that ends last."""
-    last: dict[tuple, Step] = {}
+    that ends last; `part`: the shape of that one of its several outputs (the parts of a
+    split, the outputs of a block that has several)."""
+    ending: dict[tuple, list[Step]] = {}  # per run, the steps that end last
     for k, ir in enumerate(analysis.networks):
         for step in steps(ir):
             s = step.span
@@ -272,12 +277,26 @@ def output_of(analysis: Analysis, within: Span) -> list[tuple[int, ...]]:
                     (s.end_line, s.end_column) > (within.end_line, within.end_column):
                 continue
             key = (k, step.instance)
-            best = last.get(key)
-            if best is None or (s.end_line, s.end_column, step.order) > (
-                    best.span.end_line, best.span.end_column, best.order):
-                last[key] = step
+            best = ending.get(key)
+            end = (s.end_line, s.end_column)
+            if best is None or end > (best[0].span.end_line, best[0].span.end_column):
+                ending[key] = [step]
+            elif end == (best[0].span.end_line, best[0].span.end_column):
+                best.append(step)
     shapes: list[tuple[int, ...]] = []
-    for step in sorted(last.values(), key=lambda s: s.order):
-        if step.shape not in shapes:
-            shapes.append(step.shape)
+    for (k, _), run in sorted(ending.items(), key=lambda kv: max(s.order for s in kv[1])):
+        shape = _part_shape(analysis.networks[k], sorted(run, key=lambda s: s.order), part)
+        if shape is not None and shape not in shapes:
+            shapes.append(shape)
     return shapes
+
+
+def _part_shape(ir: Network, run: list[Step], part: int | None) -> tuple[int, ...] | None:
+    last = run[-1]
+    if part is None:
+        return last.shape
+    if last.scope is not None and len(last.scope.outputs) > 1:
+        outputs = last.scope.outputs
+        return ir.shape_of(outputs[part]) if part < len(outputs) else None
+    nodes = [s for s in run if s.node is not None]
+    return nodes[part].shape if part < len(nodes) else None

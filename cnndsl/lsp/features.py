@@ -285,7 +285,7 @@ def tensor_shapes(analysis: Analysis, defn: ast.Definition | None, name: str):
             continue
         statement = tensor.statement
         if isinstance(statement, ast.Assign):
-            return output_of(analysis, statement.chain.span)
+            return output_of(analysis, statement.chain.span, tensor.part)
         if isinstance(statement, ast.InputDecl):
             return _input_shapes(analysis, defn, statement)
         return output_of(analysis, statement.span)
