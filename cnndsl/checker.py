@@ -214,8 +214,11 @@ class Checker:
         """A problem inside a standard-library or imported block is caused by a call in the
         user's own file: show that call first, the block's line beside it, and the chain of
         calls between them."""
-        if not self.calls or d.span is None or d.span.file == self.main_file:
+        if not self.calls or d.span is None:
             return d
+        if d.span.file == self.main_file:  # a block of this file: say which call it was
+            chain = " -> ".join(f"`{name}` at {span}" for name, span in self.calls)
+            return d.model_copy(update={"notes": (*d.notes, f"in the call {chain}")})
         outer = max((i for i, (_, span) in enumerate(self.calls)
                      if span.file == self.main_file), default=None)
         if outer is None:
@@ -592,8 +595,7 @@ class Checker:
         positional = [a for a in signature if a.positional]
         if len(step.args) > len(positional):
             extra = step.args[len(positional)]
-            self.fail("E-arg", f"{what} takes at most {len(positional)} positional "
-                      f"argument{'s' if len(positional) != 1 else ''}, found {len(step.args)}",
+            self.fail("E-arg", _too_many_positional(what, signature, len(step.args)),
                       extra.span, label="one too many", help=POSITIONAL_HABITS.get(likely) or
                       self.signature_help(signature, f"`{likely}`"))
         for kw in step.kwargs:
@@ -863,9 +865,8 @@ class Checker:
         spans: dict[str, Span] = {}
         if len(step.args) > len(positional):
             extra = step.args[len(positional)]
-            raise self.fail("E-arg", f"{what} takes at most {len(positional)} positional "
-                            f"argument{'s' if len(positional) != 1 else ''}, found "
-                            f"{len(step.args)}", extra.span, label="one too many",
+            raise self.fail("E-arg", _too_many_positional(what, signature, len(step.args)),
+                            extra.span, label="one too many",
                             help=POSITIONAL_HABITS.get(step.name) or
                             self.signature_help(signature, what),
                             notes=(self.signature_help(signature, what),)
@@ -1271,3 +1272,11 @@ def _is_derived(expr: ast.Expr, params: dict[str, Any]) -> bool:
     return not isinstance(expr, (ast.Num, ast.Str))
 
 
+def _too_many_positional(what: str, signature: tuple[Arg, ...], found: int) -> str:
+    count = sum(a.positional for a in signature)
+    if not signature:
+        return f"{what} takes no arguments, found {found}"
+    if count == 0:
+        return f"{what} takes keyword arguments only, found {found} positional"
+    return f"{what} takes at most {count} positional argument{'s' if count != 1 else ''}, " \
+        f"found {found}"

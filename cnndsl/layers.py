@@ -788,11 +788,15 @@ class GroupNorm(LayerKind):
             Arg("affine", boolean, True, positional=False))
 
     def infer(self, a, xs, warn):
-        c, _, _ = image(xs[0], self.op)
+        c, h, w = image(xs[0], self.op)
         if c % a["groups"]:
             raise LayerError(f"{c} channels are not divisible into {a['groups']} groups",
                              arg="groups", code="E-groups",
                              help="groups must divide the channels")
+        if c // a["groups"] * h * w == 1:  # PyTorch refuses it at batch 1
+            raise LayerError(f"group norm needs more than one value per group; the input is "
+                             f"{fmt(xs[0])} in {a['groups']} groups", arg="groups",
+                             code="E-shape", help="use fewer groups")
         a["channels"] = c
         return xs[0]
 
@@ -812,7 +816,12 @@ class InstanceNorm(LayerKind):
             Arg("affine", boolean, False, positional=False))
 
     def infer(self, a, xs, warn):
-        c, _, _ = image(xs[0], self.op)
+        c, h, w = image(xs[0], self.op)
+        if h * w == 1:  # PyTorch refuses it: a single value normalises to 0
+            raise LayerError(f"instance norm needs more than one value per channel; the "
+                             f"input is {fmt(xs[0])}", code="E-shape",
+                             help="normalise before the spatial size reaches 1 x 1, or use "
+                             "layernorm over the channels")
         a["channels"], a["groups"] = c, c
         return xs[0]
 
