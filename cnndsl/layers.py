@@ -19,6 +19,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, fields, make_dataclass
+from functools import lru_cache
 from typing import Any, ClassVar
 
 from .values import Symbol, describe, type_name
@@ -375,6 +376,7 @@ def _fan_in_init(weight: Shape, fan_in_axis: int = 1) -> Init:
     return Init(fan_in=weight[fan_in_axis] * math.prod(weight[2:]))
 
 
+@lru_cache(maxsize=256)  # the tensors are frozen records: layers of one width share them
 def _affine(channels: int, affine: bool = True) -> tuple[Weight, ...]:
     if not affine:
         return ()
@@ -744,11 +746,14 @@ class BatchNorm(LayerKind):
         return xs[0]
 
     def weights(self, a):
-        c = a.num_features
-        return (*_affine(c), Weight("running_mean", (c,), Init(constant=0.0), buffer=True),
-                Weight("running_var", (c,), Init(constant=1.0), buffer=True),
-                Weight("num_batches_tracked", (), Init(constant=0), buffer=True,
-                       dtype="int64"))
+        return _batchnorm_tensors(a.num_features)
+
+
+@lru_cache(maxsize=256)
+def _batchnorm_tensors(c: int) -> tuple[Weight, ...]:
+    return (*_affine(c), Weight("running_mean", (c,), Init(constant=0.0), buffer=True),
+            Weight("running_var", (c,), Init(constant=1.0), buffer=True),
+            Weight("num_batches_tracked", (), Init(constant=0), buffer=True, dtype="int64"))
 
 
 
