@@ -47,7 +47,8 @@ def test_spacing_by_token_kind():
         "    residual(project=false) {\n"
         "        conv(c, 3, padding=same) if c != 16 and not (k == 3)\n"
         "    }\n"
-        "    y = x -> conv(c * 2, 1); output y\n"
+        "    y = x -> conv(c * 2, 1)\n"  # a `;` ends a statement: one statement a line
+        "    output y\n"
         "}\n")
 
 
