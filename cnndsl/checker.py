@@ -208,6 +208,8 @@ class Checker:
     def report(self, d: Diagnostic) -> None:
         """Record a diagnostic, seen from the user's file when it arose inside a block."""
         d = self.from_user_file(d)
+        if self.strict and d.severity == "warning":  # --strict: every warning is an error
+            d = d.model_copy(update={"severity": "error"})
         (self.errors if d.severity == "error" else self.warnings).append(d)
 
     def from_user_file(self, d: Diagnostic) -> Diagnostic:
@@ -225,11 +227,13 @@ class Checker:
             return d
         block, site = self.calls[outer]
         chain = [f"`{name}` at {span}" for name, span in self.calls[outer + 1:]]
+        callers = [f"`{name}` at {span}" for name, span in self.calls[:outer]]
         where = Label(span=d.span, text=d.label or d.message)
         return d.model_copy(update={
             "span": site, "label": f"in this call to `{block}`",
             "related": (where, *d.related),
-            "notes": (*d.notes, *(["calls: " + " -> ".join(chain)] if chain else []))})
+            "notes": (*d.notes, *(["calls: " + " -> ".join(chain)] if chain else []),
+                      *([f"in the call {' -> '.join(callers)}"] if callers else []))})
 
     # ---- parameters -----------------------------------------------------------------
 
@@ -381,9 +385,10 @@ class Checker:
                                 stmt.span, label="drop the shape",
                                 help=f"write `input {stmt.name}`")
             if any(t is block_input for t in frame.tensors.values()):
-                raise self.fail("E-input", "a block takes one input", stmt.span,
-                                label="a second `input`", help="pass other tensors as a "
-                                "merge in the caller (`-> add(skip)`), or write two blocks")
+                raise self.fail("E-input", "a block names the tensor it receives once",
+                                stmt.span, label="a second `input`", help="take other "
+                                "tensors as parameters: `block b(skip: tensor)`, called "
+                                "`b(skip=e1)`")
             tensor = block_input
         else:
             if stmt.dims is None:
@@ -832,8 +837,8 @@ class Checker:
 
     def warning(self, w: LayerError, step, xs: list[Tensor]) -> None:
         span = self.arg_span(step, w.arg) if w.arg else None
-        d = Diagnostic(code=w.code, severity="error" if self.strict else "warning",
-                       message=w.message, span=span or step.span, help=w.help,
+        d = Diagnostic(code=w.code, severity="warning", message=w.message,
+                       span=span or step.span, help=w.help,
                        notes=(f"the input here is {fmt(xs[0].shape)} ({xs[0].origin})",))
         self.report(d)
 

@@ -86,3 +86,15 @@ def test_errors_in_a_block_with_new_layers_point_at_the_users_call():
     [d] = info.value.diagnostics
     assert (d.code, d.span.file, d.span.line, d.span.column) == ("E-groups", "t.cnn", 2, 40)
     assert "= note: in the call `b` at t.cnn:6:5" in info.value.render(color=False)
+
+
+def test_a_stdlib_error_under_a_users_block_names_the_users_call():
+    """The call of the user's own block that led into the standard library was lost."""
+    text = ("block stage(n: int) {\n    dense_block(n, 12) -> transition\n}\n"
+            "network p() {\n    input x: 3 x 8 x 8\n    stage(1)\n    stage(1)\n"
+            "    stage(1)\n    stage(1)\n}\n")
+    with pytest.raises(cnndsl.CnnError) as info:
+        cnndsl.loads(text, name="t.cnn")
+    [d] = info.value.diagnostics
+    assert (d.span.file, d.span.line, d.span.column) == ("t.cnn", 2, 27)
+    assert "in the call `stage` at t.cnn:9:5" in d.notes

@@ -144,7 +144,33 @@ def test_a_block_takes_one_input():
     errors = _errors("block b() {\n    input x\n    input skip\n    add(x, skip)\n}\n"
                      "network n() {\n    input image: 3 x 8 x 8\n    b()\n}")
     assert [(e.code, e.span.line, e.span.column) for e in errors] == [("E-input", 3, 5)]
-    assert errors[0].message == "a block takes one input"
+    assert errors[0].message == "a block names the tensor it receives once"
+    assert "block b(skip: tensor)" in errors[0].help  # the spelling that exists for it
+
+
+def test_the_zoo_checks_without_warnings_under_strict():
+    """specs/densenet121.cnn gave three W-label warnings (`block1: dense_block(...) ->
+    transition` labels the dense block only); squeezenet1_1's W-stride is torchvision's
+    own (its pools do not tile 111 / 55 / 27 exactly)."""
+    for spec in sorted((ROOT / "specs").glob("*.cnn")):
+        result = run_cli("check", str(spec.relative_to(ROOT)), "--strict")
+        if spec.name == "squeezenet1_1.cnn":
+            assert result.returncode == 1 and "error[W-stride]" in result.stderr
+            continue
+        assert (spec.name, result.returncode, result.stderr) == (spec.name, 0, "")
+
+
+@pytest.mark.parametrize("text, code", [
+    ("network n() {\n    input image: 32 x 32 x 3\n    conv(4, 3)\n}\n", "W-layout"),
+    ("network n() {\n    input image: 3 x 8 x 8\n    e = image -> relu\n    conv(4, 3)\n}\n",
+     "W-unused"),
+])
+def test_strict_makes_every_warning_an_error(text, code, tmp_path):
+    spec = tmp_path / "w.cnn"
+    spec.write_text(text)
+    assert run_cli("check", str(spec)).returncode == 0
+    result = run_cli("check", str(spec), "--strict")
+    assert result.returncode == 1 and f"error[{code}]" in result.stderr
 
 
 def test_a_block_with_two_outputs_is_not_one_step():
