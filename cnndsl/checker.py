@@ -219,21 +219,20 @@ class Checker:
         if not self.calls or d.span is None:
             return d
         if d.span.file == self.main_file:  # a block of this file: say which call it was
-            chain = " -> ".join(f"`{name}` at {span}" for name, span in self.calls)
-            return d.model_copy(update={"notes": (*d.notes, f"in the call {chain}")})
+            return d.model_copy(update={
+                "notes": (*d.notes, f"in the call {_chain(self.calls)}")})
         outer = max((i for i, (_, span) in enumerate(self.calls)
                      if span.file == self.main_file), default=None)
         if outer is None:
             return d
         block, site = self.calls[outer]
-        chain = [f"`{name}` at {span}" for name, span in self.calls[outer + 1:]]
-        callers = [f"`{name}` at {span}" for name, span in self.calls[:outer]]
+        inner, callers = self.calls[outer + 1:], self.calls[:outer]
         where = Label(span=d.span, text=d.label or d.message)
         return d.model_copy(update={
             "span": site, "label": f"in this call to `{block}`",
             "related": (where, *d.related),
-            "notes": (*d.notes, *(["calls: " + " -> ".join(chain)] if chain else []),
-                      *([f"in the call {' -> '.join(callers)}"] if callers else []))})
+            "notes": (*d.notes, *([f"calls: {_chain(inner)}"] if inner else []),
+                      *([f"in the call {_chain(callers)}"] if callers else []))})
 
     # ---- parameters -----------------------------------------------------------------
 
@@ -1285,3 +1284,8 @@ def _too_many_positional(what: str, signature: tuple[Arg, ...], found: int) -> s
         return f"{what} takes keyword arguments only, found {found} positional"
     return f"{what} takes at most {count} positional argument{'s' if count != 1 else ''}, " \
         f"found {found}"
+
+
+def _chain(calls) -> str:
+    """Block calls as a diagnostic names them: `a` at f.cnn:3:5 -> `b` at ..."""
+    return " -> ".join(f"`{name}` at {span}" for name, span in calls)
