@@ -31,12 +31,25 @@ class Model:
     """A checked network: its IR (layers, shapes, counts) and the ways to compile it."""
 
     def __init__(self, ir: Network, program: Program, train: ast.TrainDef | None = None,
-                 overrides: dict[str, Any] | None = None):
+                 overrides: dict[str, Any] | None = None, training=None):
         self.ir = ir
         self.program = program
         self.train_def = train  # the spec's `train` definition for this network, if any
         self.overrides = dict(overrides or {})  # network parameters given at load time
         self.weights_report = None  # what the last weight import did (ImportReport)
+        self._training = training  # the checked training description (TrainConfig), if made
+
+    def train_config(self, overrides: dict[str, Any] | None = None):
+        """The `train` definition (or the defaults) with `overrides`, checked with the
+        network, its task resolved: a `training.spec.TrainConfig`. Without overrides, the
+        one checked when the spec was loaded."""
+        if self._training is None or overrides:
+            from .training.run import train_config
+            config = train_config(self, overrides)
+            if not overrides:
+                self._training = config
+            return config
+        return self._training
 
     @property
     def name(self) -> str:
@@ -143,9 +156,9 @@ class Model:
     def frozen_layers(self, freeze=None) -> set[str]:
         """The layers training keeps frozen: `freeze` (a `training.spec.Layers`, or layer
         names), else the spec's `train` definition's `freeze`."""
-        from .training.spec import Layers, check_train, selected_layers
+        from .training.spec import Layers, selected_layers
         if freeze is None:
-            freeze = check_train(self.train_def, self.name, self.ir.params).freeze
+            freeze = self.train_config().freeze
         elif not isinstance(freeze, Layers):
             freeze = Layers(names=(freeze,) if isinstance(freeze, str) else tuple(freeze))
         if freeze is None:
@@ -242,20 +255,23 @@ class Model:
 
 def load(source: str | Path, *, network: str | None = None, strict: bool = False,
          memory_limit: int | None = None, confine_imports: bool = False,
-         weight_copies: float = 1.0, **params: Any) -> Model:
+         weight_copies: float = 1.0, train_overrides: dict[str, Any] | None = None,
+         **params: Any) -> Model:
     """Parse and check a spec: a path to a .cnn file, or .cnn source text.
 
     Keyword arguments override the network's parameters, e.g. `load(p, classes=10)`.
     `memory_limit` (bytes) caps parameter memory and activation memory per image (default:
     half this machine's memory). `confine_imports` refuses imports outside the spec's
     folder. `weight_copies`: how many copies of the fp32 weights the memory limit must
-    allow for (`checker.WEIGHT_COPIES` has what writing ONNX and training hold). Raises
+    allow for (`checker.WEIGHT_COPIES` has what writing ONNX and training hold).
+    `train_overrides` (`{"epochs": 3, "optimizer.lr": 0.1}`): the training description is
+    checked with them now, for `Model.fit` and `evaluate` to use as it is. Raises
     `CnnError` (located diagnostics) when the spec is wrong or over a limit.
     """
     program = Program(_confinement(source) if confine_imports else None)
     with _gc_paused():
         return _load(program, source, network, strict, (memory_limit, weight_copies),
-                     params)
+                     params, train_overrides)
 
 
 def loads(text: str, *, name: str = "<string>", network: str | None = None,
@@ -293,7 +309,8 @@ def _gc_paused() -> Iterator[None]:
             gc.enable()
 
 
-def _load(program: Program, source, network, strict, memory, params) -> Model:
+def _load(program: Program, source, network, strict, memory, params,
+          train_overrides=None) -> Model:
     try:
         program.load_stdlib()
         if _is_path(source):
@@ -315,15 +332,17 @@ def _load(program: Program, source, network, strict, memory, params) -> Model:
         params = {**_train_args(train), **params}
         ir = Checker(program.definitions, strict, *memory,
                      file_defaults=program.file_defaults).network(defn, params)
-        if train is not None:  # checked with the network, before anything runs
-            from .training.spec import check_layers, check_loss_fits, check_train
-            config = check_train(train, defn.name, ir.params)
-            check_loss_fits(config, ir)
-            check_layers(config, ir)
+        config = None
+        if train is not None or train_overrides is not None:
+            # checked with the network, before anything runs: the task, its loss, layers
+            from .training import tasks
+            from .training.spec import check_train
+            config = check_train(train, defn.name, ir.params, train_overrides)
+            config = tasks.resolve(config, ir)
     except CnnError as exc:
         exc.sources = program.sources
         raise
-    return Model(ir, program, train, params)
+    return Model(ir, program, train, params, training=config)
 
 
 def _meta_module(ir: Network):

@@ -320,7 +320,8 @@ def cmd_explain(args) -> int:
 
 TRAIN_KEYS = ("epochs", "batch", "seed", "clip", "val_split", "data", "amp", "channels_last",
               "loss", "optimizer", "schedule", "early_stop", "data_classes", "freeze",
-              "unfreeze_after", "backbone_lr_scale", "reinit")
+              "unfreeze_after", "backbone_lr_scale", "reinit", "task", "ignore_index",
+              "workers", "cache")
 
 
 def _split_sets(args) -> tuple[dict, dict]:
@@ -348,19 +349,20 @@ def _load_for_training(args):
     model = load(Path(args.spec), network=args.network,
                  memory_limit=getattr(args, "memory_limit", None),
                  confine_imports=args.confine_imports, weight_copies=WEIGHT_COPIES["train"],
-                 **params)
-    return model, train
+                 train_overrides=train, **params)
+    return model  # its training description checked once, overrides included
 
 
 def cmd_train(args) -> int:
+    from .training import tasks
     from .training.loop import TrainingStopped
     from .training.run import fit_model, is_main_rank
-    model, overrides = _load_for_training(args)
+    model = _load_for_training(args)
     out = Path(args.out)
     try:
         summary = fit_model(model, args.data, out=out, device=args.device, resume=args.resume,
                             weights=args.weights, weights_from=args.weights_from,
-                            overrides=overrides, progress=None if not args.json else False)
+                            progress=None if not args.json else False)
     except TrainingStopped as stop:
         _say(f"interrupted at epoch {stop.epoch + 1}, step {stop.step}: the state is saved; "
              f"continue with --resume {out}")
@@ -371,20 +373,25 @@ def cmd_train(args) -> int:
     if args.json:
         print(json.dumps({"ok": True, **summary}, indent=2))
     else:
-        _show(f"best epoch {summary['best_epoch']}: val accuracy "
-              f"{summary['history'][summary['best_epoch'] - 1]['val_accuracy']:.4f}; "
-              f"wrote {out}/best.safetensors, last.safetensors, metrics.json, curves.png, "
-              "confusion.png")
+        task = tasks.get(model.train_config().task)
+        best = summary["history"][summary["best_epoch"] - 1]
+        _show(f"best epoch {summary['best_epoch']}: {task.best_line(best)}; wrote "
+              f"{out}/best.safetensors, last.safetensors, metrics.json, "
+              f"{', '.join(task.outputs)}")
     return EXIT_OK
 
 
 def cmd_eval(args) -> int:
-    from .training.metrics import format_report
+    from .training import tasks
     from .training.run import evaluate_model
-    model, overrides = _load_for_training(args)
+    if (args.weights is None) == (args.onnx is None):
+        raise UsageError("give the weights to evaluate: --weights FILE, or --onnx FILE.onnx")
+    model = _load_for_training(args)
+    task = tasks.get(model.train_config().task)
     report = evaluate_model(model, args.data, weights=args.weights, device=args.device,
-                            batch=args.batch, overrides=overrides,
-                            weights_from=args.weights_from)
+                            batch=args.batch, weights_from=args.weights_from,
+                            onnx=_onnx_model(args.onnx) if args.onnx else None,
+                            predictions=Path(args.predictions) if args.predictions else None)
     if args.plot:
         from .training.plots import plot_confusion
         plot_confusion(report["confusion_matrix"], [c["class"] for c in report["per_class"]],
@@ -394,7 +401,7 @@ def cmd_eval(args) -> int:
     else:
         _show(f"{model.name} on {report['source']} (validation split, "
               f"{report['samples']} images)")
-        _show(format_report(report))
+        _show(task.format_report(report))
     return EXIT_OK
 
 
@@ -509,7 +516,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     evaluate = spec_command("eval", "evaluate weights on the validation split: accuracy, "
                             "precision, recall, F1, confusion matrix")
-    weight_options(evaluate, required=True)
+    weight_options(evaluate)
+    evaluate.add_argument("--onnx", metavar="FILE.onnx", help="evaluate this ONNX file "
+                          "(onnxruntime) instead of the spec's module with --weights")
+    evaluate.add_argument("--predictions", metavar="DIR", help="segmentation: write each "
+                          "validation image's predicted mask (colour PNG) and an overlay")
     evaluate.add_argument("--data", help="digits, or an image folder")
     evaluate.add_argument("--batch", type=bounded_int(1, 1_000_000))
     evaluate.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])

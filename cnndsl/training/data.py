@@ -4,7 +4,7 @@ Sources: `digits` (scikit-learn's bundled handwritten digits: 1,797 8x8 images, 
 download), a folder with one subfolder of images per class (with `train/` and `val/`
 inside, or split here), or an `.npz` file with arrays `x` and `y`. Images are decoded with
 Pillow and resized with torchvision; augmentation uses torchvision.transforms.v2, one random
-draw per sample, from torch's global generator (so a saved RNG state replays a run).
+draw per sample, seeded by (seed, epoch, sample) in training/pipeline.py.
 """
 
 from __future__ import annotations
@@ -31,9 +31,63 @@ class DataError(Exception):
 
 @dataclass
 class Dataset:
+    """Samples held in memory: what the loop indexes a batch at a time."""
+
     images: torch.Tensor  # N x C x H x W, float32 in [0, 1]
-    labels: torch.Tensor  # N, int64
+    labels: torch.Tensor  # N labels (int64), or N x H x W masks (uint8 or int64)
     classes: list[str]
+    names: list[str] | None = None  # where each sample came from (predictions' names)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.images[i], self.labels[i]
+
+    def batch(self, index: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        rows = torch.tensor(index, dtype=torch.long)
+        return self.images[rows], self.labels[rows]
+
+
+@dataclass
+class ImageFiles:
+    """Image files with their labels, decoded at the spec's size when a sample is asked
+    for (in a DataLoader worker): a folder too large to hold in memory, or `cache: none`."""
+
+    files: list[tuple[Path, int]]
+    classes: list[str]
+    shape: tuple[int, int, int]
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        path, label = self.files[i]
+        return decode_image(path, self.shape), torch.tensor(label)
+
+    @property
+    def labels(self) -> torch.Tensor:
+        return torch.tensor([label for _, label in self.files], dtype=torch.int64)
+
+    @property
+    def names(self) -> list[str]:
+        return [path.stem for path, _ in self.files]
+
+    def select(self, rows) -> ImageFiles:
+        return ImageFiles([self.files[i] for i in rows], self.classes, self.shape)
+
+
+def decode_image(path: Path, shape) -> torch.Tensor:
+    """One image file as C x H x W float32 in [0, 1], at the spec's size."""
+    import numpy as np
+    from PIL import Image
+    with Image.open(path) as image:
+        pixels = np.asarray(image.convert("L" if shape[0] == 1 else "RGB"))
+    tensor = torch.from_numpy(pixels.copy()).reshape(pixels.shape[0], pixels.shape[1], -1)
+    return _fit(tensor.permute(2, 0, 1)[None].float() / 255.0, shape)[0]
+
+
+CACHE_BYTES = 256 * 2**20  # `cache: auto` holds a folder decoded in memory below this
 
 
 @dataclass
@@ -46,10 +100,11 @@ class Data:
 
 def load_data(data: str | Path, shape: tuple[int, int, int], *, val_fraction: float = 0.2,
               seed: int = 0, max_bytes: int = 4 * 2**30,
-              classes: tuple[str, ...] | None = None) -> Data:
+              classes: tuple[str, ...] | None = None, cache: str = "auto") -> Data:
     """The data at the spec's input shape; `classes`: only these, relabelled 0, 1, ... in
-    that order (digits 5-9 as five classes)."""
-    loaded = _load(data, shape, val_fraction, seed, max_bytes)
+    that order (digits 5-9 as five classes). A folder is decoded into memory (`cache:
+    memory`, or `auto` under CACHE_BYTES), else read lazily (`ImageFiles`)."""
+    loaded = _load(data, shape, val_fraction, seed, max_bytes, cache)
     return loaded if classes is None else only_classes(loaded, classes)
 
 
@@ -63,16 +118,19 @@ def only_classes(data: Data, classes: tuple[str, ...]) -> Data:
     for i, name in enumerate(classes):
         new_label[known.index(name)] = i
 
-    def select(part: Dataset) -> Dataset:
+    def select(part: Dataset | ImageFiles) -> Dataset | ImageFiles:
         labels = new_label[part.labels]
         keep = labels >= 0
+        if isinstance(part, ImageFiles):
+            return ImageFiles([(path, int(labels[i])) for i, (path, _) in
+                               enumerate(part.files) if keep[i]], list(classes), part.shape)
         return Dataset(part.images[keep], labels[keep], list(classes))
     return Data(select(data.train), select(data.val),
                 f"{data.source} (classes {', '.join(classes)})", data.skipped)
 
 
 def _load(data: str | Path, shape: tuple[int, int, int], val_fraction: float, seed: int,
-          max_bytes: int) -> Data:
+          max_bytes: int, cache: str = "auto") -> Data:
     channels = shape[0]
     if channels not in (1, 3):
         raise DataError(f"images have 1 or 3 channels; the network takes {channels}",
@@ -88,7 +146,7 @@ def _load(data: str | Path, shape: tuple[int, int, int], val_fraction: float, se
     if not path.is_dir():
         raise DataError(f"{path} is not a folder", help="give a folder with one subfolder of "
                         "images per class, or an .npz file")
-    return _folder(path, shape, val_fraction, seed, max_bytes)
+    return _folder(path, shape, val_fraction, seed, max_bytes, cache)
 
 
 # ---- sources ---------------------------------------------------------------------------
@@ -106,8 +164,13 @@ def _digits(shape, val_fraction: float, seed: int) -> Data:
                 Dataset(images[val], labels[val], classes), "digits")
 
 
-def _folder(root: Path, shape, val_fraction: float, seed: int, max_bytes: int) -> Data:
+def _folder(root: Path, shape, val_fraction: float, seed: int, max_bytes: int,
+            cache: str = "auto") -> Data:
     skipped: list[tuple[str, str]] = []
+    decode = _decode
+    count = sum(1 for _ in _count_files(root))
+    if cache == "none" or cache == "auto" and count * math.prod(shape) * 4 > CACHE_BYTES:
+        decode, max_bytes = _lazy, math.inf  # streamed: memory does not grow with the set
     if (root / "train").is_dir() and (root / "val").is_dir():
         train_files, classes = _class_files(root / "train")
         val_files, val_classes = _class_files(root / "val")
@@ -118,16 +181,19 @@ def _folder(root: Path, shape, val_fraction: float, seed: int, max_bytes: int) -
                             f"only in train/: {', '.join(only_train) or '-'}; only in val/: "
                             f"{', '.join(only_val) or '-'}")
         _check_size(len(train_files) + len(val_files), shape, max_bytes, root)
-        train = _decode(train_files, classes, shape, skipped)
-        val = _decode(val_files, classes, shape, skipped)
+        train = decode(train_files, classes, shape, skipped)
+        val = decode(val_files, classes, shape, skipped)
         _check_nonempty(train, classes, root / "train")
         _check_nonempty(val, classes, root / "val")
         return Data(train, val, str(root), skipped)
     files, classes = _class_files(root)
     _check_size(len(files), shape, max_bytes, root)
-    every = _decode(files, classes, shape, skipped)
+    every = decode(files, classes, shape, skipped)
     _check_nonempty(every, classes, root)
     train, val = _split(every.labels, val_fraction, seed)
+    if isinstance(every, ImageFiles):
+        return Data(every.select(train.tolist()), every.select(val.tolist()), str(root),
+                    skipped)
     return Data(Dataset(every.images[train], every.labels[train], classes),
                 Dataset(every.images[val], every.labels[val], classes), str(root), skipped)
 
@@ -177,6 +243,30 @@ def _decode(files, classes: list[str], shape, skipped: list) -> Dataset:
     if not images:
         return Dataset(torch.zeros(0, *shape), torch.zeros(0, dtype=torch.int64), classes)
     return Dataset(torch.stack(images), torch.tensor(labels, dtype=torch.int64), classes)
+
+
+def _count_files(root: Path):
+    for folder in root.iterdir() if root.is_dir() else ():
+        if folder.is_dir() and not folder.name.startswith("."):
+            yield from (p for p in folder.rglob("*") if p.is_file())
+
+
+def _lazy(files, classes: list[str], shape, skipped: list) -> ImageFiles:
+    """Files whose header Pillow reads (the rest skipped, as `_decode` does), decoded
+    later, one at a time."""
+    from PIL import Image, UnidentifiedImageError
+    kept = []
+    for path, label in files:
+        try:
+            with Image.open(path) as image:
+                image.verify()
+        except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+            why = "not an image" if isinstance(exc, UnidentifiedImageError) else \
+                f"unreadable image ({exc})"
+            skipped.append((str(path), why))
+            continue
+        kept.append((path, label))
+    return ImageFiles(kept, classes, shape)
 
 
 def _check_nonempty(data: Dataset, classes: list[str], where: Path) -> None:
@@ -271,6 +361,8 @@ def _transform(name: str, args: dict, size: tuple[int, int]):
         return v2.RandomHorizontalFlip(p=args["p"])
     if name == "rotate":
         return v2.RandomRotation(args["degrees"])
+    if name == "scale":
+        return v2.RandomAffine(degrees=0, scale=(args["low"], args["high"]))
     if name == "color_jitter":
         return v2.ColorJitter(brightness=args["brightness"], contrast=args["contrast"],
                               saturation=args["saturation"], hue=args["hue"])
@@ -279,22 +371,16 @@ def _transform(name: str, args: dict, size: tuple[int, int]):
     raise ValueError(f"unknown augmentation {name}")
 
 
-def augmenter(ops: list[tuple[str, dict]]) -> Callable[[torch.Tensor], torch.Tensor]:
-    """Random augmentation, a fresh draw for each image of a batch, then normalisation."""
-    finish = eval_transform(ops)
+def sample_augmenter(ops: list[tuple[str, dict]], size: tuple[int, int]):
+    """One image's random augmentation (its label untouched), or None without any."""
     randoms = [op for op in ops if op[0] != "normalize"]
     if not randoms:
-        return finish
+        return None
+    from torchvision.transforms import v2
+    pipeline = v2.Compose([_transform(n, a, size) for n, a in randoms])
 
-    pipelines: dict[tuple[int, int], Callable] = {}  # built once per image size
-
-    def apply(batch: torch.Tensor) -> torch.Tensor:
-        from torchvision.transforms import v2
-        size = tuple(batch.shape[-2:])
-        if size not in pipelines:
-            pipelines[size] = v2.Compose([_transform(n, a, size) for n, a in randoms])
-        pipeline = pipelines[size]
-        return finish(torch.stack([pipeline(image) for image in batch]))
+    def apply(image: torch.Tensor, label: torch.Tensor):
+        return pipeline(image), label
     return apply
 
 

@@ -24,13 +24,13 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from torch import nn
 
 from ..atomic import atomic_path, write_text
 from ..diagnostics import CnnError, Diagnostic, printable_text
-from .data import Data, Dataset, augmenter, eval_transform
-from .metrics import classification_report
+from . import tasks
+from .data import Data, eval_transform
+from .pipeline import Batches
 from .spec import TrainConfig
 
 STATE_FILE = "state.pt"
@@ -143,49 +143,6 @@ def build_schedule(config: TrainConfig, optimizer, steps_per_epoch: int):
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-class Objective:
-    """The loss as a sum over this rank's samples and the denominator that makes it the
-    mean over the global batch (for class weights: the sum of the targets' weights, as
-    torch's own `mean` reduction)."""
-
-    def __init__(self, config: TrainConfig, classes: int, device: torch.device):
-        self.name = config.loss.name
-        self.classes = classes
-        args = config.loss.args
-        weights = args.get("weights")
-        if weights is not None and len(weights) != classes:
-            raise _error(f"the loss has {len(weights)} class weights for {classes} classes",
-                         span=config.spans.get("loss"))
-        self.weights = (torch.tensor(weights, dtype=torch.float32, device=device)
-                        if weights is not None else None)
-        self.smoothing = args.get("label_smoothing", 0.0)
-        self.pos_weight = args.get("pos_weight")
-
-    def __call__(self, logits: torch.Tensor, targets: torch.Tensor):
-        logits = logits.float()
-        if self.name == "cross_entropy":
-            total = F.cross_entropy(logits, targets, weight=self.weights, reduction="sum",
-                                    label_smoothing=self.smoothing)
-        elif self.name == "nll":
-            total = F.nll_loss(logits, targets, weight=self.weights, reduction="sum")
-        else:
-            onehot = F.one_hot(targets, self.classes).float()
-            if self.name == "mse":
-                total = F.mse_loss(logits, onehot, reduction="sum")
-            else:
-                pos = (torch.tensor(self.pos_weight, device=logits.device)
-                       if self.pos_weight is not None else None)
-                total = F.binary_cross_entropy_with_logits(logits, onehot, reduction="sum",
-                                                           pos_weight=pos)
-        return total, self.denominator(targets)
-
-    def denominator(self, targets: torch.Tensor) -> torch.Tensor:
-        if self.weights is not None and self.name in ("cross_entropy", "nll"):
-            return self.weights[targets].sum()
-        per_sample = self.classes if self.name in ("mse", "bce_with_logits") else 1
-        return torch.tensor(float(len(targets) * per_sample), device=targets.device)
-
-
 # ---- checkpoints -------------------------------------------------------------------------
 
 
@@ -233,7 +190,8 @@ class Progress:
     loss_sum: float = 0.0
     loss_den: float = 0.0
     correct: int = 0
-    seen: int = 0
+    seen: int = 0  # what `correct` counts against: samples, or pixels
+    samples: int = 0
     history: list[dict] = field(default_factory=list)
     best: float | None = None
     best_epoch: int = -1
@@ -265,10 +223,15 @@ class Trainer:
             raise _error(f"batch {self.config.batch} is smaller than the {self.ranks.world} "
                          "processes it is split across", span=self.config.spans.get("batch"),
                          help=f"use at least batch {self.ranks.world}")
+        self.task = tasks.get(self.config.task or "classify")
         self.classes = len(self.data.train.classes)
-        self.objective = Objective(self.config, self.classes, self.dev)
-        self.augment = augmenter([(a.name, a.args) for a in self.config.augment])
+        self.objective = self.task.loss(self.config, self.classes, self.dev)
         self.prepare = eval_transform([(a.name, a.args) for a in self.config.augment])
+        size = tuple(self.data.train[0][0].shape[-2:]) if len(self.data.train) else (1, 1)
+        self.train_batches = Batches(
+            self.data.train, augment=self.task.augmenter(self.config, size),
+            prepare=self.prepare, seed=self.config.seed, workers=self.config.workers)
+        self._eval_batches: dict[int, Batches] = {}
         self._interrupted = False
         self._backbone: list[nn.Parameter] = []  # frozen parameters, until they train
         self._frozen_norms: list[nn.Module] = []  # batch norms kept in eval mode
@@ -281,7 +244,7 @@ class Trainer:
         if config.channels_last and self.dev.type == "cuda":
             model = model.to(memory_format=torch.channels_last)
         self._freeze(model)
-        steps = len(global_batches(list(range(len(self.data.train.labels))), config.batch,
+        steps = len(global_batches(list(range(len(self.data.train))), config.batch,
                                    self.ranks.world))
         optimizer = build_optimizer(config, [p for p in model.parameters() if p.requires_grad])
         schedule = build_schedule(config, optimizer, steps)
@@ -302,11 +265,12 @@ class Trainer:
                                             time.perf_counter() - started)
                 if record.pop("unfrozen"):
                     net = self._wrap(model)  # DDP syncs only what trained when it was built
-                self.log(_epoch_line(record, config.epochs))
+                self.log(_epoch_line(record, config.epochs, self.task))
                 if self._should_stop(progress):
                     self.log(f"early stop: no improvement in "
                              f"{config.early_stop['metric']} for {progress.bad_epochs} epochs")
                     break
+        self.close()
         summary = self._summary(progress)
         summary["rank_divergence"] = self.rank_divergence(model)
         if self.ranks.distributed:
@@ -350,19 +314,21 @@ class Trainer:
         net.train()
         for norm in self._frozen_norms:
             norm.eval()
-        batches = global_batches(epoch_order(len(data.labels), config.seed, progress.epoch),
+        batches = global_batches(epoch_order(len(data), config.seed, progress.epoch),
                                  config.batch, self.ranks.world)
         bar = self._bar(steps, progress)
         autocast = self._autocast()
         if progress.step == 0:
             progress.lr = optimizer.param_groups[0]["lr"]
+        mine = [shard(batch, self.ranks) for batch in batches[progress.step:]]
+        loaded = self.train_batches(mine, progress.epoch)
         for step in range(progress.step, len(batches)):
             if self._interrupted or self.stop_at == (progress.epoch, step):
                 self._save_resumable(net, optimizer, schedule, scaler, progress)
                 raise TrainingStopped(self.out, progress.epoch, step)
-            index = torch.tensor(shard(batches[step], self.ranks))
-            x = self.augment(data.images[index]).to(self.dev, non_blocking=True)
-            y = data.labels[index].to(self.dev, non_blocking=True)
+            x, y = next(loaded)
+            x = x.to(self.dev, non_blocking=True)
+            y = y.to(self.dev, non_blocking=True)
             if config.channels_last and self.dev.type == "cuda":
                 x = x.contiguous(memory_format=torch.channels_last)
             with autocast:
@@ -386,8 +352,10 @@ class Trainer:
             schedule.step()
             progress.loss_sum += float(total.detach())
             progress.loss_den += float(den)
-            progress.correct += int((logits.detach().argmax(1) == y).sum())
-            progress.seen += len(y)
+            correct, counted = self.task.counts(logits, y, config)
+            progress.correct += correct
+            progress.seen += counted
+            progress.samples += len(y)
             progress.step = step + 1
             if bar is not None:
                 bar.update(1)
@@ -403,16 +371,16 @@ class Trainer:
                       seconds: float) -> dict:
         self._sync_buffers(model)
         sums = self._all_sum(torch.tensor([progress.loss_sum, progress.loss_den,
-                                           float(progress.correct), float(progress.seen)],
-                                          dtype=torch.float64))
+                                           float(progress.correct), float(progress.seen),
+                                           float(progress.samples)], dtype=torch.float64))
         val = self.evaluate(model, self.data.val)
         record = {"epoch": progress.epoch + 1, "train_loss": float(sums[0] / sums[1]),
-                  "train_accuracy": float(sums[2] / sums[3]), "train_samples": int(sums[3]),
-                  "val_loss": val["loss"], "val_accuracy": val["accuracy"],
-                  "precision": val["precision"], "recall": val["recall"], "f1": val["f1"],
-                  "lr": progress.lr, "seconds": round(seconds, 3)}
+                  "train_accuracy": float(sums[2] / max(float(sums[3]), 1.0)),
+                  "train_samples": int(sums[4]), "val_loss": val["loss"],
+                  **self.task.record(val), "lr": progress.lr, "seconds": round(seconds, 3)}
         progress.history.append(record)
-        metric = self.config.early_stop["metric"] if self.config.early_stop else "val_loss"
+        metric = self.config.early_stop["metric"] if self.config.early_stop else \
+            self.task.best_metric
         value = record[metric] if metric == "val_loss" else -record[metric]
         min_delta = self.config.early_stop["min_delta"] if self.config.early_stop else 0.0
         improved = progress.best is None or value < progress.best - min_delta
@@ -423,7 +391,7 @@ class Trainer:
         progress.epoch += 1
         progress.step = 0
         progress.loss_sum = progress.loss_den = 0.0
-        progress.correct = progress.seen = 0
+        progress.correct = progress.seen = progress.samples = 0
         unfrozen = progress.epoch < self.config.epochs and self._unfreeze_if_due(progress,
                                                                                  optimizer)
         if self.out is not None and self.ranks.main:
@@ -431,7 +399,7 @@ class Trainer:
                 save_weights(model, self.out / "best.safetensors")
             save_weights(model, self.out / "last.safetensors")
             write_text(self.out / "metrics.json", json.dumps(progress.history, indent=2) + "\n")
-            self._plots(progress, val)
+            self._plots(model, progress, val)
         self._save_resumable(model, optimizer, schedule, scaler, progress)
         return {**record, "unfrozen": unfrozen}
 
@@ -462,17 +430,65 @@ class Trainer:
     # -- evaluation ----------------------------------------------------------------------
 
     @torch.no_grad()
-    def evaluate(self, model: nn.Module, data: Dataset) -> dict:
-        """Loss and metrics over a whole dataset (every rank computes the same numbers)."""
+    def evaluate(self, model: nn.Module, data) -> dict:
+        """Loss and the task's metrics over a whole dataset, batch by batch (every rank
+        computes the same numbers)."""
         model = _plain(model)
         was_training = model.training
         model.eval()
-        logits = predict(model, data.images, self.prepare, self.config.batch, self.dev,
-                         self._autocast())
-        total, den = self.objective(logits, data.labels)
-        report = classification_report(logits, data.labels, data.classes)
+        evaluator = self.task.evaluator(data.classes, self.config)
+        total, den = 0.0, 0.0
+        for x, y in self._eval_loader(data)(_in_order(len(data), self.config.batch)):
+            with self._autocast():
+                logits = model(x.to(self.dev)).float()
+            y = y.to(self.dev)
+            part, part_den = self.objective(logits, y)
+            total, den = total + float(part), den + float(part_den)
+            evaluator.update(logits, y)
+        report = evaluator.compute()
         model.train(was_training)
-        return {**report, "loss": float(total / den), "logits": logits}
+        return {**report, "loss": total / den if den else float("nan")}
+
+    @torch.no_grad()
+    def samples(self, model: nn.Module, data, count: int):
+        """The first `count` samples of `data`: images (before normalisation), true and
+        predicted targets."""
+        model = _plain(model)
+        was_training = model.training
+        model.eval()
+        rows = list(range(min(count, len(data))))
+        images = torch.stack([data[i][0] for i in rows])
+        truth = torch.stack([torch.as_tensor(data[i][1]) for i in rows])
+        with self._autocast():
+            predicted = model(self.prepare(images).to(self.dev)).float().argmax(1).cpu()
+        model.train(was_training)
+        return images, truth, predicted
+
+    @torch.no_grad()
+    def write_predictions(self, model: nn.Module, data, folder: Path) -> None:
+        """The task's per-sample outputs for every sample of `data`, batch by batch."""
+        model = _plain(model)
+        model.eval()
+        names = getattr(data, "names", None) or [f"{i:05d}" for i in range(len(data))]
+        folder.mkdir(parents=True, exist_ok=True)
+        for batch in _in_order(len(data), self.config.batch):
+            images = torch.stack([data[i][0] for i in batch])
+            with self._autocast():
+                logits = model(self.prepare(images).to(self.dev)).float().cpu()
+            self.task.write_predictions(folder, [names[i] for i in batch], images, logits)
+
+    def _eval_loader(self, data) -> Batches:
+        key = id(data)
+        if key not in self._eval_batches:
+            self._eval_batches[key] = Batches(data, augment=None, prepare=self.prepare,
+                                              seed=self.config.seed,
+                                              workers=self.config.workers)
+        return self._eval_batches[key]
+
+    def close(self) -> None:
+        """The DataLoader workers end."""
+        for batches in (self.train_batches, *self._eval_batches.values()):
+            batches.close()
 
     # -- helpers -------------------------------------------------------------------------
 
@@ -497,11 +513,9 @@ class Trainer:
         return tqdm(total=steps, initial=progress.step, leave=False, file=sys.stderr,
                     desc=f"epoch {progress.epoch + 1}/{self.config.epochs}")
 
-    def _plots(self, progress: Progress, val: dict) -> None:
-        from .plots import plot_confusion, plot_history
-        plot_history(progress.history, self.out / "curves.png")
-        plot_confusion(val["confusion_matrix"], self.data.val.classes,
-                       self.out / "confusion.png")
+    def _plots(self, model, progress: Progress, val: dict) -> None:
+        self.task.plots(self.out, progress.history, val,
+                        lambda n: self.samples(model, self.data.val, n))
 
     def _save_resumable(self, net, optimizer, schedule, scaler, progress: Progress) -> None:
         if self.out is None or not self.ranks.main:
@@ -554,19 +568,23 @@ class Trainer:
     def _summary(self, progress: Progress) -> dict:
         last = progress.history[-1] if progress.history else {}
         return {"epochs": len(progress.history), "best_epoch": progress.best_epoch,
-                "history": progress.history, **{k: last.get(k) for k in (
-                    "val_accuracy", "val_loss", "precision", "recall", "f1")},
+                "history": progress.history, **{k: v for k, v in last.items() if k not in (
+                    "epoch", "lr", "seconds")},
                 "out": str(self.out) if self.out else None, "world": self.ranks.world}
 
 
-def predict(model: nn.Module, images: torch.Tensor, prepare, batch: int,
-            device: torch.device, autocast=None) -> torch.Tensor:
-    outs = []
-    for start in range(0, len(images), batch):
-        x = prepare(images[start:start + batch]).to(device)
-        with autocast or nullcontext():
-            outs.append(model(x).float().cpu())
-    return torch.cat(outs)
+class OnnxModule(nn.Module):
+    """An ONNX model run by onnxruntime (CPU), called as a module: `eval --onnx`."""
+
+    def __init__(self, model: str | bytes):
+        super().__init__()
+        from ..runtime import create_session
+        self.session = create_session(model, "cpu").session
+        self.input = self.session.get_inputs()[0].name
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.detach().cpu().float().numpy()
+        return torch.from_numpy(self.session.run(None, {self.input: x})[0])
 
 
 def resolve_device(device: str) -> torch.device:
@@ -585,8 +603,11 @@ def _in_main_thread() -> bool:
     return threading.current_thread() is threading.main_thread()
 
 
-def _epoch_line(record: dict, epochs: int) -> str:
+def _in_order(count: int, batch: int) -> list[list[int]]:
+    return [list(range(i, min(i + batch, count))) for i in range(0, count, batch)]
+
+
+def _epoch_line(record: dict, epochs: int, task) -> str:
     return (f"epoch {record['epoch']}/{epochs}: train loss {record['train_loss']:.4f} "
             f"acc {record['train_accuracy']:.4f} | val loss {record['val_loss']:.4f} "
-            f"acc {record['val_accuracy']:.4f} f1 {record['f1']:.4f} | "
-            f"lr {record['lr']:.3g} | {record['seconds']:.1f} s")
+            f"{task.epoch_line(record)} | lr {record['lr']:.3g} | {record['seconds']:.1f} s")

@@ -10,28 +10,30 @@ from pathlib import Path
 from typing import Any
 
 from ..diagnostics import CnnError, Diagnostic, printable_text
-from .spec import TrainConfig, check_classes, check_layers, check_train, selected_layers
+from . import tasks
+from .spec import TrainConfig, check_train, selected_layers
 
 
 def train_config(model, overrides: dict[str, Any] | None = None) -> TrainConfig:
-    """The model's `train` definition (or the defaults) with overrides, checked."""
+    """The model's `train` definition (or the defaults) with overrides, checked with the
+    network (its task resolved): what `Model.train_config` keeps."""
     try:
         config = check_train(model.train_def, model.name, model.ir.params, overrides)
-        check_layers(config, model.ir)
-        return config
+        return tasks.resolve(config, model.ir)
     except CnnError as exc:
         exc.sources = model.program.sources
         raise
 
 
 def load_dataset(model, config: TrainConfig, data: str | Path | None):
-    from .data import DataError, load_data
+    from .data import DataError
     source = data if data is not None else config.data
     if source is None:
         raise CnnError([Diagnostic(code="E-train", message="no data to train on",
                                    help="pass --data digits (or an image folder), or write "
                                    "`data: digits` in the `train` definition")])
-    if data is None and source != "digits" and model.train_def is not None:
+    task = tasks.get(config.task)
+    if data is None and source not in task.data_words and model.train_def is not None:
         base = Path(model.train_def.span.file).parent  # a folder named in the spec
         source = str(base / source)
     shape = model.inputs[0].shape
@@ -39,8 +41,7 @@ def load_dataset(model, config: TrainConfig, data: str | Path | None):
         raise CnnError([Diagnostic(code="E-train", message="training needs one image input "
                                    "(C x H x W)", span=model.inputs[0].span)])
     try:
-        return load_data(source, shape, val_fraction=config.val_split, seed=config.seed,
-                         classes=config.data_classes)
+        return task.load_data(str(source), shape, config)
     except DataError as exc:
         raise CnnError([Diagnostic(code="E-data", message=str(exc.message),
                                    help=exc.help or None)]) from None
@@ -69,27 +70,29 @@ def fit_model(model, data=None, *, out: str | Path | None = None, device: str = 
     log = log or (lambda line: print(printable_text(line), file=sys.stderr))
     if not is_main_rank():
         log = _quiet
-    config = train_config(model, overrides)
+    config = model.train_config(overrides)
+    task = tasks.get(config.task)
     dataset = load_dataset(model, config, data)
     if dataset.skipped:
         log(f"warning: skipped {len(dataset.skipped)} unreadable file(s), e.g. "
             f"{dataset.skipped[0][0]}: {dataset.skipped[0][1]}")
     try:
-        check_classes(config, model.ir, len(dataset.train.classes))
+        task.check_classes(config, model.ir, len(dataset.train.classes))
     except CnnError as exc:
         exc.sources = model.program.sources
         raise
     torch.manual_seed(config.seed)
     module = build_module(model, config, weights, weights_from, log)
     fingerprint = {"network": model.name, "params": model.params, "data": dataset.source,
-                   "classes": dataset.train.classes, "train": len(dataset.train.labels),
-                   "config": config.model_dump(mode="json", exclude={"spans", "epochs"})}
+                   "classes": dataset.train.classes, "train": len(dataset.train),
+                   "config": config.model_dump(mode="json", exclude={
+                       "spans", "epochs", "workers", "cache"})}
     frozen = selected_layers(config.freeze, model.ir) if config.freeze else set()
     trainer = Trainer(config, dataset, module, out=Path(out) if out else None, device=device,
                       progress_bar=progress, log=log, fingerprint=fingerprint, stop_at=stop_at,
                       frozen=frozen)
-    log(f"training {model.name} on {dataset.source}: {len(dataset.train.labels)} train / "
-        f"{len(dataset.val.labels)} val images, {len(dataset.train.classes)} classes, "
+    log(f"training {model.name} on {dataset.source}: {len(dataset.train)} train / "
+        f"{len(dataset.val)} val images, {len(dataset.train.classes)} classes, "
         f"{trainer.dev.type}; {config.describe()}")
     summary = trainer.fit(Path(resume) if resume else None)
     summary["module"] = module
@@ -109,21 +112,36 @@ def _quiet(line: str) -> None:
 
 def evaluate_model(model, data=None, *, weights=None, device: str = "auto",
                    batch: int | None = None, overrides: dict | None = None,
-                   weights_from: str | None = None) -> dict:
+                   weights_from: str | None = None, onnx: str | bytes | None = None,
+                   predictions: Path | None = None) -> dict:
+    """The task's metrics on the validation split, of the spec's module (with `weights`)
+    or of an ONNX file run by onnxruntime (`onnx`: its path or bytes); `predictions`: a
+    folder for the task's per-sample outputs (segmentation: colour masks, overlays)."""
     from .loop import Trainer
-    config = train_config(model, overrides)
+    config = model.train_config(overrides)
     if batch is not None:
         config = config.model_copy(update={"batch": batch})
+    task = tasks.get(config.task)
     dataset = load_dataset(model, config, data)
     try:
-        check_classes(config, model.ir, len(dataset.val.classes))
+        task.check_classes(config, model.ir, len(dataset.val.classes))
     except CnnError as exc:
         exc.sources = model.program.sources
         raise
-    module = build_module(model, config, weights, weights_from, lambda line: None)
+    if onnx is not None:
+        from .loop import OnnxModule
+        module, device = OnnxModule(onnx), "cpu"
+    else:
+        module = build_module(model, config, weights, weights_from, lambda line: None)
+    if predictions is not None and not hasattr(task, "write_predictions"):
+        raise CnnError([Diagnostic(code="E-train", message=f"--predictions: {config.task} "
+                                   "has no per-sample outputs to write")])
     trainer = Trainer(config, dataset, module, device=device)
     report = trainer.evaluate(module.to(trainer.dev), dataset.val)
-    report.pop("logits")
+    if predictions is not None:
+        trainer.write_predictions(module, dataset.val, predictions)
+    trainer.close()
+    report["task"] = config.task
     report["split"] = "val"
     report["source"] = dataset.source
     return report

@@ -130,6 +130,10 @@ LOSSES: dict[str, tuple[Arg, ...]] = {
     "nll": (Arg("weights", _weights, None, positional=False),),
     "bce_with_logits": (Arg("pos_weight", _positive_number, None, positional=False),),
     "mse": (),
+    # segmentation: per-pixel losses over the classes' channels
+    "dice": (Arg("smooth", _nonnegative_number, 1.0, positional=False),),
+    "focal": (Arg("gamma", _nonnegative_number, 2.0, positional=False),
+              Arg("weights", _weights, None, positional=False)),
 }
 OPTIMIZERS: dict[str, tuple[Arg, ...]] = {
     "sgd": (Arg("lr", _positive_number, 0.01), Arg("momentum", _fraction, 0.0, False),
@@ -155,7 +159,7 @@ SCHEDULES: dict[str, tuple[Arg, ...]] = {
                   Arg("pct_start", _open_fraction, 0.3, False)),
 }
 EARLY_STOP = (Arg("patience", _positive_int, REQUIRED),
-              Arg("metric", _word("val_loss", "val_accuracy"), "val_loss", False),
+              Arg("metric", _word("val_loss", "val_accuracy", "val_miou"), None, False),
               Arg("min_delta", _nonnegative_number, 0.0, False))
 AUGMENT: dict[str, tuple[Arg, ...]] = {
     name: tuple(Arg(a, _mean_std if a == "mean" else _std if a == "std" else
@@ -176,6 +180,10 @@ SCALARS: dict[str, tuple[Any, Any]] = {
     "data_classes": (_class_names, None),
     "unfreeze_after": (_nonnegative_int, None),
     "backbone_lr_scale": (_positive_number, 1.0),
+    "task": (_word("classify", "segment"), None),  # None: inferred from the network
+    "ignore_index": (_nonnegative_int, 255),  # mask pixels no loss or metric counts
+    "workers": (_nonnegative_int, None),  # DataLoader processes; None: by the machine
+    "cache": (_word("auto", "memory", "none"), "auto"),  # decoded images held in memory
 }
 # settings that name layers of the network: `freeze: (layer1, layer2)`,
 # `freeze: all_except(fc)`, `reinit: fc`; checked against the network by check_layers
@@ -209,6 +217,15 @@ class Layers(BaseModel):
         return f"all_except({names})" if self.all_except else names
 
 
+class Term(BaseModel):
+    """One term of a weighted sum of losses: `0.5 * dice`."""
+
+    model_config = ConfigDict(frozen=True)
+
+    weight: float
+    loss: Choice
+
+
 class TrainConfig(BaseModel):
     """Everything `cnndsl train` needs besides the network and the data."""
 
@@ -235,14 +252,27 @@ class TrainConfig(BaseModel):
     unfreeze_after: int | None = None  # epochs after which the frozen layers train
     backbone_lr_scale: float = 1.0  # the frozen layers' learning rate, once they train
     reinit: Layers | None = None  # layers initialised afresh when --weights are loaded
+    task: str | None = None  # classify | segment; set from the network by tasks.resolve
+    ignore_index: int = 255
+    workers: int | None = None
+    cache: str = "auto"
+    # `loss: cross_entropy + 0.5 * dice`: every term; `loss` is then the first one's
+    loss_terms: tuple[Term, ...] = ()
     spans: dict[str, Span] = {}  # setting -> where it was written, for later errors
+
+    @property
+    def losses(self) -> tuple[Term, ...]:
+        """The loss as weighted terms (one term of weight 1 for a plain `loss: ...`)."""
+        return self.loss_terms or (Term(weight=1.0, loss=self.loss),)
 
     def describe(self) -> str:
         def call(c: Choice) -> str:
             args = ", ".join(f"{k}={describe(v)}" for k, v in c.args.items() if v is not None)
             return f"{c.name}({args})"
+        loss = " + ".join(call(t.loss) if t.weight == 1 else f"{t.weight:g} * {call(t.loss)}"
+                          for t in self.loss_terms) or call(self.loss)
         parts = [f"epochs {self.epochs}", f"batch {self.batch}", call(self.optimizer),
-                 call(self.loss), f"schedule {call(self.schedule)}", f"seed {self.seed}"]
+                 loss, f"schedule {call(self.schedule)}", f"seed {self.seed}"]
         if self.augment:
             parts.append("augment " + " -> ".join(call(a) for a in self.augment))
         if self.freeze is not None:
@@ -280,7 +310,10 @@ def check_train(defn: ast.TrainDef | None, network: str, params: dict[str, Any],
                 continue
             seen[setting.name] = setting.name_span
             try:
-                values[setting.name] = _bind_setting(setting, params)
+                value = _bind_setting(setting, params)
+                if setting.name == "loss" and isinstance(value, tuple):
+                    values["loss_terms"], value = value, value[0].loss
+                values[setting.name] = value
                 spans[setting.name] = setting.span
             except CnnError as exc:
                 errors.items.extend(exc.diagnostics)
@@ -318,6 +351,8 @@ def _bind_setting(setting: ast.Setting, params: dict[str, Any]) -> Any:
         return tuple(_bind_call(v, AUGMENT, "augmentation", params) for v in setting.values)
     if name in LAYER_SETTINGS:
         return _bind_layers(setting.values[0], name)
+    if name == "loss" and isinstance(setting.values[0], ast.BinOp):
+        return _bind_loss_sum(setting.values[0], params)
     if name in CALLS:
         return _bind_call(setting.values[0], CALLS[name], name, params)
     if name == "early_stop":
@@ -328,6 +363,23 @@ def _bind_setting(setting: ast.Setting, params: dict[str, Any]) -> Any:
     coerce = SCALARS[name][0]
     expr = setting.values[0]
     return _coerce(coerce, evaluate(expr, params), expr.span, f"`{name}`")
+
+
+def _bind_loss_sum(expr: ast.Expr, params: dict[str, Any]) -> tuple[Term, ...]:
+    """`cross_entropy + 0.5 * dice`: terms joined by `+`, each a loss or `weight * loss`."""
+    if isinstance(expr, ast.BinOp) and expr.op == "+":
+        return _bind_loss_sum(expr.left, params) + _bind_loss_sum(expr.right, params)
+    weight, call = 1.0, expr
+    if isinstance(expr, ast.BinOp) and expr.op == "*":
+        number_side, call = ((expr.left, expr.right) if not isinstance(
+            expr.left, ast.Name | ast.Func) else (expr.right, expr.left))
+        weight = _coerce(_positive_number, evaluate(number_side, params), number_side.span,
+                         "a loss's weight")
+    elif isinstance(expr, ast.BinOp):
+        raise CnnError([Diagnostic(
+            code="E-train", message=f"a loss is a sum of weighted losses, not `{expr.op}`",
+            span=expr.span, help="e.g. `loss: cross_entropy + 0.5 * dice`")])
+    return (Term(weight=weight, loss=_bind_call(call, LOSSES, "loss", params)),)
 
 
 def _bind_layers(expr: ast.Expr, setting: str) -> Layers:
@@ -405,6 +457,10 @@ def _coerce(coerce, value, span: Span, what: str):
 def _override(values: dict[str, Any], key: str, value: Any) -> None:
     """`epochs=3`, `optimizer.lr=0.1`, `optimizer=sgd` from the command line."""
     setting, _, arg = key.partition(".")
+    if setting == "loss" and values.get("loss_terms"):
+        if arg:
+            raise LayerError("the loss is a sum of losses: write its arguments in the spec")
+        values.pop("loss_terms")
     if setting in LAYER_SETTINGS and not arg:
         values[setting] = value if isinstance(value, Layers) else Layers(
             names=tuple(str(v) for v in (value if isinstance(value, tuple) else (value,))))
@@ -472,6 +528,11 @@ def check_classes(config: TrainConfig, ir, classes: int) -> None:
     """The network gives one score per class of the data; else an error at the layer that
     fixes the count, with the parameter it came from."""
     check_loss_fits(config, ir)
+    check_count(ir, classes)
+
+
+def check_count(ir, classes: int) -> None:
+    """The network's output channels (its scores, or its score maps) number the classes."""
     name = ir.outputs[0]
     outputs = ir.shape_of(name)[0]
     if outputs == classes:

@@ -1,0 +1,151 @@
+"""Training tasks: what one kind of training (one label per image, one per pixel, ...)
+brings to the one loop in `training/loop.py`.
+
+A task is one module here with one object, `TASK`, that has the hooks of `Task` below:
+the checks against the network (before anything runs), its data, its losses, what a batch
+counts as correct, its augmentation, its metrics, the per-epoch record, plots, the `eval`
+report and `predict`-style outputs. The loop calls these hooks and knows no task by name;
+a new task (detection) is a new module listed in `TASKS`.
+
+This package imports no torch at import time: the checks run when a spec is loaded.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Protocol
+
+from ...diagnostics import CnnError, Diagnostic, Label
+from ..spec import TrainConfig, check_layers
+
+
+class Evaluator(Protocol):
+    """Metrics accumulated over batches (torchmetrics' state), then computed once."""
+
+    def update(self, logits, targets) -> None: ...
+    def compute(self) -> dict: ...
+
+
+class Task(Protocol):
+    name: str  # as written in `task: ...`
+    data_words: tuple[str, ...]  # bundled data sets of this task (`digits`)
+    best_metric: str  # the per-epoch record's key that picks `best` (lower is better)
+    early_stop_metrics: tuple[str, ...]
+    outputs: tuple[str, ...]  # the files the loop's `--out` folder receives from plots
+
+    def check(self, config: TrainConfig, ir) -> None:
+        """The network's output against the task and its loss, statically."""
+
+    def check_classes(self, config: TrainConfig, ir, classes: int) -> None:
+        """The network's output against the data's class count."""
+
+    def load_data(self, source: str, shape: tuple[int, int, int], config: TrainConfig):
+        """`Data` (training/data.py) with `train` and `val` sample sets."""
+
+    def loss(self, config: TrainConfig, classes: int, device) -> Callable:
+        """(logits, targets) -> (sum over this rank's samples, its denominator)."""
+
+    def counts(self, logits, targets, config: TrainConfig) -> tuple[int, int]:
+        """(correct, counted) in a training batch, for the running accuracy."""
+
+    def augmenter(self, config: TrainConfig, size: tuple[int, int]) -> Callable | None:
+        """(image, target) -> (image, target): one random draw for one sample, or None."""
+
+    def evaluator(self, classes: list[str], config: TrainConfig) -> Evaluator: ...
+
+    def record(self, report: dict) -> dict:
+        """The validation report's figures for the epoch's record in metrics.json."""
+
+    def epoch_line(self, record: dict) -> str: ...
+
+    def plots(self, out: Path, history: list[dict], report: dict,
+              samples: Callable[[int], tuple]) -> None: ...
+
+    def format_report(self, report: dict) -> str: ...
+
+    def best_line(self, record: dict) -> str: ...
+
+
+def _tasks() -> dict[str, Task]:
+    from . import classify, segment
+    return {"classify": classify.TASK, "segment": segment.TASK}
+
+
+def get(name: str) -> Task:
+    return _tasks()[name]
+
+
+def resolve(config: TrainConfig, ir) -> TrainConfig:
+    """The task (written, else inferred from the network's output) checked against the
+    network with its loss and layer settings; the config comes back with its task set."""
+    name = config.task or _infer(config, ir)
+    task = get(name)
+    stop = config.early_stop
+    if stop is not None:
+        metric = stop.get("metric") or task.best_metric
+        if metric not in task.early_stop_metrics:
+            raise CnnError([Diagnostic(
+                code="E-train", message=f"`early_stop`: `{metric}` is not a {name} metric",
+                span=config.spans.get("early_stop"),
+                help="use " + " or ".join(task.early_stop_metrics))])
+        stop = {**stop, "metric": metric}
+    config = config.model_copy(update={"task": name, "early_stop": stop})
+    task.check(config, ir)
+    check_layers(config, ir)
+    return config
+
+
+def _infer(config: TrainConfig, ir) -> str:
+    """One score per class: classify; a score map (classes x H x W): segment."""
+    for name, task in _tasks().items():
+        if config.data in task.data_words:
+            return name
+    shape = ir.shape_of(ir.outputs[0])
+    if len(shape) == 3:
+        return "segment"
+    if len(shape) == 1:
+        return "classify"
+    node = output_node(ir)
+    raise CnnError([Diagnostic(
+        code="E-train", message=f"the network gives {' x '.join(map(str, shape))}: neither "
+        "one score per class nor a score map", span=node.span if node else None,
+        help="say what it learns: `task: classify` (end with `flatten -> linear(classes)`) "
+        "or `task: segment` (end with `conv(classes, 1)` at the image's size)")])
+
+
+def output_node(ir):
+    try:
+        return ir.node(ir.outputs[0])
+    except KeyError:  # the output is a network input
+        return None
+
+
+def where(config: TrainConfig, ir, setting: str = "loss") -> dict[str, Any]:
+    """An error's place: the setting where it was written, the output as a related label."""
+    node = output_node(ir)
+    span = node.span if node is not None else None
+    written = config.spans.get(setting)
+    return {"span": written or span,
+            "related": (Label(span=span, text="the output"),) if span and written else ()}
+
+
+class WeightedSum:
+    """`loss: cross_entropy + 0.5 * dice`: each term as a mean over its own denominator,
+    weighted, returned against the first term's denominator (so a single term is exactly
+    that loss)."""
+
+    def __init__(self, terms: list[tuple[float, Callable]]):
+        self.terms = terms
+
+    def __call__(self, logits, targets):
+        if len(self.terms) == 1 and self.terms[0][0] == 1.0:
+            return self.terms[0][1](logits, targets)
+        total, den = None, None
+        for weight, loss in self.terms:
+            part, part_den = loss(logits, targets)
+            if den is None:
+                den = part_den
+            value = weight * part / part_den.clamp_min(1e-12)
+            total = value if total is None else total + value
+        return total * den, den
