@@ -137,6 +137,9 @@ def test_without_dot_the_bundled_engine_draws(tmp_path):
     result = run_cli("render", "specs/lenet5.cnn", "-o", str(out), env=env)
     assert result.returncode == 0 and result.stderr == f"wrote {out} (drawn by {BUNDLED})\n"
     assert out.read_bytes().startswith(b"<?xml") and b"conv 5x5, 6" in out.read_bytes()
+    as_json = run_cli("render", "specs/lenet5.cnn", "-o", str(out), "--json", env=env)
+    assert json.loads(as_json.stdout) == {"ok": True, "output": str(out), "format": "svg",
+                                          "engine": "bundled"}
     asked = run_cli("render", "specs/lenet5.cnn", "-o", str(tmp_path / "l.png"),
                     "--engine", "system", env=env)
     assert asked.returncode == 1 and "Traceback" not in asked.stderr
