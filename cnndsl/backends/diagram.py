@@ -263,8 +263,8 @@ class DotMissingError(Exception):
 ENGINES = ("bundled", "system")
 # Which engine `auto` takes when both are installed: the faster one, measured by
 # benchmarks/diagram_engines.py (README, Performance): a system `dot` starts in about 10 ms,
-# the bundled engine's child in about 60 (an interpreter, and the ~40 libraries of
-# pygraphviz's wheel to load), which outweighs its faster layout but for large PNGs.
+# the bundled engine's child in 50-90 (an interpreter, then the ~40 libraries of
+# pygraphviz's wheel), and its newer Graphviz lays cnndsl's graphs out no faster.
 AUTO_ORDER = ("system", "bundled")
 LAYOUT_TIMEOUT_S = 120  # a layout that runs longer is stopped
 CHILD = Path(__file__).with_name("graphviz_child.py")

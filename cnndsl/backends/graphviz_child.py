@@ -4,7 +4,7 @@
 diagram.render runs this file in a child process (`python -I -S graphviz_child.py FORMAT DIR`)
 rather than calling libgvc in its own: a layout that runs too long can then be stopped,
 and a crash inside the C library ends the child, not the caller. It imports nothing of
-cnndsl, nor the site module (-S), and so starts in about 60 ms, most of it loading the
+cnndsl, nor the site module (-S), and so starts in 50-90 ms, most of it loading the
 libraries of pygraphviz's wheel; DIR is where the caller found pygraphviz, since -I -S
 leave PYTHONPATH and site-packages out (and the current folder, which could shadow a module).
 """
