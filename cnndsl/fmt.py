@@ -36,6 +36,7 @@ from lark.exceptions import UnexpectedInput
 
 from . import syntax
 from .diagnostics import CnnError
+from .source import LINE_BREAK, split_lines
 
 WIDTH = 100
 INDENT = 4
@@ -423,7 +424,7 @@ def format_text(text: str, width: int = WIDTH, name: str = "<string>") -> str:
     text = syntax.normalise(text)
     raw, comments = _lex(text, name)
     items = _items(text, raw, comments)
-    source_lines = text.split("\n")
+    source_lines = split_lines(text)
     out: list[tuple[str, str | None, bool]] = []  # code, trailing comment, aligns
     depth = 0
     previous: _Line | _CommentLine | None = None
@@ -598,6 +599,13 @@ def expand_paths(paths: list[str]) -> list[str]:
     return files
 
 
+def _lines_kept(text: str) -> list[str]:
+    """The lines of a text with their line breaks, as the lexer counts them."""
+    lines = [line + LINE_BREAK for line in split_lines(text)]
+    lines[-1] = lines[-1][:-1]
+    return lines if lines[-1] else lines[:-1]
+
+
 def _diff(before: str, after: str, name: str) -> str:
-    return "".join(difflib.unified_diff(before.splitlines(True), after.splitlines(True),
+    return "".join(difflib.unified_diff(_lines_kept(before), _lines_kept(after),
                                         f"{name} (as it is)", f"{name} (formatted)"))

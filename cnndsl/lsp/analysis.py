@@ -18,7 +18,7 @@ from ..api import loads
 from ..diagnostics import CnnError, Diagnostic
 from ..ir import Network, Node, Scope
 from ..program import Program
-from ..source import SourceMap, Span
+from ..source import SourceMap, Span, split_lines
 from ..syntax import normalise, parse
 
 log = logging.getLogger("cnndsl.lsp")
@@ -236,7 +236,7 @@ def carried_shapes(previous: Analysis, current: Analysis, network: str
     """Line shapes of a network that no longer checks, from the last analysis in which it
     did, that still hold: those of the lines above the first edit, when every edit since
     lies inside that network's body (then nothing above the edit has changed)."""
-    old, new = previous.text.split("\n"), current.text.split("\n")
+    old, new = split_lines(previous.text), split_lines(current.text)
     same = 0  # lines 1..same are equal
     while same < min(len(old), len(new)) and old[same] == new[same]:
         same += 1

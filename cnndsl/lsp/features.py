@@ -14,7 +14,7 @@ from .. import ast
 from ..diagnostics import Diagnostic
 from ..layers import PAD_MODES, REGISTRY, REQUIRED, LayerKind, boolean, fmt, padding, short
 from ..names import name_problem
-from ..source import Span
+from ..source import Span, split_lines
 from ..syntax import grammar_text
 from ..values import describe, render_expr
 from .analysis import (
@@ -38,7 +38,7 @@ class Positions:
 
     def __init__(self, analysis: Analysis, uri: str, codec):
         self.analysis, self.uri, self.codec = analysis, uri, codec
-        self.lines = analysis.text.split("\n")
+        self.lines = split_lines(analysis.text)
 
     def _lines_of(self, file: str) -> list[str]:
         if file == self.analysis.name:
@@ -191,7 +191,7 @@ def _size(span: Span) -> tuple[int, int]:
 
 
 def _lines(analysis: Analysis) -> list[str]:
-    return analysis.text.split("\n")
+    return split_lines(analysis.text)
 
 
 # ---- hover ----------------------------------------------------------------------------------
@@ -401,7 +401,7 @@ class CallContext:
 def call_context(text: str, offset: int) -> CallContext | None:
     """The call the cursor is in, read from the text before it (which may not parse)."""
     before = text[max(0, offset - 4000):offset]
-    lines = before.split("\n")
+    lines = split_lines(before)
     cleaned = "\n".join([code_line(t) for t in lines[:-1]] + [lines[-1]])
     depth = 0
     for i in range(len(cleaned) - 1, -1, -1):

@@ -27,6 +27,7 @@ from pygls.lsp.server import LanguageServer
 
 from .. import __version__
 from ..diagnostics import CnnError
+from ..source import split_lines
 from . import features
 from .analysis import Analysis, analyse, carried_shapes, line_shapes
 
@@ -267,7 +268,7 @@ async def formatting(ls: CnnLanguageServer, params: lsp.DocumentFormattingParams
         return None  # the problems are on screen already; nothing is changed
     if formatted == text:
         return []
-    lines = text.split("\n")
+    lines = split_lines(text)
     end = lsp.Position(line=len(lines), character=0)
     return [lsp.TextEdit(range=lsp.Range(start=lsp.Position(line=0, character=0), end=end),
                          new_text=formatted)]
