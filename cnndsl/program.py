@@ -8,7 +8,7 @@ from pathlib import Path
 
 from . import ast
 from .diagnostics import CnnError, Diagnostic, Label
-from .source import SourceMap, Span, end_of
+from .source import SourceMap, Span, line_column
 from .syntax import normalise, parse
 
 MAX_SOURCE_BYTES = 4 * 1024 * 1024
@@ -202,7 +202,7 @@ def read_spec(path: Path) -> str:
         return data.decode("utf-8")
     except UnicodeDecodeError as exc:
         before = normalise(data[:exc.start].decode("utf-8", errors="replace"))
-        line, column = end_of(before)
+        line, column = line_column(before, len(before))
         span = Span(file=display_path(path), line=line, column=column, end_line=line,
                     end_column=column + 1)
         raise CnnError([Diagnostic(code="E-syntax", message=f"not UTF-8 text: byte "

@@ -30,8 +30,9 @@ def line_column(text: str, offset: int) -> tuple[int, int]:
 
 
 def end_of(text: str) -> tuple[int, int]:
-    """1-based (line, column) just after the last character of a normalised text."""
-    return line_column(text, len(text))
+    """1-based (line, column) where a normalised text ends: after its last character, the
+    line break that ends its last line aside."""
+    return line_column(text, len(text) - text.endswith(LINE_BREAK))
 
 
 @dataclass(frozen=True, slots=True)
