@@ -22,7 +22,6 @@ input, so formatting can never change what a file means.
 from __future__ import annotations
 
 import bisect
-import contextlib
 import difflib
 import re
 import sys
@@ -531,61 +530,80 @@ def _verify(before: tuple, after: str) -> None:
 
 
 def run_fmt(files: list[str], check: bool = False, diff: bool = False) -> int:
-    """`cnndsl fmt`: 0 when every file is (or now is) formatted; 1 when a file does not parse,
-    or with --check/--diff when one would change."""
-    from .atomic import write_text
-    from .diagnostics import render_all, use_color
-    from .program import read_spec
-    from .source import SourceMap
-
+    """`cnndsl fmt`: 0 when every file is (or now is) formatted; 1 when a file does not parse
+    or may not be written (the others are still formatted), or with --check/--diff when one
+    would change."""
+    if files.count("-") > 1:
+        sys.stderr.write("error: standard input (`-`) can be given once\n")
+        return 1
     status, changed, unchanged, failed = 0, 0, 0, 0
     for name in files:
-        try:
-            text = sys.stdin.read() if name == "-" else read_spec(Path(name))
-            formatted = format_text(text, name="<stdin>" if name == "-" else name)
-        except CnnError as exc:
-            sources = SourceMap()
-            if name != "-":
-                with contextlib.suppress(OSError, CnnError):
-                    sources.add(name, syntax.normalise(read_spec(Path(name))))
-            sys.stderr.write(render_all(exc.diagnostics, sources, use_color()))
-            sys.stderr.write(f"error: {name} was not formatted\n")
+        outcome = _fmt_one(name, check, diff)
+        if outcome == "failed":
             status, failed = 1, failed + 1
-            continue
-        except OSError as exc:
-            sys.stderr.write(f"error[E-io]: cannot read {name}: {exc.strerror or exc}\n")
-            status, failed = 1, failed + 1
-            continue
-        except FormatError as exc:
-            sys.stderr.write(f"internal error: {name}: {exc} (a bug in cnndsl fmt; the file "
-                             "is left as it is)\n")
-            status, failed = 1, failed + 1
-            continue
-        if name == "-":
-            if diff:
-                sys.stdout.write(_diff(text, formatted, name))
-            elif not check:
-                sys.stdout.write(formatted)
-            status = max(status, int((check or diff) and formatted != text))
-            continue
-        if formatted == text:
+        elif outcome == "unchanged":
             unchanged += 1
-            continue
-        changed += 1
-        if diff:
-            sys.stdout.write(_diff(text, formatted, name))
-        if check or diff:
-            sys.stderr.write(f"would reformat {name}\n")
-            status = max(status, 1)
-        else:
-            write_text(name, formatted)
-            sys.stderr.write(f"reformatted {name}\n")
+        elif outcome in ("changed", "would change"):
+            changed += 1
+            status = max(status, int(outcome == "would change"))
+        elif outcome == "stdin changed":
+            status = max(status, int(check or diff))
     if files != ["-"]:
         verb = "would be reformatted" if check or diff else "reformatted"
         sys.stderr.write(f"{changed} file{'s' if changed != 1 else ''} {verb}, {unchanged} "
                          "already formatted" + (f", {failed} not formatted (errors above)"
                                                 if failed else "") + "\n")
     return status
+
+
+def _fmt_one(name: str, check: bool, diff: bool) -> str:
+    """Format one file (or standard input); what became of it."""
+    from .atomic import write_text
+    from .diagnostics import render_all, use_color
+    from .program import MAX_SOURCE_BYTES, decode_spec, read_spec
+    from .source import SourceMap
+
+    stdin = name == "-"
+    label = "<stdin>" if stdin else name
+    text = None
+    try:
+        text = decode_spec(sys.stdin.buffer.read(MAX_SOURCE_BYTES + 1), "standard input",
+                           label) if stdin else read_spec(Path(name))
+        formatted = format_text(text, name=label)
+    except CnnError as exc:
+        sources = SourceMap()
+        if text is not None:
+            sources.add(label, syntax.normalise(text))
+        sys.stderr.write(render_all(exc.diagnostics, sources, use_color()))
+        sys.stderr.write(f"error: {name} was not formatted\n")
+        return "failed"
+    except OSError as exc:
+        sys.stderr.write(f"error[E-io]: cannot read {name}: {exc.strerror or exc}\n")
+        return "failed"
+    except FormatError as exc:
+        sys.stderr.write(f"internal error: {name}: {exc} (a bug in cnndsl fmt; the file "
+                         "is left as it is)\n")
+        return "failed"
+    if stdin:
+        if diff:
+            sys.stdout.write(_diff(text, formatted, name))
+        elif not check:
+            sys.stdout.write(formatted)
+        return "stdin changed" if formatted != text else "stdin"
+    if formatted == text:
+        return "unchanged"
+    if diff:
+        sys.stdout.write(_diff(text, formatted, name))
+    if check or diff:
+        sys.stderr.write(f"would reformat {name}\n")
+        return "would change"
+    try:
+        write_text(name, formatted)
+    except OSError as exc:  # a link, a read-only file: refused, and the run goes on
+        sys.stderr.write(f"error[E-io]: cannot write {name}: {exc.strerror or exc}\n")
+        return "failed"
+    sys.stderr.write(f"reformatted {name}\n")
+    return "changed"
 
 
 def expand_paths(paths: list[str]) -> list[str]:

@@ -292,3 +292,64 @@ def test_check_json_is_unchanged_through_the_cli(tmp_path):
     assert _without_positions(json.loads(before.stdout)) == \
         _without_positions(json.loads(after.stdout))
     assert json.loads(after.stdout)["params"] == 25_557_032
+
+
+# ---- the command under hostile input --------------------------------------------------------
+
+
+def _fmt_stdin(data: bytes, *args: str):
+    import subprocess
+    import sys
+    return subprocess.run([sys.executable, "-m", "cnndsl", "fmt", *args], cwd=ROOT,
+                          input=data, capture_output=True, timeout=120,
+                          env={**__import__("os").environ, "NO_COLOR": "1"})
+
+
+def test_standard_input_is_decoded_exactly_as_a_file_is(tmp_path):
+    """Bytes that are not UTF-8 were written back as `\\udcff\\udcfe`, exit 0."""
+    data = b"network n() {\n    input x: 3 x 8 x 8  # \xff\xfe\n}\n"
+    path = tmp_path / "latin.cnn"
+    path.write_bytes(data)
+    by_name = run_cli("fmt", str(path))
+    piped = _fmt_stdin(data, "-")
+    assert by_name.returncode == piped.returncode == 1
+    assert piped.stdout == b""
+    assert "not UTF-8 text: byte 0xff at offset 40" in by_name.stderr
+    assert "not UTF-8 text: byte 0xff at offset 40" in piped.stderr.decode()
+    assert "--> <stdin>:2:27" in piped.stderr.decode()
+    assert path.read_bytes() == data
+    # a BOM and CRLF line ends are read alike too
+    crlf = b"\xef\xbb\xbfnetwork n(){\r\n input x:1x2x2\r\n}"
+    assert _fmt_stdin(crlf, "-").stdout == b"network n() {\n    input x: 1 x 2 x 2\n}\n"
+
+
+def test_standard_input_is_read_once():
+    """`fmt - -` printed "0 files reformatted"."""
+    result = _fmt_stdin(b"network n() {\n}\n", "-", "-")
+    assert result.returncode == 1 and result.stdout == b""
+    assert "standard input (`-`) can be given once" in result.stderr.decode()
+
+
+def test_a_folder_run_goes_on_past_a_file_it_may_not_write(tmp_path):
+    """Stopped at the first symbolic link or read-only file: later files never formatted,
+    no summary."""
+    messy = "network n(){\n  input x:3 x 8 x 8\n}\n"
+    for name in ("a.cnn", "c_readonly.cnn", "d.cnn"):
+        (tmp_path / name).write_text(messy)
+    (tmp_path / "c_readonly.cnn").chmod(0o444)
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "elsewhere" / "target.txt").write_text(messy)
+    (tmp_path / "b_link.cnn").symlink_to(tmp_path / "elsewhere" / "target.txt")
+    result = run_cli("fmt", str(tmp_path))
+    assert result.returncode == 1
+    assert (tmp_path / "a.cnn").read_text() == format_text(messy)
+    assert (tmp_path / "d.cnn").read_text() == format_text(messy)  # after both refusals
+    assert (tmp_path / "c_readonly.cnn").read_text() == messy
+    assert (tmp_path / "elsewhere" / "target.txt").read_text() == messy
+    assert (tmp_path / "b_link.cnn").is_symlink()
+    assert f"error[E-io]: cannot write {tmp_path / 'b_link.cnn'}: a symbolic link" \
+        in result.stderr
+    assert f"error[E-io]: cannot write {tmp_path / 'c_readonly.cnn'}: read-only" \
+        in result.stderr
+    assert result.stderr.rstrip().endswith(
+        "2 files reformatted, 0 already formatted, 2 not formatted (errors above)")
