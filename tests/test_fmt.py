@@ -353,3 +353,64 @@ def test_a_folder_run_goes_on_past_a_file_it_may_not_write(tmp_path):
         in result.stderr
     assert result.stderr.rstrip().endswith(
         "2 files reformatted, 0 already formatted, 2 not formatted (errors above)")
+
+
+def test_a_comment_line_before_an_arrow_and_a_trailing_one_after_it():
+    """Was refused as "formatting would change the file's tokens": the trailing comment
+    was moved ahead of the comment line before it."""
+    text = ("network n() {\n    input x: 3 x 8 x 8\n    conv(8, 3)\n    # before the arrow\n"
+            "    -> # after the arrow\n    relu\n}\n")
+    formatted = format_text(text)
+    assert formatted == ("network n() {\n    input x: 3 x 8 x 8\n    conv(8, 3)\n"
+                         "        # before the arrow\n        ->  # after the arrow\n"
+                         "        relu\n}\n")
+    assert format_text(formatted) == formatted
+
+
+@pytest.mark.parametrize("statement", [
+    # before a `->` continuation
+    "    y = x -> conv(8,   3)\n    # fmt: off\n        ->   relu\n    # fmt: on\n",
+    # inside ( )
+    "    conv(8,\n    # fmt: off\n         3,   stride=1)\n    # fmt: on\n",
+    # opened inside one statement, closed inside a later one
+    "    conv(8,\n    # fmt: off\n         3)\n    relu   ->\n    # fmt: on\n      flatten\n",
+])
+def test_fmt_off_inside_a_statement_keeps_the_whole_statement(statement):
+    """Was ignored: the comment became one of the statement's, and it was re-laid out."""
+    text = "network n() {\n    input x: 3 x 8 x 8\n" + statement + "    relu  ->  relu\n}\n"
+    assert format_text(text) == ("network n() {\n    input x: 3 x 8 x 8\n" + statement +
+                                 "    relu -> relu\n}\n")
+
+
+def _fmt_lines_run(text: str) -> int:
+    """How many lines of cnndsl/fmt.py formatting `text` runs: a count of the work done,
+    exact and the same on every machine, where a time would not be."""
+    import sys
+    count = 0
+
+    def tracer(frame, event, arg):
+        nonlocal count
+        if frame.f_code.co_filename != fmt.__file__:
+            return None
+        if event == "line":
+            count += 1
+        return tracer
+    sys.settrace(tracer)
+    try:
+        format_text(text)
+    finally:
+        sys.settrace(None)
+    return count
+
+
+def test_fmt_off_regions_are_found_in_one_pass():
+    """Each `# fmt: off` searched the file from its start for its `# fmt: on` (16k / 32k /
+    64k pairs: 3.6 / 13.7 / 59 s). The work grows with the pairs, not with their square
+    (benchmarks/fmt_off_scaling.py times it)."""
+    pair = "    # fmt: off\n    relu  ->  relu\n    # fmt: on\n"
+
+    def spec(pairs: int) -> str:
+        return "network n() {\n    input x: 3 x 8 x 8\n" + pair * pairs + "}\n"
+    assert format_text(spec(3)) == spec(3)
+    small, large = _fmt_lines_run(spec(150)), _fmt_lines_run(spec(600))
+    assert large / small < 4.5, (small, large)
