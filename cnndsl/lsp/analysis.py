@@ -7,7 +7,10 @@ resolved from the document's folder; the syntax tree comes from the same run whe
 
 from __future__ import annotations
 
+import bisect
+import collections
 import dataclasses
+import itertools
 import logging
 import traceback
 from dataclasses import dataclass, field
@@ -33,22 +36,43 @@ class Analysis:
     sources: SourceMap = field(default_factory=SourceMap)
     networks: list[Network] = field(default_factory=list)
     diagnostics: list[Diagnostic] = field(default_factory=list)
+    # the client's text began with a byte-order mark: `text` has none, the client's line 0
+    # has it as its first character
+    bom: bool = False
+    _index: Index | None = field(default=None, repr=False, compare=False)
 
     @property
     def parsed(self) -> bool:
         return self.module is not None
 
+    @property
+    def index(self) -> Index:
+        """What requests look up, built once (by `analyse`, in the analysis thread)."""
+        if self._index is None:
+            self._index = Index(self)
+        return self._index
+
+    @property
+    def lines(self) -> list[str]:
+        return self.index.lines
+
 
 def analyse(text: str, name: str, base: Path | None) -> Analysis:
     """Never raises: an internal error becomes a diagnostic at the top of the file."""
     try:
-        return _analyse(normalise(text), name, base)
+        result = _analyse(normalise(text), name, base)
     except Exception as exc:  # noqa: BLE001 - an editor must never lose its server
         log.error("internal error analysing %s:\n%s", name, traceback.format_exc())
         span = Span(file=name, line=1, column=1, end_line=1, end_column=2)
-        return Analysis(normalise(text), name, None, diagnostics=[Diagnostic(
+        result = Analysis(normalise(text), name, None, diagnostics=[Diagnostic(
             code="internal-error", message=f"internal error: {type(exc).__name__}: {exc} "
             "(a bug in cnndsl; the server's log has the traceback)", span=span)])
+    result.bom = text.startswith("\ufeff")
+    try:
+        result.index  # noqa: B018 - built here, off the server's event loop
+    except Exception:  # noqa: BLE001
+        log.error("internal error indexing %s:\n%s", name, traceback.format_exc())
+    return result
 
 
 def _analyse(text: str, name: str, base: Path | None) -> Analysis:
@@ -258,10 +282,60 @@ def carried_shapes(previous: Analysis, current: Analysis, network: str
             if line <= same}
 
 
+class Index:
+    """An analysis seen from the source, built once, so that no request walks the document
+    (or the checked networks) once per item it answers with: the lines and where they
+    start, each definition's named tensors, and every checked step by its position."""
+
+    def __init__(self, analysis: Analysis) -> None:
+        self.lines = split_lines(analysis.text)
+        self.line_starts = list(itertools.accumulate((len(t) + 1 for t in self.lines[:-1]),
+                                                     initial=0))
+        module = analysis.module
+        # by definition (its name's span: two of one name are two), in order, and by name
+        self.tensors: dict[Span, list[TensorName]] = {}
+        self.first_tensor: dict[Span, dict[str, TensorName]] = {}
+        for defn in module.definitions if module is not None else ():
+            found = tensor_names(defn, self.lines)
+            self.tensors[defn.name_span] = found
+            firsts: dict[str, TensorName] = {}
+            for tensor in found:
+                firsts.setdefault(tensor.name, tensor)
+            self.first_tensor[defn.name_span] = firsts
+
+        self.by_span: dict[Span, list[Step]] = collections.defaultdict(list)
+        located = []  # (file, line, column, network, step)
+        for k, ir in enumerate(analysis.networks):
+            for step in steps(ir):
+                self.by_span[step.span].append(step)
+                located.append((step.span.file, step.span.line, step.span.column, k, step))
+        located.sort(key=lambda x: x[:3])
+        self.located = located
+        self.starts = [x[:3] for x in located]
+        self.shapes: dict[tuple, list] = {}  # output_of's answers, as they are asked for
+
+    def tensors_of(self, defn: ast.Definition) -> list[TensorName]:
+        found = self.tensors.get(defn.name_span)
+        return found if found is not None else tensor_names(defn, self.lines)
+
+    def offset(self, line: int, column: int) -> int:
+        """The offset in the text of a 1-based (line, column)."""
+        index = min(max(0, line - 1), len(self.lines) - 1)
+        return self.line_starts[index] + column - 1
+
+    def steps_within(self, within: Span):
+        """(network, step) of every step whose span lies inside `within`."""
+        lo = bisect.bisect_left(self.starts, (within.file, within.line, within.column))
+        hi = bisect.bisect_right(self.starts, (within.file, within.end_line, within.end_column))
+        for _, _, _, k, step in self.located[lo:hi]:
+            if (step.span.end_line, step.span.end_column) <= (within.end_line,
+                                                              within.end_column):
+                yield k, step
+
+
 def steps_at(analysis: Analysis, span: Span) -> list[Step]:
     """The nodes and block calls a syntax-tree step (by its span) became, in order."""
-    return sorted((s for ir in analysis.networks for s in steps(ir) if s.span == span),
-                  key=lambda s: s.order)
+    return sorted(analysis.index.by_span.get(span, ()), key=lambda s: s.order)
 
 
 def output_of(analysis: Analysis, within: Span, part: int | None = None
@@ -269,20 +343,24 @@ def output_of(analysis: Analysis, within: Span, part: int | None = None
     """Distinct output shapes of the code in `within` (a chain): per run of it, the step
     that ends last; `part`: the shape of that one of its several outputs (the parts of a
     split, the outputs of a block that has several)."""
+    index = analysis.index
+    key = (within, part)
+    if key not in index.shapes:
+        index.shapes[key] = _output_of(analysis, within, part)
+    return index.shapes[key]
+
+
+def _output_of(analysis: Analysis, within: Span, part: int | None) -> list[tuple[int, ...]]:
     ending: dict[tuple, list[Step]] = {}  # per run, the steps that end last
-    for k, ir in enumerate(analysis.networks):
-        for step in steps(ir):
-            s = step.span
-            if s.file != within.file or (s.line, s.column) < (within.line, within.column) or \
-                    (s.end_line, s.end_column) > (within.end_line, within.end_column):
-                continue
-            key = (k, step.instance)
-            best = ending.get(key)
-            end = (s.end_line, s.end_column)
-            if best is None or end > (best[0].span.end_line, best[0].span.end_column):
-                ending[key] = [step]
-            elif end == (best[0].span.end_line, best[0].span.end_column):
-                best.append(step)
+    for k, step in analysis.index.steps_within(within):
+        s = step.span
+        key = (k, step.instance)
+        best = ending.get(key)
+        end = (s.end_line, s.end_column)
+        if best is None or end > (best[0].span.end_line, best[0].span.end_column):
+            ending[key] = [step]
+        elif end == (best[0].span.end_line, best[0].span.end_column):
+            best.append(step)
     shapes: list[tuple[int, ...]] = []
     for (k, _), run in sorted(ending.items(), key=lambda kv: max(s.order for s in kv[1])):
         shape = _part_shape(analysis.networks[k], sorted(run, key=lambda s: s.order), part)

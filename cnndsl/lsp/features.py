@@ -3,6 +3,7 @@ completion, signature help, document symbols and rename. Positions in, lsprotoco
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 from importlib import resources
@@ -23,7 +24,6 @@ from .analysis import (
     definition_at,
     output_of,
     steps_at,
-    tensor_names,
     walk,
 )
 
@@ -38,7 +38,9 @@ class Positions:
 
     def __init__(self, analysis: Analysis, uri: str, codec):
         self.analysis, self.uri, self.codec = analysis, uri, codec
-        self.lines = split_lines(analysis.text)
+        self.lines = analysis.lines
+        # a byte-order mark the client kept is the first character of its line 0
+        self.bom = codec.client_num_units("\ufeff") if analysis.bom else 0
 
     def _lines_of(self, file: str) -> list[str]:
         if file == self.analysis.name:
@@ -52,7 +54,8 @@ class Positions:
         if index >= len(lines):
             return lsp.Position(line=index, character=0)
         text = lines[index]
-        return lsp.Position(line=index, character=self.codec.client_num_units(
+        shift = self.bom if index == 0 and lines is self.lines else 0
+        return lsp.Position(line=index, character=shift + self.codec.client_num_units(
             text[:max(0, column - 1)]))
 
     def range(self, span: Span) -> lsp.Range:
@@ -72,16 +75,18 @@ class Positions:
         if position.line >= len(self.lines):
             return len(self.lines), len(self.lines[-1]) + 1
         text = self.lines[position.line]
+        character = max(0, position.character - self.bom) if position.line == 0 \
+            else position.character
         units = column = 0
         for char in text:
-            if units >= position.character:
+            if units >= character:
                 break
             units += self.codec.client_num_units(char)
             column += 1
         return position.line + 1, column + 1
 
     def offset(self, line: int, column: int) -> int:
-        return sum(len(t) + 1 for t in self.lines[:line - 1]) + column - 1
+        return self.analysis.index.offset(line, column)
 
 
 def file_path(file: str) -> Path:
@@ -144,7 +149,7 @@ def found_at(analysis: Analysis, line: int, column: int) -> Found | None:
     for imp in module.imports:
         if contains(imp.span, line, column):
             candidates.append(Found("import", imp.path, imp.span, imp, None))
-    tensors = {t.name for t in tensor_names(defn, _lines(analysis))} if defn else set()
+    tensors = set(analysis.index.first_tensor.get(defn.name_span, ())) if defn else set()
     params = {p.name for p in defn.params} if defn else set()
     scope = defn.body if defn else ()
     if defn is not None and contains(defn.name_span, line, column):
@@ -152,7 +157,7 @@ def found_at(analysis: Analysis, line: int, column: int) -> Found | None:
     for node, parents in walk(scope):
         candidates.extend(_candidates(node, parents, line, column, defn, tensors, params,
                                       analysis))
-    for tensor in (tensor_names(defn, _lines(analysis)) if defn else ()):
+    for tensor in (analysis.index.tensors_of(defn) if defn else ()):
         if contains(tensor.span, line, column):
             candidates.append(Found("tensor", tensor.name, tensor.span, tensor.statement, defn))
     if not candidates:
@@ -191,7 +196,7 @@ def _size(span: Span) -> tuple[int, int]:
 
 
 def _lines(analysis: Analysis) -> list[str]:
-    return split_lines(analysis.text)
+    return analysis.lines
 
 
 # ---- hover ----------------------------------------------------------------------------------
@@ -280,9 +285,8 @@ def _hover_argument(analysis: Analysis, found: Found) -> str | None:
 def tensor_shapes(analysis: Analysis, defn: ast.Definition | None, name: str):
     if defn is None:
         return []
-    for tensor in tensor_names(defn, _lines(analysis)):
-        if tensor.name != name:
-            continue
+    tensor = analysis.index.first_tensor.get(defn.name_span, {}).get(name)
+    if tensor is not None:
         statement = tensor.statement
         if isinstance(statement, ast.Assign):
             return output_of(analysis, statement.chain.span, tensor.part)
@@ -377,7 +381,7 @@ def definition(analysis: Analysis, pos: Positions, line: int, column: int,
         start = lsp.Position(line=0, character=0)
         return lsp.Location(uri=path.as_uri(), range=lsp.Range(start=start, end=start))
     if found.kind == "tensor" and found.defn is not None:
-        for tensor in tensor_names(found.defn, _lines(analysis)):
+        for tensor in analysis.index.tensors_of(found.defn):
             if tensor.name == found.name:
                 return pos.location(tensor.span)
     if found.kind == "parameter":
@@ -398,9 +402,29 @@ class CallContext:
     keyword: str | None  # `name=` of the argument being typed, if any
 
 
+CONTEXT_CHARS = 4000  # the most text before the cursor that completion reads
+
+
+def text_before(text: str, offset: int) -> str:
+    """What completion and signature help read: at most CONTEXT_CHARS before the cursor
+    (a long comment or a run of blank lines costs no more than that)."""
+    return text[max(0, offset - CONTEXT_CHARS):offset]
+
+
+def word_before(text: str) -> str | None:
+    """The name `text` ends with (`conv` of `x -> conv`), scanned back from its end."""
+    start = len(text)
+    while start > 0 and (text[start - 1].isalnum() or text[start - 1] == "_"):
+        start -= 1
+    while start < len(text) and not (text[start].isascii() and text[start].isalpha()
+                                     or text[start] == "_"):
+        start += 1
+    return text[start:] or None
+
+
 def call_context(text: str, offset: int) -> CallContext | None:
     """The call the cursor is in, read from the text before it (which may not parse)."""
-    before = text[max(0, offset - 4000):offset]
+    before = text_before(text, offset)
     lines = split_lines(before)
     cleaned = "\n".join([code_line(t) for t in lines[:-1]] + [lines[-1]])
     depth = 0
@@ -410,10 +434,10 @@ def call_context(text: str, offset: int) -> CallContext | None:
             depth += 1
         elif char == "(":
             if depth == 0:
-                callee = re.search(r"([A-Za-z_]\w*)\s*$", cleaned[:i])
+                callee = word_before(cleaned[:i].rstrip(" \t"))
                 if callee is None:
                     return None
-                return _context(callee.group(1), cleaned[i + 1:])
+                return _context(callee, cleaned[i + 1:])
             depth -= 1
         elif char in "{}" and depth == 0:
             return None
@@ -477,8 +501,10 @@ def completion(analysis: Analysis, text: str, offset: int, line: int) -> list[ls
             return _argument_items(analysis, context, params, line)
         if context.callee in ("concat", "add", "mul"):
             return _tensor_items(analysis, line)
-    word = re.search(r"[A-Za-z_]\w*$", text[:offset])
-    if word is None and not re.search(r"(^|->|\n)\s*$", text[:offset]):
+    before = text_before(text, offset)
+    this_line = before[before.rfind("\n") + 1:]  # up to the cursor
+    if word_before(this_line) is None and this_line.strip() and \
+            not this_line.rstrip().endswith("->"):
         return []  # mid-expression, after an operator: nothing sensible to offer
     items = [lsp.CompletionItem(label=op, kind=lsp.CompletionItemKind.Function,
                                 detail=layer_signature(kind), documentation=kind.doc)
@@ -529,7 +555,7 @@ def _tensor_items(analysis: Analysis, line: int) -> list[lsp.CompletionItem]:
     if defn is None:
         return []
     seen, items = set(), []
-    for tensor in tensor_names(defn, _lines(analysis)):
+    for tensor in analysis.index.tensors_of(defn):
         if tensor.name in seen:
             continue
         seen.add(tensor.name)
@@ -540,9 +566,11 @@ def _tensor_items(analysis: Analysis, line: int) -> list[lsp.CompletionItem]:
     return items
 
 
-def keywords() -> list[str]:
+@functools.lru_cache(maxsize=1)
+def keywords() -> tuple[str, ...]:
     """The language's keywords, as the grammar declares them (`_KW_BLOCK.2: /block\\b/`)."""
-    return sorted(set(re.findall(r"^_KW_\w+(?:\.\d+)?:\s*/(\w+)", grammar_text(), re.M)))
+    return tuple(sorted(set(re.findall(r"^_KW_\w+(?:\.\d+)?:\s*/(\w+)", grammar_text(),
+                                       re.M))))
 
 
 def signature_help(analysis: Analysis, text: str, offset: int) -> lsp.SignatureHelp | None:
@@ -587,7 +615,7 @@ def document_symbols(analysis: Analysis, pos: Positions) -> list[lsp.DocumentSym
             name=t.name, kind=lsp.SymbolKind.Variable, range=pos.range(_statement_span(t)),
             selection_range=pos.range(t.span),
             detail=" | ".join(fmt(s) for s in tensor_shapes(analysis, defn, t.name)) or None)
-            for t in tensor_names(defn, _lines(analysis))]
+            for t in analysis.index.tensors_of(defn)]
         out.append(lsp.DocumentSymbol(
             name=defn.name, kind=lsp.SymbolKind.Class if defn.kind == "network"
             else lsp.SymbolKind.Function, range=pos.range(defn.span),
@@ -642,7 +670,7 @@ def rename_edits(analysis: Analysis, pos: Positions, line: int, column: int,
 
 def _tensor_uses(analysis: Analysis, defn: ast.Definition, name: str) -> list[Span]:
     params = {p.name for p in defn.params}
-    spans = [t.span for t in tensor_names(defn, _lines(analysis)) if t.name == name]
+    spans = [t.span for t in analysis.index.tensors_of(defn) if t.name == name]
     for node, _ in walk(defn.body):
         if isinstance(node, ast.Layer) and not node.has_call and node.name == name:
             spans.append(node.name_span)
@@ -660,7 +688,7 @@ def _block_uses(analysis: Analysis, name: str) -> list[Span]:
     for defn in analysis.module.definitions:
         if defn.name == name:
             spans.append(defn.name_span)
-        tensors = {t.name for t in tensor_names(defn, _lines(analysis))}
+        tensors = {t.name for t in analysis.index.tensors_of(defn)}
         for node, _ in walk(defn.body):
             if isinstance(node, ast.Layer) and node.name == name and (
                     node.has_call or name not in tensors):
