@@ -763,3 +763,57 @@ async def test_completion_reads_a_bounded_window_before_the_cursor(where, monkey
     assert max(searched, default=0) <= features.CONTEXT_CHARS
     if where == "blank lines":  # the start of a line: layers, blocks, tensors
         assert {"conv", "relu", "t0", "t2"} <= {i.label for i in items}
+
+
+RENAMED = """\
+block twin(c: int) {
+    conv(c, 3, padding=1) -> relu
+}
+
+block other(c: int) {
+    conv(c, 1)
+}
+
+network net(c: int = 8) {
+    input x: 3 x 8 x 8
+    a = x -> twin(c)
+    b = a -> other(c)
+    top: relu
+    b -> flatten
+}
+"""
+
+TAKEN = {  # where the name to rename starts -> new names that must be refused
+    "a = ": ["b", "x", "top", "twin", "other", "bottleneck", "relu", "net", "self", "c",
+                  "network", "residual", "same", "true", "1abc", "a b", "", "in_channels"],
+    "top:": ["training", "_private", "b", "conv"],
+    "twin(c: int)": ["other", "conv", "net", "residual", "bottleneck", "a", "x", "__x",
+                          "import", "9"],
+}
+
+
+async def test_rename_refuses_a_name_that_would_break_the_file(client: LanguageClient,
+                                                               tmp_path):
+    """Rename accepted names that break the file (a tensor renamed to an existing tensor, a
+    block, a layer, the network's name, `self`; a block to an existing block or a layer),
+    and the refusal that did happen was -32600 with a traceback on stderr. The new name
+    is checked with the checker's own rules for its role and against every name in scope;
+    a refusal is LSP's RequestFailed (-32803) with the reason."""
+    assert cnndsl.loads(RENAMED).ir is not None
+    uri, diagnostics = await open_doc(client, tmp_path / "renamed.cnn", RENAMED)
+    assert diagnostics == []
+    for needle, names in TAKEN.items():
+        position = at(*where(RENAMED, needle))
+        for new_name in names:
+            with pytest.raises(Exception) as info:
+                await client.text_document_rename_async(lsp.RenameParams(
+                    text_document=doc(uri), position=position, new_name=new_name))
+            assert getattr(info.value, "code", None) == -32803, (needle, new_name, info.value)
+            old = re.match(r"\w+", needle).group()
+            assert str(info.value).startswith(f"`{old}` cannot be renamed to `{new_name}`: ")
+        # a free name is accepted, and the renamed file checks the same
+        edit = await client.text_document_rename_async(lsp.RenameParams(
+            text_document=doc(uri), position=position, new_name="fresh_name"))
+        renamed = apply(RENAMED, edit.changes[uri])
+        assert cnndsl.loads(renamed).params == cnndsl.loads(RENAMED).params
+    close(client, uri)

@@ -243,3 +243,22 @@ def test_a_frame_over_the_bound_is_refused_and_the_server_lives_on(raw, length):
         raw.process.stdin.flush()
         assert "result" in raw.response(raw.request("textDocument/documentSymbol", {
             "textDocument": {"uri": "file:///nothing.cnn"}}))
+
+
+def test_a_refused_rename_is_request_failed_without_a_traceback(raw, tmp_path):
+    """The refusal that did happen printed a whole traceback on stderr and used -32600."""
+    raw.initialize()
+    uri = (tmp_path / "doc.cnn").as_uri()
+    raw.notify("textDocument/didOpen", {"textDocument": {
+        "uri": uri, "languageId": "cnn", "version": 1, "text": SPEC}})
+    raw.diagnostics(uri, 1)
+    answer = raw.response(raw.request("textDocument/rename", {
+        "textDocument": {"uri": uri}, "position": {"line": 2, "character": 4},
+        "newName": "x"}))
+    assert answer["error"]["code"] == -32803  # RequestFailed
+    assert answer["error"]["message"] == \
+        "`y` cannot be renamed to `x`: `x` is already a tensor in `n`"
+    raw.response(raw.request("shutdown"))
+    raw.notify("exit", None)
+    assert raw.wait() == 0
+    assert "Traceback" not in b"".join(raw.stderr).decode()

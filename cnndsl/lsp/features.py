@@ -14,7 +14,7 @@ from lsprotocol import types as lsp
 from .. import ast
 from ..diagnostics import Diagnostic
 from ..layers import PAD_MODES, REGISTRY, REQUIRED, LayerKind, boolean, fmt, padding, short
-from ..names import name_problem
+from ..names import LANGUAGE_WORDS, name_problem
 from ..source import Span, split_lines
 from ..syntax import grammar_text
 from ..values import describe, render_expr
@@ -656,9 +656,9 @@ def rename_target(analysis: Analysis, line: int, column: int) -> Found:
 def rename_edits(analysis: Analysis, pos: Positions, line: int, column: int,
                  new_name: str) -> dict[str, list[lsp.TextEdit]]:
     found = rename_target(analysis, line, column)
-    problem = name_problem(new_name, "label" if found.kind == "tensor" else "block")
-    if not re.fullmatch(r"[A-Za-z_]\w*", new_name) or new_name in keywords() or problem:
-        raise RenameError(problem[0] if problem else f"`{new_name}` is not a name")
+    problem = rename_problem(analysis, found, new_name)
+    if problem is not None:
+        raise RenameError(f"`{found.name}` cannot be renamed to `{new_name}`: {problem}")
     if found.kind == "tensor":
         spans = _tensor_uses(analysis, found.defn, found.name)
     else:
@@ -666,6 +666,51 @@ def rename_edits(analysis: Analysis, pos: Positions, line: int, column: int,
     edits = [lsp.TextEdit(range=pos.range(s), new_text=new_name) for s in sorted(
         set(spans), key=lambda s: (s.line, s.column))]
     return {pos.uri: edits}
+
+
+def rename_problem(analysis: Analysis, found: Found, new_name: str) -> str | None:
+    """Why `new_name` cannot replace `found`'s name, or None: the checker's rules for the
+    name's role (names.name_problem), and every name the new one would meet: the
+    language's words, layers, blocks and networks (the standard library's too), and in
+    scope the tensors, labels and parameters. Conservative, as rust-analyzer's and
+    pyright's renames are: a name that could change what the file means is refused."""
+    if not re.fullmatch(r"[A-Za-z_]\w*", new_name):
+        return f"`{new_name}` is not a name (a letter or `_`, then letters, digits, `_`)"
+    if new_name == found.name:
+        return None
+    if new_name in keywords() and new_name != "x" or new_name in LANGUAGE_WORDS:
+        # (`x` is a keyword only between a shape's sizes: elsewhere a name, `input x`)
+        return f"`{new_name}` is a word of the language"
+    if new_name in REGISTRY:
+        return f"`{new_name}` is a built-in layer"
+    taken = analysis.definitions.get(new_name)
+    if taken is not None:
+        return f"`{new_name}` is already the name of a {taken.kind} ({taken.name_span})"
+    if found.kind == "tensor":
+        return _tensor_name_problem(analysis, found, new_name)
+    problem = name_problem(new_name, "block")
+    if problem is not None:
+        return problem[0]
+    for defn in analysis.module.definitions:  # a call without `( )` would read the tensor
+        if new_name in analysis.index.first_tensor.get(defn.name_span, {}):
+            return f"`{new_name}` names a tensor in `{defn.name}`"
+    return None
+
+
+def _tensor_name_problem(analysis: Analysis, found: Found, new_name: str) -> str | None:
+    defn = found.defn
+    labels = any(t.name == found.name and not isinstance(t.statement, (ast.Assign,
+                                                                      ast.InputDecl))
+                 for t in analysis.index.tensors_of(defn))
+    for role in ("tensor", "label") if labels else ("tensor",):
+        problem = name_problem(new_name, role)
+        if problem is not None:
+            return problem[0]
+    if new_name in analysis.index.first_tensor.get(defn.name_span, {}):
+        return f"`{new_name}` is already a tensor in `{defn.name}`"
+    if any(p.name == new_name for p in defn.params):
+        return f"`{new_name}` is a parameter of `{defn.name}`"
+    return None
 
 
 def _tensor_uses(analysis: Analysis, defn: ast.Definition, name: str) -> list[Span]:
