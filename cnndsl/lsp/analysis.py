@@ -10,6 +10,7 @@ from __future__ import annotations
 import bisect
 import collections
 import dataclasses
+import functools
 import itertools
 import logging
 import traceback
@@ -133,15 +134,26 @@ def _distinct(diagnostics: list[Diagnostic]) -> list[Diagnostic]:
 
 def walk(node, parents: tuple = ()):
     """Every syntax-tree node under `node` with its ancestors, whatever its type: new
-    statement kinds are walked without code here."""
-    if dataclasses.is_dataclass(node) and not isinstance(node, type):
-        yield node, parents
-        inner = (*parents, node)
-        for f in dataclasses.fields(node):
-            yield from walk(getattr(node, f.name), inner)
-    elif isinstance(node, tuple):
+    statement kinds are walked without code here (spans are positions, not nodes)."""
+    if isinstance(node, tuple):
         for item in node:
             yield from walk(item, parents)
+        return
+    names = _fields_of(type(node))
+    if names is None:
+        return
+    yield node, parents
+    inner = (*parents, node)
+    for name in names:
+        yield from walk(getattr(node, name), inner)
+
+
+@functools.cache
+def _fields_of(kind: type) -> tuple[str, ...] | None:
+    """A syntax-tree class's fields (None: not a node), looked up once per class."""
+    if kind is Span or not dataclasses.is_dataclass(kind):
+        return None
+    return tuple(f.name for f in dataclasses.fields(kind))
 
 
 def contains(span: Span | None, line: int, column: int) -> bool:
@@ -170,17 +182,34 @@ class TensorName:
 
 
 def tensor_names(defn: ast.Definition, text_lines: list[str]) -> list[TensorName]:
-    found = []
+    found: list[TensorName] = []
     for node, _ in walk(defn.body):
-        if isinstance(node, ast.Assign):
-            several = len(node.targets) > 1
-            found += [TensorName(name, span, node, k if several else None)
-                      for k, (name, span) in enumerate(node.targets)]
-        elif isinstance(node, ast.Group) or isinstance(node, ast.Layer) and node.label:
-            found.append(TensorName(node.label, _word_span(node.span, node.label), node))
-        elif isinstance(node, ast.InputDecl):
-            found.append(TensorName(node.name, _input_name_span(node, text_lines), node))
+        _tensors_named(node, text_lines, found)
     return found
+
+
+def _tensors_named(node, text_lines: list[str], found: list[TensorName]) -> None:
+    """The tensors a node names, added to `found`."""
+    if isinstance(node, ast.Assign):
+        several = len(node.targets) > 1
+        found += [TensorName(name, span, node, k if several else None)
+                  for k, (name, span) in enumerate(node.targets)]
+    elif isinstance(node, ast.Group) or isinstance(node, ast.Layer) and node.label:
+        found.append(TensorName(node.label, _word_span(node.span, node.label), node))
+    elif isinstance(node, ast.InputDecl):
+        found.append(TensorName(node.name, _input_name_span(node, text_lines), node))
+
+
+def named_lines(node) -> tuple[int, ...]:
+    """The lines of the names a request may point at in a node (a layer's or an
+    argument's name, a tensor's): where the index files it."""
+    if isinstance(node, (ast.Layer, ast.KwArg)):
+        return (node.name_span.line,)
+    if isinstance(node, ast.Name):
+        return (node.span.line,)
+    if isinstance(node, ast.Output):
+        return tuple(sorted({span.line for _, span in node.names}))
+    return ()
 
 
 def _word_span(span: Span, word: str) -> Span:
@@ -295,9 +324,18 @@ class Index:
         # by definition (its name's span: two of one name are two), in order, and by name
         self.tensors: dict[Span, list[TensorName]] = {}
         self.first_tensor: dict[Span, dict[str, TensorName]] = {}
+        # the nodes with a name a request may point at, by line: (node, ancestors, definition)
+        self.at_line: dict[int, list[tuple]] = collections.defaultdict(list)
+        self.tensors_at_line: dict[int, list[tuple]] = collections.defaultdict(list)
         for defn in module.definitions if module is not None else ():
-            found = tensor_names(defn, self.lines)
+            found: list[TensorName] = []
+            for node, parents in walk(defn.body):  # one walk a definition, for both
+                _tensors_named(node, self.lines, found)
+                for line in named_lines(node):
+                    self.at_line[line].append((node, parents, defn))
             self.tensors[defn.name_span] = found
+            for tensor in found:
+                self.tensors_at_line[tensor.span.line].append((tensor, defn))
             firsts: dict[str, TensorName] = {}
             for tensor in found:
                 firsts.setdefault(tensor.name, tensor)

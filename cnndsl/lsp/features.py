@@ -151,14 +151,14 @@ def found_at(analysis: Analysis, line: int, column: int) -> Found | None:
             candidates.append(Found("import", imp.path, imp.span, imp, None))
     tensors = set(analysis.index.first_tensor.get(defn.name_span, ())) if defn else set()
     params = {p.name for p in defn.params} if defn else set()
-    scope = defn.body if defn else ()
     if defn is not None and contains(defn.name_span, line, column):
         candidates.append(Found("definition", defn.name, defn.name_span, defn, defn))
-    for node, parents in walk(scope):
-        candidates.extend(_candidates(node, parents, line, column, defn, tensors, params,
-                                      analysis))
-    for tensor in (analysis.index.tensors_of(defn) if defn else ()):
-        if contains(tensor.span, line, column):
+    for node, parents, owner in analysis.index.at_line.get(line, ()):  # not a walk
+        if owner is defn:
+            candidates.extend(_candidates(node, parents, line, column, defn, tensors, params,
+                                          analysis))
+    for tensor, owner in analysis.index.tensors_at_line.get(line, ()):
+        if owner is defn and contains(tensor.span, line, column):
             candidates.append(Found("tensor", tensor.name, tensor.span, tensor.statement, defn))
     if not candidates:
         return None
