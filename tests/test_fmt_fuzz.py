@@ -36,7 +36,7 @@ def fmt_mutate(text: str, rng: random.Random) -> str:
     """Mutations aimed at the formatter: comments and `fmt: off` regions anywhere, line
     breaks moved next to `->` and inside brackets, odd whitespace."""
     lines = text.split("\n")
-    kind = rng.randrange(6)
+    kind = rng.randrange(7)
     i = rng.randrange(len(lines))
     if kind == 0:  # a comment line, indented anyhow
         lines.insert(i, " " * rng.randrange(9) + rng.choice(FMT_PIECES[:6]))
@@ -44,7 +44,8 @@ def fmt_mutate(text: str, rng: random.Random) -> str:
         lines[i] += "  " + rng.choice(FMT_PIECES[:6])
     elif kind == 2:  # a `fmt: off` region over a few lines (maybe never closed)
         j = min(len(lines), i + rng.randrange(1, 6))
-        lines.insert(j, "    # fmt: on") if rng.random() < 0.8 else None
+        if rng.random() < 0.8:
+            lines.insert(j, "    # fmt: on")
         lines.insert(i, "    # fmt: off")
     elif kind == 3:  # a line break before or after an `->`
         joined = "\n".join(lines)
@@ -54,7 +55,12 @@ def fmt_mutate(text: str, rng: random.Random) -> str:
             cut = k if rng.random() < 0.5 else k + 2
             piece = "\n" + " " * rng.randrange(12) + ("# between\n" if rng.random() < 0.3
                                                      else "")
-            return joined[:cut] + piece + joined[cut:]
+            after = "  # after the arrow\n" if cut == k and rng.random() < 0.5 else ""
+            return joined[:cut] + piece + joined[cut:k + 2] + after + joined[k + 2:]
+    elif kind == 5:  # cut short, odd characters at the end (a syntax error at the end)
+        joined = "\n".join(lines)
+        return joined[:rng.randrange(len(joined) + 1)] + "".join(
+            rng.choice(FMT_PIECES[9:]) for _ in range(rng.randrange(1, 4)))
     else:  # a piece anywhere
         joined = "\n".join(lines)
         k = rng.randrange(len(joined) + 1)
