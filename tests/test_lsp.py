@@ -817,3 +817,20 @@ async def test_rename_refuses_a_name_that_would_break_the_file(client: LanguageC
         renamed = apply(RENAMED, edit.changes[uri])
         assert cnndsl.loads(renamed).params == cnndsl.loads(RENAMED).params
     close(client, uri)
+
+
+@pytest.mark.parametrize("newline", ["\r", "\r\n"])
+async def test_formatting_replaces_the_whole_document_whatever_its_line_ends(
+        client: LanguageClient, tmp_path, newline):
+    """The edit's end counted lines by `\\n` alone: with lone CR line ends (LSP's line
+    breaks too) it stopped at line 1, and applying it kept the rest of the document."""
+    messy = "network n(){\n  input x:3 x 8 x 8\n  conv(8,3)->relu\n}\n".replace("\n", newline)
+    uri, _ = await open_doc(client, tmp_path / "line_ends.cnn", messy)
+    (edit,) = await client.text_document_formatting_async(lsp.DocumentFormattingParams(
+        text_document=doc(uri), options=lsp.FormattingOptions(tab_size=4, insert_spaces=True)))
+    lsp_lines = messy.replace("\r\n", "\n").replace("\r", "\n").split("\n")
+    assert edit.range.start == lsp.Position(line=0, character=0)
+    assert edit.range.end == lsp.Position(line=len(lsp_lines) - 1,
+                                          character=len(lsp_lines[-1]))
+    assert edit.new_text == format_text(messy)
+    close(client, uri)

@@ -42,20 +42,12 @@ class Positions:
         # a byte-order mark the client kept is the first character of its line 0
         self.bom = self.units("\ufeff") if analysis.bom else 0
 
-    # the client's code units (LSP's position encodings), counted at C speed: a position
-    # on a 40,000-character line costs no Python loop over it
-    _CODECS = {"utf-8": ("utf-8", 1), "utf-16": ("utf-16-le", 2), "utf-32": ("utf-32-le", 4)}
-
     def _codec(self) -> tuple[str, int]:
-        return self._CODECS.get(str(getattr(self.codec, "encoding", "utf-16")),
-                                ("utf-16-le", 2))
+        return _codec(self.codec)
 
     def units(self, text: str) -> int:
         """How many code units of the client's encoding `text` takes."""
-        if text.isascii():
-            return len(text)
-        encoding, width = self._codec()
-        return len(text.encode(encoding, "surrogatepass")) // width
+        return client_units(self.codec, text)
 
     def columns(self, text: str, units: int) -> int:
         """How many characters of `text` its first `units` code units hold (a character
@@ -105,6 +97,23 @@ class Positions:
 
     def offset(self, line: int, column: int) -> int:
         return self.analysis.index.offset(line, column)
+
+
+# the client's code units (LSP's position encodings), counted at C speed: a position on a
+# 40,000-character line costs no Python loop over it
+_CODECS = {"utf-8": ("utf-8", 1), "utf-16": ("utf-16-le", 2), "utf-32": ("utf-32-le", 4)}
+
+
+def _codec(codec) -> tuple[str, int]:
+    return _CODECS.get(str(getattr(codec, "encoding", "utf-16")), ("utf-16-le", 2))
+
+
+def client_units(codec, text: str) -> int:
+    """How many code units of the client's encoding (pygls's codec) `text` takes."""
+    if text.isascii():
+        return len(text)
+    encoding, width = _codec(codec)
+    return len(text.encode(encoding, "surrogatepass")) // width
 
 
 def file_path(file: str) -> Path:

@@ -29,7 +29,7 @@ from pygls.lsp.server import LanguageServer
 
 from .. import __version__
 from ..diagnostics import CnnError
-from ..source import split_lines
+from ..source import normalise, split_lines
 from . import features
 from .analysis import Analysis, analyse, carried_shapes, line_shapes
 from .protocol import CnnProtocol, RequestFailed, read_messages
@@ -290,8 +290,12 @@ async def formatting(ls: CnnLanguageServer, params: lsp.DocumentFormattingParams
         return None  # the problems are on screen already; nothing is changed
     if formatted == text:
         return []
-    lines = split_lines(text)
-    end = lsp.Position(line=len(lines), character=0)
+    # the end of the text as the client counts it: LSP's line breaks are \n, \r\n and \r
+    # (normalise makes them all \n), a byte-order mark is a character of line 0
+    lines = split_lines(normalise(text))
+    codec = ls.workspace.position_codec
+    last = ("\ufeff" if len(lines) == 1 and text.startswith("\ufeff") else "") + lines[-1]
+    end = lsp.Position(line=len(lines) - 1, character=features.client_units(codec, last))
     return [lsp.TextEdit(range=lsp.Range(start=lsp.Position(line=0, character=0), end=end),
                          new_text=formatted)]
 
