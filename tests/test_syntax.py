@@ -94,3 +94,15 @@ def test_one_definition_of_a_line_is_shared():
     assert source.SourceFile("t", source.normalise(text)).lines == \
         source.split_lines(source.normalise(text))
     assert source.line_column("a\fb\nxy", 5) == (2, 2)
+
+
+def test_check_and_fmt_report_it_as_a_user_error(tmp_path):
+    """Through the commands: exit 1 with the located error, not `internal error` (exit 3)."""
+    from conftest import run_cli
+    path = tmp_path / "feed.cnn"
+    path.write_text("network n() {\n}\nnetwork m() {\f\f\f")
+    for command in ("check", "fmt"):
+        result = run_cli(command, str(path))
+        assert result.returncode == 1, result.stderr
+        assert "internal error" not in result.stderr
+        assert f"--> {path}:3:" in result.stderr
