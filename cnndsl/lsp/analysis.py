@@ -265,17 +265,24 @@ def steps(ir: Network) -> list[Step]:
 def line_shapes(analysis: Analysis, networks: list[Network] | None = None
                 ) -> dict[int, list[tuple[int, ...]]]:
     """For each line of the document: the output shape of the step that ends it, one per
-    distinct shape over the block calls that ran the line."""
+    distinct shape over the block calls that ran the line (of all the analysis's networks:
+    from its index, worked out in the analysis thread)."""
+    if networks is None:
+        return dict(analysis.index.line_shapes)
+    return _line_shapes(analysis.name, ((k, step) for k, ir in enumerate(networks)
+                                        for step in steps(ir)))
+
+
+def _line_shapes(name: str, located) -> dict[int, list[tuple[int, ...]]]:
     last: dict[tuple[int, tuple[str, ...], int], Step] = {}
-    for k, ir in enumerate(analysis.networks if networks is None else networks):
-        for step in steps(ir):
-            if step.span.file != analysis.name:
-                continue
-            key = (step.span.end_line, step.instance, k)
-            best = last.get(key)
-            if best is None or (step.span.end_column, step.order) > (best.span.end_column,
-                                                                      best.order):
-                last[key] = step
+    for k, step in located:
+        if step.span.file != name:
+            continue
+        key = (step.span.end_line, step.instance, k)
+        best = last.get(key)
+        if best is None or (step.span.end_column, step.order) > (best.span.end_column,
+                                                                  best.order):
+            last[key] = step
     shapes: dict[int, list[tuple[int, ...]]] = {}
     for (line, _, _), step in sorted(last.items(), key=lambda kv: (kv[0][0], kv[1].order)):
         seen = shapes.setdefault(line, [])
@@ -351,6 +358,7 @@ class Index:
         self.located = located
         self.starts = [x[:3] for x in located]
         self.shapes: dict[tuple, list] = {}  # output_of's answers, as they are asked for
+        self.line_shapes = _line_shapes(analysis.name, ((k, step) for *_, k, step in located))
 
     def tensors_of(self, defn: ast.Definition) -> list[TensorName]:
         found = self.tensors.get(defn.name_span)
