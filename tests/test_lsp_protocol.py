@@ -203,9 +203,24 @@ def test_ids_of_every_kind_are_answered_and_batches_are_refused(raw):
     assert raw.response(None)["error"]["code"] == -32700  # parse error
     raw.send({"id": 903, "method": "textDocument/hover", "params": {}})  # no "jsonrpc"
     assert raw.response(903)["error"]["code"] == -32600
+    raw.send({"jsonrpc": "2.0", "id": 904, "method": 5, "params": {}})  # was an internal
+    assert raw.response(904)["error"] == {  # error, its traceback sent to the client
+        "code": -32600, "message": "not a JSON-RPC 2.0 message"}
+    raw.send({"jsonrpc": "2.0", "id": 905, "method": "$/unknown", "params": {}})
+    assert raw.response(905)["error"]["code"] == -32601  # method not found
     # the batch's shutdown was not run: the server still answers
     assert "result" in raw.response(raw.request("textDocument/documentSymbol", {
         "textDocument": {"uri": "file:///nothing.cnn"}}))
+
+
+def test_requests_before_initialize_get_an_error(raw):
+    """LSP: until `initialize`, a request is answered ServerNotInitialized (-32002)."""
+    msg_id = raw.request("textDocument/documentSymbol", {
+        "textDocument": {"uri": "file:///x.cnn"}})
+    assert raw.response(msg_id)["error"]["code"] == -32002
+    raw.initialize()
+    assert raw.response(raw.request("textDocument/documentSymbol", {
+        "textDocument": {"uri": "file:///x.cnn"}}))["result"] == []
 
 
 def test_requests_after_shutdown_get_an_error_and_exit_says_how_it_ended(raw):

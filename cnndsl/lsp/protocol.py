@@ -9,6 +9,7 @@ JSON-RPC 2.0 ask (and as rust-analyzer and pyright answer):
 - parameters that fail validation: `InvalidParams` (-32602) with the request's id;
 - a body that is not JSON: `ParseError` (-32700), id null; a message that is not JSON-RPC
   2.0, and each request of a batch (LSP has none): `InvalidRequest` (-32600);
+- a request before `initialize`: `ServerNotInitialized` (-32002);
 - a request after `shutdown`: `InvalidRequest`;
 - a frame over MAX_FRAME_BYTES (what the largest spec a file may hold takes in JSON):
   `InvalidRequest`, id null, sent once its header is read; its body is skipped unread and
@@ -28,12 +29,14 @@ from typing import Any, BinaryIO
 
 from cattrs.errors import ClassValidationError
 from cattrs.v import transform_error
+from lsprotocol import types as lsp
 from lsprotocol.types import ResponseErrorMessage
 from pygls.exceptions import (
     JsonRpcException,
     JsonRpcInvalidParams,
     JsonRpcInvalidRequest,
     JsonRpcParseError,
+    JsonRpcServerNotInitialized,
 )
 from pygls.protocol import LanguageServerProtocol
 from pygls.protocol.json_rpc import (
@@ -127,10 +130,19 @@ class CnnProtocol(LanguageServerProtocol):
             elif message.id is not None:
                 self.refuse(message.id, JsonRpcInvalidRequest("not a JSON-RPC 2.0 message"))
             return
-        if not hasattr(message, "jsonrpc") or message.jsonrpc != self.VERSION:
+        method = getattr(message, "method", "")
+        if not hasattr(message, "jsonrpc") or message.jsonrpc != self.VERSION or \
+                not isinstance(method, str):
             if _id_of(message) is not None or not isinstance(message, dict):
                 self.refuse(_id_of(message), JsonRpcInvalidRequest(
                     "not a JSON-RPC 2.0 message"))
+            return
+        if method == lsp.INITIALIZE:
+            self.initialize_seen = True
+        elif not getattr(self, "initialize_seen", False) and method != lsp.EXIT:
+            if _is_request(message):  # LSP: ServerNotInitialized; notifications dropped
+                self.refuse(message.id, JsonRpcServerNotInitialized(
+                    "the first request must be `initialize`"))
             return
         if self._shutdown and _is_request(message):
             self.refuse(message.id, JsonRpcInvalidRequest(
