@@ -834,3 +834,18 @@ async def test_formatting_replaces_the_whole_document_whatever_its_line_ends(
                                           character=len(lsp_lines[-1]))
     assert edit.new_text == format_text(messy)
     close(client, uri)
+
+
+async def test_a_document_over_the_file_bound_is_refused_unparsed(monkeypatch):
+    """A document larger than a spec file may be (4 MiB) gets the file's E-limit, and is
+    not parsed a second time for an outline."""
+    from cnndsl.lsp import analysis
+    from cnndsl.program import MAX_SOURCE_BYTES, Program
+
+    def parse_again(*args, **kwargs):
+        raise AssertionError("parsed")
+    monkeypatch.setattr(Program, "load_text", parse_again)
+    text = "network n() {\n" + "    relu\n" * (MAX_SOURCE_BYTES // 9) + "}\n"
+    result = analysis.analyse(text, "big.cnn", None)
+    assert [d.code for d in result.diagnostics] == ["E-limit"]
+    assert "larger than 4 MiB" in result.diagnostics[0].message and not result.parsed

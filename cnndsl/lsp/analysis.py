@@ -85,7 +85,8 @@ def _analyse(text: str, name: str, base: Path | None) -> Analysis:
         first = list(exc.diagnostics)
     program = Program()
     program.load_stdlib()  # parsed once per process: the blocks a completion may offer
-    if any(d.code == "E-syntax" and d.span is not None and d.span.file == name for d in first):
+    if any(d.code == "E-syntax" and d.span is not None and d.span.file == name or
+           d.code == "E-limit" and d.span is None for d in first):  # (too large: not parsed)
         return Analysis(text, name, None, dict(program.definitions), program.sources,
                         diagnostics=first)
     try:
