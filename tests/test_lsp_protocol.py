@@ -179,6 +179,26 @@ def test_every_advertised_request_answers_hostile_parameters(raw, tmp_path):
                 assert "Traceback" not in answer["error"]["message"], (method, params, answer)
             answered += 1
     assert answered == len(methods) * len(hostile_params(uri))
+    # notifications get no response, whatever they hold, and change nothing they should not
+    from cnndsl.lsp.server import server
+    features = server.protocol.fm
+    notifications = sorted(m for m in set(features.features) | set(features.builtin_features)
+                           if lsp.METHOD_TO_TYPES.get(m, (None, None))[1] is None
+                           and m != lsp.EXIT)
+    assert {"textDocument/didOpen", "textDocument/didChange",
+            "textDocument/didClose"} <= set(notifications)
+    for method in notifications:
+        for params in hostile_params(uri) + [
+                {"textDocument": {"uri": uri, "version": "x"}, "contentChanges": [{}]},
+                {"textDocument": {"uri": uri, "languageId": "cnn", "version": 1,
+                                  "text": None}}]:
+            raw.notify(method, params) if params != "omitted" else raw.send(
+                {"jsonrpc": "2.0", "method": method})
+    # (some of those were well-formed enough to close the document: extra fields are
+    # allowed) opened again, it is analysed as ever
+    raw.notify("textDocument/didOpen", {"textDocument": {
+        "uri": uri, "languageId": "cnn", "version": 7, "text": SPEC}})
+    assert raw.diagnostics(uri, 7) == []
     # and it still answers well-formed requests, with what they ask for
     hover = raw.response(raw.request("textDocument/hover", {
         "textDocument": {"uri": uri}, "position": {"line": 2, "character": 14}}))
