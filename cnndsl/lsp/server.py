@@ -6,7 +6,9 @@ arrives while an analysis runs waits for it, and only the latest text is analyse
 so typing never queues up stale work. Requests read the analysis of the text they were
 sent for, waiting for it at most `WAIT_S`; past that (a pathological document) they answer
 from the last finished one. Whatever a handler raises is logged and answered with nothing:
-the server outlives every document.
+the server outlives every document. A closed document's analysis is dropped, and nothing
+is published for it after `didClose`. Frames, and the errors a request gets when it
+cannot be served, are protocol.py's.
 """
 
 from __future__ import annotations
@@ -88,7 +90,7 @@ class CnnLanguageServer(LanguageServer):
 
     async def analyse_latest(self, doc: Document) -> None:
         loop = asyncio.get_running_loop()
-        while doc.analysed_generation != doc.generation and self.open(doc):
+        while doc.analysed_generation != doc.generation and self.is_open(doc):
             generation, version, text = doc.generation, doc.version, doc.text
             try:
                 result = await loop.run_in_executor(self.pool, analyse, text, doc.name,
@@ -97,7 +99,7 @@ class CnnLanguageServer(LanguageServer):
                 self.report(f"analysis of {doc.uri} failed")
                 doc.done.set()
                 return
-            if not self.open(doc):  # closed meanwhile: nothing is kept or published
+            if not self.is_open(doc):  # closed meanwhile: nothing is kept or published
                 break
             doc.analysed, doc.analysed_generation, doc.analysed_version = \
                 result, generation, version
@@ -108,7 +110,7 @@ class CnnLanguageServer(LanguageServer):
                 doc.done.set()
         doc.done.set()
 
-    def open(self, doc: Document) -> bool:
+    def is_open(self, doc: Document) -> bool:
         return self.documents.get(doc.uri) is doc
 
     def shapes(self, doc: Document, result: Analysis) -> dict:
