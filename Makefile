@@ -19,7 +19,7 @@ demo: $(VENV)/.installed
 	$(CNNDSL) check $(SPEC)
 	$(CNNDSL) compile $(SPEC) --to torch -o $(OUT)/model.py
 	$(CNNDSL) compile $(SPEC) --to onnx -o $(OUT)/model.onnx
-	$(CNNDSL) render $(SPEC) -o $(OUT)/model.svg || echo "(no graphviz: wrote $(OUT)/model.dot)"
+	$(CNNDSL) render $(SPEC) -o $(OUT)/model.svg
 	$(CNNDSL) summary $(SPEC) --depth 1
 	$(CNNDSL) run $(OUT)/model.onnx --batch 1 --bench 20
 

@@ -229,16 +229,19 @@ class Model:
         from .backends.diagram import to_dot
         return to_dot(self.ir, **options)
 
-    def render(self, path: str | Path, **options) -> Path:
-        """Draw the diagram to .svg, .png, .pdf or .dot (needs graphviz's `dot` but for .dot)."""
+    def render(self, path: str | Path, engine: str = "auto", **options) -> Path:
+        """Draw the diagram to .svg, .png, .pdf or .dot. `engine`: "bundled" (the Graphviz
+        in pygraphviz's wheel), "system" (graphviz's `dot`) or "auto" (the faster installed)."""
         from .backends.diagram import write
-        return write(self.ir, path, **options)
+        path = Path(path)
+        write(self.ir, path, engine=engine, **options)
+        return path
 
     def _repr_svg_(self) -> str | None:
-        """Notebooks show the diagram (None, so the text form shows, without graphviz)."""
+        """Notebooks show the diagram (None, so the text form shows, without Graphviz)."""
         from .backends.diagram import DotMissingError, render
         try:
-            return render(self.to_dot(), "svg").decode()
+            return render(self.to_dot(), "svg").data.decode()
         except (DotMissingError, RuntimeError):
             return None
 

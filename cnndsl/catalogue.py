@@ -111,7 +111,9 @@ CATALOGUE: tuple[Entry, ...] = (
           _net("flatten -> linear(100000000)"),
           "Shrink the network, or raise --memory-limit on a machine that has the memory."),
     Entry("E-io", "a file that cannot be read",
-          "The spec (or an input array) does not exist or is not readable.",
+          "The spec (or an input array) does not exist or is not readable; or, for "
+          "`render`, Graphviz crashed, failed or ran past its time bound while drawing "
+          "(reported at the network's name, with what Graphviz said).",
           _net("conv(8, 3)"),
           "Check the path.",
           argv=("check", "missing.cnn")),

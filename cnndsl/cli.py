@@ -257,8 +257,8 @@ def cmd_render(args) -> int:
     if suffix not in (".svg", ".png", ".pdf", ".dot"):
         raise UsageError(f"-o must end in .svg, .png, .pdf or .dot, not `{suffix or args.output}`")
     try:
-        write(model.ir, args.output, depth=args.depth, direction=args.direction,
-              shapes=not args.no_shapes, params=args.params)
+        drawing = write(model.ir, args.output, engine=args.engine, depth=args.depth,
+                        direction=args.direction, shapes=not args.no_shapes, params=args.params)
     except DotMissingError as exc:
         dot_path = Path(args.output).with_suffix(".dot")
         if args.json:
@@ -267,12 +267,17 @@ def cmd_render(args) -> int:
         else:
             _say(f"wrote {dot_path} instead of {args.output}: {exc}")
         return EXIT_SPEC
-    except RuntimeError as exc:
-        raise _spec_error(str(exc)) from None
+    except RuntimeError as exc:  # Graphviz crashed, failed or ran past its time bound
+        header = model.program.network(args.network)
+        raise CnnError([Diagnostic(code="E-io", message=f"cannot draw {args.output}: {exc}",
+                                   span=header.name_span, label="this network")],
+                       model.program.sources) from None
     if args.json:
-        print(json.dumps({"ok": True, "output": args.output, "format": suffix[1:]}, indent=2))
+        print(json.dumps({"ok": True, "output": args.output, "format": suffix[1:],
+                          "engine": drawing.engine or None}, indent=2))
     else:
-        _say(f"wrote {args.output}")
+        _say(f"wrote {args.output}" + (f" (drawn by {drawing.program})" if drawing.engine
+                                       else ""))
     return EXIT_OK
 
 
@@ -483,6 +488,9 @@ def build_parser() -> argparse.ArgumentParser:
     render = spec_command("render", "draw the architecture with graphviz")
     render.add_argument("-o", "--output", required=True, help="a .svg, .png, .pdf or .dot file")
     render.add_argument("--direction", choices=["TB", "LR"], default="TB")
+    render.add_argument("--engine", choices=["auto", "bundled", "system"], default="auto",
+                        help="the Graphviz that draws: bundled with pygraphviz, the system's "
+                        "`dot`, or auto (the faster of those installed)")
     render.add_argument("--depth", type=int, help="fold blocks nested deeper than N into one "
                         "node (default: the deepest view of at most 100 nodes)")
     render.add_argument("--no-shapes", action="store_true", help="no shapes on the edges")

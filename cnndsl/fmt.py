@@ -13,7 +13,8 @@ so statements and keywords added to the language format without new code here:
   after the opening bracket, and a line that is still too long breaks before a `->`;
 - trailing comments of a run of lines (up to a blank line or a comment line) are aligned;
   blank lines are kept, at most one, never just inside a `{ ... }`;
-- `# fmt: off` ... `# fmt: on` (each on a line of its own) keeps the lines between as written.
+- `# fmt: off` ... `# fmt: on` (each on a line of its own) keeps the lines between as written,
+  and the whole of a statement that either starts or ends inside.
 
 The result is checked before it is used: it must lex to the same tokens and comments as the
 input, so formatting can never change what a file means.
@@ -22,7 +23,7 @@ input, so formatting can never change what a file means.
 from __future__ import annotations
 
 import bisect
-import contextlib
+import collections
 import difflib
 import re
 import sys
@@ -36,6 +37,7 @@ from lark.exceptions import UnexpectedInput
 
 from . import syntax
 from .diagnostics import CnnError
+from .source import LINE_BREAK, split_lines
 
 WIDTH = 100
 INDENT = 4
@@ -120,10 +122,12 @@ def _attached_keywords() -> frozenset[str]:
     return frozenset(found)
 
 
-def _lex(text: str, name: str = "<string>") -> tuple[list, list[_Comment]]:
+def _lex(text: str, name: str = "<string>", words: bool = True) -> tuple[list, list[_Comment]]:
     """The significant tokens the parser reads (statement-ending newlines included) and every
-    comment. Raises CnnError (located) when the text does not parse."""
-    syntax.parse(text, name)  # the project's own syntax errors, in words
+    comment. Raises CnnError (located) when the text does not parse; FormatError instead
+    when not asked for the error in `words`."""
+    if words:
+        syntax.parse(text, name)  # the project's own syntax errors, in words
     parser = _lexer()
     recorder: _Recorder = parser.options.postlex
     with _LOCK:
@@ -131,8 +135,8 @@ def _lex(text: str, name: str = "<string>") -> tuple[list, list[_Comment]]:
         recorder.comments.clear()
         try:
             parser.parse(text)
-        except UnexpectedInput as exc:  # parsed above: cannot happen
-            raise FormatError(f"the formatter's lexer disagrees with the parser: {exc}") from None
+        except UnexpectedInput as exc:  # when parsed above: cannot happen
+            raise FormatError(f"the text does not parse: {exc}") from None
         tokens, raw_comments = list(recorder.tokens), list(recorder.comments)
     comments = [_Comment(str(c).rstrip(), c.start_pos, c.line, _alone(text, c.start_pos))
                 for c in raw_comments]
@@ -219,7 +223,8 @@ def _mark_arrow_breaks(text: str, toks: list[_Tok | None]) -> None:
 
 def _attach_trailing(toks: list[_Tok | None], i: int, comment: _Comment) -> None:
     tok = toks[i]
-    if tok.kind == "_ARROW" and i > 0 and toks[i - 1] is not None and toks[i - 1].after is None:
+    if tok.kind == "_ARROW" and not tok.before and i > 0 and toks[i - 1] is not None and \
+            toks[i - 1].after is None:  # (comment lines between keep it after the `->`)
         toks[i - 1].after = comment.text  # `a -> # note` becomes `a  # note` / `-> b`
         tok.forced = True
         return
@@ -423,7 +428,8 @@ def format_text(text: str, width: int = WIDTH, name: str = "<string>") -> str:
     text = syntax.normalise(text)
     raw, comments = _lex(text, name)
     items = _items(text, raw, comments)
-    source_lines = text.split("\n")
+    source_lines = split_lines(text)
+    verbatim = _verbatim_ranges(items, comments, len(source_lines))
     out: list[tuple[str, str | None, bool]] = []  # code, trailing comment, aligns
     depth = 0
     previous: _Line | _CommentLine | None = None
@@ -440,13 +446,12 @@ def format_text(text: str, width: int = WIDTH, name: str = "<string>") -> str:
         if previous is not None and item.first - previous.last > 1 and not (
                 _ends_with(previous, "{") or _starts_with(item, "}")):
             out.append(("", None, False))
-        if isinstance(item, _CommentLine):
-            if _OFF.match(item.text):
-                verbatim_until = _verbatim_end(items, item)
-                out.extend((line.rstrip(), None, False)
-                           for line in source_lines[item.first - 1:verbatim_until])
-            else:
-                out.append((" " * (INDENT * depth) + item.text, None, False))
+        if verbatim and verbatim[0][0] <= item.last:  # a `# fmt: off` region starts here
+            first, verbatim_until = verbatim.popleft()
+            out.extend((line.rstrip(), None, False)
+                       for line in source_lines[first - 1:verbatim_until])
+        elif isinstance(item, _CommentLine):
+            out.append((" " * (INDENT * depth) + item.text, None, False))
         else:
             indent = INDENT * max(0, depth - (item.toks[0].text == "}"))
             _set_spaces(item.toks)
@@ -469,15 +474,37 @@ def _starts_with(item, text: str) -> bool:
     return isinstance(item, _Line) and item.toks[0].text == text
 
 
-def _verbatim_end(items: list, start: _CommentLine) -> int:
-    """The line of the `# fmt: on` closing a `# fmt: off` region (the file's end if none)."""
-    after = False
-    for item in items:
-        if item is start:
-            after = True
-        elif after and isinstance(item, _CommentLine) and _ON.match(item.text):
-            return item.last
-    return max((item.last for item in items), default=start.last)
+def _verbatim_ranges(items: list, comments: list[_Comment], last_line: int
+                     ) -> collections.deque[tuple[int, int]]:
+    """The (first, last) lines kept as written, in order, found in one pass: from each
+    `# fmt: off` on a line of its own to the next `# fmt: on` (or the file's end), widened
+    to the whole statements they start or end inside."""
+    regions, start = [], None
+    for comment in comments:
+        if not comment.own_line:
+            continue
+        if start is None and _OFF.match(comment.text):
+            start = comment.line
+        elif start is not None and _ON.match(comment.text):
+            regions.append((start, comment.line))
+            start = None
+    if start is not None:
+        regions.append((start, last_line))
+    ranges: collections.deque[tuple[int, int]] = collections.deque()
+    k = 0
+    for first, last in regions:
+        while k < len(items) and items[k].last < first:
+            k += 1
+        if k < len(items) and items[k].first < first:  # it starts inside a statement
+            first = items[k].first
+        while k < len(items) and items[k].first <= last:  # ... or ends inside one
+            last = max(last, items[k].last)
+            k += 1
+        if ranges and first <= ranges[-1][1]:
+            ranges[-1] = (ranges[-1][0], max(last, ranges[-1][1]))
+        else:
+            ranges.append((first, last))
+    return ranges
 
 
 def _align(out: list[tuple[str, str | None, bool]], width: int) -> list[str]:
@@ -519,7 +546,7 @@ def _signature(raw: list, comments: list[_Comment]) -> tuple[list, list[str]]:
 def _verify(before: tuple, after: str) -> None:
     """Formatting changes layout only: the same tokens and comments, in the same order."""
     try:
-        same = before == _signature(*_lex(after))
+        same = before == _signature(*_lex(after, words=False))
     except CnnError as exc:
         raise FormatError(f"the formatted text does not parse: {exc}") from None
     if not same:
@@ -530,61 +557,80 @@ def _verify(before: tuple, after: str) -> None:
 
 
 def run_fmt(files: list[str], check: bool = False, diff: bool = False) -> int:
-    """`cnndsl fmt`: 0 when every file is (or now is) formatted; 1 when a file does not parse,
-    or with --check/--diff when one would change."""
-    from .atomic import write_text
-    from .diagnostics import render_all, use_color
-    from .program import read_spec
-    from .source import SourceMap
-
+    """`cnndsl fmt`: 0 when every file is (or now is) formatted; 1 when a file does not parse
+    or may not be written (the others are still formatted), or with --check/--diff when one
+    would change."""
+    if files.count("-") > 1:
+        sys.stderr.write("error: standard input (`-`) can be given once\n")
+        return 1
     status, changed, unchanged, failed = 0, 0, 0, 0
     for name in files:
-        try:
-            text = sys.stdin.read() if name == "-" else read_spec(Path(name))
-            formatted = format_text(text, name="<stdin>" if name == "-" else name)
-        except CnnError as exc:
-            sources = SourceMap()
-            if name != "-":
-                with contextlib.suppress(OSError, CnnError):
-                    sources.add(name, syntax.normalise(read_spec(Path(name))))
-            sys.stderr.write(render_all(exc.diagnostics, sources, use_color()))
-            sys.stderr.write(f"error: {name} was not formatted\n")
+        outcome = _fmt_one(name, check, diff)
+        if outcome == "failed":
             status, failed = 1, failed + 1
-            continue
-        except OSError as exc:
-            sys.stderr.write(f"error[E-io]: cannot read {name}: {exc.strerror or exc}\n")
-            status, failed = 1, failed + 1
-            continue
-        except FormatError as exc:
-            sys.stderr.write(f"internal error: {name}: {exc} (a bug in cnndsl fmt; the file "
-                             "is left as it is)\n")
-            status, failed = 1, failed + 1
-            continue
-        if name == "-":
-            if diff:
-                sys.stdout.write(_diff(text, formatted, name))
-            elif not check:
-                sys.stdout.write(formatted)
-            status = max(status, int((check or diff) and formatted != text))
-            continue
-        if formatted == text:
+        elif outcome == "unchanged":
             unchanged += 1
-            continue
-        changed += 1
-        if diff:
-            sys.stdout.write(_diff(text, formatted, name))
-        if check or diff:
-            sys.stderr.write(f"would reformat {name}\n")
-            status = max(status, 1)
-        else:
-            write_text(name, formatted)
-            sys.stderr.write(f"reformatted {name}\n")
+        elif outcome in ("changed", "would change"):
+            changed += 1
+            status = max(status, int(outcome == "would change"))
+        elif outcome == "stdin changed":
+            status = max(status, int(check or diff))
     if files != ["-"]:
         verb = "would be reformatted" if check or diff else "reformatted"
         sys.stderr.write(f"{changed} file{'s' if changed != 1 else ''} {verb}, {unchanged} "
                          "already formatted" + (f", {failed} not formatted (errors above)"
                                                 if failed else "") + "\n")
     return status
+
+
+def _fmt_one(name: str, check: bool, diff: bool) -> str:
+    """Format one file (or standard input); what became of it."""
+    from .atomic import write_text
+    from .diagnostics import render_all, use_color
+    from .program import MAX_SOURCE_BYTES, decode_spec, read_spec
+    from .source import SourceMap
+
+    stdin = name == "-"
+    label = "<stdin>" if stdin else name
+    text = None
+    try:
+        text = decode_spec(sys.stdin.buffer.read(MAX_SOURCE_BYTES + 1), "standard input",
+                           label) if stdin else read_spec(Path(name))
+        formatted = format_text(text, name=label)
+    except CnnError as exc:
+        sources = SourceMap()
+        if text is not None:
+            sources.add(label, syntax.normalise(text))
+        sys.stderr.write(render_all(exc.diagnostics, sources, use_color()))
+        sys.stderr.write(f"error: {name} was not formatted\n")
+        return "failed"
+    except OSError as exc:
+        sys.stderr.write(f"error[E-io]: cannot read {name}: {exc.strerror or exc}\n")
+        return "failed"
+    except FormatError as exc:
+        sys.stderr.write(f"internal error: {name}: {exc} (a bug in cnndsl fmt; the file "
+                         "is left as it is)\n")
+        return "failed"
+    if stdin:
+        if diff:
+            sys.stdout.write(_diff(text, formatted, name))
+        elif not check:
+            sys.stdout.write(formatted)
+        return "stdin changed" if formatted != text else "stdin"
+    if formatted == text:
+        return "unchanged"
+    if diff:
+        sys.stdout.write(_diff(text, formatted, name))
+    if check or diff:
+        sys.stderr.write(f"would reformat {name}\n")
+        return "would change"
+    try:
+        write_text(name, formatted)
+    except OSError as exc:  # a link, a read-only file: refused, and the run goes on
+        sys.stderr.write(f"error[E-io]: cannot write {name}: {exc.strerror or exc}\n")
+        return "failed"
+    sys.stderr.write(f"reformatted {name}\n")
+    return "changed"
 
 
 def expand_paths(paths: list[str]) -> list[str]:
@@ -598,6 +644,13 @@ def expand_paths(paths: list[str]) -> list[str]:
     return files
 
 
+def _lines_kept(text: str) -> list[str]:
+    """The lines of a text with their line breaks, as the lexer counts them."""
+    lines = [line + LINE_BREAK for line in split_lines(text)]
+    lines[-1] = lines[-1][:-1]
+    return lines if lines[-1] else lines[:-1]
+
+
 def _diff(before: str, after: str, name: str) -> str:
-    return "".join(difflib.unified_diff(before.splitlines(True), after.splitlines(True),
+    return "".join(difflib.unified_diff(_lines_kept(before), _lines_kept(after),
                                         f"{name} (as it is)", f"{name} (formatted)"))

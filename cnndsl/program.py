@@ -8,7 +8,7 @@ from pathlib import Path
 
 from . import ast
 from .diagnostics import CnnError, Diagnostic, Label
-from .source import SourceMap, Span
+from .source import SourceMap, Span, line_column
 from .syntax import normalise, parse
 
 MAX_SOURCE_BYTES = 4 * 1024 * 1024
@@ -194,17 +194,22 @@ def read_spec(path: Path) -> str:
     or never end), at most MAX_SOURCE_BYTES, UTF-8."""
     from .files import open_regular
     with open_regular(path) as f:
-        data = f.read(MAX_SOURCE_BYTES + 1)
+        return decode_spec(f.read(MAX_SOURCE_BYTES + 1), str(path), display_path(path))
+
+
+def decode_spec(data: bytes, what: str, file: str) -> str:
+    """The text of a spec's bytes (read with one more than MAX_SOURCE_BYTES allowed), how
+    every spec is decoded, whether from a file or from standard input: UTF-8 or refused,
+    the first bad byte located. `what` names it in words, `file` in spans."""
     if len(data) > MAX_SOURCE_BYTES:
-        raise CnnError([Diagnostic(code="E-limit", message=f"{path} is larger than "
+        raise CnnError([Diagnostic(code="E-limit", message=f"{what} is larger than "
                                    f"{MAX_SOURCE_BYTES // 1024 // 1024} MiB")])
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as exc:
-        before = data[:exc.start].decode("utf-8", errors="replace")
-        line = before.count("\n") + 1
-        column = len(before) - (before.rfind("\n") + 1) + 1
-        span = Span(file=display_path(path), line=line, column=column, end_line=line,
+        before = normalise(data[:exc.start].decode("utf-8", errors="replace"))
+        line, column = line_column(before, len(before))
+        span = Span(file=file, line=line, column=column, end_line=line,
                     end_column=column + 1)
         raise CnnError([Diagnostic(code="E-syntax", message=f"not UTF-8 text: byte "
                                    f"0x{data[exc.start]:02x} at offset {exc.start}",

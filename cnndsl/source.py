@@ -4,6 +4,36 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+# The one definition of a line break, shared by the lexer (Lark counts `\n`), diagnostics,
+# fmt and the language server: `\n`, once `normalise` has made every CR and CRLF one.
+# Form feed, `\v`, `\x1c`-`\x1e`, U+0085, U+2028 and U+2029 are not line breaks (Python's
+# str.splitlines() takes them for ones, so it is never used on a spec).
+LINE_BREAK = "\n"
+
+
+def normalise(text: str) -> str:
+    """What the parser and the quoted lines both see: no byte-order mark, `\n` line ends
+    (a lone CR or CRLF becomes one)."""
+    return text.removeprefix("\ufeff").replace("\r\n", "\n").replace("\r", "\n")
+
+
+def split_lines(text: str) -> list[str]:
+    """The lines of a normalised text, as the lexer counts them (a last empty one after a
+    final line break included)."""
+    return text.split(LINE_BREAK)
+
+
+def line_column(text: str, offset: int) -> tuple[int, int]:
+    """1-based (line, column) of an offset into a normalised text."""
+    line = text.count(LINE_BREAK, 0, offset) + 1
+    return line, offset - (text.rfind(LINE_BREAK, 0, offset) + 1) + 1
+
+
+def end_of(text: str) -> tuple[int, int]:
+    """1-based (line, column) where a normalised text ends: after its last character, the
+    line break that ends its last line aside."""
+    return line_column(text, len(text) - text.endswith(LINE_BREAK))
+
 
 @dataclass(frozen=True, slots=True)
 class Span:
@@ -27,7 +57,7 @@ class SourceFile:
     def __init__(self, name: str, text: str):
         self.name = name
         self.text = text
-        self.lines = text.split("\n")  # as the parser counts lines: \n alone
+        self.lines = split_lines(text)
 
     def line(self, number: int) -> str:
         if 1 <= number <= len(self.lines):

@@ -17,7 +17,7 @@ from lark.exceptions import (
 
 from . import ast
 from .diagnostics import CnnError, Diagnostic, Label
-from .source import Span
+from .source import LINE_BREAK, Span, end_of, line_column, normalise, split_lines  # noqa: F401
 
 MAX_NUMBER_LENGTH = 40
 MAX_TOKENS = 400_000  # twice the 100x spec of benchmarks/check_scaling.py
@@ -152,12 +152,6 @@ def _parser() -> Lark:
                 transformer=_Reducer())
 
 
-def normalise(text: str) -> str:
-    """What the parser and the quoted lines both see: no byte-order mark, `\n` line ends
-    (a lone CR or CRLF becomes one)."""
-    return text.removeprefix("\ufeff").replace("\r\n", "\n").replace("\r", "\n")
-
-
 _ROUGH_TOKEN = re.compile(r"#[^\n]*|[A-Za-z_]\w*|\d[\d.eE+-]*|\S")
 
 
@@ -172,8 +166,7 @@ def _check_token_count(text: str, file: str) -> None:
             continue
         count += 1
         if count > MAX_TOKENS:
-            line = text.count("\n", 0, match.start()) + 1
-            column = match.start() - (text.rfind("\n", 0, match.start()) + 1) + 1
+            line, column = line_column(text, match.start())
             raise CnnError([Diagnostic(
                 code="E-limit", message=f"more than {MAX_TOKENS:,} tokens in one file",
                 span=Span(file=file, line=line, column=column, end_line=line,
@@ -229,8 +222,7 @@ def _syntax_diagnostic(exc: UnexpectedInput, text: str, file: str, parser: Lark)
     unclosed = list(getattr(postlex, "open_parens", []))
     if isinstance(exc, UnexpectedToken) and exc.token.type == "$END" or isinstance(
             exc, UnexpectedEOF):
-        lines = text.splitlines() or [""]
-        line, column = len(lines), len(lines[-1]) + 1
+        line, column = end_of(text)
         found, width = "the end of the file", 1
         expected = _expected(exc.expected, parser)
     elif isinstance(exc, UnexpectedToken):
@@ -274,11 +266,13 @@ def _syntax_diagnostic(exc: UnexpectedInput, text: str, file: str, parser: Lark)
 
 def _untyped_parameter_help(text: str, line: int, column: int) -> str | None:
     """`network n(classes=10)`: Python's keyword habit where a typed parameter belongs."""
-    before = text.split("\n")[line - 1][:column - 1] if line <= text.count("\n") + 1 else ""
+    lines = split_lines(text)
+    source_line = lines[line - 1] if line <= len(lines) else ""
+    before = source_line[:column - 1]
     match = re.search(r"^\s*(network|block)\s+\w+\s*\((?:.*,)?\s*(\w+)\s*$", before)
-    if match is None or not text.split("\n")[line - 1][column - 1:].startswith("="):
+    if match is None or not source_line[column - 1:].startswith("="):
         return None
-    value = re.match(r"=\s*([^,)]*)", text.split("\n")[line - 1][column - 1:]).group(1).strip()
+    value = re.match(r"=\s*([^,)]*)", source_line[column - 1:]).group(1).strip()
     kind = "float" if re.fullmatch(r"[\d.]+(e-?\d+)?", value) and "." in value else \
         "bool" if value in ("true", "false") else "int"
     return f"parameters are typed: `{match.group(2)}: {kind} = {value}`"
@@ -291,7 +285,9 @@ def _definition_on_line(text: str, line: int) -> tuple[int, int, str] | None:
     """(offset of the line, column, word) when the line starts a definition."""
     offset = 0
     for _ in range(line - 1):
-        offset = text.index("\n", offset) + 1
+        offset = text.find(LINE_BREAK, offset) + 1
+        if offset == 0:  # past the last line
+            return None
     match = _DEFINITION.match(text, offset)
     return (offset, match.start(1) - offset + 1, match.group(1)) if match else None
 
@@ -317,7 +313,7 @@ def _scan_braces(text: str):
     stack: list[tuple[int, int, int]] = []  # line, column, indentation of its line
     culprit = None
     depth = 0
-    for number, line in enumerate(text.split("\n"), 1):
+    for number, line in enumerate(split_lines(text), 1):
         indent = len(line) - len(line.lstrip(" \t"))
         in_string = False
         for column, char in enumerate(line, 1):

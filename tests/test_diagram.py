@@ -2,22 +2,46 @@
 
 from __future__ import annotations
 
+import html
 import json
 import os
 import re
 import shutil
-import sys
+from importlib.metadata import version
 
 import pytest
 
 import cnndsl
+from cnndsl.backends import diagram
 from cnndsl.backends.diagram import shape_text, to_dot
-from conftest import ROOT, SPECS, ZOO_SPECS, golden, run_cli
+from cnndsl.cli import main
+from conftest import ROOT, SPECS, ZOO_SPECS, golden, path_without_dot, run_cli
 
 GOLDEN = ROOT / "tests" / "golden" / "dot"
-HAVE_DOT = shutil.which("dot") is not None
-needs_dot = pytest.mark.skipif(not HAVE_DOT and not os.environ.get("CI"),
-                               reason="graphviz is not installed (CI installs it)")
+# Every engine installed here draws in these tests: the bundled one always (`make test`
+# installs pygraphviz through the `all` extra; without it they fail, not skip), and a
+# system `dot` where there is one.
+ENGINES = ["bundled", *(["system"] if shutil.which("dot") else [])]
+BUNDLED = f"graphviz bundled with pygraphviz {version('pygraphviz')}"
+
+
+def drawn_nodes(svg: bytes) -> set[str]:
+    """The nodes Graphviz drew: each node's <title> in the SVG."""
+    return {html.unescape(t) for t in re.findall(
+        r'<g id="node\d+" class="node">\s*<title>([^<]*)</title>', svg.decode())}
+
+
+@pytest.fixture
+def only_engine(monkeypatch, tmp_path):
+    """Leaves one engine installed, as on a machine with only that one: `dot` hidden
+    from PATH for the bundled engine, pygraphviz for the system's."""
+    def leave(engine: str) -> None:
+        if engine == "bundled":
+            monkeypatch.setenv("PATH", path_without_dot(tmp_path / "no_dot"))
+        else:
+            monkeypatch.setattr(diagram, "bundled_location", lambda: None)
+        assert diagram.available() == [engine]
+    return leave
 
 
 @pytest.mark.parametrize("spec", ["lenet5", "resnet18", "googlenet"])
@@ -79,38 +103,83 @@ def test_options_direction_shapes_and_params():
     assert '"c1" [label="c1: conv 5x5, 6\\n156 params"' in text
 
 
-@needs_dot
+@pytest.mark.parametrize("engine", ENGINES)
 @pytest.mark.parametrize("fmt", ["svg", "png", "pdf"])
-def test_real_renders(tmp_path, fmt):
+def test_real_renders(tmp_path, fmt, engine):
     out = tmp_path / f"googlenet.{fmt}"
-    result = run_cli("render", "specs/googlenet.cnn", "-o", str(out))
+    result = run_cli("render", "specs/googlenet.cnn", "-o", str(out), "--engine", engine)
     assert result.returncode == 0, result.stderr
+    said = BUNDLED if engine == "bundled" else "graphviz's " + shutil.which("dot")
+    assert result.stderr == f"wrote {out} (drawn by {said})\n"
     data = out.read_bytes()
     magic = {"svg": b"<?xml", "png": b"\x89PNG", "pdf": b"%PDF"}[fmt]
     assert data.startswith(magic) and len(data) > 10_000
     if fmt == "svg":
         assert b"inception3a: inception(64, 96, 128, 16, 32, 32, 3)" in data
+        nodes, _ = parse_dot(to_dot(cnndsl.load(SPECS / "googlenet.cnn").ir))
+        assert drawn_nodes(data) == nodes | {"legend"}
 
 
-def test_without_dot_the_dot_file_is_written_and_install_is_explained(tmp_path):
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    (bin_dir / "python").symlink_to(sys.executable)
-    result = run_cli("render", "specs/lenet5.cnn", "-o", str(tmp_path / "lenet.png"),
-                     env={"PATH": str(bin_dir)})
-    assert result.returncode == 1 and "Traceback" not in result.stderr
-    assert "apt-get install graphviz" in result.stderr
+@pytest.mark.parametrize("engine", ENGINES)
+def test_every_layer_is_drawn(engine):
+    text = to_dot(cnndsl.load(SPECS / "resnet18.cnn").ir, depth=99)
+    nodes, edges = parse_dot(text)
+    svg = diagram.render(text, "svg", engine).data
+    assert drawn_nodes(svg) == nodes | {"legend"} and len(nodes) > 60
+    assert svg.count(b'class="edge"') == len(edges)
+
+
+def test_without_dot_the_bundled_engine_draws(tmp_path):
+    """A machine with no graphviz but what pip installed: the bundled engine draws, and
+    asking for the system's says what is missing, writing the .dot instead."""
+    env = {"PATH": path_without_dot(tmp_path / "bin")}
+    out = tmp_path / "lenet.svg"
+    result = run_cli("render", "specs/lenet5.cnn", "-o", str(out), env=env)
+    assert result.returncode == 0 and result.stderr == f"wrote {out} (drawn by {BUNDLED})\n"
+    assert out.read_bytes().startswith(b"<?xml") and b"conv 5x5, 6" in out.read_bytes()
+    as_json = run_cli("render", "specs/lenet5.cnn", "-o", str(out), "--json", env=env)
+    assert json.loads(as_json.stdout) == {"ok": True, "output": str(out), "format": "svg",
+                                          "engine": "bundled"}
+    asked = run_cli("render", "specs/lenet5.cnn", "-o", str(tmp_path / "l.png"),
+                    "--engine", "system", env=env)
+    assert asked.returncode == 1 and "Traceback" not in asked.stderr
+    assert "the system engine needs graphviz's `dot` on PATH: apt-get install graphviz" \
+        in asked.stderr
+    assert (tmp_path / "l.dot").read_text().startswith('digraph "lenet5"')
+    assert not (tmp_path / "l.png").exists()
+
+
+def test_without_any_graphviz_the_dot_file_is_written_and_install_is_explained(
+        tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("PATH", path_without_dot(tmp_path / "bin"))
+    monkeypatch.setattr(diagram, "bundled_location", lambda: None)
+    status = main(["render", str(SPECS / "lenet5.cnn"), "-o", str(tmp_path / "lenet.png")])
+    err = capsys.readouterr().err
+    assert status == 1 and "Traceback" not in err
+    assert "no Graphviz to draw with: pip install pygraphviz" in err
+    assert "apt-get install graphviz" in err
     assert (tmp_path / "lenet.dot").read_text().startswith('digraph "lenet5"')
     assert not (tmp_path / "lenet.png").exists()
 
 
-@needs_dot
-def test_notebook_shows_the_diagram_and_summary():
+@pytest.mark.parametrize("engine", ENGINES)
+def test_notebook_shows_the_diagram_and_summary(engine, only_engine):
+    only_engine(engine)
     model = cnndsl.load(SPECS / "lenet5.cnn")
     svg = model._repr_svg_()
     assert svg.lstrip().startswith("<?xml") and "conv 5x5, 6" in svg
-    html = model._repr_html_()
-    assert "<svg" in html and "61,706" in html
+    html_text = model._repr_html_()
+    assert "<svg" in html_text and "61,706" in html_text
+
+
+def test_the_api_renders_through_either_engine(tmp_path, only_engine):
+    model = cnndsl.load(SPECS / "lenet5.cnn")
+    only_engine("bundled")
+    assert model.render(tmp_path / "a.pdf") == tmp_path / "a.pdf"
+    assert (tmp_path / "a.pdf").read_bytes().startswith(b"%PDF")
+    with pytest.raises(diagram.DotMissingError, match="the system engine needs graphviz's"):
+        model.render(tmp_path / "b.svg", engine="system")
+    assert (tmp_path / "b.dot").exists() and not (tmp_path / "b.svg").exists()
 
 
 @pytest.mark.parametrize("spec", ZOO_SPECS)
@@ -137,8 +206,8 @@ def test_summary_table_nesting_and_conventions():
     assert "    conv1 (conv)" in deeper
 
 
-@needs_dot
-def test_a_flat_network_of_40000_layers_renders(tmp_path):
+@pytest.mark.parametrize("engine", ENGINES)
+def test_a_flat_network_of_40000_layers_renders(tmp_path, engine):
     """graphviz segfaulted on 40,000 nodes in a row: the middle of a level is one node."""
     model = cnndsl.loads("network flat() {\n    input x: 1 x 4 x 4\n"
                          + "    relu\n" * 40_000 + "}\n")
@@ -146,19 +215,68 @@ def test_a_flat_network_of_40000_layers_renders(tmp_path):
     nodes, edges = parse_dot(dot_text)
     assert len(nodes) < 1_000 and "… 39,600 more layers …" in dot_text
     out = tmp_path / "flat.svg"
-    model.render(out)
-    assert out.read_bytes().lstrip().startswith(b"<?xml")
+    model.render(out, engine=engine)
+    svg = out.read_bytes()
+    assert svg.lstrip().startswith(b"<?xml") and drawn_nodes(svg) == nodes | {"legend"}
+    assert "… 39,600 more layers …".encode() in svg
 
 
-def test_a_failing_dot_is_reported_with_its_status(tmp_path, monkeypatch):
-    from cnndsl.backends import diagram
-    fake = tmp_path / "dot"
-    fake.write_text("#!/bin/sh\nkill -SEGV $$\n")
-    fake.chmod(0o755)
-    monkeypatch.setenv("PATH", f"{tmp_path}:{os.environ['PATH']}")
-    with pytest.raises(RuntimeError, match=r"graphviz's dot failed \(signal SIGSEGV\): it "
-                                           r"printed nothing"):
-        diagram.render('digraph "g" { a -> b }', "svg")
-    fake.write_text("#!/bin/sh\necho 'syntax error in line 1' >&2\nexit 3\n")
+def fake_engine(tmp_path, monkeypatch, engine: str, body: str) -> None:
+    """`engine` replaced by a program that does `body` (sh for dot, Python for the child)."""
+    if engine == "system":
+        fake = tmp_path / "dot"
+        fake.write_text("#!/bin/sh\n" + body + "\n")
+        fake.chmod(0o755)
+        monkeypatch.setenv("PATH", f"{tmp_path}:{os.environ['PATH']}")
+    else:
+        fake = tmp_path / "child.py"
+        fake.write_text(body + "\n")
+        monkeypatch.setattr(diagram, "CHILD", fake)
+
+
+CRASH = {"system": "kill -SEGV $$", "bundled": "import os, signal\nos.kill(os.getpid(), "
+         "signal.SIGSEGV)"}
+HANG = {"system": "exec sleep 60", "bundled": "import time\ntime.sleep(60)"}
+PROGRAM = {"system": r"graphviz's \S*dot", "bundled": re.escape(BUNDLED)}
+
+
+@pytest.mark.parametrize("engine", ["system", "bundled"])
+def test_a_crash_of_the_engine_is_an_error_not_a_dead_process(tmp_path, monkeypatch, engine):
+    fake_engine(tmp_path, monkeypatch, engine, CRASH[engine])
+    with pytest.raises(RuntimeError, match=PROGRAM[engine] + r" failed \(signal SIGSEGV\): "
+                                           r"it printed nothing"):
+        diagram.render('digraph "g" { a -> b }', "svg", engine)
+
+
+@pytest.mark.parametrize("engine", ["system", "bundled"])
+def test_a_layout_past_the_time_bound_is_stopped(tmp_path, monkeypatch, engine):
+    fake_engine(tmp_path, monkeypatch, engine, HANG[engine])
+    monkeypatch.setattr(diagram, "LAYOUT_TIMEOUT_S", 1)
+    with pytest.raises(RuntimeError, match=PROGRAM[engine] + " did not finish the layout in "
+                                           "1 s and was stopped; --depth folds blocks"):
+        diagram.render('digraph "g" { a -> b }', "svg", engine)
+
+
+def test_a_failing_dot_is_reported_with_what_it_said(tmp_path, monkeypatch):
+    fake_engine(tmp_path, monkeypatch, "system",
+                "echo 'syntax error in line 1' >&2\nexit 3")
     with pytest.raises(RuntimeError, match=r"\(exit status 3\): syntax error in line 1"):
-        diagram.render("digraph {", "svg")
+        diagram.render("digraph {", "svg", "system")
+    with pytest.raises(RuntimeError, match=re.escape(BUNDLED) + r" failed \(exit status 1\): "
+                                           "Error: syntax error in line"):
+        diagram.render("digraph {", "svg", "bundled")  # the real one
+
+
+def test_a_crash_while_rendering_is_located_and_leaves_the_old_file(tmp_path, monkeypatch,
+                                                                    capsys):
+    fake_engine(tmp_path, monkeypatch, "bundled", CRASH["bundled"])
+    out = tmp_path / "lenet.svg"
+    out.write_text("the drawing from before")
+    status = main(["render", str(SPECS / "lenet5.cnn"), "-o", str(out), "--engine", "bundled"])
+    err = capsys.readouterr().err
+    assert status == 1 and "Traceback" not in err and "internal error" not in err
+    assert f"error[E-io]: cannot draw {out}: {BUNDLED} failed (signal SIGSEGV)" in err
+    assert "lenet5.cnn:4:9\n" in err
+    assert "4 | network lenet5(classes: int = 10) {\n  |         ^^^^^^ this network" in err
+    assert out.read_text() == "the drawing from before"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["child.py", "lenet.svg"]

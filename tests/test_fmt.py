@@ -292,3 +292,125 @@ def test_check_json_is_unchanged_through_the_cli(tmp_path):
     assert _without_positions(json.loads(before.stdout)) == \
         _without_positions(json.loads(after.stdout))
     assert json.loads(after.stdout)["params"] == 25_557_032
+
+
+# ---- the command under hostile input --------------------------------------------------------
+
+
+def _fmt_stdin(data: bytes, *args: str):
+    import subprocess
+    import sys
+    return subprocess.run([sys.executable, "-m", "cnndsl", "fmt", *args], cwd=ROOT,
+                          input=data, capture_output=True, timeout=120,
+                          env={**__import__("os").environ, "NO_COLOR": "1"})
+
+
+def test_standard_input_is_decoded_exactly_as_a_file_is(tmp_path):
+    """Bytes that are not UTF-8 were written back as `\\udcff\\udcfe`, exit 0."""
+    data = b"network n() {\n    input x: 3 x 8 x 8  # \xff\xfe\n}\n"
+    path = tmp_path / "latin.cnn"
+    path.write_bytes(data)
+    by_name = run_cli("fmt", str(path))
+    piped = _fmt_stdin(data, "-")
+    assert by_name.returncode == piped.returncode == 1
+    assert piped.stdout == b""
+    assert "not UTF-8 text: byte 0xff at offset 40" in by_name.stderr
+    assert "not UTF-8 text: byte 0xff at offset 40" in piped.stderr.decode()
+    assert "--> <stdin>:2:27" in piped.stderr.decode()
+    assert path.read_bytes() == data
+    # a BOM and CRLF line ends are read alike too
+    crlf = b"\xef\xbb\xbfnetwork n(){\r\n input x:1x2x2\r\n}"
+    assert _fmt_stdin(crlf, "-").stdout == b"network n() {\n    input x: 1 x 2 x 2\n}\n"
+
+
+def test_standard_input_is_read_once():
+    """`fmt - -` printed "0 files reformatted"."""
+    result = _fmt_stdin(b"network n() {\n}\n", "-", "-")
+    assert result.returncode == 1 and result.stdout == b""
+    assert "standard input (`-`) can be given once" in result.stderr.decode()
+
+
+def test_a_folder_run_goes_on_past_a_file_it_may_not_write(tmp_path):
+    """Stopped at the first symbolic link or read-only file: later files never formatted,
+    no summary."""
+    messy = "network n(){\n  input x:3 x 8 x 8\n}\n"
+    for name in ("a.cnn", "c_readonly.cnn", "d.cnn"):
+        (tmp_path / name).write_text(messy)
+    (tmp_path / "c_readonly.cnn").chmod(0o444)
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "elsewhere" / "target.txt").write_text(messy)
+    (tmp_path / "b_link.cnn").symlink_to(tmp_path / "elsewhere" / "target.txt")
+    result = run_cli("fmt", str(tmp_path))
+    assert result.returncode == 1
+    assert (tmp_path / "a.cnn").read_text() == format_text(messy)
+    assert (tmp_path / "d.cnn").read_text() == format_text(messy)  # after both refusals
+    assert (tmp_path / "c_readonly.cnn").read_text() == messy
+    assert (tmp_path / "elsewhere" / "target.txt").read_text() == messy
+    assert (tmp_path / "b_link.cnn").is_symlink()
+    assert f"error[E-io]: cannot write {tmp_path / 'b_link.cnn'}: a symbolic link" \
+        in result.stderr
+    assert f"error[E-io]: cannot write {tmp_path / 'c_readonly.cnn'}: read-only" \
+        in result.stderr
+    assert result.stderr.rstrip().endswith(
+        "2 files reformatted, 0 already formatted, 2 not formatted (errors above)")
+
+
+def test_a_comment_line_before_an_arrow_and_a_trailing_one_after_it():
+    """Was refused as "formatting would change the file's tokens": the trailing comment
+    was moved ahead of the comment line before it."""
+    text = ("network n() {\n    input x: 3 x 8 x 8\n    conv(8, 3)\n    # before the arrow\n"
+            "    -> # after the arrow\n    relu\n}\n")
+    formatted = format_text(text)
+    assert formatted == ("network n() {\n    input x: 3 x 8 x 8\n    conv(8, 3)\n"
+                         "        # before the arrow\n        ->  # after the arrow\n"
+                         "        relu\n}\n")
+    assert format_text(formatted) == formatted
+
+
+@pytest.mark.parametrize("statement", [
+    # before a `->` continuation
+    "    y = x -> conv(8,   3)\n    # fmt: off\n        ->   relu\n    # fmt: on\n",
+    # inside ( )
+    "    conv(8,\n    # fmt: off\n         3,   stride=1)\n    # fmt: on\n",
+    # opened inside one statement, closed inside a later one
+    "    conv(8,\n    # fmt: off\n         3)\n    relu   ->\n    # fmt: on\n      flatten\n",
+])
+def test_fmt_off_inside_a_statement_keeps_the_whole_statement(statement):
+    """Was ignored: the comment became one of the statement's, and it was re-laid out."""
+    text = "network n() {\n    input x: 3 x 8 x 8\n" + statement + "    relu  ->  relu\n}\n"
+    assert format_text(text) == ("network n() {\n    input x: 3 x 8 x 8\n" + statement +
+                                 "    relu -> relu\n}\n")
+
+
+def _fmt_lines_run(text: str) -> int:
+    """How many lines of cnndsl/fmt.py formatting `text` runs: a count of the work done,
+    exact and the same on every machine, where a time would not be."""
+    import sys
+    count = 0
+
+    def tracer(frame, event, arg):
+        nonlocal count
+        if frame.f_code.co_filename != fmt.__file__:
+            return None
+        if event == "line":
+            count += 1
+        return tracer
+    sys.settrace(tracer)
+    try:
+        format_text(text)
+    finally:
+        sys.settrace(None)
+    return count
+
+
+def test_fmt_off_regions_are_found_in_one_pass():
+    """Each `# fmt: off` searched the file from its start for its `# fmt: on` (16k / 32k /
+    64k pairs: 3.6 / 13.7 / 59 s). The work grows with the pairs, not with their square
+    (benchmarks/fmt_off_scaling.py times it)."""
+    pair = "    # fmt: off\n    relu  ->  relu\n    # fmt: on\n"
+
+    def spec(pairs: int) -> str:
+        return "network n() {\n    input x: 3 x 8 x 8\n" + pair * pairs + "}\n"
+    assert format_text(spec(3)) == spec(3)
+    small, large = _fmt_lines_run(spec(150)), _fmt_lines_run(spec(600))
+    assert large / small < 4.5, (small, large)

@@ -1,4 +1,5 @@
-"""Diagram back end: the IR as a Graphviz DOT graph, rendered by the `dot` program.
+"""Diagram back end: the IR as a Graphviz DOT graph, drawn by the Graphviz bundled with
+pygraphviz or by a system `dot` (`render(engine=...)`), in a child process either way.
 
 - one node per layer, labelled with its op and key hyperparameters (`conv 3x3/2, 64`),
   coloured by layer family, with a legend;
@@ -10,11 +11,15 @@
 
 from __future__ import annotations
 
+import importlib.metadata
+import importlib.util
 import re
 import shutil
 import signal
 import subprocess
+import sys
 from pathlib import Path
+from typing import NamedTuple
 
 from ..ir import Network, Node, ScopeTree, scope_tree
 from ..layers import REGISTRY, pair_text
@@ -31,8 +36,10 @@ FAMILY_NAMES = {"conv": "convolution", "pool": "pooling", "norm": "normalisation
                 "block": "folded block"}
 MAX_AUTO_NODES = 100
 MAX_ITEMS_PER_LEVEL = 400  # beyond it, the middle of a level is drawn as one node
-INSTALL_HINT = ("graphviz's `dot` is not installed: apt-get install graphviz (Debian/Ubuntu), "
-                "brew install graphviz (macOS) or conda install graphviz")
+BUNDLED_HINT = ("pip install pygraphviz (its wheels for Linux x86-64 and arm64, macOS 11+ and "
+                "Windows x86-64 bundle Graphviz)")
+SYSTEM_HINT = "apt-get install graphviz, brew install graphviz or conda install graphviz"
+INSTALL_HINT = f"no Graphviz to draw with: {BUNDLED_HINT}, or {SYSTEM_HINT}"
 
 
 def describe(node: Node) -> str:
@@ -250,38 +257,112 @@ def to_dot(ir: Network, depth: int | None = None, direction: str = "TB", shapes:
 
 
 class DotMissingError(Exception):
-    """The `dot` program is not installed."""
+    """No Graphviz to draw with (or not the one asked for)."""
 
 
-def render(dot_text: str, fmt: str) -> bytes:
-    """Run `dot -T<fmt>`; raises DotMissingError when graphviz is not installed."""
-    program = shutil.which("dot")
+ENGINES = ("bundled", "system")
+# Which engine `auto` takes when both are installed: the faster one, measured by
+# benchmarks/diagram_engines.py (README, Performance): a system `dot` starts in about 10 ms,
+# the bundled engine's child in 50-90 (an interpreter, then the ~40 libraries of
+# pygraphviz's wheel), and its newer Graphviz lays cnndsl's graphs out no faster.
+AUTO_ORDER = ("system", "bundled")
+LAYOUT_TIMEOUT_S = 120  # a layout that runs longer is stopped
+CHILD = Path(__file__).with_name("graphviz_child.py")
+
+
+class Drawing(NamedTuple):
+    data: bytes
+    engine: str  # "bundled" or "system"
+    program: str  # what drew it, in words: `graphviz bundled with pygraphviz 2.0.4`
+
+
+def bundled_location() -> str | None:
+    """The folder holding pygraphviz (and so the Graphviz its wheel bundles), or None."""
+    try:
+        spec = importlib.util.find_spec("pygraphviz")
+    except (ImportError, ValueError):
+        return None
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return str(Path(next(iter(spec.submodule_search_locations))).parent)
+
+
+def system_dot() -> str | None:
+    return shutil.which("dot")
+
+
+def available() -> list[str]:
+    """The engines installed here, the one `auto` takes first."""
+    found = {"bundled": bundled_location() is not None, "system": system_dot() is not None}
+    return [e for e in AUTO_ORDER if found[e]]
+
+
+def _command(engine: str, fmt: str) -> tuple[list[str], str]:
+    """The command line that draws with `engine`, and what it is, in words."""
+    if engine == "bundled":
+        location = bundled_location()
+        if location is None:
+            raise DotMissingError(f"the bundled engine needs pygraphviz: {BUNDLED_HINT}")
+        try:
+            version = f" {importlib.metadata.version('pygraphviz')}"
+        except importlib.metadata.PackageNotFoundError:
+            version = ""
+        return ([sys.executable, "-I", "-S", str(CHILD), fmt, location],
+                f"graphviz bundled with pygraphviz{version}")
+    program = system_dot()
     if program is None:
-        raise DotMissingError(INSTALL_HINT)
-    result = subprocess.run([program, f"-T{fmt}"], input=dot_text.encode(), capture_output=True,
-                            timeout=120)
+        raise DotMissingError(f"the system engine needs graphviz's `dot` on PATH: "
+                              f"{SYSTEM_HINT}")
+    return [program, f"-T{fmt}"], f"graphviz's {program}"
+
+
+def pick(engine: str = "auto") -> str:
+    """`auto` -> the first engine installed; `bundled` / `system` as asked, if installed."""
+    if engine == "auto":
+        found = available()
+        if not found:
+            raise DotMissingError(INSTALL_HINT)
+        return found[0]
+    if engine not in ENGINES:
+        raise ValueError(f"engine must be auto, bundled or system, not {engine!r}")
+    return engine
+
+
+def render(dot_text: str, fmt: str, engine: str = "auto") -> Drawing:
+    """Lay out and draw DOT as `fmt` in a child process (bounded in time; a crash of
+    Graphviz is an error here, not the end of this process). Raises DotMissingError when
+    the engine asked for is not installed, RuntimeError when it fails."""
+    engine = pick(engine)
+    command, program = _command(engine, fmt)
+    try:
+        result = subprocess.run(command, input=dot_text.encode(), capture_output=True,
+                                timeout=LAYOUT_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        raise RuntimeError(f"{program} did not finish the layout in {LAYOUT_TIMEOUT_S} s "
+                           "and was stopped; --depth folds blocks into fewer nodes") from None
     if result.returncode != 0:
         status = (f"signal {signal.Signals(-result.returncode).name}"
                   if result.returncode < 0 else f"exit status {result.returncode}")
         said = result.stderr.decode(errors="replace").strip() or "it printed nothing"
-        raise RuntimeError(f"graphviz's dot failed ({status}): {said}")
-    return result.stdout
+        raise RuntimeError(f"{program} failed ({status}): {said}")
+    return Drawing(result.stdout, engine, program)
 
 
-def write(ir: Network, output: str | Path, **options) -> Path:
+def write(ir: Network, output: str | Path, engine: str = "auto", **options) -> Drawing:
     """Write the diagram; the format follows the extension (.svg, .png, .pdf, .dot).
-    Without graphviz, the .dot is written beside it and DotMissingError is raised."""
+    Without the Graphviz asked for, the .dot is written beside it and DotMissingError is
+    raised. For .dot the Drawing's engine is "" (nothing was drawn)."""
     from ..atomic import write_bytes
     output = Path(output)
     dot_text = to_dot(ir, **options)
     fmt = output.suffix.lstrip(".").lower()
     if fmt == "dot":
         write_bytes(output, dot_text.encode())
-        return output
+        return Drawing(dot_text.encode(), "", "")
     try:
-        data = render(dot_text, fmt)
+        drawing = render(dot_text, fmt, engine)
     except DotMissingError:
         write_bytes(output.with_suffix(".dot"), dot_text.encode())
         raise
-    write_bytes(output, data)
-    return output
+    write_bytes(output, drawing.data)
+    return drawing

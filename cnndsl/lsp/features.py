@@ -3,6 +3,7 @@ completion, signature help, document symbols and rename. Positions in, lsprotoco
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 from importlib import resources
@@ -13,8 +14,8 @@ from lsprotocol import types as lsp
 from .. import ast
 from ..diagnostics import Diagnostic
 from ..layers import PAD_MODES, REGISTRY, REQUIRED, LayerKind, boolean, fmt, padding, short
-from ..names import name_problem
-from ..source import Span
+from ..names import LANGUAGE_WORDS, name_problem
+from ..source import Span, split_lines
 from ..syntax import grammar_text
 from ..values import describe, render_expr
 from .analysis import (
@@ -23,7 +24,6 @@ from .analysis import (
     definition_at,
     output_of,
     steps_at,
-    tensor_names,
     walk,
 )
 
@@ -38,7 +38,26 @@ class Positions:
 
     def __init__(self, analysis: Analysis, uri: str, codec):
         self.analysis, self.uri, self.codec = analysis, uri, codec
-        self.lines = analysis.text.split("\n")
+        self.lines = analysis.lines
+        # a byte-order mark the client kept is the first character of its line 0
+        self.bom = self.units("\ufeff") if analysis.bom else 0
+
+    def _codec(self) -> tuple[str, int]:
+        return _codec(self.codec)
+
+    def units(self, text: str) -> int:
+        """How many code units of the client's encoding `text` takes."""
+        return client_units(self.codec, text)
+
+    def columns(self, text: str, units: int) -> int:
+        """How many characters of `text` its first `units` code units hold (a character
+        cut in two counts)."""
+        if text.isascii():
+            return min(max(0, units), len(text))
+        encoding, width = self._codec()
+        data = text.encode(encoding, "surrogatepass")[:max(0, units) * width]
+        whole = len(data.decode(encoding, "ignore"))
+        return min(len(text), whole + (self.units(text[:whole]) < units))
 
     def _lines_of(self, file: str) -> list[str]:
         if file == self.analysis.name:
@@ -52,8 +71,8 @@ class Positions:
         if index >= len(lines):
             return lsp.Position(line=index, character=0)
         text = lines[index]
-        return lsp.Position(line=index, character=self.codec.client_num_units(
-            text[:max(0, column - 1)]))
+        shift = self.bom if index == 0 and lines is self.lines else 0
+        return lsp.Position(line=index, character=shift + self.units(text[:max(0, column - 1)]))
 
     def range(self, span: Span) -> lsp.Range:
         return lsp.Range(start=self.position(span.line, span.column, span.file),
@@ -72,16 +91,29 @@ class Positions:
         if position.line >= len(self.lines):
             return len(self.lines), len(self.lines[-1]) + 1
         text = self.lines[position.line]
-        units = column = 0
-        for char in text:
-            if units >= position.character:
-                break
-            units += self.codec.client_num_units(char)
-            column += 1
-        return position.line + 1, column + 1
+        character = max(0, position.character - self.bom) if position.line == 0 \
+            else position.character
+        return position.line + 1, self.columns(text, character) + 1
 
     def offset(self, line: int, column: int) -> int:
-        return sum(len(t) + 1 for t in self.lines[:line - 1]) + column - 1
+        return self.analysis.index.offset(line, column)
+
+
+# the client's code units (LSP's position encodings), counted at C speed: a position on a
+# 40,000-character line costs no Python loop over it
+_CODECS = {"utf-8": ("utf-8", 1), "utf-16": ("utf-16-le", 2), "utf-32": ("utf-32-le", 4)}
+
+
+def _codec(codec) -> tuple[str, int]:
+    return _CODECS.get(str(getattr(codec, "encoding", "utf-16")), ("utf-16-le", 2))
+
+
+def client_units(codec, text: str) -> int:
+    """How many code units of the client's encoding (pygls's codec) `text` takes."""
+    if text.isascii():
+        return len(text)
+    encoding, width = _codec(codec)
+    return len(text.encode(encoding, "surrogatepass")) // width
 
 
 def file_path(file: str) -> Path:
@@ -144,16 +176,16 @@ def found_at(analysis: Analysis, line: int, column: int) -> Found | None:
     for imp in module.imports:
         if contains(imp.span, line, column):
             candidates.append(Found("import", imp.path, imp.span, imp, None))
-    tensors = {t.name for t in tensor_names(defn, _lines(analysis))} if defn else set()
+    tensors = set(analysis.index.first_tensor.get(defn.name_span, ())) if defn else set()
     params = {p.name for p in defn.params} if defn else set()
-    scope = defn.body if defn else ()
     if defn is not None and contains(defn.name_span, line, column):
         candidates.append(Found("definition", defn.name, defn.name_span, defn, defn))
-    for node, parents in walk(scope):
-        candidates.extend(_candidates(node, parents, line, column, defn, tensors, params,
-                                      analysis))
-    for tensor in (tensor_names(defn, _lines(analysis)) if defn else ()):
-        if contains(tensor.span, line, column):
+    for node, parents, owner in analysis.index.at_line.get(line, ()):  # not a walk
+        if owner is defn:
+            candidates.extend(_candidates(node, parents, line, column, defn, tensors, params,
+                                          analysis))
+    for tensor, owner in analysis.index.tensors_at_line.get(line, ()):
+        if owner is defn and contains(tensor.span, line, column):
             candidates.append(Found("tensor", tensor.name, tensor.span, tensor.statement, defn))
     if not candidates:
         return None
@@ -191,7 +223,7 @@ def _size(span: Span) -> tuple[int, int]:
 
 
 def _lines(analysis: Analysis) -> list[str]:
-    return analysis.text.split("\n")
+    return analysis.lines
 
 
 # ---- hover ----------------------------------------------------------------------------------
@@ -280,9 +312,8 @@ def _hover_argument(analysis: Analysis, found: Found) -> str | None:
 def tensor_shapes(analysis: Analysis, defn: ast.Definition | None, name: str):
     if defn is None:
         return []
-    for tensor in tensor_names(defn, _lines(analysis)):
-        if tensor.name != name:
-            continue
+    tensor = analysis.index.first_tensor.get(defn.name_span, {}).get(name)
+    if tensor is not None:
         statement = tensor.statement
         if isinstance(statement, ast.Assign):
             return output_of(analysis, statement.chain.span, tensor.part)
@@ -377,7 +408,7 @@ def definition(analysis: Analysis, pos: Positions, line: int, column: int,
         start = lsp.Position(line=0, character=0)
         return lsp.Location(uri=path.as_uri(), range=lsp.Range(start=start, end=start))
     if found.kind == "tensor" and found.defn is not None:
-        for tensor in tensor_names(found.defn, _lines(analysis)):
+        for tensor in analysis.index.tensors_of(found.defn):
             if tensor.name == found.name:
                 return pos.location(tensor.span)
     if found.kind == "parameter":
@@ -398,10 +429,30 @@ class CallContext:
     keyword: str | None  # `name=` of the argument being typed, if any
 
 
+CONTEXT_CHARS = 4000  # the most text before the cursor that completion reads
+
+
+def text_before(text: str, offset: int) -> str:
+    """What completion and signature help read: at most CONTEXT_CHARS before the cursor
+    (a long comment or a run of blank lines costs no more than that)."""
+    return text[max(0, offset - CONTEXT_CHARS):offset]
+
+
+def word_before(text: str) -> str | None:
+    """The name `text` ends with (`conv` of `x -> conv`), scanned back from its end."""
+    start = len(text)
+    while start > 0 and (text[start - 1].isalnum() or text[start - 1] == "_"):
+        start -= 1
+    while start < len(text) and not (text[start].isascii() and text[start].isalpha()
+                                     or text[start] == "_"):
+        start += 1
+    return text[start:] or None
+
+
 def call_context(text: str, offset: int) -> CallContext | None:
     """The call the cursor is in, read from the text before it (which may not parse)."""
-    before = text[max(0, offset - 4000):offset]
-    lines = before.split("\n")
+    before = text_before(text, offset)
+    lines = split_lines(before)
     cleaned = "\n".join([code_line(t) for t in lines[:-1]] + [lines[-1]])
     depth = 0
     for i in range(len(cleaned) - 1, -1, -1):
@@ -410,10 +461,10 @@ def call_context(text: str, offset: int) -> CallContext | None:
             depth += 1
         elif char == "(":
             if depth == 0:
-                callee = re.search(r"([A-Za-z_]\w*)\s*$", cleaned[:i])
+                callee = word_before(cleaned[:i].rstrip(" \t"))
                 if callee is None:
                     return None
-                return _context(callee.group(1), cleaned[i + 1:])
+                return _context(callee, cleaned[i + 1:])
             depth -= 1
         elif char in "{}" and depth == 0:
             return None
@@ -477,8 +528,10 @@ def completion(analysis: Analysis, text: str, offset: int, line: int) -> list[ls
             return _argument_items(analysis, context, params, line)
         if context.callee in ("concat", "add", "mul"):
             return _tensor_items(analysis, line)
-    word = re.search(r"[A-Za-z_]\w*$", text[:offset])
-    if word is None and not re.search(r"(^|->|\n)\s*$", text[:offset]):
+    before = text_before(text, offset)
+    this_line = before[before.rfind("\n") + 1:]  # up to the cursor
+    if word_before(this_line) is None and this_line.strip() and \
+            not this_line.rstrip().endswith("->"):
         return []  # mid-expression, after an operator: nothing sensible to offer
     items = [lsp.CompletionItem(label=op, kind=lsp.CompletionItemKind.Function,
                                 detail=layer_signature(kind), documentation=kind.doc)
@@ -529,7 +582,7 @@ def _tensor_items(analysis: Analysis, line: int) -> list[lsp.CompletionItem]:
     if defn is None:
         return []
     seen, items = set(), []
-    for tensor in tensor_names(defn, _lines(analysis)):
+    for tensor in analysis.index.tensors_of(defn):
         if tensor.name in seen:
             continue
         seen.add(tensor.name)
@@ -540,9 +593,11 @@ def _tensor_items(analysis: Analysis, line: int) -> list[lsp.CompletionItem]:
     return items
 
 
-def keywords() -> list[str]:
+@functools.lru_cache(maxsize=1)
+def keywords() -> tuple[str, ...]:
     """The language's keywords, as the grammar declares them (`_KW_BLOCK.2: /block\\b/`)."""
-    return sorted(set(re.findall(r"^_KW_\w+(?:\.\d+)?:\s*/(\w+)", grammar_text(), re.M)))
+    return tuple(sorted(set(re.findall(r"^_KW_\w+(?:\.\d+)?:\s*/(\w+)", grammar_text(),
+                                       re.M))))
 
 
 def signature_help(analysis: Analysis, text: str, offset: int) -> lsp.SignatureHelp | None:
@@ -587,7 +642,7 @@ def document_symbols(analysis: Analysis, pos: Positions) -> list[lsp.DocumentSym
             name=t.name, kind=lsp.SymbolKind.Variable, range=pos.range(_statement_span(t)),
             selection_range=pos.range(t.span),
             detail=" | ".join(fmt(s) for s in tensor_shapes(analysis, defn, t.name)) or None)
-            for t in tensor_names(defn, _lines(analysis))]
+            for t in analysis.index.tensors_of(defn)]
         out.append(lsp.DocumentSymbol(
             name=defn.name, kind=lsp.SymbolKind.Class if defn.kind == "network"
             else lsp.SymbolKind.Function, range=pos.range(defn.span),
@@ -628,9 +683,9 @@ def rename_target(analysis: Analysis, line: int, column: int) -> Found:
 def rename_edits(analysis: Analysis, pos: Positions, line: int, column: int,
                  new_name: str) -> dict[str, list[lsp.TextEdit]]:
     found = rename_target(analysis, line, column)
-    problem = name_problem(new_name, "label" if found.kind == "tensor" else "block")
-    if not re.fullmatch(r"[A-Za-z_]\w*", new_name) or new_name in keywords() or problem:
-        raise RenameError(problem[0] if problem else f"`{new_name}` is not a name")
+    problem = rename_problem(analysis, found, new_name)
+    if problem is not None:
+        raise RenameError(f"`{found.name}` cannot be renamed to `{new_name}`: {problem}")
     if found.kind == "tensor":
         spans = _tensor_uses(analysis, found.defn, found.name)
     else:
@@ -640,9 +695,54 @@ def rename_edits(analysis: Analysis, pos: Positions, line: int, column: int,
     return {pos.uri: edits}
 
 
+def rename_problem(analysis: Analysis, found: Found, new_name: str) -> str | None:
+    """Why `new_name` cannot replace `found`'s name, or None: the checker's rules for the
+    name's role (names.name_problem), and every name the new one would meet: the
+    language's words, layers, blocks and networks (the standard library's too), and in
+    scope the tensors, labels and parameters. Conservative, as rust-analyzer's and
+    pyright's renames are: a name that could change what the file means is refused."""
+    if not re.fullmatch(r"[A-Za-z_]\w*", new_name):
+        return f"`{new_name}` is not a name (a letter or `_`, then letters, digits, `_`)"
+    if new_name == found.name:
+        return None
+    if new_name in keywords() and new_name != "x" or new_name in LANGUAGE_WORDS:
+        # (`x` is a keyword only between a shape's sizes: elsewhere a name, `input x`)
+        return f"`{new_name}` is a word of the language"
+    if new_name in REGISTRY:
+        return f"`{new_name}` is a built-in layer"
+    taken = analysis.definitions.get(new_name)
+    if taken is not None:
+        return f"`{new_name}` is already the name of a {taken.kind} ({taken.name_span})"
+    if found.kind == "tensor":
+        return _tensor_name_problem(analysis, found, new_name)
+    problem = name_problem(new_name, "block")
+    if problem is not None:
+        return problem[0]
+    for defn in analysis.module.definitions:  # a call without `( )` would read the tensor
+        if new_name in analysis.index.first_tensor.get(defn.name_span, {}):
+            return f"`{new_name}` names a tensor in `{defn.name}`"
+    return None
+
+
+def _tensor_name_problem(analysis: Analysis, found: Found, new_name: str) -> str | None:
+    defn = found.defn
+    labels = any(t.name == found.name and not isinstance(t.statement, (ast.Assign,
+                                                                      ast.InputDecl))
+                 for t in analysis.index.tensors_of(defn))
+    for role in ("tensor", "label") if labels else ("tensor",):
+        problem = name_problem(new_name, role)
+        if problem is not None:
+            return problem[0]
+    if new_name in analysis.index.first_tensor.get(defn.name_span, {}):
+        return f"`{new_name}` is already a tensor in `{defn.name}`"
+    if any(p.name == new_name for p in defn.params):
+        return f"`{new_name}` is a parameter of `{defn.name}`"
+    return None
+
+
 def _tensor_uses(analysis: Analysis, defn: ast.Definition, name: str) -> list[Span]:
     params = {p.name for p in defn.params}
-    spans = [t.span for t in tensor_names(defn, _lines(analysis)) if t.name == name]
+    spans = [t.span for t in analysis.index.tensors_of(defn) if t.name == name]
     for node, _ in walk(defn.body):
         if isinstance(node, ast.Layer) and not node.has_call and node.name == name:
             spans.append(node.name_span)
@@ -660,7 +760,7 @@ def _block_uses(analysis: Analysis, name: str) -> list[Span]:
     for defn in analysis.module.definitions:
         if defn.name == name:
             spans.append(defn.name_span)
-        tensors = {t.name for t in tensor_names(defn, _lines(analysis))}
+        tensors = {t.name for t in analysis.index.tensors_of(defn)}
         for node, _ in walk(defn.body):
             if isinstance(node, ast.Layer) and node.name == name and (
                     node.has_call or name not in tensors):

@@ -6,7 +6,9 @@ arrives while an analysis runs waits for it, and only the latest text is analyse
 so typing never queues up stale work. Requests read the analysis of the text they were
 sent for, waiting for it at most `WAIT_S`; past that (a pathological document) they answer
 from the last finished one. Whatever a handler raises is logged and answered with nothing:
-the server outlives every document.
+the server outlives every document. A closed document's analysis is dropped, and nothing
+is published for it after `didClose`. Frames, and the errors a request gets when it
+cannot be served, are protocol.py's.
 """
 
 from __future__ import annotations
@@ -16,19 +18,23 @@ import contextlib
 import functools
 import logging
 import sys
+import threading
 import traceback
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from lsprotocol import types as lsp
-from pygls.exceptions import JsonRpcException, JsonRpcInvalidRequest
+from pygls.exceptions import JsonRpcException
+from pygls.io_ import StdoutWriter
 from pygls.lsp.server import LanguageServer
 
 from .. import __version__
 from ..diagnostics import CnnError
+from ..source import normalise, split_lines
 from . import features
 from .analysis import Analysis, analyse, carried_shapes, line_shapes
+from .protocol import CnnProtocol, RequestFailed, read_messages
 
 log = logging.getLogger("cnndsl.lsp")
 WAIT_S = 10.0  # the longest a request waits for the analysis of its text
@@ -39,13 +45,18 @@ class Document:
     uri: str
     name: str  # in spans: the file's path, or the URI of an unsaved document
     base: Path | None  # imports resolve from here
-    version: int = 0
+    version: int = 0  # the client's number for `text`
     text: str = ""
-    analysed: Analysis | None = None  # of `analysed_version`
+    # every change counts here, whatever number the client gives it (a change may reuse
+    # the last analysed version number: it is still analysed)
+    generation: int = 0
+    analysed: Analysis | None = None  # of `analysed_generation` (`analysed_version`)
+    analysed_generation: int = -1
     analysed_version: int = -1
     good: Analysis | None = None  # the last one that parsed: outline and hints survive
     shapes: dict = field(default_factory=dict)  # line -> shapes, of `good`
-    checked: dict = field(default_factory=dict)  # network -> the last analysis it checked in
+    # network -> the last analysis it checked in, for the networks the text defines now
+    checked: dict = field(default_factory=dict)
     task: asyncio.Task | None = None
     done: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -53,8 +64,10 @@ class Document:
 class CnnLanguageServer(LanguageServer):
     def __init__(self) -> None:
         super().__init__("cnndsl", __version__,
-                         text_document_sync_kind=lsp.TextDocumentSyncKind.Full)
+                         text_document_sync_kind=lsp.TextDocumentSyncKind.Full,
+                         protocol_cls=CnnProtocol)
         self.documents: dict[str, Document] = {}
+        self.exit_code = 1  # 0 once `exit` follows `shutdown`, as LSP asks
         self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cnndsl-analysis")
 
     # ---- documents -------------------------------------------------------------------
@@ -70,14 +83,15 @@ class CnnLanguageServer(LanguageServer):
             self.documents[uri] = doc
         doc.version = version if version is not None else doc.version + 1
         doc.text = text
+        doc.generation += 1
         doc.done.clear()
         if doc.task is None or doc.task.done():
             doc.task = asyncio.ensure_future(self.analyse_latest(doc))
 
     async def analyse_latest(self, doc: Document) -> None:
         loop = asyncio.get_running_loop()
-        while doc.analysed_version != doc.version and self.documents.get(doc.uri) is doc:
-            version, text = doc.version, doc.text
+        while doc.analysed_generation != doc.generation and self.is_open(doc):
+            generation, version, text = doc.generation, doc.version, doc.text
             try:
                 result = await loop.run_in_executor(self.pool, analyse, text, doc.name,
                                                     doc.base)
@@ -85,18 +99,27 @@ class CnnLanguageServer(LanguageServer):
                 self.report(f"analysis of {doc.uri} failed")
                 doc.done.set()
                 return
-            doc.analysed, doc.analysed_version = result, version
+            if not self.is_open(doc):  # closed meanwhile: nothing is kept or published
+                break
+            doc.analysed, doc.analysed_generation, doc.analysed_version = \
+                result, generation, version
             if result.parsed:
                 doc.good, doc.shapes = result, self.shapes(doc, result)
-            if version == doc.version:
+            if generation == doc.generation:
                 self.publish(doc)
                 doc.done.set()
+        doc.done.set()
+
+    def is_open(self, doc: Document) -> bool:
+        return self.documents.get(doc.uri) is doc
 
     def shapes(self, doc: Document, result: Analysis) -> dict:
         """Each line's shapes; a network with errors keeps those of its lines above the
         edit, from the last time it checked."""
         shapes = line_shapes(result)
         checked = {ir.name for ir in result.networks}
+        defined = {d.name for d in result.module.definitions if d.kind == "network"}
+        doc.checked = {name: kept for name, kept in doc.checked.items() if name in defined}
         for name in checked:
             doc.checked[name] = result
         for defn in result.module.definitions:
@@ -120,7 +143,7 @@ class CnnLanguageServer(LanguageServer):
         doc = self.documents.get(uri)
         if doc is None:
             return None
-        if doc.analysed_version != doc.version:
+        if doc.analysed_generation != doc.generation:
             try:
                 await asyncio.wait_for(doc.done.wait(), WAIT_S)
             except asyncio.TimeoutError:
@@ -168,7 +191,9 @@ def did_change(ls: CnnLanguageServer, params: lsp.DidChangeTextDocumentParams) -
 
 @server.feature(lsp.TEXT_DOCUMENT_DID_CLOSE)
 def did_close(ls: CnnLanguageServer, params: lsp.DidCloseTextDocumentParams) -> None:
-    ls.documents.pop(params.text_document.uri, None)
+    doc = ls.documents.pop(params.text_document.uri, None)
+    if doc is not None:
+        doc.done.set()  # requests waiting for its analysis answer now
     ls.text_document_publish_diagnostics(lsp.PublishDiagnosticsParams(
         uri=params.text_document.uri, diagnostics=[]))
 
@@ -267,8 +292,12 @@ async def formatting(ls: CnnLanguageServer, params: lsp.DocumentFormattingParams
         return None  # the problems are on screen already; nothing is changed
     if formatted == text:
         return []
-    lines = text.split("\n")
-    end = lsp.Position(line=len(lines), character=0)
+    # the end of the text as the client counts it: LSP's line breaks are \n, \r\n and \r
+    # (normalise makes them all \n), a byte-order mark is a character of line 0
+    lines = split_lines(normalise(text))
+    codec = ls.workspace.position_codec
+    last = ("\ufeff" if len(lines) == 1 and text.startswith("\ufeff") else "") + lines[-1]
+    end = lsp.Position(line=len(lines) - 1, character=features.client_units(codec, last))
     return [lsp.TextEdit(range=lsp.Range(start=lsp.Position(line=0, character=0), end=end),
                          new_text=formatted)]
 
@@ -297,12 +326,28 @@ async def rename(ls: CnnLanguageServer, params: lsp.RenameParams):
     try:
         changes = features.rename_edits(analysis, pos, line, column, params.new_name)
     except features.RenameError as exc:
-        raise JsonRpcInvalidRequest(str(exc)) from None
+        raise RequestFailed(str(exc)) from None
     return lsp.WorkspaceEdit(changes=changes)
 
 
+@server.feature(lsp.EXIT)
+def on_exit(ls: CnnLanguageServer, params) -> None:
+    ls.exit_code = 0 if ls.protocol._shutdown else 1
+
+
 def serve() -> int:
+    """Serve on standard input and output; the exit status LSP asks for: 0 after
+    `shutdown` then `exit`, else 1."""
     logging.basicConfig(stream=sys.stderr, level=logging.WARNING,
                         format="cnndsl lsp: %(levelname)s %(message)s")
-    server.start_io()
-    return 0
+    stop = server._stop_event = threading.Event()
+    server.protocol.set_writer(StdoutWriter(sys.stdout.buffer))
+    try:
+        asyncio.run(read_messages(server.protocol, sys.stdin.buffer, stop))
+    except BrokenPipeError:
+        log.error("the client is gone")
+    except (KeyboardInterrupt, SystemExit):  # SystemExit: pygls's answer to `exit`
+        pass
+    finally:
+        server.shutdown()
+    return server.exit_code
