@@ -95,6 +95,34 @@ def test_a_classifier_cannot_segment_and_losses_belong_to_their_task():
         cnndsl.loads(softmaxed)
 
 
+def test_one_checked_description_flows_from_the_command_line(shapes_npz, monkeypatch,
+                                                             capsys):
+    """`cnndsl train`: the train definition with the command line's overrides is checked
+    with the network once, when the spec loads, and that description reaches the loop."""
+    from cnndsl import cli
+    from cnndsl.training import loop, run, spec
+    checks, configs = [], []
+    original = spec.check_train
+
+    def counting(*args, **kwargs):
+        checks.append(args)
+        return original(*args, **kwargs)
+    monkeypatch.setattr(spec, "check_train", counting)
+    monkeypatch.setattr(run, "check_train", counting)
+    trainer_init = loop.Trainer.__post_init__
+
+    def seeing(self):
+        configs.append(self.config)
+        trainer_init(self)
+    monkeypatch.setattr(loop.Trainer, "__post_init__", seeing)
+    code = cli.main(["train", str(spec_in(shapes_npz)), "--epochs", "1", "--set",
+                     "optimizer.lr=0.02", "--out", str(shapes_npz / "once")])
+    assert code == 0, capsys.readouterr().err
+    assert len(checks) == 1 and checks[0][3] == {"epochs": 1, "optimizer.lr": 0.02}
+    assert [(c.task, c.epochs, c.optimizer.args["lr"]) for c in configs] == \
+        [("segment", 1, 0.02)]
+
+
 def test_the_class_count_must_fit_the_data(shapes_npz):
     spec = spec_in(shapes_npz, TINY_UNET.replace("classes: int = 4", "classes: int = 3"))
     result = run_cli("train", str(spec), "--out", str(shapes_npz / "run_count"))
