@@ -14,6 +14,7 @@ import numpy as np
 from ..diagnostics import CnnError, Diagnostic
 from .graph import Graph, import_error, read_graph
 from .recognise import Layer, recognise
+from .structure import fold_joins
 from .writer import Names, write_network
 
 TOLERANCE = 1e-4  # relative to the largest output magnitude
@@ -58,11 +59,13 @@ def import_graph(graph: Graph, name: str, partial: bool = False,
             help="--partial writes the part before the first of these") for u in unsupported])
     if unsupported:
         layers, outputs = _prefix(graph, layers, {u.node for u in unsupported})
+    layers = fold_joins(layers, outputs)
     names = Names()
     text, lines = write_network(names.identifier(name, "network", "imported"), layers,
                                 graph.inputs, outputs, names, header or [])
     model = _check(text, graph.path)
-    weights = _map_weights(model, [layer for line in lines for layer in line.layers])
+    weights = _map_weights(model, [x for line in lines for layer in line.layers
+                                    for x in layer.flat()])
     text = _formatted(_with_shapes(model, lines, graph), graph.path)
     model = _check(text, graph.path)
     error = verify(graph, model, weights, outputs)
@@ -105,7 +108,7 @@ def _map_weights(model, layers: list[Layer]) -> dict[str, np.ndarray]:
     if len(nodes) != len(weighted):
         raise RuntimeError(f"{len(nodes)} layers with weights in the spec, "
                            f"{len(weighted)} in the source")
-    for node, layer in zip(nodes, weighted, strict=True):
+    for node, layer in zip(nodes, weighted, strict=True):  # noqa: B007
         if node.op != layer.op:
             raise RuntimeError(f"{node.name} is a {node.op}, its source a {layer.op}")
         for suffix, array in layer.weights.items():
@@ -123,14 +126,15 @@ def _with_shapes(model, lines, graph: Graph) -> str:
     from .writer import render
     shapes = {}
     nodes = model.ir.nodes
-    written = [layer for line in lines for layer in line.layers]
+    written = [x for line in lines for layer in line.layers for x in layer.flat()]
     if len(nodes) == len(written):
         shapes = {id(layer): node.shape for layer, node in zip(written, nodes, strict=True)}
     before = next(iter(graph.inputs.values()))
     for line in lines:
-        if not line.layers or id(line.layers[-1]) not in shapes:
+        last = line.layers[-1].flat()[-1] if line.layers else None
+        if id(last) not in shapes:
             continue
-        shape = shapes[id(line.layers[-1])]
+        shape = shapes[id(last)]
         if shape != before:
             line.text += "  # " + " x ".join(map(str, shape))
         before = shape

@@ -22,6 +22,16 @@ class Layer:
     output: str                  # the graph value made
     source: str                  # the ONNX node's name
     weights: dict[str, np.ndarray] = field(default_factory=dict)  # by state_dict suffix
+    parts: list[list[Layer]] = field(default_factory=list)  # residual, branch, block call
+    block: object = None  # the Block a call calls
+    count: int = 1  # `* count`
+
+    def flat(self) -> list[Layer]:
+        """The source layers this step stands for, in the order the spec's IR has them."""
+        if not self.parts:
+            return [self]
+        inner = [x for part in self.parts for s in part for x in s.flat()]
+        return inner if self.block is not None else [*inner, self]
 
     def call(self) -> str:
         parts = [*self.args, *(f"{k}={v}" for k, v in self.kwargs.items())]

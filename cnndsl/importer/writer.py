@@ -14,7 +14,7 @@ from ..names import name_problem
 from .recognise import Layer
 
 LABELLED = frozenset({"conv", "conv_transpose", "linear"})
-STARTS_LINE = frozenset({"conv", "conv_transpose", "linear", "maxpool", "avgpool",
+STARTS_LINE = frozenset({"conv", "conv_transpose", "linear",
                          "global_avgpool", "global_maxpool", "flatten", "lrn"})
 MAX_NAME = 40
 
@@ -47,11 +47,13 @@ class Names:
 
 
 def layer_label(source: str) -> str:
-    """`/layer1/layer1.0/conv1/Conv` -> `layer1.0/conv1`: the op's own tail dropped."""
+    """`/layer1/layer1.0/conv1/Conv` -> `conv1`, `layer1.basic1.conv1` -> `basic1_conv1`:
+    the op's own tail dropped, the last two parts of a dotted path."""
     parts = [p for p in source.strip("/").split("/") if p]
     if len(parts) > 1 and parts[-1][:1].isupper():
         parts = parts[:-1]
-    return "_".join(parts[-2:]) if len(parts) > 1 else (parts[0] if parts else "")
+    parts = [q for p in parts[-1:] for q in p.split(".") if q]
+    return "_".join(parts[-2:])
 
 
 @dataclass
@@ -59,6 +61,7 @@ class Line:
     text: str
     layers: list[Layer] = field(default_factory=list)
     indent: int = 1
+    calls: int = 0  # block calls on this line
 
 
 @dataclass
@@ -91,7 +94,9 @@ def chains(layers: list[Layer], inputs: list[str], outputs: list[str]) -> list[C
 
 def write_network(name: str, layers: list[Layer], inputs: dict[str, tuple],
                   outputs: list[str], names: Names, header: list[str]) -> tuple[str, list[Line]]:
-    """The spec's text, and its lines (each with the layers on it, for shape comments)."""
+    """The spec's text, and its lines (each with the source layers it stands for, in the
+    IR's order: for the weights and the shape comments)."""
+    from .structure import find_blocks
     tensor = {}
     for value in inputs:
         tensor[value] = names.identifier(value, "tensor", "input")
@@ -100,6 +105,16 @@ def write_network(name: str, layers: list[Layer], inputs: dict[str, tuple],
     simple = (len(groups) == 1 and len(inputs) == 1 and len(outputs) == 1
               and groups[0].layers[-1].output == outputs[0])
     lines = [Line(f"# {h}" if h else "#", indent=0) for h in header]
+    if simple:
+        blocks, steps = find_blocks(groups[0].layers, names)
+        for block in blocks:
+            params = ", ".join(f"{p}: int" for p in block.params)
+            lines.append(Line(f"block {block.name}({params}) {{", indent=0))
+            for line in _step_lines(block.steps, 1, names, labels=False):
+                line.layers = []  # the calls stand for the source's layers
+                lines.append(line)
+            lines.append(Line("}", indent=0))
+        groups[0].layers = steps
     lines.append(Line(f"network {name}() {{", indent=0))
     for value, shape in inputs.items():
         lines.append(Line(f"input {tensor[value]}: {' x '.join(map(str, shape))}"))
@@ -108,36 +123,98 @@ def write_network(name: str, layers: list[Layer], inputs: dict[str, tuple],
         if not simple and (last in read_later or last in outputs):
             chain.name = tensor[last] = names.identifier(
                 layer_label(chain.layers[-1].source) or last, "tensor", "t")
-        steps = []
-        for layer in chain.layers:
-            call = layer.call()
-            if layer.op in ("add", "mul", "concat"):
-                call = f"{layer.op}({', '.join(tensor[x] for x in layer.inputs)})"
-            elif layer.op in LABELLED:
-                call = f"{names.identifier(layer_label(layer.source), 'label', layer.op)}: {call}"
-            steps.append((layer, call))
-        lines.extend(_chain_lines(chain, steps, None if simple else tensor))
+        if simple:
+            lines.extend(_step_lines(chain.layers, 1, names, labels=True))
+        else:
+            lines.extend(_chain_lines(chain, chain.layers, tensor, names))
     if not simple:
         lines.append(Line("output " + ", ".join(tensor[o] for o in outputs)))
     lines.append(Line("}", indent=0))
     return render(lines), lines
 
 
-def _chain_lines(chain: Chain, steps, tensor) -> list[Line]:
+def _call(layer: Layer, names: Names, labels: bool, tensor=None) -> str:
+    if layer.block is not None:
+        args = f"({', '.join(layer.args)})" if layer.args else ""
+        return f"{layer.op}{args}" + (f" * {layer.count}" if layer.count > 1 else "")
+    if layer.op in ("add", "mul", "concat"):
+        return f"{layer.op}({', '.join(tensor[x] for x in layer.inputs)})"
+    call = layer.call()
+    if labels and layer.op in LABELLED and 0 < len(layer_label(layer.source)) <= 24:
+        call = f"{names.identifier(layer_label(layer.source), 'label', layer.op)}: {call}"
+    return call
+
+
+def _step_lines(steps: list[Layer], indent: int, names: Names, labels: bool) -> list[Line]:
+    """Steps as statements, one after the other (a body, or a single-chain network)."""
     lines: list[Line] = []
-    for layer, call in steps:
-        if not lines or (layer.op in STARTS_LINE and lines[-1].layers[-1].op not in
-                         ("flatten",)):
-            joined = lines and tensor is not None
-            lines.append(Line(f"-> {call}" if joined else call, [layer],
-                              indent=2 if joined else 1))
+    closed = True  # the last line ends a compound or a call: the next step starts a line
+    for step in steps:
+        if step.parts and step.block is None:
+            lines.extend(_compound_lines(step, indent, names, labels))
+            closed = True
+            continue
+        text = _call(step, names, labels)
+        flat = [step] if step.block is not None else step.flat()
+        if step.block is not None:
+            last = lines[-1].layers[-1] if lines and lines[-1].calls else None
+            if (last is not None and lines[-1].calls == 1 and not closed
+                    and last.block is not step.block and last.count == 1):
+                lines[-1].text += f" -> {text}"
+                lines[-1].layers.extend(flat)
+                lines[-1].calls += 1
+            else:
+                lines.append(Line(text, flat, indent, calls=1))
+            closed = False
+            continue
+        if closed or not lines or lines[-1].calls or (
+                step.op in STARTS_LINE and lines[-1].layers[-1].op != "flatten"
+                and not (step.op == "flatten" and lines[-1].layers[-1].op.startswith("global"))):
+            lines.append(Line(text, flat, indent))
+        else:
+            lines[-1].text += f" -> {text}"
+            lines[-1].layers.extend(flat)
+        closed = False
+    return lines
+
+
+def _compound_lines(step: Layer, indent: int, names: Names, labels: bool) -> list[Line]:
+    if step.op == "residual":
+        lines = [Line("residual {", [], indent)]
+        lines += _step_lines(step.parts[0], indent + 1, names, labels)
+        if len(step.parts) > 1:
+            lines.append(Line("} shortcut {", [], indent))
+            lines += _step_lines(step.parts[1], indent + 1, names, labels)
+        lines.append(Line("}", [step], indent))
+        return lines
+    lines = [Line("branch concat {", [], indent)]
+    for path in step.parts:  # a path is one chain: its lines joined by `->`
+        body = _step_lines(path, indent + 1, names, labels)
+        first = body[0]
+        for more in body[1:]:
+            more.text = f"-> {more.text}"
+            more.indent = indent + 2
+        lines.append(first)
+        lines.extend(body[1:])
+    lines.append(Line("}", [step], indent))
+    return lines
+
+
+def _chain_lines(chain: Chain, steps: list[Layer], tensor, names: Names) -> list[Line]:
+    lines: list[Line] = []
+    for layer in steps:
+        if layer.parts:
+            raise ValueError("a compound step in a named chain")
+        call = _call(layer, names, True, tensor)
+        if not lines or (layer.op in STARTS_LINE and lines[-1].layers[-1].op != "flatten"):
+            lines.append(Line(f"-> {call}" if lines else call, [layer],
+                              indent=2 if lines else 1))
         else:
             lines[-1].text += f" -> {call}"
             lines[-1].layers.append(layer)
-    if tensor is not None:
-        start = f"{chain.name} = " if chain.name else ""
-        source = f"{tensor[chain.source]} -> " if chain.source is not None else ""
-        lines[0].text = start + source + lines[0].text
+    start = f"{chain.name} = " if chain.name else ""
+    source = f"{tensor[chain.source]} -> " if chain.source is not None else ""
+    lines[0].text = start + source + lines[0].text
     return lines
 
 
