@@ -51,14 +51,15 @@ def source_params(graph: Graph, layers: list[Layer]) -> int:
 
 def import_graph(graph: Graph, name: str, partial: bool = False,
                  header: list[str] | None = None) -> Imported:
-    layers, unsupported = recognise(graph)
-    outputs = list(graph.outputs)
+    layers, unsupported, outputs = recognise(graph)
     if unsupported and not partial:
         raise CnnError([Diagnostic(
-            code="E-import", message=f"{graph.path}: node {u.node!r} ({u.op_type}): {u.why}",
+            code="E-onnx", message=f"{graph.path}: node {u.node!r} ({u.op_type}): {u.why}",
             help="--partial writes the part before the first of these") for u in unsupported])
+    source_outputs = list(graph.outputs)
     if unsupported:
         layers, outputs = _prefix(graph, layers, {u.node for u in unsupported})
+        source_outputs = outputs
     layers = fold_joins(layers, outputs)
     names = Names()
     text, lines = write_network(names.identifier(name, "network", "imported"), layers,
@@ -68,7 +69,7 @@ def import_graph(graph: Graph, name: str, partial: bool = False,
                                     for x in layer.flat()])
     text = _formatted(_with_shapes(model, lines, graph), graph.path)
     model = _check(text, graph.path)
-    error = verify(graph, model, weights, outputs)
+    error = verify(graph, model, weights, source_outputs)
     result = Imported(text, weights, model.params, source_params(graph, layers), error,
                       unsupported)
     if not unsupported and result.params != result.source_params:
@@ -217,9 +218,15 @@ def import_source(source: str, output: Path, weights_out: Path, *, partial: bool
     else:
         result = import_file(source, output.stem, partial)
     from safetensors.numpy import save
-    data = save({k: np.ascontiguousarray(v) for k, v in result.weights.items()})
+    data = save({k: np.array(v, order="C") for k, v in result.weights.items()})  # 0-d stays 0-d
     write_bytes(weights_out, data)
     write_text(output, result.text)
     return result
 
 __all__ = ["Imported", "import_file", "import_graph", "import_source", "read_graph", "verify"]
+
+
+def build_graph_from_model(model, where: str) -> Graph:
+    """A `onnx.ModelProto` in memory (as `Model.to_onnx` returns it) as a graph."""
+    from .graph import build_graph
+    return build_graph(model, where)

@@ -1,7 +1,7 @@
 """An ONNX file read into a small, checked graph: nodes in dependency order, constants as
 numpy arrays, the inputs' shapes. Everything a hostile file could do wrong (truncated,
 a cycle, a tensor larger than it holds, an input nobody makes, external data outside its
-folder) is an `E-import` error at the file, before anything is allocated for it."""
+folder) is an `E-onnx` error at the file, before anything is allocated for it."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ _DTYPES = {1: np.float32, 7: np.int64, 6: np.int32, 11: np.float64}
 
 
 def import_error(where: str, message: str, help: str | None = None) -> CnnError:
-    return CnnError([Diagnostic(code="E-import", message=f"{where}: {message}", help=help)])
+    return CnnError([Diagnostic(code="E-onnx", message=f"{where}: {message}", help=help)])
 
 
 @dataclass
@@ -165,6 +165,9 @@ def build_graph(model, where: str) -> Graph:
             if "value" not in attrs or len(n.output) != 1:
                 raise import_error(where, f"Constant node {_shown(name)} has no tensor value")
             constants[n.output[0]] = attrs["value"]
+            continue
+        if n.op_type == "Identity" and n.input and n.input[0] in constants:
+            constants[n.output[0]] = constants[n.input[0]]  # torch's copies of a weight
             continue
         nodes.append(OnnxNode(name, n.op_type, list(n.input), list(n.output), attrs))
     inputs = {}

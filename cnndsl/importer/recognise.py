@@ -72,6 +72,7 @@ class Recogniser:
                 self.consumers.setdefault(x, []).append(n)
         self.rank = {name: len(shape) + 1 for name, shape in graph.inputs.items()}
         self.alias: dict[str, str] = {}
+        self.pooled: set[str] = set()
         self.absorbed: set[int] = set()  # nodes fused into an earlier layer
         self.layers: list[Layer] = []
         self.unsupported: list[Unsupported] = []
@@ -120,6 +121,9 @@ class Recogniser:
                                  {k: np.ascontiguousarray(v, np.float32)
                                   for k, v in (weights or {}).items()}))
         self.rank[output] = rank if rank is not None else self.rank.get(inputs[0], 4)
+        if op in ("global_avgpool", "global_maxpool") or (
+                inputs[0] in self.pooled and len(inputs) == 1 and op != "flatten"):
+            self.pooled.add(output)  # 1 x 1 per channel: a gate
 
     def in_rank(self, n: OnnxNode) -> int:
         return self.rank.get(self.value(n.inputs[0]), 4)
@@ -293,6 +297,10 @@ def _join(op: str):
 
 
 def mul(r: Recogniser, n: OnnxNode) -> None:
+    """A gate (1 x 1 per channel, from a global pool) goes last: cnndsl's mul broadcasts
+    the later tensors."""
+    if len(n.inputs) == 2 and r.value(n.inputs[0]) in r.pooled:
+        n = OnnxNode(n.name, n.op_type, n.inputs[::-1], n.outputs, n.attrs)
     _join("mul")(r, n)
 
 
@@ -406,5 +414,9 @@ HANDLERS: dict[str, Callable[[Recogniser, OnnxNode], None]] = {
 }
 
 
-def recognise(graph: Graph) -> tuple[list[Layer], list[Unsupported]]:
-    return Recogniser(graph).run()
+def recognise(graph: Graph) -> tuple[list[Layer], list[Unsupported], list[str]]:
+    """The layers, the nodes not expressed, and the graph's outputs as layers' outputs
+    (an output an Identity makes is the value it copies)."""
+    r = Recogniser(graph)
+    layers, unsupported = r.run()
+    return layers, unsupported, [r.alias.get(o, o) for o in graph.outputs]

@@ -233,6 +233,8 @@ _KW_ORDER = ("stride", "padding", "output_padding", "dilation", "groups", "bias"
 
 
 def _block_name(steps: list[Layer]) -> str:
+    if any(s.op == "residual" and len(s.parts) > 1 for s in steps):
+        return "residual_projected"
     if any(s.op == "residual" for s in steps):
         return "residual_block"
     if any(s.op == "branch" for s in steps):

@@ -33,8 +33,8 @@ def build_module(source: str):
 
 def to_onnx_bytes(module, shape: tuple[int, ...], opset: int) -> bytes:
     """The module in eval mode through torch's TorchScript exporter (fast, no dynamo), the
-    batch axis dynamic; batch norm kept as its own node (training=PRESERVE would fold it
-    into the conv and change the parameter count)."""
+    batch axis dynamic; without constant folding, so batch norm stays a node of its own
+    (folded, it would change the parameter count and hide the conv -> bn -> act chains)."""
     import torch
     module = module.eval()
     buffer = io.BytesIO()
@@ -42,5 +42,5 @@ def to_onnx_bytes(module, shape: tuple[int, ...], opset: int) -> bytes:
     torch.onnx.export(module, (x,), buffer, dynamo=False, opset_version=opset,
                       input_names=["image"], output_names=["logits"],
                       dynamic_axes={"image": {0: "batch"}, "logits": {0: "batch"}},
-                      do_constant_folding=True, training=torch.onnx.TrainingMode.EVAL)
+                      do_constant_folding=False, training=torch.onnx.TrainingMode.EVAL)
     return buffer.getvalue()

@@ -7,7 +7,7 @@ as it was written there."""
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from ..layers import REGISTRY
 from ..names import name_problem
@@ -104,7 +104,7 @@ def write_network(name: str, layers: list[Layer], inputs: dict[str, tuple],
     read_later = {x for c in groups for layer in c.layers for x in layer.inputs}
     simple = (len(groups) == 1 and len(inputs) == 1 and len(outputs) == 1
               and groups[0].layers[-1].output == outputs[0])
-    lines = [Line(f"# {h}" if h else "#", indent=0) for h in header]
+    lines: list[Line] = []
     if simple:
         blocks, steps = find_blocks(groups[0].layers, names)
         for block in blocks:
@@ -115,7 +115,8 @@ def write_network(name: str, layers: list[Layer], inputs: dict[str, tuple],
                 lines.append(line)
             lines.append(Line("}", indent=0))
         groups[0].layers = steps
-    lines.append(Line(f"network {name}() {{", indent=0))
+    lines.append(Line(f"network {name}() {{" + "".join(f"  # {h}" for h in header[:1]),
+                      indent=0))
     for value, shape in inputs.items():
         lines.append(Line(f"input {tensor[value]}: {' x '.join(map(str, shape))}"))
     for chain in groups:
@@ -140,7 +141,11 @@ def _call(layer: Layer, names: Names, labels: bool, tensor=None) -> str:
     if layer.op in ("add", "mul", "concat"):
         return f"{layer.op}({', '.join(tensor[x] for x in layer.inputs)})"
     call = layer.call()
-    if labels and layer.op in LABELLED and 0 < len(layer_label(layer.source)) <= 24:
+    label = re.sub(r"[^A-Za-z0-9_]+", "_", layer_label(layer.source)).strip("_")
+    numbered = re.fullmatch(r"([a-z_]+?)\d+", label)
+    if numbered and numbered.group(1) in REGISTRY:
+        return call  # `conv1`: what the checker calls it anyway
+    if labels and layer.op in LABELLED and 0 < len(label) <= 24 and label[0].isalpha():
         call = f"{names.identifier(layer_label(layer.source), 'label', layer.op)}: {call}"
     return call
 
@@ -185,33 +190,39 @@ def _compound_lines(step: Layer, indent: int, names: Names, labels: bool) -> lis
         if len(step.parts) > 1:
             lines.append(Line("} shortcut {", [], indent))
             lines += _step_lines(step.parts[1], indent + 1, names, labels)
-        lines.append(Line("}", [step], indent))
+        lines.append(Line("}", [replace(step, parts=[])], indent))  # the join itself
         return lines
     lines = [Line("branch concat {", [], indent)]
     for path in step.parts:  # a path is one chain: its lines joined by `->`
         body = _step_lines(path, indent + 1, names, labels)
-        first = body[0]
-        for more in body[1:]:
-            more.text = f"-> {more.text}"
-            more.indent = indent + 2
-        lines.append(first)
-        lines.extend(body[1:])
-    lines.append(Line("}", [step], indent))
+        for more in body[1:]:  # each step of the path's own level continues it
+            if more.indent == indent + 1 and not more.text.startswith("}"):
+                more.text = f"-> {more.text}"
+        lines.extend(body)
+    lines.append(Line("}", [replace(step, parts=[])], indent))
     return lines
 
 
 def _chain_lines(chain: Chain, steps: list[Layer], tensor, names: Names) -> list[Line]:
     lines: list[Line] = []
+    closed = False
     for layer in steps:
-        if layer.parts:
-            raise ValueError("a compound step in a named chain")
+        if layer.parts:  # `t = x -> residual {` ... `}`: continued by `->` lines
+            compound = _compound_lines(layer, 2 if lines else 1, names, True)
+            if lines:
+                compound[0].text = f"-> {compound[0].text}"
+            lines.extend(compound)
+            closed = True
+            continue
         call = _call(layer, names, True, tensor)
-        if not lines or (layer.op in STARTS_LINE and lines[-1].layers[-1].op != "flatten"):
+        if not lines or closed or (layer.op in STARTS_LINE
+                                   and lines[-1].layers[-1].op != "flatten"):
             lines.append(Line(f"-> {call}" if lines else call, [layer],
                               indent=2 if lines else 1))
         else:
             lines[-1].text += f" -> {call}"
             lines[-1].layers.append(layer)
+        closed = False
     start = f"{chain.name} = " if chain.name else ""
     source = f"{tensor[chain.source]} -> " if chain.source is not None else ""
     lines[0].text = start + source + lines[0].text
