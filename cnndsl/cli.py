@@ -436,8 +436,9 @@ def cmd_import(args) -> int:
                           "unsupported": [vars(u) for u in result.unsupported]}, indent=2))
     else:
         _say(f"wrote {output} ({result.text.count(chr(10))} lines, {result.params:,} "
-             f"parameters) and {weights_out}; same function as the source "
-             f"(largest difference {result.max_error:.1e} of the output's magnitude)")
+             f"parameters, as many as the source) and {weights_out}")
+        _say(f"verified: the spec computes the source's function (largest difference "
+             f"{result.max_error:.1e} of the output's magnitude, onnxruntime)")
     return EXIT_OK
 
 

@@ -103,8 +103,12 @@ def _check(text: str, where: str):
 def _map_weights(model, layers: list[Layer]) -> dict[str, np.ndarray]:
     """The source's tensors under the spec's state_dict names: the spec's layers with
     weights come in the order they were written (`layers`: in that order)."""
-    state = model.weights()
-    nodes = [n for n in model.ir.nodes if any(k.startswith(n.name + ".") for k in state)]
+    from ..layers import REGISTRY
+    from ..weights import tensors
+    state = {name: np.zeros(w.shape, w.dtype) for name, w in tensors(model.ir)
+             if not w.shape or name.endswith("num_batches_tracked")}
+    nodes = [n for n in model.ir.nodes if REGISTRY[n.op].weights(n.attrs)]
+    shapes = {name: tuple(w.shape) for name, w in tensors(model.ir)}
     weighted = [layer for layer in layers if layer.weights]
     if len(nodes) != len(weighted):
         raise RuntimeError(f"{len(nodes)} layers with weights in the spec, "
@@ -114,11 +118,13 @@ def _map_weights(model, layers: list[Layer]) -> dict[str, np.ndarray]:
             raise RuntimeError(f"{node.name} is a {node.op}, its source a {layer.op}")
         for suffix, array in layer.weights.items():
             key = f"{node.name}.{suffix}"
-            if state[key].shape != array.shape:
-                if state[key].size != array.size:
-                    raise RuntimeError(f"{key}: {state[key].shape} vs {array.shape}")
-                array = array.reshape(state[key].shape)
+            if shapes[key] != array.shape:
+                if int(np.prod(shapes[key])) != array.size:
+                    raise RuntimeError(f"{key}: {shapes[key]} vs {array.shape}")
+                array = array.reshape(shapes[key])
             state[key] = np.ascontiguousarray(array, np.float32)
+    if set(state) != set(shapes):
+        raise RuntimeError(f"no source tensor for {sorted(set(shapes) - set(state))[:3]}")
     return state
 
 

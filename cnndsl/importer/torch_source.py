@@ -7,6 +7,7 @@ from __future__ import annotations
 import importlib
 import io
 import re
+import warnings
 
 from .graph import import_error
 
@@ -39,8 +40,10 @@ def to_onnx_bytes(module, shape: tuple[int, ...], opset: int) -> bytes:
     module = module.eval()
     buffer = io.BytesIO()
     x = torch.randn(1, *shape)
-    torch.onnx.export(module, (x,), buffer, dynamo=False, opset_version=opset,
-                      input_names=["image"], output_names=["logits"],
-                      dynamic_axes={"image": {0: "batch"}, "logits": {0: "batch"}},
-                      do_constant_folding=False, training=torch.onnx.TrainingMode.EVAL)
+    with warnings.catch_warnings():  # "legacy exporter" notices: chosen, see above
+        warnings.simplefilter("ignore")
+        torch.onnx.export(module, (x,), buffer, dynamo=False, opset_version=opset,
+                          input_names=["image"], output_names=["logits"],
+                          dynamic_axes={"image": {0: "batch"}, "logits": {0: "batch"}},
+                          do_constant_folding=False, training=torch.onnx.TrainingMode.EVAL)
     return buffer.getvalue()
