@@ -332,3 +332,15 @@ def test_a_python_factory_is_imported_only_when_named(tmp_path, monkeypatch, cap
     assert main(["import", "python:os;rm:x", "-o", str(tmp_path / "y.cnn")]) == 1
     err = capsys.readouterr().err
     assert "cannot import it" in err and "write python:package.module:function" in err
+
+
+def test_an_input_too_large_for_memory_is_refused(tmp_path, capsys):
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 60000, 60000])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
+    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"], name="r")], "big",
+                              [x], [y])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)],
+                              ir_version=9)
+    path = tmp_path / "big.onnx"
+    path.write_bytes(model.SerializeToString())
+    _refused(tmp_path, capsys, path, "the activations per image need")

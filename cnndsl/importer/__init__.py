@@ -96,7 +96,11 @@ def _check(text: str, where: str):
     from ..api import loads
     try:
         return loads(text, name=where.removesuffix(".onnx") + ".cnn")
-    except CnnError as exc:  # a spec we wrote that does not check is our bug
+    except CnnError as exc:
+        limits = [d for d in exc.diagnostics if d.code == "E-limit"]
+        if limits:  # the source's sizes, not our text: say so at the file
+            raise import_error(where, limits[0].message) from None
+        # a spec we wrote that does not check otherwise is our bug
         raise RuntimeError(f"the imported spec does not check:\n{exc}\n{text}") from None
 
 
