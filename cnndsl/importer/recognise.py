@@ -25,6 +25,7 @@ class Layer:
     parts: list[list[Layer]] = field(default_factory=list)  # residual, branch, block call
     block: object = None  # the Block a call calls
     count: int = 1  # `* count`
+    implicit_shortcut: bool = False  # a residual whose shortcut the checker would write
 
     def flat(self) -> list[Layer]:
         """The source layers this step stands for, in the order the spec's IR has them."""

@@ -54,9 +54,23 @@ def _compound(join: Layer, source: str, pa: list[Layer], pb: list[Layer]) -> Lay
     if join.op == "add":
         body, shortcut = (pa, pb) if len(pa) >= len(pb) else (pb, pa)
         parts = [body, shortcut] if shortcut else [body]
-        return Layer("residual", [], {}, [source], join.output, join.source, parts=parts)
+        return Layer("residual", [], {}, [source], join.output, join.source, parts=parts,
+                     implicit_shortcut=_is_projection(shortcut))
     paths = [p or [Layer("identity", [], {}, [source], source, join.source)] for p in (pa, pb)]
     return Layer("branch", [], {}, [source], join.output, join.source, parts=paths)
+
+
+def _is_projection(shortcut: list[Layer]) -> bool:
+    """The shortcut `residual { }` adds by itself where the shapes differ: 1x1 conv
+    without bias (stride 1 or 2: the smallest that matches), then a default batch norm.
+    Written out, its stride-2 1x1 conv on an even size would warn of unread rows."""
+    if len(shortcut) != 2:
+        return False
+    conv, norm = shortcut
+    return (conv.op == "conv" and conv.args[1:] == ["1"] and norm.op == "batchnorm"
+            and not norm.kwargs and set(conv.kwargs) <= {"stride", "bias"}
+            and conv.kwargs.get("bias") == "false" and conv.kwargs.get("stride", "1") in
+            ("1", "2"))
 
 
 @dataclass
@@ -211,7 +225,7 @@ def _filled(steps, fill) -> list[Layer]:
         if s.parts:
             parts = [_filled(part, fill) for part in s.parts]
             out.append(Layer(s.op, s.args, s.kwargs, s.inputs, s.output, s.source,
-                             parts=parts))
+                             parts=parts, implicit_shortcut=s.implicit_shortcut))
             continue
         holes = ABSTRACT.get(s.op, ())
         args, kwargs = list(s.args), dict(s.kwargs)
@@ -233,10 +247,12 @@ _KW_ORDER = ("stride", "padding", "output_padding", "dilation", "groups", "bias"
 
 
 def _block_name(steps: list[Layer]) -> str:
-    if any(s.op == "residual" and len(s.parts) > 1 for s in steps):
+    if any(s.op == "residual" and len(s.parts) > 1 and not s.implicit_shortcut
+           for s in steps):
         return "residual_projected"
     if any(s.op == "residual" for s in steps):
-        return "residual_block"
+        inner = [x for s in steps for part in s.parts for x in part]
+        return "residual_down" if any("stride" in x.kwargs for x in inner) else "residual_block"
     if any(s.op == "branch" for s in steps):
         return "dense_layer" if any(p[0].op == "identity" for s in steps if s.op == "branch"
                                     for p in s.parts) else "branch_block"

@@ -187,7 +187,9 @@ def _compound_lines(step: Layer, indent: int, names: Names, labels: bool) -> lis
     if step.op == "residual":
         lines = [Line("residual {", [], indent)]
         lines += _step_lines(step.parts[0], indent + 1, names, labels)
-        if len(step.parts) > 1:
+        if len(step.parts) > 1 and step.implicit_shortcut:
+            lines[-1].layers.extend(step.parts[1])  # written by the checker, in this order
+        elif len(step.parts) > 1:
             lines.append(Line("} shortcut {", [], indent))
             lines += _step_lines(step.parts[1], indent + 1, names, labels)
         lines.append(Line("}", [replace(step, parts=[])], indent))  # the join itself
