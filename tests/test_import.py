@@ -346,3 +346,17 @@ def test_an_input_too_large_for_memory_is_refused(tmp_path, capsys):
     path = tmp_path / "big.onnx"
     path.write_bytes(model.SerializeToString())
     _refused(tmp_path, capsys, path, "the activations per image need")
+
+
+def test_json_report_and_a_spec_that_cannot_be_written(small_onnx, tmp_path, capsys):
+    import json
+    out = tmp_path / "net.cnn"
+    assert main(["import", str(small_onnx), "-o", str(out), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["ok"] and report["params"] == report["source_params"] == 11_037
+    assert report["max_relative_error"] <= 1e-4
+    assert report["lines"] == out.read_text().count("\n")
+    folder = tmp_path / "taken.cnn"
+    folder.mkdir()  # not a regular file: refused, and no weights left behind
+    assert main(["import", str(small_onnx), "-o", str(folder)]) == 1
+    assert not (tmp_path / "taken.safetensors").exists()

@@ -230,7 +230,11 @@ def import_source(source: str, output: Path, weights_out: Path, *, partial: bool
     from safetensors.numpy import save
     data = save({k: np.array(v, order="C") for k, v in result.weights.items()})  # 0-d stays 0-d
     write_bytes(weights_out, data)
-    write_text(output, result.text)
+    try:
+        write_text(output, result.text)
+    except BaseException:  # both files or neither
+        weights_out.unlink(missing_ok=True)
+        raise
     return result
 
 __all__ = ["Imported", "import_file", "import_graph", "import_source", "read_graph", "verify"]
