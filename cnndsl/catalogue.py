@@ -102,6 +102,16 @@ CATALOGUE: tuple[Entry, ...] = (
           "with the chain.",
           'import "blocks/missing.cnn"\n\n' + _net("conv(8, 3)"),
           "Fix the path (it is relative to the file that imports it)."),
+    Entry("E-onnx", "a model `cnndsl import` cannot read or express",
+          "The file is not a readable ONNX model (truncated, a cycle, a tensor larger than "
+          "it holds or than 2^31 elements, an input no node makes, external data outside "
+          "its folder, an opset outside 13-21), or it holds operations no cnndsl layer "
+          "expresses: each is named with its node and op type, all at once, and nothing "
+          "is written. Names from the file are shown escaped.",
+          _net("conv(8, 3)"),
+          "Export the model again (opset 13-21, weights inside or beside it); for ops the "
+          "language lacks, `--partial` writes the part before the first of them.",
+          argv=("import", "example.cnn", "-o", "out.cnn")),
     Entry("E-limit", "a network or file beyond what cnndsl will process",
           "Parameters or activations per image over the memory limit (default half this "
           "machine's memory; --memory-limit), more than 200,000 layers, more than 1,000,000 "

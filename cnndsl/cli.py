@@ -424,6 +424,31 @@ def cmd_lsp(args) -> int:
     return serve()
 
 
+def cmd_import(args) -> int:
+    from .importer import import_source
+    output = Path(args.output)
+    weights_out = Path(args.weights_out) if args.weights_out else output.with_suffix(
+        ".safetensors")
+    result = import_source(args.source, output, weights_out, partial=args.partial,
+                           shape=args.shape, opset=args.opset)
+    for note in result.notes:
+        _say(f"note: {note}")
+    for u in result.unsupported:
+        _say(f"not written (--partial): node {u.node!r} ({u.op_type}): {u.why}")
+    if args.json:
+        print(json.dumps({"ok": True, "output": str(output), "weights": str(weights_out),
+                          "params": result.params, "source_params": result.source_params,
+                          "max_relative_error": result.max_error,
+                          "lines": result.text.count("\n"),
+                          "unsupported": [vars(u) for u in result.unsupported]}, indent=2))
+    else:
+        _say(f"wrote {output} ({result.text.count(chr(10))} lines, {result.params:,} "
+             f"parameters, as many as the source) and {weights_out}")
+        _say(f"verified: the spec computes the source's function (largest difference "
+             f"{result.max_error:.1e} of the output's magnitude, onnxruntime)")
+    return EXIT_OK
+
+
 def _spec_error(message: str) -> CnnError:
     return CnnError([Diagnostic(code="E-io", message=message)])
 
@@ -554,6 +579,24 @@ def build_parser() -> argparse.ArgumentParser:
     lsp = sub.add_parser("lsp", help="the language server (LSP over stdio) for editors",
                          description="Run the language server on standard input and output.")
     lsp.set_defaults(run=cmd_lsp)
+
+    imp = sub.add_parser("import", help="an ONNX file or a PyTorch model as a checked spec "
+                         "with its weights", description="Write a .cnn spec and its weights "
+                         "from an ONNX file, torchvision:NAME or python:package.module:function, "
+                         "verified equal in function before anything is written.")
+    imp.add_argument("source", help="a .onnx file, torchvision:NAME, or "
+                     "python:package.module:function (imported: only for code you trust)")
+    imp.add_argument("-o", "--output", required=True, help="the .cnn file to write")
+    imp.add_argument("--weights-out", metavar="FILE.safetensors", help="where the weights "
+                     "go (default: the spec's path with .safetensors)")
+    imp.add_argument("--partial", action="store_true", help="write the largest part that "
+                     "can be expressed, listing the rest")
+    imp.add_argument("--shape", default="3x224x224", metavar="CxHxW", help="the input "
+                     "size a PyTorch model is exported at (default 3x224x224)")
+    imp.add_argument("--opset", type=bounded_int(13, 21), default=18, help="the opset a "
+                     "PyTorch model is exported at (default 18)")
+    imp.add_argument("--json", action="store_true", help="machine-readable output")
+    imp.set_defaults(run=cmd_import)
 
     run = sub.add_parser("run", help="run a model with onnxruntime",
                          description="Run a .onnx model, or a .cnn spec compiled on the fly, "

@@ -1,0 +1,230 @@
+"""An ONNX file read into a small, checked graph: nodes in dependency order, constants as
+numpy arrays, the inputs' shapes. Everything a hostile file could do wrong (truncated,
+a cycle, a tensor larger than it holds, an input nobody makes, external data outside its
+folder) is an `E-onnx` error at the file, before anything is allocated for it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..diagnostics import CnnError, Diagnostic
+
+MAX_FILE_BYTES = 4 * 2**30
+MAX_NODES = 200_000
+MAX_TENSOR_ELEMENTS = 2**31  # 8 GiB of float32: more is not a CNN we can check
+OPSETS = range(13, 22)
+_DTYPES = {1: np.float32, 7: np.int64, 6: np.int32, 11: np.float64}
+
+
+def import_error(where: str, message: str, help: str | None = None) -> CnnError:
+    return CnnError([Diagnostic(code="E-onnx", message=f"{where}: {message}", help=help)])
+
+
+@dataclass
+class OnnxNode:
+    name: str
+    op_type: str
+    inputs: list[str]
+    outputs: list[str]
+    attrs: dict
+
+
+@dataclass
+class Graph:
+    path: str
+    inputs: dict[str, tuple]  # name -> (C, H, W) or (F,): the batch axis dropped
+    outputs: list[str]
+    nodes: list[OnnxNode]
+    constants: dict[str, np.ndarray]
+    opset: int
+    model: object = field(repr=False, default=None)  # the onnx.ModelProto, for running it
+
+
+def read_graph(path: str | Path) -> Graph:
+    import onnx
+    from google.protobuf.message import DecodeError
+    path = Path(path)
+    where = str(path)
+    try:
+        size = path.stat().st_size
+    except OSError as exc:
+        raise CnnError([Diagnostic(code="E-io", message=f"cannot read {path}: "
+                                   f"{exc.strerror or exc}")]) from None
+    if size > MAX_FILE_BYTES:
+        raise import_error(where, f"{size:,} bytes is more than the {MAX_FILE_BYTES:,} an "
+                           "imported model may have")
+    model = onnx.ModelProto()
+    try:
+        model.ParseFromString(path.read_bytes())
+    except (DecodeError, RuntimeError, ValueError) as exc:
+        raise import_error(where, f"not a readable ONNX file ({exc or 'truncated'})",
+                           "export it again; a truncated download cannot be read") from None
+    if not model.HasField("graph") or not model.graph.node:
+        raise import_error(where, "not an ONNX model: it has no graph nodes")
+    _load_external(model, path.parent, where)
+    return build_graph(model, where)
+
+
+def _load_external(model, folder: Path, where: str) -> None:
+    """External data files, only from the model's own folder, each read within its size."""
+    from onnx import external_data_helper as ext
+    base = folder.resolve()
+    for tensor in ext._get_all_tensors(model):
+        if not ext.uses_external_data(tensor):
+            continue
+        info = {e.key: e.value for e in tensor.external_data}
+        location = Path(info.get("location", ""))
+        target = (base / location).resolve()
+        if location.is_absolute() or base not in target.parents or not target.is_file():
+            raise import_error(where, f"tensor {_shown(tensor.name)} keeps its data in "
+                               f"{_shown(str(location))}, which is not a file in the model's "
+                               "folder")
+        expected = _elements(tensor, where) * np.dtype(_dtype(tensor, where)).itemsize
+        offset, length = int(info.get("offset", 0)), int(info.get("length", expected))
+        if length != expected or offset + length > target.stat().st_size:
+            raise import_error(where, f"tensor {_shown(tensor.name)}: its external data "
+                               f"({length:,} bytes at {offset:,}) does not hold its "
+                               f"{expected:,} bytes")
+        with open(target, "rb") as f:
+            f.seek(offset)
+            tensor.raw_data = f.read(length)
+        del tensor.external_data[:]
+        tensor.data_location = 0
+
+
+def _shown(name: str) -> str:
+    """A name from the file, safe to print: escapes, not control characters."""
+    return repr(name)[:80]
+
+
+def _elements(tensor, where: str) -> int:
+    count = 1
+    for d in tensor.dims:
+        if d < 0:
+            raise import_error(where, f"tensor {_shown(tensor.name)} has a negative size")
+        count *= d
+        if count > MAX_TENSOR_ELEMENTS:
+            raise import_error(where, f"tensor {_shown(tensor.name)} declares "
+                               f"{' x '.join(map(str, tensor.dims))} elements, more than "
+                               f"{MAX_TENSOR_ELEMENTS:,}")
+    return count
+
+
+def _dtype(tensor, where: str):
+    if tensor.data_type not in _DTYPES:
+        raise import_error(where, f"tensor {_shown(tensor.name)} has ONNX data type "
+                           f"{tensor.data_type}; float32 weights (and int64 shapes) are read")
+    return _DTYPES[tensor.data_type]
+
+
+def to_array(tensor, where: str) -> np.ndarray:
+    """A TensorProto as an array, its declared size checked against what it holds."""
+    from onnx import numpy_helper
+    count, dtype = _elements(tensor, where), _dtype(tensor, where)
+    held = (len(tensor.raw_data) // np.dtype(dtype).itemsize if tensor.raw_data else
+            max(len(tensor.float_data), len(tensor.int64_data), len(tensor.int32_data),
+                len(tensor.double_data)))
+    if held != count:
+        raise import_error(where, f"tensor {_shown(tensor.name)} declares "
+                           f"{' x '.join(map(str, tensor.dims)) or 'a scalar'} ({count:,} "
+                           f"elements) but holds {held:,}")
+    return np.array(numpy_helper.to_array(tensor))
+
+
+def build_graph(model, where: str) -> Graph:
+    from onnx import helper
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+    if opset not in OPSETS:
+        raise import_error(where, f"opset {opset}; ONNX opsets 13 to 21 are read",
+                           "convert it: onnx.version_converter.convert_version(model, 18)")
+    g = model.graph
+    if len(g.node) > MAX_NODES:
+        raise import_error(where, f"{len(g.node):,} nodes, more than {MAX_NODES:,}")
+    constants = {t.name: to_array(t, where) for t in g.initializer}
+    nodes = []
+    for i, n in enumerate(g.node):
+        name = n.name or f"{n.op_type}_{i}"
+        if n.domain not in ("", "ai.onnx"):
+            nodes.append(OnnxNode(name, f"{n.domain}.{n.op_type}", list(n.input),
+                                  list(n.output), {}))
+            continue
+        attrs = {}
+        for a in n.attribute:
+            if a.type == a.TENSOR:
+                attrs[a.name] = to_array(a.t, where)
+            elif a.type in (a.GRAPH, a.GRAPHS):
+                attrs[a.name] = None  # subgraphs (If, Loop): not a layer of ours
+            else:
+                attrs[a.name] = helper.get_attribute_value(a)
+                if isinstance(attrs[a.name], bytes):
+                    attrs[a.name] = attrs[a.name].decode("utf-8", "replace")
+        if n.op_type == "Constant":
+            if "value" not in attrs or len(n.output) != 1:
+                raise import_error(where, f"Constant node {_shown(name)} has no tensor value")
+            constants[n.output[0]] = attrs["value"]
+            continue
+        if n.op_type == "Identity" and n.input and n.input[0] in constants:
+            constants[n.output[0]] = constants[n.input[0]]  # torch's copies of a weight
+            continue
+        nodes.append(OnnxNode(name, n.op_type, list(n.input), list(n.output), attrs))
+    inputs = {}
+    for v in g.input:
+        if v.name in constants:
+            continue
+        inputs[v.name] = _input_shape(v, where)
+    if not inputs:
+        raise import_error(where, "the graph has no input")
+    outputs = [v.name for v in g.output]
+    graph = Graph(where, inputs, outputs, _ordered(nodes, inputs, constants, outputs, where),
+                  constants, opset, model)
+    return graph
+
+
+def _input_shape(v, where: str) -> tuple:
+    t = v.type.tensor_type
+    if not v.type.HasField("tensor_type") or t.elem_type != 1:
+        raise import_error(where, f"input {_shown(v.name)} is not a float32 tensor")
+    dims = [d.dim_value if d.HasField("dim_value") else None for d in t.shape.dim]
+    if len(dims) not in (2, 4) or any(d is None or d <= 0 for d in dims[1:]):
+        shown = " x ".join("?" if d is None else str(d) for d in dims)
+        raise import_error(where, f"input {_shown(v.name)} has shape [{shown}]; an image "
+                           "batch N x C x H x W (or N x features) with fixed C, H, W is read")
+    return tuple(dims[1:])
+
+
+def _ordered(nodes, inputs, constants, outputs, where: str) -> list[OnnxNode]:
+    """Dependency order (Kahn); a missing input or a cycle is named."""
+    made = {o: n for n in nodes for o in n.outputs if o}
+    known = set(inputs) | set(constants)
+    for n in nodes:
+        for x in n.inputs:
+            if x and x not in made and x not in known:
+                raise import_error(where, f"node {_shown(n.name)} ({n.op_type}) reads "
+                                   f"{_shown(x)}, which no node, input or initializer makes")
+    for o in outputs:
+        if o not in made and o not in inputs:
+            raise import_error(where, f"output {_shown(o)} is made by no node")
+    waiting = {id(n): sum(1 for x in n.inputs if x in made) for n in nodes}
+    users: dict[str, dict[int, OnnxNode]] = {}
+    for n in nodes:
+        for x in n.inputs:
+            if x in made:
+                users.setdefault(x, {})[id(n)] = n
+    ready = [n for n in nodes if waiting[id(n)] == 0]
+    order = []
+    while ready:
+        n = ready.pop(0)
+        order.append(n)
+        for o in n.outputs:
+            for u in users.get(o, {}).values():
+                waiting[id(u)] -= sum(1 for x in u.inputs if x == o)
+                if waiting[id(u)] == 0:
+                    ready.append(u)
+    if len(order) != len(nodes):
+        stuck = [n.name for n in nodes if waiting[id(n)] > 0][:5]
+        raise import_error(where, "the graph has a cycle through "
+                           + ", ".join(_shown(s) for s in stuck))
+    return order
