@@ -261,7 +261,7 @@ class TrainConfig(BaseModel):
     spans: dict[str, Span] = {}  # setting -> where it was written, for later errors
 
     @property
-    def losses(self) -> tuple[Term, ...]:
+    def summed_losses(self) -> tuple[Term, ...]:
         """The loss as weighted terms (one term of weight 1 for a plain `loss: ...`)."""
         return self.loss_terms or (Term(weight=1.0, loss=self.loss),)
 

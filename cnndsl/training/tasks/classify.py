@@ -88,7 +88,7 @@ class Classify:
     outputs = ("curves.png", "confusion.png")
 
     def check(self, config: TrainConfig, ir) -> None:
-        for term in config.losses:
+        for term in config.summed_losses:
             if term.loss.name not in LOSSES:
                 raise CnnError([Diagnostic(
                     code="E-train", message=f"`{term.loss.name}` is a segmentation loss; this "
@@ -107,7 +107,7 @@ class Classify:
     def loss(self, config: TrainConfig, classes: int, device) -> Callable:
         return WeightedSum([(t.weight, Objective(t.loss, classes, device,
                                                  config.spans.get("loss")))
-                            for t in config.losses])
+                            for t in config.summed_losses])
 
     def counts(self, logits, targets, config: TrainConfig) -> tuple[int, int]:
         return int((logits.detach().argmax(1) == targets).sum()), len(targets)

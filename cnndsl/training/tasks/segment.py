@@ -139,7 +139,7 @@ class Segment:
                 help=f"end with `upsample(like={image.name})`" if smaller else
                 "the masks have the input's size: make the output that size")])
         scores = REGISTRY[node.op].scores if node is not None else None
-        for term in config.losses:
+        for term in config.summed_losses:
             if term.loss.name not in LOSSES:
                 raise CnnError([Diagnostic(
                     code="E-train", message=f"`{term.loss.name}` is not a segmentation loss",
@@ -166,7 +166,7 @@ class Segment:
     def loss(self, config: TrainConfig, classes: int, device) -> Callable:
         return WeightedSum([(t.weight, PixelLoss(t.loss, classes, config.ignore_index, device,
                                                  config.spans.get("loss")))
-                            for t in config.losses])
+                            for t in config.summed_losses])
 
     def counts(self, logits, targets, config: TrainConfig) -> tuple[int, int]:
         valid = targets != config.ignore_index
