@@ -24,6 +24,8 @@ Weights = dict[str, np.ndarray]
 def tensors(ir: Network):
     """(state_dict name, Weight) of every tensor of the network, in module order."""
     for node in ir.nodes:
+        if node.shares:  # a shared layer applied again: the first application's tensors
+            continue
         for weight in REGISTRY[node.op].weights(node.attrs):
             yield f"{node.name}.{weight.suffix}", weight
 
@@ -45,7 +47,9 @@ def initial_weights(ir: Network, seed: int = 0, only: set[str] | None = None) ->
     for name, weight in tensors(ir):
         if only is not None and name not in only:
             continue
-        if weight.init.constant is not None:
+        if weight.init.values is not None:  # given in the spec
+            weights[name] = np.array(weight.init.values, weight.dtype).reshape(weight.shape)
+        elif weight.init.constant is not None:
             weights[name] = np.full(weight.shape, weight.init.constant, weight.dtype)
         else:
             bound = 1 / math.sqrt(weight.init.fan_in) if weight.init.fan_in else 0
