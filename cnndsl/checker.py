@@ -938,6 +938,8 @@ class Checker(TensorChecks, SharedChecks):
             if arg.default is _LATER:  # a block parameter: its default as written
                 param = next(p for p in self.definitions[name].params if p.name == arg.name)
                 return render_expr(param.default, {})
+            if arg.default is None:  # given or computed (`like=`, `weight=`)
+                return arg.shown or "…"
             return describe(short(arg.default))
         name = what.split("`")[1]
         parts = [a.name if a.default is REQUIRED else f"{a.name}={default(a)}"

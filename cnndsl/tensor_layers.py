@@ -154,3 +154,26 @@ class AnchorPoints(LayerKind):
         xs = [column + a.offset for _ in range(a.height) for column in range(a.width)]
         ys = [row + a.offset for row in range(a.height) for _ in range(a.width)]
         return xs, ys
+
+
+@dataclass(frozen=True, slots=True)
+class StrideAttrs(Record):
+    height: int
+    width: int
+    stride: float
+
+
+class AnchorStrides(LayerKind):
+    op, family, Attrs = "anchor_strides", "reshape", StrideAttrs
+    channels_out = "-"
+    doc = ("1 x H*W, every cell of its input's grid holding `stride` (the pixels per cell: "
+           "YOLOv8's stride_tensor, to scale the boxes of levels joined into one row)")
+    example = "x -> anchor_strides(8)"
+    args = (Arg("stride", number),)
+
+    def infer(self, a, xs, warn):
+        _, a["height"], a["width"] = image(xs[0], self.op)
+        return (1, a["height"] * a["width"])
+
+    def label(self, a):
+        return f"anchor_strides {a.stride:g}"

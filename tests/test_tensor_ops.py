@@ -226,3 +226,14 @@ def test_a_non_finite_number_is_refused():
     text = _net("mul(x, 1e400)")
     code, _, _, message = _errors(text)[0]
     assert (code, message) == ("E-value", "number out of range")
+
+
+def test_the_editor_shows_shapes_of_any_rank():
+    """What `cnndsl lsp` puts at each line's end (inlay hints) and in a tensor's hover."""
+    from cnndsl.lsp.analysis import analyse, line_shapes
+    analysis = analyse(HEAD, "head.cnn", None)
+    shapes = line_shapes(analysis)
+    assert shapes[5] == [(16, 4, 20)]  # dist = ... -> reshape -> transpose -> softmax
+    assert shapes[6] == [(4, 20)]
+    assert shapes[12] == [(4, 20)]  # boxes
+    assert shapes[13] == [(3, 20)]  # scores

@@ -325,6 +325,16 @@ def anchor_points(g: GraphBuilder, node: Node, xs: list[str]) -> str:
     """The grid as a constant, expanded to the input's batch."""
     from ..tensor_layers import AnchorPoints
     grid = np.array(AnchorPoints.grid(node.attrs), np.float32)[None]
+    return _per_image(g, node, xs, grid)
+
+
+def anchor_strides(g: GraphBuilder, node: Node, xs: list[str]) -> str:
+    a = node.attrs
+    return _per_image(g, node, xs, np.full((1, 1, a.height * a.width), a.stride, np.float32))
+
+
+def _per_image(g: GraphBuilder, node: Node, xs: list[str], grid: np.ndarray) -> str:
+    """A constant, expanded to the input's batch."""
     constant = g.constant(f"{node.name}.grid", grid)
     shape = g.op("Shape", xs, node, output=f"{node.name}.in_shape")
     start, stop = (g.constant(f"{node.name}.{k}", np.array([v], np.int64))
@@ -392,6 +402,7 @@ class OnnxGenerator:
         "permute": permute,
         "transpose": permute,
         "anchor_points": anchor_points,
+        "anchor_strides": anchor_strides,
         "identity": _identity,
         "add": _join,
         "sub": _join,

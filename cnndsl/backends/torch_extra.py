@@ -122,6 +122,18 @@ class AnchorPoints(nn.Module):
         return grid.expand(x.shape[0], 2, self.height * self.width)
 
 
+class AnchorStrides(nn.Module):
+    """1 x H*W filled with the stride of the input's grid, per image."""
+
+    def __init__(self, height, width, stride):
+        super().__init__()
+        self.cells, self.stride = height * width, float(stride)
+
+    def forward(self, x):
+        return torch.full((x.shape[0], 1, self.cells), self.stride, dtype=x.dtype,
+                          device=x.device)
+
+
 CLASSES = {cls.__name__: cls for cls in (LayerNorm2d, LayerScale, StochasticDepth, Crop,
                                          ChannelSlice, Narrow, Reshape, Permute, Exp, Log,
-                                         AnchorPoints)}
+                                         AnchorPoints, AnchorStrides)}

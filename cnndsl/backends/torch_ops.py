@@ -239,6 +239,8 @@ class TorchGenerator:
         "transpose": lambda n: TorchLayer("Permute", (n.attrs.dims,)),
         "anchor_points": lambda n: TorchLayer("AnchorPoints", (n.attrs.height, n.attrs.width),
                                               _non_default(offset=(n.attrs.offset, 0.5))),
+        "anchor_strides": lambda n: TorchLayer("AnchorStrides", (n.attrs.height, n.attrs.width,
+                                                                 n.attrs.stride)),
         "identity": _simple("Identity"),
         "add": _join,
         "sub": _join,
