@@ -60,7 +60,7 @@ def _divisors(channels: int) -> list[int]:
 def step(draw, channels: int, index: int) -> tuple[str, int]:
     kind = draw(st.sampled_from(["conv", "conv", "pool", "act", "norm", "residual", "branch",
                                  "block", "transpose", "upsample", "channels", "crop",
-                                 "skip", "axes", "arith", "halves"]))
+                                 "skip", "axes", "arith", "halves", "shared"]))
     if kind == "conv":
         return draw(conv_line(channels))
     if kind == "pool":
@@ -116,6 +116,11 @@ def step(draw, channels: int, index: int) -> tuple[str, int]:
             f"k{index}: identity\n    m{index} = k{index} -> global_avgpool\n"
             f"    sub(k{index}, m{index})",
         ])), channels
+    if kind == "shared":  # one module applied twice; a repeat's every output joined
+        return draw(st.sampled_from([
+            (f"k{index}: conv({channels}, 3, padding=1) -> relu -> k{index}", channels),
+            (f"m{index}: conv({channels}, 1) * 2\n    concat(each(m{index}))", 2 * channels),
+        ]))
     if kind == "halves" and channels % 2 == 0:
         return (f"k{index}: identity\n    p{index}, q{index} = k{index} -> split(2)\n"
                 f"    r{index} = q{index} -> sigmoid -> add(1)\n"
