@@ -819,6 +819,11 @@ def _order_failure(mine: list[_Group], theirs: list[_Group], furthest: int) -> C
     shapes = ", ".join(f"{s} {shape}" for s, shape in stuck.tensors)
     elsewhere = [g.name for g in theirs if g.signature == stuck.signature]
     notes = [f"the first {furthest} of the spec's {len(mine)} layers matched in order"]
+    first = next((i for i, (a, b) in enumerate(zip(mine, theirs))
+                  if a.signature != b.signature), None)
+    if first is not None and first < furthest:  # where the plain order first breaks
+        notes.append(f"taken one for one, the first that differs is the spec's "
+                     f"`{mine[first].name}` against the file's `{theirs[first].name}`")
     if elsewhere:
         notes.append(f"tensors of that shape are in the file as `{elsewhere[0]}`"
                      + (f" and {len(elsewhere) - 1} more" if len(elsewhere) > 1 else "") +

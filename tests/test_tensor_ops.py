@@ -237,3 +237,18 @@ def test_the_editor_shows_shapes_of_any_rank():
     assert shapes[6] == [(4, 20)]
     assert shapes[12] == [(4, 20)]  # boxes
     assert shapes[13] == [(3, 20)]  # scores
+
+
+@pytest.mark.parametrize("line", ["upsample(2)", "upsample((1, 3))"])
+def test_upsample_by_a_factor_keeps_the_batch_axis_in_onnx_shape_inference(line):
+    """Resize with scales gave `unk__0` for the batch (found with yolov8n's neck); the
+    pixels repeated by reshapes around an Expand keep `batch`, and compute the same."""
+    import onnx
+    model = cnndsl.loads(f"network t() {{\n    input x: 3 x 4 x 5\n    {line}\n}}\n")
+    inferred = onnx.shape_inference.infer_shapes(model.to_onnx(), strict_mode=True)
+    dims = [d.dim_param or d.dim_value for d in inferred.graph.output[0].type.tensor_type.shape.dim]
+    assert dims == ["batch", *model.layers[-1].shape]
+    x = np.random.default_rng(0).standard_normal((2, 3, 4, 5)).astype(np.float32)
+    with torch.no_grad():
+        expected = model.to_torch()(torch.from_numpy(x)).numpy()
+    np.testing.assert_array_equal(model.onnx_session("cpu").run(x)[0], expected)

@@ -71,6 +71,10 @@ def test_the_file_order_alone_cannot_map_it(model):
     with pytest.raises(cnndsl.CnnError) as info:
         model.weights(_reference().state_dict())
     assert "python:package.module:function" in info.value.render()
+    # the blame falls where the order really breaks: C2f declares cv2 before m
+    assert ("taken one for one, the first that differs is the spec's "
+            "`c2f1.m.0.conv_bn1.conv1` against the file's `cv2.conv`"
+            ) in info.value.diagnostics[0].notes
 
 
 def test_a_module_computing_something_else_is_refused(model):

@@ -161,6 +161,8 @@ def upsample(g: GraphBuilder, node: Node, xs: list[str]) -> str:
                 "nearest_mode": "floor"}
     else:
         mode = {"mode": "linear", "coordinate_transformation_mode": "half_pixel"}
+    if a.scale is not None and a.mode == "nearest":
+        return _repeat_pixels(g, node, xs[0])
     if a.scale is not None:
         scales = g.constant(f"{node.name}.scales", np.array([1, 1, *a.scale], np.float32))
         return g.op("Resize", [xs[0], "", scales], node, **mode)
@@ -174,6 +176,19 @@ def upsample(g: GraphBuilder, node: Node, xs: list[str]) -> str:
     hw = g.constant(f"{node.name}.size", np.array(a.size, np.int64))
     sizes = g.op("Concat", [kept, hw], node, output=f"{node.name}.sizes", axis=0)
     return g.op("Resize", [xs[0], "", "", sizes], node, **mode)
+
+
+def _repeat_pixels(g: GraphBuilder, node: Node, x: str) -> str:
+    """Nearest by an integer factor: every pixel repeated sh x sw times (exactly PyTorch's),
+    written as reshapes around an Expand, so that shape inference keeps the batch axis
+    (Resize with scales loses it)."""
+    (c, h, w), (sh, sw) = node.in_shapes[0], node.attrs.scale
+    spread = g.op("Reshape", [x, g.constant(f"{node.name}.spread_shape", np.array(
+        [0, c, h, 1, w, 1], np.int64))], node, output=f"{node.name}.spread")
+    repeated = g.op("Expand", [spread, g.constant(f"{node.name}.repeats", np.array(
+        [1, 1, 1, sh, 1, sw], np.int64))], node, output=f"{node.name}.repeated")
+    return g.op("Reshape", [repeated, g.constant(f"{node.name}.out_shape", np.array(
+        [0, c, h * sh, w * sw], np.int64))], node)
 
 
 def _nearest_to_size(g: GraphBuilder, node: Node, x: str) -> str:
