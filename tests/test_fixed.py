@@ -125,3 +125,20 @@ def test_given_weights_are_checked(line, column, message):
         cnndsl.loads(text)
     d = info.value.diagnostics[0]
     assert (d.span.line, d.span.column, d.message) == (3, column, message)
+
+
+@pytest.mark.parametrize("line", ["anchor_points", "anchor_strides(8)"])
+def test_generated_constants_in_onnx_keep_the_batch_and_read_no_value(line):
+    """Expand to a computed shape gave `unk__0` for the batch in shape inference (found
+    with yolov8n in the zoo's ONNX test); and a NaN in the input must not reach them."""
+    import onnx
+    model = cnndsl.loads(f"network a() {{\n    input x: 3 x 4 x 5\n    {line}\n}}\n")
+    inferred = onnx.shape_inference.infer_shapes(model.to_onnx(), strict_mode=True)
+    dims = [d.dim_param or d.dim_value for d in inferred.graph.output[0].type.tensor_type.shape.dim]
+    assert dims == ["batch", *model.layers[-1].shape]
+    x = np.full((2, 3, 4, 5), np.nan, np.float32)
+    got = model.onnx_session("cpu").run(x)[0]
+    with torch.no_grad():
+        expected = model.to_torch()(torch.from_numpy(x)).numpy()
+    assert not np.isnan(got).any()
+    np.testing.assert_array_equal(got, expected)

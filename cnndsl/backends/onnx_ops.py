@@ -349,15 +349,20 @@ def anchor_strides(g: GraphBuilder, node: Node, xs: list[str]) -> str:
 
 
 def _per_image(g: GraphBuilder, node: Node, xs: list[str], grid: np.ndarray) -> str:
-    """A constant, expanded to the input's batch."""
-    constant = g.constant(f"{node.name}.grid", grid)
-    shape = g.op("Shape", xs, node, output=f"{node.name}.in_shape")
-    start, stop = (g.constant(f"{node.name}.{k}", np.array([v], np.int64))
-                   for k, v in (("batch_from", 0), ("batch_to", 1)))
-    batch = g.op("Slice", [shape, start, stop], node, output=f"{node.name}.batch")
-    rest = g.constant(f"{node.name}.size", np.array(grid.shape[1:], np.int64))
-    sizes = g.op("Concat", [batch, rest], node, output=f"{node.name}.sizes", axis=0)
-    return g.op("Expand", [constant, sizes], node)
+    """A constant (1 x ...) for every image of the batch. The batch comes from an empty
+    slice of the input, padded with zeros: no input value is read (a NaN stays out), and
+    shape inference keeps the batch axis, which Expand to a computed shape would lose."""
+    consts = [g.constant(f"{node.name}.{k}", np.array(v, np.int64))
+              for k, v in (("empty_from", [0]), ("empty_to", [0]), ("empty_axis", [1]))]
+    empty = g.op("Slice", [xs[0], *consts], node, output=f"{node.name}.empty")
+    flat = g.op("Reshape", [empty, g.constant(f"{node.name}.flat_shape", np.array(
+        [0, 0], np.int64))], node, output=f"{node.name}.flat")  # batch x 0
+    size = int(np.prod(grid.shape[1:]))
+    zeros = g.op("Pad", [flat, g.constant(f"{node.name}.pads", np.array(
+        [0, 0, 0, size], np.int64))], node, output=f"{node.name}.zeros", mode="constant")
+    shaped = g.op("Reshape", [zeros, g.constant(f"{node.name}.grid_shape", np.array(
+        [0, *grid.shape[1:]], np.int64))], node, output=f"{node.name}.shaped")
+    return g.op("Add", [shaped, g.constant(f"{node.name}.grid", grid)], node)
 
 
 def _along(op_type: str):
