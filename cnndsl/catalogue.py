@@ -200,6 +200,13 @@ CATALOGUE: tuple[Entry, ...] = (
           "network net() {\n    input image: 3 x 32 x 32\n"
           "    stage1: unit(16) -> unit(16)\n}\n",
           "Group the calls: `stage1: (unit(16) -> unit(16))` names them `stage1.0`, `stage1.1`."),
+    Entry("W-shadow", "a block named like a built-in layer",
+          "A block of yours has the name of a layer cnndsl provides (often one added after "
+          "the block was written). Your block wins, as it does over the standard library, "
+          "so the spec keeps checking as it did; the built-in layer cannot be called here.",
+          "block hardsigmoid() {\n    relu6\n}\n\n"
+          "network net() {\n    input image: 3 x 32 x 32\n    hardsigmoid\n}\n",
+          "Rename the block (`my_hardsigmoid`) to use the built-in layer as well."),
     Entry("W-unused", "a named tensor that is never used",
           "A name was assigned but nothing reads it and it is not an output: often a "
           "forgotten skip connection.",

@@ -13,9 +13,12 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from . import ast
+from .check_shared import SharedChecks, SharedModule
+from .check_tensors import TensorChecks
 from .diagnostics import CnnError, Diagnostic, Label
 from .ir import Input, Network, Node, Scope
 from .layers import (
+    ADDED_AFTER_0_1,
     REGISTRY,
     REQUIRED,
     Arg,
@@ -27,7 +30,6 @@ from .layers import (
     fmt,
     number,
     pair0,
-    positive,
     short,
 )
 from .names import name_problem
@@ -112,6 +114,9 @@ class Frame:
     lets: dict[str, Any] = field(default_factory=dict)  # constant -> its expression
     # layer op -> argument -> value, from `defaults` statements (blocks inherit a copy)
     defaults: dict[str, dict[str, Any]] = field(default_factory=dict)
+    modules: dict[str, SharedModule] = field(default_factory=dict)  # labels, to apply again
+    # a labelled repeat or group -> each step's output (`each(m)` in a merge)
+    collections: dict[str, list[Tensor]] = field(default_factory=dict)
 
     def with_prefix(self, prefix: str) -> Frame:
         """Same scope, names prefixed (shortcut_, b1_); shares tensors and counters."""
@@ -126,7 +131,7 @@ class _FatalError(Exception):
     """A global limit was hit: stop elaborating altogether."""
 
 
-class Checker:
+class Checker(TensorChecks, SharedChecks):
     def __init__(self, definitions: dict[str, ast.Definition], strict: bool = False,
                  memory_limit: int | None = None, weight_copies: float = 1.0,
                  file_defaults: dict[str, tuple[ast.Defaults, ...]] | None = None):
@@ -158,6 +163,7 @@ class Checker:
         outputs: list[str] = []
         self.output_names: list[str] = []
         body = (*self.file_defaults.get(defn.span.file, ()), *defn.body)
+        self.warn_shadowed_layers()
         try:
             current = self.statements(body, None, frame, inputs=inputs, outputs=outputs)
         except _FatalError:
@@ -432,6 +438,9 @@ class Checker:
         return result
 
     def bind_tensor(self, name: str, span: Span, tensor: Tensor, frame: Frame) -> None:
+        if frame.tensors.get(name) is tensor:  # `aux1 = x -> aux1: aux_head(...)`: the
+            frame.assigned[name] = span        # step's label named this very tensor
+            return
         self.check_name_free(name, span, frame)
         frame.tensors[name] = tensor
         frame.assigned[name] = span
@@ -449,7 +458,13 @@ class Checker:
             raise self.fail("E-name", f"`{name}` is already defined", span,
                             label="defined again here", related=(Label(span=first,
                                                                        text="first here"),))
-        if name in REGISTRY or name in self.definitions:
+        if name in ADDED_AFTER_0_1 and name not in self.definitions:
+            self.report(Diagnostic(
+                code="W-shadow", severity="warning", message=f"the tensor `{name}` has the "
+                f"name of the built-in layer `{name}`", span=span,
+                label="this name starts a chain as the tensor; as a step it is the layer",
+                help=f"rename the tensor (e.g. `{name}_out`)"))
+        elif name in REGISTRY or name in self.definitions:
             kind = "layer" if name in REGISTRY else "block"
             raise self.fail("E-name", f"`{name}` is a {kind} name", span,
                             label="choose another name for this tensor")
@@ -482,7 +497,7 @@ class Checker:
                 and first.name in frame.tensors:
             current = self.lookup_tensor(first.name, first.span, frame)
             steps.pop(0)
-        elif isinstance(first, ast.Layer) and first.name in REGISTRY \
+        elif isinstance(first, ast.Layer) and self.builtin(first.name) is not None \
                 and REGISTRY[first.name].many_inputs:
             current = None  # `concat(a, b)` starting a line joins a and b only
         failed = False
@@ -502,8 +517,27 @@ class Checker:
         return current
 
     def is_block_call(self, step) -> bool:
-        return isinstance(step, ast.Layer) and step.name not in REGISTRY and \
+        return isinstance(step, ast.Layer) and self.builtin(step.name) is None and \
             getattr(self.definitions.get(step.name), "kind", None) == "block"
+
+    def builtin(self, name: str) -> LayerKind | None:
+        """The layer kind a name calls, unless a block of the user's shadows it."""
+        kind = REGISTRY.get(name)
+        if kind is None or getattr(self.definitions.get(name), "kind", None) == "block":
+            return None
+        return kind
+
+    def warn_shadowed_layers(self) -> None:
+        """`block hardsigmoid()`, written before cnndsl had that layer, still means the
+        user's block; a warning says so once per definition."""
+        for defn in self.definitions.values():
+            if defn.kind == "block" and defn.name in REGISTRY:
+                self.report(Diagnostic(
+                    code="W-shadow", severity="warning", message=f"the block `{defn.name}` "
+                    f"shadows the built-in layer `{defn.name}`", span=defn.name_span,
+                    label="calls of this name run this block",
+                    help=f"rename the block (e.g. `my_{defn.name}`) to use the built-in "
+                    "layer too"))
 
     def warn_label_on_chain(self, steps: list) -> None:
         """`layer2: basic(128, stride=2) -> basic(128)` names the first call only (`layer2`,
@@ -563,14 +597,18 @@ class Checker:
             raise self.fail("E-arg", f"{several} names for one tensor", step.span,
                             help="end the line with split(...) or a block with several "
                             "outputs: `a, b = x -> split(2)`")
-        if step.name in REGISTRY:
+        if step.name in REGISTRY and not is_block:
             return self.primitive(REGISTRY[step.name], step, x, frame, name)
         if is_block:
             tensor = self.call_block(self.definitions[step.name], step, x, frame, name,
                                      several)
             if step.label is not None and several is None:  # `layer2: basic(128)` names
                 frame.tensors.setdefault(step.label, tensor)  # its output `layer2`
+                self.remember_module(step, frame.path + (frame.prefix + step.label,), True,
+                                     frame)
             return tensor
+        if not step.has_call and step.name in frame.modules:
+            return self.apply_again(step, x, frame, name)
         if not step.has_call and step.name in frame.tensors:
             raise self.fail("E-name", f"tensor `{step.name}` can only start a chain", step.span,
                             help=f"start a new line with `{step.name} -> ...`")
@@ -608,48 +646,6 @@ class Checker:
                           label="unknown argument", help=argument_help(kw.name, by_name) or
                           self.signature_help(signature, f"`{likely}`"))
 
-    def split(self, step: ast.Layer, x: Tensor | None, frame: Frame,
-              several: int | None) -> list[Tensor]:
-        """`a, b = x -> split(2)` (equal parts) or `split((24, 40))`: channel slices, named
-        `split1.0`, `split1.1` (or by the step's label)."""
-        x = self.need_input(x, step.span)
-        if several is None:
-            raise self.fail("E-arg", "split gives several tensors: name them", step.span,
-                            help="e.g. `a, b = x -> split(2)`")
-        if step.kwargs or len(step.args) != 1:
-            raise self.fail("E-arg", "split takes the number of parts or their channels",
-                            step.span, help="split(2) or split((24, 40))")
-        value = self.eval(step.args[0], frame.params)
-        if x.shape is None:
-            raise _StatementError()
-        channels = x.shape[0]
-        if isinstance(value, tuple):
-            sizes = [self.coerce(positive, v, step.args[0].span, "split") for v in value]
-            if sum(sizes) != channels:
-                raise self.fail("E-shape", f"split into {' + '.join(map(str, sizes))} = "
-                                f"{sum(sizes)} channels; the input has {channels}",
-                                step.args[0].span)
-        else:
-            parts = self.coerce(positive, value, step.args[0].span, "split")
-            if channels % parts:
-                raise self.fail("E-shape", f"{channels} channels do not split into {parts} "
-                                "equal parts", step.args[0].span,
-                                help="give the parts' sizes: split((a, b, ...))")
-            sizes = [channels // parts] * parts
-        if len(sizes) != several:
-            raise self.fail("E-arg", f"split into {len(sizes)} parts, named {several}",
-                            step.span)
-        path = frame.path + (self.local_name(step, "split", frame, None),)
-        tensors, start = [], 0
-        for i, size in enumerate(sizes):
-            tensors.append(self.emit(REGISTRY["slice"], {"start": start, "stop": start + size},
-                                     [x], path + (str(i),), step))
-            start += size
-        self.scopes.append(Scope(path=path, block=None, span=step.span, inputs=(x.name,),
-                                 output=tensors[0].name,
-                                 outputs=tuple(t.name for t in tensors)))
-        return tensors
-
     def repeat(self, step: ast.Repeat, x: Tensor | None, frame: Frame) -> Tensor:
         count = self.coerce(lambda v: as_int(v, 0), self.eval(step.count, frame.params),
                             step.count.span, "repeat count")
@@ -680,12 +676,16 @@ class Checker:
                                  inputs=(x.name,) if x else ()))
         sub = Frame(frame.params, container, blocks=frame.blocks, lets=frame.lets,
                     defaults=frame.defaults)
+        collected = []
         for i, inner in enumerate(steps):
             x = self.layer(inner, x, sub, name=str(i))
             if x.shape is None:
                 break
-        self.scopes[index] = self.scopes[index].model_copy(update={"output": x.name})
+            collected.append(x)
+        self.scopes[index] = self.scopes[index].model_copy(update={
+            "output": x.name, "collected": tuple(t.name for t in collected)})
         frame.tensors.setdefault(label, x)
+        frame.collections.setdefault(label, collected)
         frame.used.add(label)
         return x
 
@@ -730,8 +730,8 @@ class Checker:
     def primitive(self, kind: LayerKind, step: ast.Layer, x: Tensor | None, frame: Frame,
                   name: str | None = None) -> Tensor:
         if kind.many_inputs:
-            xs = self.merge_inputs(step, x, frame)
-            attrs, derivations, exprs = {}, {}, {}
+            xs, attrs = self.merge_inputs(kind, step, x, frame)
+            derivations, exprs = {}, {}
         else:
             xs = [self.need_input(x, step.span)]
             attrs, derivations, exprs = self.bind_args(kind.args, step, frame, f"`{kind.op}`")
@@ -742,23 +742,9 @@ class Checker:
         tensor = self.emit(kind, attrs, xs, frame.path + (local,), step, derivations, exprs)
         if step.label is not None:
             frame.tensors.setdefault(step.label, tensor)
+            if tensor.shape is not None:
+                self.remember_module(step, frame.path + (local,), False, frame)
         return tensor
-
-    def merge_inputs(self, step: ast.Layer, x: Tensor | None, frame: Frame) -> list[Tensor]:
-        if step.kwargs:
-            kw = step.kwargs[0]
-            raise self.fail("E-arg", f"`{step.name}` takes tensors, not `{kw.name}=`", kw.span)
-        named = []
-        for arg in step.args:
-            if not isinstance(arg, ast.Name):
-                raise self.fail("E-arg", f"`{step.name}` takes tensor names", arg.span,
-                                label="not a tensor name")
-            named.append(self.lookup_tensor(arg.id, arg.span, frame))
-        xs = ([x] if x is not None else []) + named
-        if len(xs) < 2:
-            raise self.fail("E-arg", f"`{step.name}` needs at least two tensors", step.span,
-                            help=f"e.g. `{step.name}(a, b)`, or `-> {step.name}(skip)` in a chain")
-        return xs
 
     def emit(self, kind: LayerKind, args: dict, xs: list[Tensor], path: tuple[str, ...],
              step, derivations=None, syms=None, generated: bool = False) -> Tensor:
@@ -888,7 +874,7 @@ class Checker:
                                 related=(Label(span=spans[kw.name], text="first here"),))
             given[kw.name], spans[kw.name] = kw.value, kw.span
         values, derivations = {}, {}
-        table = frame.defaults.get(step.name, {}) if step.name in REGISTRY else {}
+        table = frame.defaults.get(step.name, {}) if self.builtin(step.name) else {}
         for arg in signature:
             if arg.name in given and arg.tensor:
                 values[arg.name] = self.tensor_argument(given.pop(arg.name), frame, what,
@@ -952,6 +938,8 @@ class Checker:
             if arg.default is _LATER:  # a block parameter: its default as written
                 param = next(p for p in self.definitions[name].params if p.name == arg.name)
                 return render_expr(param.default, {})
+            if arg.default is None:  # given or computed (`like=`, `weight=`)
+                return arg.shown or "…"
             return describe(short(arg.default))
         name = what.split("`")[1]
         parts = [a.name if a.default is REQUIRED else f"{a.name}={default(a)}"
@@ -1273,6 +1261,8 @@ def _is_derived(expr: ast.Expr, params: dict[str, Any]) -> bool:
         return expr.id in params
     if isinstance(expr, ast.Tuple):
         return any(_is_derived(item, params) for item in expr.items)
+    if isinstance(expr, ast.Neg):  # `-1` is written, not computed
+        return _is_derived(expr.operand, params)
     return not isinstance(expr, (ast.Num, ast.Str))
 
 

@@ -477,11 +477,14 @@ def build_parser() -> argparse.ArgumentParser:
     def weight_options(p, required: bool = False):
         p.add_argument("--weights", required=required, help="a state_dict file (.pt, read "
                        "with weights_only=True, or .safetensors), in this spec's names or "
-                       "another's (mapped by structure), or torchvision:NAME (torchvision's "
-                       "pretrained weights, from the torch hub cache)")
-        p.add_argument("--weights-from", metavar="torchvision:NAME", help="the architecture "
-                       "the --weights file was saved from: mapped by tracing both and "
-                       "verified")
+                       "another's (mapped by structure), torchvision:NAME (torchvision's "
+                       "pretrained weights, from the torch hub cache), or "
+                       "python:package.module:function (an nn.Module it returns, with its "
+                       "weights; imported only because you name it)")
+        p.add_argument("--weights-from", metavar="torchvision:NAME|python:MODULE:FUNCTION",
+                       help="the architecture the --weights file was saved from: "
+                       "torchvision's, or the nn.Module a function of yours returns; mapped "
+                       "by tracing both and verified")
         p.add_argument("--reinit", nargs="+", action="extend", metavar="NAME",
                        help="layers (or blocks, prefixes) to initialise afresh instead of "
                        "loading them (a new head)")

@@ -58,11 +58,20 @@ class CnnError(Exception):
     def __init__(self, diagnostics: list[Diagnostic], sources: SourceMap | None = None):
         self.diagnostics = diagnostics
         self.sources = sources or SourceMap()
-        super().__init__("\n".join(f"{d.span}: {d.message}" if d.span else d.message
-                                   for d in diagnostics))
+        super().__init__("\n".join(_plain(d) for d in diagnostics))
 
     def render(self, color: bool = False) -> str:
         return render_all(self.diagnostics, self.sources, color)
+
+
+def _plain(d: Diagnostic) -> str:
+    """One diagnostic as str(CnnError) gives it: where, what, then its notes and help, so a
+    Python user who prints the exception sees the help the CLI shows."""
+    lines = [f"{d.span}: {d.message}" if d.span else d.message]
+    lines += [f"  note: {note}" for note in d.notes]
+    if d.help:
+        lines.append(f"  help: {d.help}")
+    return "\n".join(lines)
 
 
 def error(code: str, message: str, span: Span | None, **kw) -> CnnError:

@@ -36,6 +36,9 @@ class Node(BaseModel):
     # argument -> its expression (cnndsl.ast) over the enclosing block's parameters and
     # `in_channels`; lets the source back end write parametric block classes.
     syms: dict[str, Any] = {}
+    # a shared layer applied again (`p4 -> head`): the node whose module and tensors this
+    # application uses; its own params and buffers are 0, its MACs its own
+    shares: str = ""
 
     @property
     def name(self) -> str:
@@ -72,6 +75,9 @@ class Scope(BaseModel):
     outputs: tuple[str, ...] = ()  # all of them, for a block with several outputs
     # the call's arguments (and "in_channels") as expressions of the caller's parameters
     arg_syms: dict[str, Any] = {}
+    shares: str = ""  # a block applied again: the path (dotted) of the first application
+    # a labelled repeat or group: each step's output, in order (`concat(a, each(m))`)
+    collected: tuple[str, ...] = ()
 
 
 class Network(BaseModel):

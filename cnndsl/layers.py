@@ -177,6 +177,38 @@ def tensor_shape(value) -> tuple[int, ...]:
     return value
 
 
+AXIS_NAMES = {"channels": 0, "height": 1, "width": 2}
+
+
+def axis(value):
+    """An axis of the per-sample shape (the batch axis is not counted): a number, negative
+    from the end, or a name of a C x H x W tensor's axis (`channels`, `height`, `width`)."""
+    if isinstance(value, str):
+        if value not in AXIS_NAMES:
+            from .suggest import did_you_mean
+            raise LayerError(f"unknown axis `{value}`", code="E-arg",
+                             help=did_you_mean(value, AXIS_NAMES) or "an axis is a number (0 "
+                             "is the first after the batch) or channels, height, width")
+        return str(value)
+    return as_int(value, -64)
+
+
+def resolve_axis(value, shape: tuple[int, ...], arg: str = "axis") -> int:
+    """The axis as an index into the per-sample shape (0 .. rank - 1)."""
+    rank = len(shape)
+    if isinstance(value, str):
+        if rank != 3:
+            raise LayerError(f"`{value}` names an axis of a C x H x W tensor; this one is "
+                             f"{fmt(shape)}", arg=arg, code="E-arg",
+                             help="number the axis: 0 is the first after the batch")
+        return AXIS_NAMES[value]
+    if not -rank <= value < rank:
+        raise LayerError(f"axis {value} is out of range for {fmt(shape)}: its axes are 0 to "
+                         f"{rank - 1} (or -1 to -{rank}), the batch axis not counted",
+                         arg=arg, code="E-arg")
+    return value % rank
+
+
 # ---- spatial arithmetic -------------------------------------------------------------
 
 
@@ -355,6 +387,7 @@ class Init:
 
     fan_in: int = 0  # uniform with bound 1/sqrt(fan_in)
     constant: float | None = None
+    values: tuple[float, ...] | None = None  # given in the spec (`weight=...`), row-major
 
 
 @dataclass(frozen=True, slots=True)
@@ -366,6 +399,7 @@ class Weight:
     init: Init
     buffer: bool = False  # not a parameter (batch-norm running statistics)
     dtype: str = "float32"
+    trainable: bool = True  # a parameter that training leaves as it is (`trainable=false`)
 
     @property
     def size(self) -> int:
@@ -384,15 +418,52 @@ def _affine(channels: int, affine: bool = True) -> tuple[Weight, ...]:
             Weight("bias", (channels,), Init(constant=0.0)))
 
 
-def _conv_like(weight: Shape, out: int, bias: bool) -> tuple[Weight, ...]:
+def _conv_like(weight: Shape, out: int, bias: bool, values=None,
+               trainable: bool = True) -> tuple[Weight, ...]:
     init = _fan_in_init(weight)
-    return (Weight("weight", weight, init),
-            *((Weight("bias", (out,), init),) if bias else ()))
+    given = Init(values=values) if values is not None else init
+    return (Weight("weight", weight, given, trainable=trainable),
+            *((Weight("bias", (out,), init, trainable=trainable),) if bias else ()))
+
+
+MAX_GIVEN_VALUES = 65_536  # a weight written out in a spec: a filter, a projection
+
+
+def given_values(value) -> tuple[float, ...]:
+    """`weight=((-1, -2, -1), (0, 0, 0), (1, 2, 1))` or `weight=range(16)`: numbers,
+    nested tuples flattened in row-major order (checked against the weight's shape)."""
+    flat: list[float] = []
+    pending = [value]
+    while pending:
+        item = pending.pop()
+        if isinstance(item, tuple):
+            pending.extend(reversed(item))
+        else:
+            flat.append(number(item))
+            if not math.isfinite(flat[-1]):
+                raise LayerError(f"expected finite numbers, found {flat[-1]}", code="E-arg")
+        if len(flat) > MAX_GIVEN_VALUES:
+            raise LayerError(f"at most {MAX_GIVEN_VALUES:,} values", code="E-arg")
+    return tuple(flat)
+
+
+def _check_given(a: dict, shape: Shape) -> None:
+    """A weight given in the spec must have exactly the values its shape holds."""
+    values = a.get("weight")
+    if values is not None and len(values) != math.prod(shape):
+        raise LayerError(f"`weight` gives {len(values)} values; a weight of shape "
+                         f"{' x '.join(map(str, shape))} holds {math.prod(shape)}",
+                         arg="weight", code="E-arg",
+                         help="write them row by row, in PyTorch's layout (out_channels, "
+                         "in_channels / groups, kernel rows, kernel columns)")
 
 
 # ---- the registry ------------------------------------------------------------------
 
 REGISTRY: dict[str, LayerKind] = {}
+# Layers added after 0.1.0: a spec written before may use these names for its own tensors
+# and blocks, and keeps checking (with a W-shadow warning); see README "Compatibility".
+ADDED_AFTER_0_1 = frozenset({"reshape", "permute", "transpose", "exp", "log", "sub", "div"})
 
 
 class LayerKind:
@@ -410,6 +481,7 @@ class LayerKind:
     doc: ClassVar[str] = ""
     # merges: how the inputs combine ("add", "mul", "concat"); they take several tensors
     combine: ClassVar[str | None] = None
+    constants: ClassVar[bool] = False  # a merge that takes a number for a tensor (`mul(x, 2)`)
     # For generated block classes: the attribute holding the inferred input channels, and
     # how output channels relate to arguments (None: passes the input's channels through).
     channels_in: ClassVar[str | None] = None
@@ -446,7 +518,8 @@ class LayerKind:
     def signature(self) -> str:
         """`conv(out_channels, kernel, stride=1, ...)`, as the layer reference shows it."""
         if self.combine is not None:
-            return f"{self.op}(a, b, ...)"
+            return f"{self.op}(a, b, ..." + "".join(
+                f", {a.name}={describe(short(a.default))}" for a in self.args) + ")"
         if not self.args:
             return self.op
         return f"{self.op}(" + ", ".join(
@@ -500,6 +573,8 @@ class ConvAttrs(Record):
     dilation: tuple[int, int]
     groups: int
     bias: bool
+    weight: tuple[float, ...] | None = None  # given in the spec
+    trainable: bool = True
 
 
 class Conv(LayerKind):
@@ -510,29 +585,32 @@ class Conv(LayerKind):
     args = (Arg("out_channels", positive), Arg("kernel", pair),
             Arg("stride", pair, 1, positional=False), Arg("padding", padding, 0, positional=False),
             Arg("dilation", pair, 1, positional=False),
-            Arg("groups", positive, 1, positional=False), Arg("bias", boolean, True, False))
+            Arg("groups", positive, 1, positional=False), Arg("bias", boolean, True, False),
+            Arg("weight", given_values, None, positional=False),
+            Arg("trainable", boolean, True, positional=False))
 
     def infer(self, a, xs, warn):
         c, _, _ = image(xs[0], self.op)
         _groups(c, a["out_channels"], a["groups"])
         a["in_channels"] = c
+        _check_given(a, (a["out_channels"], c // a["groups"], *a["kernel"]))
         h, w = windowed(self.op, xs[0], a, warn)
         return (a["out_channels"], h, w)
 
     def weights(self, a):
         return _conv_like((a.out_channels, a.in_channels // a.groups, *a.kernel),
-                          a.out_channels, a.bias)
+                          a.out_channels, a.bias, a.weight, a.trainable)
 
     def count_macs(self, a, xs, y):
         kh, kw = a.kernel
         return y[0] * (a.in_channels // a.groups) * kh * kw * y[1] * y[2]
 
     def label(self, a):
-        extra = ""
+        extra = " fixed" if not a.trainable else ""
         if a.groups == a.in_channels == a.out_channels and a.groups > 1:
-            extra = " depthwise"
+            extra += " depthwise"
         elif a.groups > 1:
-            extra = f" g{a.groups}"
+            extra += f" g{a.groups}"
         if a.dilation != (1, 1):
             extra += f" d{pair_text(a.dilation)}"
         return f"conv {_kernel_label(a)}, {a.out_channels}{extra}"
@@ -903,14 +981,32 @@ class StochasticDepth(Dropout):
 # ---- shapes -----------------------------------------------------------------------------
 
 
+@dataclass(frozen=True, slots=True)
+class FlattenAttrs(Record):
+    start: int
+    end: int
+    whole: bool  # every axis: C x H x W -> C*H*W
+
+
 class Flatten(LayerKind):
-    op, family = "flatten", "reshape"
+    op, family, Attrs = "flatten", "reshape", FlattenAttrs
     channels_out = "-"  # C*H*W: not an expression of the block's parameters
-    doc = "C x H x W -> C*H*W"
-    example = "x -> flatten"
+    doc = ("C x H x W -> C*H*W; `flatten(1)` or `flatten(start, end)` joins only axes "
+           "start .. end (4 x 8 x 8 -> 4 x 64)")
+    example = "x -> flatten(1)"
+    args = (Arg("start", axis, 0), Arg("end", axis, -1))
 
     def infer(self, a, xs, warn):
-        return (math.prod(xs[0]),)
+        x = xs[0]
+        start, end = resolve_axis(a["start"], x, "start"), resolve_axis(a["end"], x, "end")
+        if end < start:
+            raise LayerError(f"flatten from axis {start} to axis {end}: the end comes before "
+                             "the start", arg="end", code="E-arg")
+        a["start"], a["end"], a["whole"] = start, end, start == 0 and end == len(x) - 1
+        return (*x[:start], math.prod(x[start:end + 1]), *x[end + 1:])
+
+    def label(self, a):
+        return "flatten" if a.whole else f"flatten {a.start}..{a.end}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -918,6 +1014,8 @@ class LinearAttrs(Record):
     in_features: int
     out_features: int
     bias: bool
+    weight: tuple[float, ...] | None = None  # given in the spec
+    trainable: bool = True
 
 
 class Linear(LayerKind):
@@ -925,17 +1023,21 @@ class Linear(LayerKind):
     channels_in, channels_out = "in_features", "out_features"
     doc = "fully connected layer; input features are inferred"
     example = "x -> flatten -> linear(5)"
-    args = (Arg("out_features", positive), Arg("bias", boolean, True, positional=False))
+    args = (Arg("out_features", positive), Arg("bias", boolean, True, positional=False),
+            Arg("weight", given_values, None, positional=False),
+            Arg("trainable", boolean, True, positional=False))
 
     def infer(self, a, xs, warn):
         if len(xs[0]) != 1:
             raise LayerError(f"linear needs a flat input, found {fmt(xs[0])}",
                              help="add `flatten` before it", code="E-shape")
         a["in_features"] = xs[0][0]
+        _check_given(a, (a["out_features"], a["in_features"]))
         return (a["out_features"],)
 
     def weights(self, a):
-        return _conv_like((a.out_features, a.in_features), a.out_features, a.bias)
+        return _conv_like((a.out_features, a.in_features), a.out_features, a.bias, a.weight,
+                          a.trainable)
 
     def count_macs(self, a, xs, y):
         return a.in_features * a.out_features
@@ -1083,25 +1185,31 @@ class ChannelShuffle(LayerKind):
 class SliceAttrs(Record):
     start: int
     stop: int
+    axis: int = 0
 
 
 class Slice(LayerKind):
     op, family, Attrs = "slice", "reshape", SliceAttrs
     channels_out = "-"
-    doc = ("channels start .. stop - 1 (also what `a, b = x -> split(2)` makes: one slice "
-           "per part)")
-    example = "x -> slice(2, 6)"
-    args = (Arg("start", nonnegative), Arg("stop", positive))
+    doc = ("channels start .. stop - 1, or along another axis (`axis=1`); also what `a, b = "
+           "x -> split(2)` makes: one slice per part")
+    example = "x -> slice(2, 6, axis=height)"
+    args = (Arg("start", nonnegative), Arg("stop", positive),
+            Arg("axis", axis, 0, positional=False))
 
     def infer(self, a, xs, warn):
-        c = xs[0][0]
+        x = xs[0]
+        a["axis"] = n = resolve_axis(a["axis"], x)
+        c = x[n]
+        what = "channels" if n == 0 else f"axis {n}: indices"
         if not a["start"] < a["stop"] <= c:
-            raise LayerError(f"channels {a['start']} to {a['stop']} of {c}: need start < "
+            raise LayerError(f"{what} {a['start']} to {a['stop']} of {c}: need start < "
                              f"stop <= {c}", arg="stop", code="E-arg")
-        return (a["stop"] - a["start"], *xs[0][1:])
+        return (*x[:n], a["stop"] - a["start"], *x[n + 1:])
 
     def label(self, a):
-        return f"channels {a.start}:{a.stop}"
+        return f"channels {a.start}:{a.stop}" if a.axis == 0 else \
+            f"axis {a.axis} {a.start}:{a.stop}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -1153,9 +1261,34 @@ for _op, _doc in (("relu", "max(0, x)"), ("relu6", "min(max(0, x), 6)"),
                   ("tanh", "hyperbolic tangent"), ("identity", "passes its input through")):
     _activation(_op, _doc)
 _activation("sigmoid", "1 / (1 + e^-x)", scores="probabilities")
-_activation("softmax", "softmax over channels / features", scores="probabilities")
-_activation("log_softmax", "log of softmax over channels / features",
-            scores="log-probabilities")
+_activation("exp", "e^x (box decoding)")
+_activation("log", "natural logarithm (of a positive input)")
+type(REGISTRY["log"]).example = "x -> exp -> log"
+
+
+@dataclass(frozen=True, slots=True)
+class AxisAttrs(Record):
+    axis: int
+
+
+class Softmax(_Activation):
+    op, Attrs, scores = "softmax", AxisAttrs, "probabilities"
+    doc = "softmax over channels / features, or along `axis` (YOLOv8's DFL: `softmax(0)`)"
+    example = "x -> softmax(axis=-1)"
+    args = (Arg("axis", axis, 0),)
+
+    def infer(self, a, xs, warn):
+        a["axis"] = resolve_axis(a["axis"], xs[0])
+        return xs[0]
+
+    def label(self, a):
+        return self.op if a.axis == 0 else f"{self.op} axis {a.axis}"
+
+
+class LogSoftmax(Softmax):
+    op, scores = "log_softmax", "log-probabilities"
+    doc = "log of softmax over channels / features, or along `axis`"
+    example = "x -> log_softmax(height)"
 _activation("leaky_relu", "x if x > 0 else slope * x", (Arg("slope", number, 0.01),))
 _activation("elu", "x if x > 0 else alpha * (e^x - 1)", (Arg("alpha", number, 1.0),))
 
@@ -1187,12 +1320,46 @@ class PReLU(_Activation):
 # ---- merges -------------------------------------------------------------------------------
 
 
-class Add(LayerKind):
-    op, family, combine = "add", "merge", "add"
-    doc = "element-wise sum of tensors of one shape"
+@dataclass(frozen=True, slots=True)
+class ArithAttrs(Record):
+    constant: float | None = None  # `mul(x, 0.5)`: one tensor and a number
+    constant_first: bool = False  # `sub(1, x)`: the number on the left
+
+
+def _broadcasts(op: str, xs: list[Shape]) -> None:
+    """Later tensors may be 1 on any axis (a squeeze-excite gate, a row of strides)."""
+    for i, x in enumerate(xs[1:], 1):
+        if len(x) != len(xs[0]) or any(m not in (n, 1) for n, m in zip(xs[0], x)):
+            raise LayerError(f"{op} of {fmt(xs[0])} and {fmt(x)}: each size of the later "
+                             "one must match or be 1", inputs=(0, i))
+
+
+class _Arith(LayerKind):
+    family, Attrs = "merge", ArithAttrs
+    constants = True  # may take one number in place of a tensor
+    symbol: ClassVar[str] = ""
+
+    def infer(self, a, xs, warn):
+        a.setdefault("constant", None)
+        a.setdefault("constant_first", False)
+        _broadcasts(self.op, xs)
+        return xs[0]
+
+    def label(self, a):
+        if a.constant is None:
+            return self.symbol
+        number = f"{a.constant:g}"
+        return f"{number} {self.symbol} x" if a.constant_first else f"x {self.symbol} {number}"
+
+
+class Add(_Arith):
+    op, combine, symbol = "add", "add", "+"
+    doc = "element-wise sum of tensors of one shape, or of a tensor and a number (`add(x, 0.5)`)"
     example = "add(x, y)"
 
     def infer(self, a, xs, warn):
+        a.setdefault("constant", None)
+        a.setdefault("constant_first", False)
         for i, x in enumerate(xs[1:], 1):
             if x != xs[0]:
                 raise LayerError(f"add of different shapes: {fmt(xs[0])} and {fmt(x)}",
@@ -1200,38 +1367,51 @@ class Add(LayerKind):
                                  "channels and sizes agree")
         return xs[0]
 
-    def label(self, a):
-        return "+"
+
+class Sub(_Arith):
+    op, combine, symbol = "sub", "sub", "−"
+    doc = ("element-wise difference (later tensors may be 1 on any axis), or with a number: "
+           "`sub(x, 1)`, `sub(1, x)`")
+    example = "sub(x, y)"
 
 
-class Mul(LayerKind):
-    op, family, combine = "mul", "merge", "mul"
-    doc = "element-wise product; later tensors may be 1 on any axis (squeeze-excite gates)"
+class Mul(_Arith):
+    op, combine, symbol = "mul", "mul", "×"
+    doc = ("element-wise product; later tensors may be 1 on any axis (squeeze-excite gates); "
+           "or by a number: `mul(x, 0.5)`")
     example = "z = x -> global_avgpool\nmul(y, z)"
 
-    def infer(self, a, xs, warn):
-        for i, x in enumerate(xs[1:], 1):
-            if len(x) != len(xs[0]) or any(m not in (n, 1) for n, m in zip(xs[0], x)):
-                raise LayerError(f"mul of {fmt(xs[0])} by {fmt(x)}: each size must match or "
-                                 "be 1", inputs=(0, i))
-        return xs[0]
 
-    def label(self, a):
-        return "×"
+class Div(_Arith):
+    op, combine, symbol = "div", "div", "÷"
+    doc = "element-wise quotient (later tensors may be 1 on any axis), or with a number"
+    example = "z = x -> exp\ndiv(y, z)"
 
 
 class Concat(LayerKind):
-    op, family, combine = "concat", "merge", "concat"
+    op, family, combine, Attrs = "concat", "merge", "concat", AxisAttrs
     channels_out = "+"  # the sum of the inputs' channels
-    doc = "concatenation along channels; all other sizes must agree"
-    example = "concat(x, y)"
+    doc = "concatenation along channels, or along `axis`; all other sizes must agree"
+    example = "concat(x, y, axis=width)"
+    args = (Arg("axis", axis, 0, positional=False),)
 
     def infer(self, a, xs, warn):
+        n = a["axis"] = resolve_axis(a.get("axis", 0), xs[0])
         for i, x in enumerate(xs[1:], 1):
-            if len(x) != len(xs[0]) or x[1:] != xs[0][1:]:
-                raise LayerError(
-                    f"concat of different sizes: {fmt(xs[0][1:]) or fmt(xs[0])} and "
-                    f"{fmt(x[1:]) or fmt(x)}", inputs=(0, i),
-                    help="make the spatial sizes agree: padding=same on the convs, ceil_mode on "
-                    "the pools, crop(like=...) or pad(...) the larger or smaller tensor")
-        return (sum(x[0] for x in xs), *xs[0][1:])
+            if len(x) != len(xs[0]) or x[:n] + x[n + 1:] != xs[0][:n] + xs[0][n + 1:]:
+                if n == 0:
+                    raise LayerError(
+                        f"concat of different sizes: {fmt(xs[0][1:]) or fmt(xs[0])} and "
+                        f"{fmt(x[1:]) or fmt(x)}", inputs=(0, i),
+                        help="make the spatial sizes agree: padding=same on the convs, "
+                        "ceil_mode on the pools, crop(like=...) or pad(...) the larger or "
+                        "smaller tensor")
+                raise LayerError(f"concat along axis {n} of {fmt(xs[0])} and {fmt(x)}: every "
+                                 "other size must agree", inputs=(0, i), arg="axis")
+        return (*xs[0][:n], sum(x[n] for x in xs), *xs[0][n + 1:])
+
+    def label(self, a):
+        return "concat" if a.axis == 0 else f"concat axis {a.axis}"
+
+
+from . import tensor_layers  # noqa: E402,F401  (registers reshape, permute, transpose)

@@ -21,13 +21,15 @@ def fold_batchnorm(ir: Network, weights: Weights) -> tuple[Network, Weights, dic
     rewritten in place (the batch norms' gone, the folded layers' changed), so that large
     networks are held once."""
     folded: dict[str, str] = {}  # batch norm -> the layer it folds into
+    # a shared layer's tensors serve every application: folding one would change them all
+    shared = {n.shares for n in ir.nodes if n.shares} | {n.name for n in ir.nodes if n.shares}
     for node in ir.nodes:
         kind = REGISTRY[node.op]
-        if not kind.folds_into or len(node.shape) != 3:
+        if not kind.folds_into or len(node.shape) != 3 or node.name in shared:
             continue
         producer = ir.producer(node.inputs[0])
         if producer is not None and producer.op in kind.folds_into and \
-                ir.users(producer.name) == (node.name,):
+                producer.name not in shared and ir.users(producer.name) == (node.name,):
             folded[node.name] = producer.name
     if not folded:
         return ir, weights, {}

@@ -88,7 +88,6 @@ class Program:
         self._loaded.add(key)
 
     def _define(self, defn: ast.Definition, user: bool) -> None:
-        from .layers import REGISTRY
         from .names import name_problem
         problems = [(defn.name_span, name_problem(defn.name, defn.kind))]
         seen: dict[str, Span] = {}
@@ -104,11 +103,6 @@ class Program:
             if problem is not None:
                 raise CnnError([Diagnostic(code="E-name", message=problem[0], span=span,
                                            help=f"call it e.g. `{problem[1]}`")])
-        if defn.kind == "block" and defn.name in REGISTRY:
-            raise CnnError([Diagnostic(
-                code="E-name", message=f"`{defn.name}` is a built-in layer", span=defn.name_span,
-                label="a block cannot take its name", help=f"name the block otherwise, e.g. "
-                f"`my_{defn.name}`")])
         previous = self.definitions.get(defn.name)
         if previous is not None and not previous.span.file.startswith("<stdlib"):
             raise CnnError([Diagnostic(

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from .ir import Network, Node, ScopeTree, scope_tree
-from .layers import fmt
+from .layers import REGISTRY, fmt
 
 MACS_CONVENTION = "MACs count conv, transposed conv and linear multiply-accumulates only"
 
@@ -46,6 +46,8 @@ def layer_rows(ir: Network) -> list[list[str] | str]:
         for arg, how in n.derivations.items():
             if how.count(" = ") > 1 or "(" in how.split(" = ")[0]:  # not a bare pass-through
                 rows.append(f"    {arg} = {how}")
+        if n.shares and REGISTRY[n.op].weights(n.attrs):  # a shared layer applied again
+            rows.append(f"    weights of {n.shares}")
     return rows
 
 
@@ -65,9 +67,20 @@ def layer_table(ir: Network) -> str:
     return f"network {ir.name} ({ir.file})\n{table}\n\n" + "\n".join(totals(ir)) + "\n"
 
 
+def frozen_params(node: Node, frozen: set[str] = frozenset()) -> int:
+    """A layer's parameters that training leaves as they are: all of a frozen layer's, or
+    those the spec fixed (`trainable=false`)."""
+    if node.name in frozen:
+        return node.params
+    if node.shares:
+        return 0
+    return sum(w.size for w in REGISTRY[node.op].weights(node.attrs)
+               if not w.buffer and not w.trainable)
+
+
 def to_json(ir: Network, frozen: set[str] = frozenset()) -> dict:
     """The check report; `frozen`: the layers training keeps frozen."""
-    trainable = sum(n.params for n in ir.nodes if n.name not in frozen)
+    trainable = ir.total_params - sum(frozen_params(n, frozen) for n in ir.nodes)
     return {
         "network": ir.name,
         "file": ir.file,
@@ -84,7 +97,7 @@ def to_json(ir: Network, frozen: set[str] = frozenset()) -> dict:
             "name": n.name, "op": n.op, "line": n.span.line, "column": n.span.column,
             "inputs": list(n.inputs), "output_shape": list(n.shape), "params": n.params,
             "buffers": n.buffers, "macs": n.macs, "derivations": n.derivations,
-            "frozen": n.name in frozen,
+            "frozen": n.name in frozen, **({"shares": n.shares} if n.shares else {}),
         } for n in ir.nodes],
         "warnings": [w.to_json() for w in ir.warnings],
         "conventions": {"macs": MACS_CONVENTION, "shapes": "per image, batch axis omitted"},
@@ -118,7 +131,7 @@ def summary_rows(ir: Network, depth: int, frozen: set[str] = frozenset()) -> lis
                 nodes[0].path[:level + 1]) if isinstance(item, ScopeTree) else item.name,
                 "kind": kind, "output_shape": list(ir.shape_of(item.output)),
                 "params": params, "buffers": sum(n.buffers for n in nodes),
-                "frozen_params": sum(n.params for n in nodes if n.name in frozen),
+                "frozen_params": sum(frozen_params(n, frozen) for n in nodes),
                 "macs": sum(n.macs for n in nodes), "percent": 100 * params / total})
             if isinstance(item, ScopeTree) and level + 1 < depth:
                 visit(item, level + 1)
@@ -130,7 +143,7 @@ def summary_rows(ir: Network, depth: int, frozen: set[str] = frozenset()) -> lis
 def summary_totals(ir: Network, frozen: set[str] = frozenset()) -> dict:
     acts = ir.activations
     buffers = sum(n.buffers for n in ir.nodes)
-    trainable = sum(n.params for n in ir.nodes if n.name not in frozen)
+    trainable = ir.total_params - sum(frozen_params(n, frozen) for n in ir.nodes)
     return {"params": ir.total_params, "trainable_params": trainable,
             "frozen_params": ir.total_params - trainable, "buffers": buffers,
             "macs": ir.total_macs,

@@ -259,9 +259,25 @@ def _syntax_diagnostic(exc: UnexpectedInput, text: str, file: str, parser: Lark)
         return Diagnostic(code="E-syntax", message="this `{` is never closed", span=where,
                           label="no `}` matches it", related=(Label(span=span, text=label),),
                           help="add the `}` where its body ends (indented like this line)")
+    missing = _missing_parameter_list(text, line, column) if found == "`{`" else None
+    if missing is not None:
+        kind, name = missing
+        return Diagnostic(code="E-syntax", message=f"a {kind} needs a parameter list: "
+                          f"`{kind} {name}()`, found `{{`", span=span,
+                          label="`()` goes before this `{`",
+                          help=f"write `{kind} {name}() {{` (empty parentheses when it takes "
+                          "no parameters)")
     return Diagnostic(code="E-syntax", message=f"expected {expected}, found {found}",
                       span=span, label=label, related=related,
                       help=_untyped_parameter_help(text, line, column))
+
+
+def _missing_parameter_list(text: str, line: int, column: int) -> tuple[str, str] | None:
+    """`block stem {`: (kind, name) when a definition's `{` comes straight after its name."""
+    lines = text.split("\n")
+    before = lines[line - 1][:column - 1] if line <= len(lines) else ""
+    match = re.fullmatch(r"\s*(network|block|train)\s+(\w+)\s*", before)
+    return (match.group(1), match.group(2)) if match else None
 
 
 def _untyped_parameter_help(text: str, line: int, column: int) -> str | None:

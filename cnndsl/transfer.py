@@ -101,8 +101,54 @@ class Source:
 
     label: str
     state: dict[str, np.ndarray]  # name -> array, in the file's order
-    arch: str | None = None  # a torchvision model name
+    arch: str | None = None  # a torchvision model name, or the given module's class
     notes: list[str] = field(default_factory=list)
+    model: Any = None  # an nn.Module holding the weights (not torchvision's): traced
+
+    @property
+    def described(self) -> str:
+        return self.label if self.model is not None else f"torchvision's {self.arch}"
+
+
+PYTHON = "python:"
+
+
+def module_source(module, label: str | None = None) -> Source:
+    """Any nn.Module with its weights: traced against the spec as torchvision's models are,
+    and verified on a random batch."""
+    from .weights import tensors_to_numpy
+    label = label or f"the given {type(module).__name__}"
+    state = tensors_to_numpy(module.state_dict(), lambda why, help=None: refuse(
+        f"cannot use the weights of {label}: {why}", help=help))
+    return Source(label, state, type(module).__name__, model=module)
+
+
+def python_model(spec: str):
+    """`python:package.module:function`: calls function() for an nn.Module. Imported with
+    importlib only because the user named it on the command line (never from a spec)."""
+    import importlib
+
+    from torch import nn
+    target = spec[len(PYTHON):].strip()
+    module_name, _, function_name = target.partition(":")
+    if not module_name or not function_name.isidentifier():
+        raise refuse(f"`{spec}` does not name a function",
+                     help="python:package.module:function, e.g. python:mymodels:build_net")
+    try:
+        found = importlib.import_module(module_name)
+    except Exception as exc:  # noqa: BLE001 - any import failure is the user's to see
+        raise refuse(f"cannot import `{module_name}`: {type(exc).__name__}: {exc}",
+                     help="it is imported from the current folder and PYTHONPATH") from None
+    factory = getattr(found, function_name, None)
+    if not callable(factory):
+        raise refuse(f"`{module_name}` has no function `{function_name}`")
+    try:
+        model = factory()
+    except Exception as exc:  # noqa: BLE001
+        raise refuse(f"{target}() failed: {type(exc).__name__}: {exc}") from None
+    if not isinstance(model, nn.Module):
+        raise refuse(f"{target}() gave a {type(model).__name__}, not an nn.Module")
+    return model
 
 
 def torchvision_arch(spec: str) -> str:
@@ -331,13 +377,16 @@ def _part_ranges(kind: str, args, kwargs, x, outs) -> list[tuple[int, int, int]]
     return None
 
 
-def trace(module, input_shapes: list[tuple[int, ...]], training: bool = True) -> Graph:
+def trace(module, input_shapes: list[tuple[int, ...]], training: bool = True,
+          device: str = "meta") -> Graph:
     """The call graph of `module` on a batch of 2 (on the meta device: nothing is computed,
-    nothing allocated). Trained mode, so that auxiliary heads run too."""
+    nothing allocated). Trained mode, so that auxiliary heads run too. `device="cpu"`
+    computes for real: a module that reads a tensor's value (Ultralytics' strides) needs
+    it."""
     import torch
     from torch.overrides import TorchFunctionMode
 
-    module = module.to("meta")
+    module = module.to(device)
     names = {id(t): n for n, t in (*module.named_parameters(), *module.named_buffers())}
     shapes = {n: tuple(t.shape) for n, t in module.state_dict().items()}
     keep: list[Any] = []  # every traced tensor stays alive, so ids stay unique
@@ -405,7 +454,7 @@ def trace(module, input_shapes: list[tuple[int, ...]], training: bool = True) ->
                     value_of[id(t)] = inputs[0]
             return out
 
-    xs = [torch.zeros((2, *s), device="meta") for s in input_shapes]
+    xs = [torch.zeros((2, *s), device=device) for s in input_shapes]
     ids = tuple(new_value(x) for x in xs)
     module.train(training)
     with torch.no_grad(), Recorder():
@@ -446,18 +495,19 @@ class Match:
     # the source's layer in its place (the old head), where there is one
 
 
-def match_traces(target: Graph, source: Graph, may_differ: set[str], arch: str) -> Match:
+def match_traces(target: Graph, source: Graph, may_differ: set[str], arch: str,
+                 loose_tail: bool = False) -> Match:
     """Each call of the spec's module to the source's call of the same kind, shapes and
     size that consumes the matching inputs; depth-first with backtracking where several
     calls fit, so a wrong choice (two 1x1 convolutions of one shape on one input) is undone
     when what follows does not fit."""
     if len(target.inputs) != len(source.inputs):
-        raise refuse(f"the spec has {len(target.inputs)} inputs, torchvision's {arch} "
+        raise refuse(f"the spec has {len(target.inputs)} inputs, {arch} "
                      f"{len(source.inputs)}")
     by_inputs: dict[tuple, list[Call]] = {}
     for call in source.calls:
         by_inputs.setdefault((call.kind, call.input_key(call.inputs)), []).append(call)
-    state = _Search(target, source, may_differ, by_inputs)
+    state = _Search(target, source, may_differ, by_inputs, loose_tail)
     chosen = state.run()
     if chosen is None:
         raise _trace_failure(state, arch)
@@ -465,11 +515,18 @@ def match_traces(target: Graph, source: Graph, may_differ: set[str], arch: str) 
 
 
 class _Search:
-    def __init__(self, target: Graph, source: Graph, may_differ: set[str], by_inputs):
+    def __init__(self, target: Graph, source: Graph, may_differ: set[str], by_inputs,
+                 loose_tail: bool = False):
         self.target, self.source = target, source
         self.by_inputs = by_inputs
         self.may_differ = may_differ
         self.furthest = (0, None)  # how far any attempt got, and the call it stopped at
+        # a module of the user's (`loose_tail`): after the last call with weights, merges
+        # need no counterpart; nothing is mapped through them, and verification compares
+        # what they compute (a detector's box decoding, which Ultralytics writes with
+        # tensors of its own)
+        self.last_weighted = max((c.index for c in target.calls if c.params), default=-1) \
+            if loose_tail else len(target.calls)
 
     def differs_ok(self, call: Call) -> bool:
         return bool(call.params) and all(_layer(p) in self.may_differ for p in call.params)
@@ -492,13 +549,16 @@ class _Search:
     def candidates(self, call: Call, values: dict[int, int], used: set[int]) -> list:
         """(source call or None, exact) choices for one call of the spec."""
         inputs = tuple(self.resolve(v, values) for v in call.inputs)
+        past_weights = not call.params and call.index > self.last_weighted
         if None in inputs:  # fed by a call that has no match
-            return [(None, False)] if self.differs_ok(call) else []
+            return [(None, False)] if self.differs_ok(call) or past_weights else []
         key = (call.kind, call.input_key(inputs))
         same = [c for c in self.by_inputs.get(key, ()) if c.index not in used]
         exact = [(c, True) for c in same if c.key() == call.key()]
         if exact:
             return exact
+        if past_weights:
+            return [(None, False)]
         if not self.differs_ok(call):
             return []
         return [(c, False) for c in same if len(c.params) == len(call.params)] + [(None, False)]
@@ -556,11 +616,11 @@ class _Search:
 def _trace_failure(state: _Search, arch: str) -> CnnError:
     position, call = state.furthest
     if call is None:
-        return refuse(f"the spec's layers cannot be matched with torchvision's {arch}: "
+        return refuse(f"the spec's layers cannot be matched with {arch}: "
                       "too many equally good ways (the search gave up)")
     layer = _layer(call.params[0]) if call.params else f"a `{call.kind}`"
     shapes = ", ".join(f"{p.rsplit('.', 1)[1]} {state.target.shapes[p]}" for p in call.params)
-    return refuse(f"the spec does not have torchvision's {arch} architecture: `{layer}` "
+    return refuse(f"the spec does not have the architecture of {arch}: `{layer}` "
                   f"({call.kind}{', ' + shapes if shapes else ''}) has no counterpart there",
                   notes=[f"the first {position} calls matched"],
                   help="check the spec against the model's definition, or load weights "
@@ -676,7 +736,7 @@ def match_by_order(target: dict[str, tuple[int, ...]], source: dict[str, tuple[i
         raise refuse("the file's tensors fit the spec in more than one way: equal shapes in "
                      "an order the file alone cannot settle",
                      help="name the architecture they come from: --weights-from "
-                     "torchvision:NAME")
+                     "torchvision:NAME or python:package.module:function")
     return _order_pairs(mine, theirs, parent, goal)
 
 
@@ -759,6 +819,11 @@ def _order_failure(mine: list[_Group], theirs: list[_Group], furthest: int) -> C
     shapes = ", ".join(f"{s} {shape}" for s, shape in stuck.tensors)
     elsewhere = [g.name for g in theirs if g.signature == stuck.signature]
     notes = [f"the first {furthest} of the spec's {len(mine)} layers matched in order"]
+    first = next((i for i, (a, b) in enumerate(zip(mine, theirs))
+                  if a.signature != b.signature), None)
+    if first is not None and first < furthest:  # where the plain order first breaks
+        notes.append(f"taken one for one, the first that differs is the spec's "
+                     f"`{mine[first].name}` against the file's `{theirs[first].name}`")
     if elsewhere:
         notes.append(f"tensors of that shape are in the file as `{elsewhere[0]}`"
                      + (f" and {len(elsewhere) - 1} more" if len(elsewhere) > 1 else "") +
@@ -768,7 +833,8 @@ def _order_failure(mine: list[_Group], theirs: list[_Group], furthest: int) -> C
     return refuse(f"the file's tensors do not map onto the spec in the file's order: the "
                   f"spec's `{stuck.name}` ({shapes}) has no counterpart where it should be",
                   notes=notes, help="name the architecture they come from: --weights "
-                  "torchvision:NAME, or --weights FILE --weights-from torchvision:NAME")
+                  "torchvision:NAME, or --weights FILE --weights-from torchvision:NAME (or "
+                  "python:package.module:function, a function returning the nn.Module)")
 
 
 # ---- putting it together --------------------------------------------------------------
@@ -781,12 +847,22 @@ def import_weights(source: Source, ir, build_module, may_differ: set[str]):
     from .weights import expected_shapes
     target_shapes = expected_shapes(ir)
     if source.arch is not None:
-        theirs_model = torchvision_model(source.arch, source.state)
-        theirs = trace(theirs_model, [i.shape for i in ir.inputs])
+        if source.model is not None:  # traced on a copy: theirs stays as it is
+            import copy
+            theirs_model = copy.deepcopy(source.model)
+        else:
+            theirs_model = torchvision_model(source.arch, source.state)
+        # torchvision's models are traced training (their auxiliary heads run then); any
+        # other module as it runs at inference (a detector decodes its boxes only then)
+        training = source.model is None
+        theirs = trace(theirs_model, [i.shape for i in ir.inputs], training,
+                       "meta" if source.model is None else "cpu")
         _check_state_fits(source, theirs.shapes)
-        target = trace(build_module(), [i.shape for i in ir.inputs])
-        found = match_traces(target, theirs, may_differ, source.arch)
-        method = f"traced against torchvision:{source.arch}"
+        target = trace(build_module(), [i.shape for i in ir.inputs], training)
+        found = match_traces(target, theirs, may_differ, source.described,
+                             loose_tail=source.model is not None)
+        method = (f"traced against {source.label}" if source.model is not None else
+                  f"traced against torchvision:{source.arch}")
     else:
         shapes = {k: tuple(v.shape) for k, v in source.state.items()}
         found = match_by_order(target_shapes, shapes, may_differ)
@@ -815,8 +891,18 @@ def verify(source: Source, ir, module, found: Match) -> float | None:
     """Run torchvision's model (holding the source weights) and the spec's module (holding
     the mapped ones) on one random batch: the relative max difference of their outputs,
     or, where layers were reinitialised, of what enters the first of them."""
-    import torch
+    if source.model is not None:
+        theirs, was_training = source.model, source.model.training
+        try:
+            return _compare(source.model.eval(), ir, module, found)
+        finally:
+            theirs.train(was_training)
     theirs = holding(torchvision_model(source.arch, source.state), source.state).eval()
+    return _compare(theirs, ir, module, found)
+
+
+def _compare(theirs, ir, module, found: Match) -> float | None:
+    import torch
     module = module.eval()
     generator = torch.Generator().manual_seed(0)
     xs = [torch.randn((2, *i.shape), generator=generator) for i in ir.inputs]

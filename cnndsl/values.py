@@ -41,9 +41,23 @@ def _round(x, ndigits=None):
     return round(x, ndigits)
 
 
+MAX_RANGE = 65_536  # range(n) makes a tuple: a fixed weight's values, not a loop
+
+
+def _range(start, stop=None):
+    """range(16) = (0, 1, ..., 15), range(2, 5) = (2, 3, 4): values for fixed weights."""
+    if stop is None:
+        start, stop = 0, start
+    if not all(isinstance(v, int) for v in (start, stop)):
+        raise ValueError("range takes integers")
+    if stop - start > MAX_RANGE:
+        raise ValueError(f"at most {MAX_RANGE:,} values")
+    return tuple(range(start, stop))
+
+
 FUNCTIONS: dict[str, Callable[..., Value]] = {
     "min": min, "max": max, "round": _round, "ceil": math.ceil, "floor": math.floor,
-    "abs": abs, "int": int, "float": float, "divisible": divisible,
+    "abs": abs, "int": int, "float": float, "divisible": divisible, "range": _range,
 }
 
 

@@ -24,6 +24,8 @@ Weights = dict[str, np.ndarray]
 def tensors(ir: Network):
     """(state_dict name, Weight) of every tensor of the network, in module order."""
     for node in ir.nodes:
+        if node.shares:  # a shared layer applied again: the first application's tensors
+            continue
         for weight in REGISTRY[node.op].weights(node.attrs):
             yield f"{node.name}.{weight.suffix}", weight
 
@@ -45,7 +47,9 @@ def initial_weights(ir: Network, seed: int = 0, only: set[str] | None = None) ->
     for name, weight in tensors(ir):
         if only is not None and name not in only:
             continue
-        if weight.init.constant is not None:
+        if weight.init.values is not None:  # given in the spec
+            weights[name] = np.array(weight.init.values, weight.dtype).reshape(weight.shape)
+        elif weight.init.constant is not None:
             weights[name] = np.full(weight.shape, weight.init.constant, weight.dtype)
         else:
             bound = 1 / math.sqrt(weight.init.fan_in) if weight.init.fan_in else 0
@@ -299,8 +303,8 @@ def resolve_weights(ir: Network, weights, *, seed: int = 0, weights_from: str | 
     if source.arch is not None:
         report.verified = transfer.verify(source, ir, build_module(state), found)
         if report.verified is not None and not report.verified <= transfer.VERIFY_TOLERANCE:
-            raise _refuse(f"the weights, mapped onto the spec, do not compute torchvision's "
-                          f"{source.arch}: relative difference {report.verified:.2g}",
+            raise _refuse(f"the weights, mapped onto the spec, do not compute "
+                          f"{source.described}: relative difference {report.verified:.2g}",
                           help="the spec differs from the model in something that has no "
                           "weights (a stride, a padding, an activation, eps)")
     return state, report
@@ -318,21 +322,32 @@ def _does_not_fit(exc: CnnError, source, ir: Network, expected) -> CnnError:
         "message": f"the weights in {source.label} do not fit {ir.name}", "notes": notes})])
 
 
-def _refuse(message: str, help: str | None = None) -> CnnError:
-    return CnnError([Diagnostic(code="E-weights", message=message, help=help)])
+def _refuse(message: str, help: str | None = None, notes: tuple[str, ...] = ()) -> CnnError:
+    return CnnError([Diagnostic(code="E-weights", message=message, help=help, notes=notes)])
 
 
 def _source(weights, weights_from: str | None):
     from . import transfer
-    if isinstance(weights, str) and weights.startswith(transfer.TORCHVISION):
-        if weights_from is not None:
-            raise _refuse("--weights torchvision:NAME names its architecture already; "
-                          "--weights-from is for files")
+    named = isinstance(weights, str) and weights.startswith(
+        (transfer.TORCHVISION, transfer.PYTHON))
+    if (named or _is_module(weights)) and weights_from is not None:
+        raise _refuse("--weights torchvision:NAME, python:... or a module names its "
+                      "architecture already; --weights-from is for files")
+    if _is_module(weights):  # any nn.Module, with its weights
+        return transfer.module_source(weights)
+    if named and weights.startswith(transfer.PYTHON):
+        return transfer.module_source(transfer.python_model(weights), weights)
+    if named:
         return transfer.torchvision_source(weights)
     arch = None
+    if weights_from is not None and weights_from.startswith(transfer.PYTHON):
+        if not isinstance(weights, (str, Path)):
+            raise _refuse("--weights-from python:... names the architecture of a file")
+        return _file_into(transfer.python_model(weights_from), weights, weights_from)
     if weights_from is not None:
         if not weights_from.startswith(transfer.TORCHVISION):
-            raise _refuse(f"--weights-from takes torchvision:NAME, not `{weights_from}`")
+            raise _refuse(f"--weights-from takes torchvision:NAME or "
+                          f"python:package.module:function, not `{weights_from}`")
         arch = transfer.torchvision_arch(weights_from)
     if isinstance(weights, (str, Path)):
         return transfer.Source(str(weights), read_state(weights), arch)
@@ -342,8 +357,26 @@ def _source(weights, weights_from: str | None):
             f"cannot use the given state_dict: {why}", help)) if tensors else {}
         state = {k: state[k] if k in state else np.asarray(v) for k, v in weights.items()}
         return transfer.Source("the given state_dict", state, arch)
-    raise _refuse(f"weights must be a path, torchvision:NAME or a state_dict, not a "
-                  f"{type(weights).__name__}")
+    raise _refuse(f"weights must be a path, torchvision:NAME, python:package.module:function, "
+                  f"a state_dict or an nn.Module, not a {type(weights).__name__}")
+
+
+def _is_module(value) -> bool:
+    return hasattr(value, "state_dict") and hasattr(value, "named_modules")
+
+
+def _file_into(model, path, factory: str):
+    """A file's weights in the named module (its own names: checked by load_state_dict)."""
+    import torch
+
+    from . import transfer
+    state = read_state(path)
+    try:
+        model.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in state.items()})
+    except RuntimeError as exc:
+        raise _refuse(f"{path} is not a state_dict of {factory}",
+                      notes=tuple(str(exc).splitlines()[1:6])) from None
+    return transfer.module_source(model, f"{path} (as {factory})")
 
 
 def _by_names(state: Weights, expected, may_differ, ir: Network, origin: str):

@@ -45,6 +45,7 @@ REFERENCE = {
     "mobilenet_v3_small": (2_542_856, 56_510_400),
     "shufflenet_v2_x1_0": (2_278_604, 144_907_992),
     "convnext_tiny": (28_589_128, 4_455_531_264),
+    "yolov8n": (3_157_200, None),  # Ultralytics' count (tests/test_yolov8.py runs it)
 }
 
 

@@ -36,7 +36,10 @@ def randomise_batchnorm(module: torch.nn.Module, seed: int = 0) -> None:
 def assert_close(actual: np.ndarray, expected: np.ndarray) -> None:
     diff = np.abs(actual - expected)
     scale = np.abs(expected).max()
-    assert diff.max() <= 1e-4, f"max abs diff {diff.max():.3g} (output scale {scale:.3g})"
+    # 1e-4 for outputs of the size of logits (every classifier's: scale < 100); outputs in
+    # pixels (YOLOv8's boxes, up to 640, where a float32 step is 6e-5) get it per 100
+    bound = 1e-4 * max(1.0, scale / 100)
+    assert diff.max() <= bound, f"max abs diff {diff.max():.3g} (output scale {scale:.3g})"
     assert diff.max() <= 1e-3 * scale + 1e-7, f"relative diff {diff.max() / scale:.3g}"
 
 

@@ -60,7 +60,7 @@ def _divisors(channels: int) -> list[int]:
 def step(draw, channels: int, index: int) -> tuple[str, int]:
     kind = draw(st.sampled_from(["conv", "conv", "pool", "act", "norm", "residual", "branch",
                                  "block", "transpose", "upsample", "channels", "crop",
-                                 "skip"]))
+                                 "skip", "axes", "arith", "halves", "shared"]))
     if kind == "conv":
         return draw(conv_line(channels))
     if kind == "pool":
@@ -101,6 +101,32 @@ def step(draw, channels: int, index: int) -> tuple[str, int]:
                                      "upsample(like=k{i}, mode=bilinear)"])).format(i=index)
         return (f"k{index}: identity -> maxpool(2, ceil_mode=true) -> conv(4, 1) -> {back} "
                 f"-> concat(k{index})"), channels + 4
+    if kind == "axes":  # out of C x H x W and back, or along another axis
+        return draw(st.sampled_from([
+            "permute((1, 2, 0)) -> softmax(-1) -> permute((2, 0, 1))",
+            "transpose(height, width) -> log_softmax(1) -> transpose(1, 2)",
+            "transpose(0, -1) -> softmax(channels) -> transpose(2, 0)",
+            f"k{index}: identity -> concat(k{index}, axis=width)",
+            f"k{index}: identity -> concat(k{index}, k{index}, axis=1) -> slice(0, 1, axis=1)",
+        ])), channels
+    if kind == "arith":
+        return draw(st.sampled_from([
+            "mul(0.5) -> add(0.25)", "sub(1) -> div(4)", "sigmoid -> log", "tanh -> exp",
+            f"k{index}: sigmoid\n    sub(1, k{index}) -> mul(k{index}) -> div(2)",
+            f"k{index}: identity\n    m{index} = k{index} -> global_avgpool\n"
+            f"    sub(k{index}, m{index})",
+        ])), channels
+    if kind == "shared":  # one module applied twice; a repeat's every output joined
+        return draw(st.sampled_from([
+            (f"k{index}: conv({channels}, 3, padding=1) -> relu -> k{index}", channels),
+            (f"m{index}: conv({channels}, 1) * 2\n    concat(each(m{index}))", 2 * channels),
+        ]))
+    if kind == "halves" and channels % 2 == 0:
+        return (f"k{index}: identity\n    p{index}, q{index} = k{index} -> split(2)\n"
+                f"    r{index} = q{index} -> sigmoid -> add(1)\n"
+                f"    sub(p{index}, q{index}) -> div(r{index})"), channels // 2
+    if kind == "halves":
+        return "sigmoid -> log", channels
     if kind == "branch":
         a, ca = draw(conv_line(channels))
         mode = draw(st.sampled_from(["concat", "add"]))
@@ -127,7 +153,10 @@ def networks(draw) -> str:
     for index in range(draw(st.integers(1, 6))):
         line, channels = draw(step(channels, index))
         lines.append(line)
-    head = draw(st.sampled_from(["", "global_avgpool -> flatten -> linear(5) -> softmax"]))
+    head = draw(st.sampled_from([
+        "", "global_avgpool -> flatten -> linear(5) -> softmax",
+        f"global_avgpool -> reshape(({channels}, 1)) -> transpose(0, 1) -> flatten -> "
+        "linear(6) -> reshape((2, -1)) -> log_softmax(1)"]))
     body = "\n    ".join(lines + ([head] if head else []))
     return f"{BLOCKS}\nnetwork random() {{\n    input x: {c0} x {h} x {w}\n" \
            f"    {body}\n}}\n"

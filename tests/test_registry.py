@@ -125,6 +125,22 @@ def test_module_source_and_onnxruntime_agree_at_every_opset(op, tmp_path):
 
 
 @pytest.mark.parametrize("op", KINDS)
+def test_onnx_shape_inference_agrees_with_the_checker(op):
+    """Every value ONNX shape inference types has the checker's shape, the batch dynamic:
+    a shape of any rank (4 x 16 x 525 as much as 3 x 8 x 8) is the checker's to know."""
+    import onnx
+    model = sample(op)
+    proto, value_of = to_onnx(model.ir, random_state(model))
+    inferred = onnx.shape_inference.infer_shapes(proto, strict_mode=True, data_prop=True)
+    shapes = {v.name: [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim]
+              for v in (*inferred.graph.value_info, *inferred.graph.output)}
+    node = [n for n in model.layers if n.op == op][-1]
+    if value_of[node.name] == value_of[node.inputs[0]]:
+        return  # an alias (a dropout): no node of its own
+    assert shapes[value_of[node.name]] == ["batch", *node.shape], op
+
+
+@pytest.mark.parametrize("op", KINDS)
 def test_diagram_and_summary_show_it(op):
     model = sample(op)
     node = [n for n in model.layers if n.op == op][-1]

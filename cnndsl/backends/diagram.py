@@ -192,6 +192,8 @@ class _Dot:
         kind = REGISTRY[node.op]
         if not _auto_named(node.local, node.op) and kind.combine is None:
             label = f"{node.local}: {label}"
+        if node.shares:  # a shared layer applied again
+            label += f"\n(weights of {node.shares})"
         if self.params and node.params:
             label += f"\n{node.params:,} params"
         style = ""

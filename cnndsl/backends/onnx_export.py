@@ -65,9 +65,18 @@ class GraphBuilder:
         return False
 
     def weight(self, node: Node, suffix: str) -> str:
-        name = f"{node.name}.{suffix}"
-        self.constant(name, np.asarray(self.weights.pop(name), np.float32))
+        name = f"{node.shares or node.name}.{suffix}"
+        if name not in self.initializers:  # a shared layer's second application reuses it
+            self.constant(name, np.asarray(self.weights.pop(name), np.float32))
         return name
+
+    def take(self, node: Node, suffix: str) -> tuple[str, np.ndarray | None]:
+        """A tensor's name and its array, to be written in another form (None when a
+        shared layer's first application wrote it already)."""
+        name = f"{node.shares or node.name}.{suffix}"
+        if name in self.initializers:
+            return name, None
+        return name, np.asarray(self.weights.pop(name), np.float32)
 
     def constant(self, name: str, array: np.ndarray) -> str:
         if name not in self.initializers:

@@ -81,8 +81,9 @@ def batchnorm(g: GraphBuilder, node: Node, xs: list[str]) -> str:
 
 def _per_channel(g: GraphBuilder, node: Node, suffix: str) -> str:
     """A (C,) tensor as (C, 1, 1) for images, to broadcast over H x W."""
-    name = f"{node.name}.{suffix}"
-    array = np.asarray(g.weights.pop(name), np.float32)
+    name, array = g.take(node, suffix)
+    if array is None:
+        return name
     if len(node.shape) == 3:
         array = array.reshape(-1, 1, 1)
     return g.constant(name, array)
@@ -160,6 +161,8 @@ def upsample(g: GraphBuilder, node: Node, xs: list[str]) -> str:
                 "nearest_mode": "floor"}
     else:
         mode = {"mode": "linear", "coordinate_transformation_mode": "half_pixel"}
+    if a.scale is not None and a.mode == "nearest":
+        return _repeat_pixels(g, node, xs[0])
     if a.scale is not None:
         scales = g.constant(f"{node.name}.scales", np.array([1, 1, *a.scale], np.float32))
         return g.op("Resize", [xs[0], "", scales], node, **mode)
@@ -173,6 +176,19 @@ def upsample(g: GraphBuilder, node: Node, xs: list[str]) -> str:
     hw = g.constant(f"{node.name}.size", np.array(a.size, np.int64))
     sizes = g.op("Concat", [kept, hw], node, output=f"{node.name}.sizes", axis=0)
     return g.op("Resize", [xs[0], "", "", sizes], node, **mode)
+
+
+def _repeat_pixels(g: GraphBuilder, node: Node, x: str) -> str:
+    """Nearest by an integer factor: every pixel repeated sh x sw times (exactly PyTorch's),
+    written as reshapes around an Expand, so that shape inference keeps the batch axis
+    (Resize with scales loses it)."""
+    (c, h, w), (sh, sw) = node.in_shapes[0], node.attrs.scale
+    spread = g.op("Reshape", [x, g.constant(f"{node.name}.spread_shape", np.array(
+        [0, c, h, 1, w, 1], np.int64))], node, output=f"{node.name}.spread")
+    repeated = g.op("Expand", [spread, g.constant(f"{node.name}.repeats", np.array(
+        [1, 1, 1, sh, 1, sw], np.int64))], node, output=f"{node.name}.repeated")
+    return g.op("Reshape", [repeated, g.constant(f"{node.name}.out_shape", np.array(
+        [0, c, h * sh, w * sw], np.int64))], node)
 
 
 def _nearest_to_size(g: GraphBuilder, node: Node, x: str) -> str:
@@ -216,10 +232,6 @@ def crop(g: GraphBuilder, node: Node, xs: list[str]) -> str:
     a = node.attrs
     return _slice(g, node, xs[0], [a.top, a.left], [a.top + a.height, a.left + a.width],
                   [2, 3])
-
-
-def channel_slice(g: GraphBuilder, node: Node, xs: list[str]) -> str:
-    return _slice(g, node, xs[0], [node.attrs.start], [node.attrs.stop], [1])
 
 
 def channel_shuffle(g: GraphBuilder, node: Node, xs: list[str]) -> str:
@@ -284,19 +296,77 @@ def _attr(name: str) -> Callable[[Node], object]:
     return lambda node: getattr(node.attrs, name)
 
 
-_JOINS = {"add": "Add", "mul": "Mul", "concat": "Concat"}
+_JOINS = {"add": "Add", "sub": "Sub", "mul": "Mul", "div": "Div", "concat": "Concat"}
 
 
 def _join(g: GraphBuilder, node: Node, xs: list[str]) -> str:
     """A merge, as its kind says its inputs combine."""
     op_type = _JOINS[REGISTRY[node.op].combine]
     if op_type == "Concat":
-        return g.op("Concat", xs, node, axis=1)
+        return g.op("Concat", xs, node, axis=node.attrs.axis + 1)
+    if node.attrs.constant is not None:
+        number = g.constant(f"{node.name}.constant", np.array(node.attrs.constant, np.float32))
+        pair = [number, xs[0]] if node.attrs.constant_first else [xs[0], number]
+        return g.op(op_type, pair, node)
     out = xs[0]
     for i, other in enumerate(xs[1:], 1):
         last = i == len(xs) - 1
         out = g.op(op_type, [out, other], node, output=None if last else f"{node.name}.{i}")
     return out
+
+
+def flatten(g: GraphBuilder, node: Node, xs: list[str]) -> str:
+    if node.attrs.whole:
+        return g.op("Flatten", xs, node, axis=1)
+    return reshape(g, node, xs)
+
+
+def reshape(g: GraphBuilder, node: Node, xs: list[str]) -> str:
+    """To the checker's shape, the batch axis copied (0) from the input."""
+    shape = g.constant(f"{node.name}.shape", np.array([0, *node.shape], np.int64))
+    return g.op("Reshape", [xs[0], shape], node)
+
+
+def permute(g: GraphBuilder, node: Node, xs: list[str]) -> str:
+    return g.op("Transpose", xs, node, perm=[0, *(d + 1 for d in node.attrs.dims)])
+
+
+def axis_slice(g: GraphBuilder, node: Node, xs: list[str]) -> str:
+    a = node.attrs
+    return _slice(g, node, xs[0], [a.start], [a.stop], [a.axis + 1])
+
+
+def anchor_points(g: GraphBuilder, node: Node, xs: list[str]) -> str:
+    """The grid as a constant, expanded to the input's batch."""
+    from ..tensor_layers import AnchorPoints
+    grid = np.array(AnchorPoints.grid(node.attrs), np.float32)[None]
+    return _per_image(g, node, xs, grid)
+
+
+def anchor_strides(g: GraphBuilder, node: Node, xs: list[str]) -> str:
+    a = node.attrs
+    return _per_image(g, node, xs, np.full((1, 1, a.height * a.width), a.stride, np.float32))
+
+
+def _per_image(g: GraphBuilder, node: Node, xs: list[str], grid: np.ndarray) -> str:
+    """A constant (1 x ...) for every image of the batch. The batch comes from an empty
+    slice of the input, padded with zeros: no input value is read (a NaN stays out), and
+    shape inference keeps the batch axis, which Expand to a computed shape would lose."""
+    consts = [g.constant(f"{node.name}.{k}", np.array(v, np.int64))
+              for k, v in (("empty_from", [0]), ("empty_to", [0]), ("empty_axis", [1]))]
+    empty = g.op("Slice", [xs[0], *consts], node, output=f"{node.name}.empty")
+    flat = g.op("Reshape", [empty, g.constant(f"{node.name}.flat_shape", np.array(
+        [0, 0], np.int64))], node, output=f"{node.name}.flat")  # batch x 0
+    size = int(np.prod(grid.shape[1:]))
+    zeros = g.op("Pad", [flat, g.constant(f"{node.name}.pads", np.array(
+        [0, 0, 0, size], np.int64))], node, output=f"{node.name}.zeros", mode="constant")
+    shaped = g.op("Reshape", [zeros, g.constant(f"{node.name}.grid_shape", np.array(
+        [0, *grid.shape[1:]], np.int64))], node, output=f"{node.name}.shaped")
+    return g.op("Add", [shaped, g.constant(f"{node.name}.grid", grid)], node)
+
+
+def _along(op_type: str):
+    return _simple(op_type, axis=lambda n: n.attrs.axis + 1)
 
 
 def _identity(g: GraphBuilder, node: Node, xs: list[str]) -> str:
@@ -324,14 +394,14 @@ class OnnxGenerator:
         "dropout": _identity,  # inference: dropouts are the identity
         "dropout2d": _identity,
         "stochastic_depth": _identity,
-        "flatten": _simple("Flatten", axis=lambda n: 1),
+        "flatten": flatten,
         "linear": linear,
         "upsample": upsample,
         "pad": pad,
         "crop": crop,
         "center_crop": crop,
         "channel_shuffle": channel_shuffle,
-        "slice": channel_slice,
+        "slice": axis_slice,
         "scale": scale,
         "relu": _simple("Relu"),
         "relu6": relu6,
@@ -344,10 +414,19 @@ class OnnxGenerator:
         "hardsigmoid": _simple("HardSigmoid", alpha=lambda n: 1 / 6, beta=lambda n: 0.5),
         "sigmoid": _simple("Sigmoid"),
         "tanh": _simple("Tanh"),
-        "softmax": _simple("Softmax", axis=lambda n: 1),
-        "log_softmax": _simple("LogSoftmax", axis=lambda n: 1),
+        "softmax": _along("Softmax"),
+        "log_softmax": _along("LogSoftmax"),
+        "exp": _simple("Exp"),
+        "log": _simple("Log"),
+        "reshape": reshape,
+        "permute": permute,
+        "transpose": permute,
+        "anchor_points": anchor_points,
+        "anchor_strides": anchor_strides,
         "identity": _identity,
         "add": _join,
+        "sub": _join,
         "mul": _join,
+        "div": _join,
         "concat": _join,
     }

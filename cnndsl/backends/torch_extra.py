@@ -64,5 +64,76 @@ class ChannelSlice(nn.Module):
         return x[:, self.start:self.stop]
 
 
+class Narrow(nn.Module):
+    """Indices start .. start + length - 1 along one axis (the batch axis is 0)."""
+
+    def __init__(self, dim, start, length):
+        super().__init__()
+        self.dim, self.start, self.length = dim, start, length
+
+    def forward(self, x):
+        return x.narrow(self.dim, self.start, self.length)
+
+
+class Reshape(nn.Module):
+    """The same values in another shape; the batch axis stays as it is."""
+
+    def __init__(self, shape):
+        super().__init__()
+        self.shape = tuple(shape)
+
+    def forward(self, x):
+        return x.reshape(x.shape[0], *self.shape)
+
+
+class Permute(nn.Module):
+    """Reorders the axes after the batch axis: output axis i is input axis dims[i]."""
+
+    def __init__(self, dims):
+        super().__init__()
+        self.dims = tuple(dims)
+
+    def forward(self, x):
+        return x.permute(0, *(d + 1 for d in self.dims))
+
+
+class Exp(nn.Module):
+    def forward(self, x):
+        return torch.exp(x)
+
+
+class Log(nn.Module):
+    def forward(self, x):
+        return torch.log(x)
+
+
+class AnchorPoints(nn.Module):
+    """The centre of every cell of the input's grid, 2 x H*W (x, then y), per image."""
+
+    def __init__(self, height, width, offset=0.5):
+        super().__init__()
+        self.height, self.width, self.offset = height, width, offset
+
+    def forward(self, x):
+        ys = torch.arange(self.height, dtype=x.dtype, device=x.device) + self.offset
+        xs = torch.arange(self.width, dtype=x.dtype, device=x.device) + self.offset
+        ys, xs = torch.meshgrid(ys, xs, indexing="ij")
+        grid = torch.stack((xs, ys)).reshape(2, -1)
+        return grid.expand(x.shape[0], 2, self.height * self.width)
+
+
+class AnchorStrides(nn.Module):
+    """1 x H*W filled with the stride of the input's grid, per image."""
+
+    def __init__(self, height, width, stride):
+        super().__init__()
+        self.cells, self.stride = height * width, float(stride)
+
+    def forward(self, x):
+        return torch.full((x.shape[0], 1, self.cells), self.stride, dtype=x.dtype,
+                          device=x.device)
+
+
 CLASSES = {cls.__name__: cls for cls in (LayerNorm2d, LayerScale, StochasticDepth, Crop,
-                                         ChannelSlice)}
+                                         ChannelSlice, Narrow, Reshape, Permute, Exp, Log,
+                                         AnchorPoints, AnchorStrides)}

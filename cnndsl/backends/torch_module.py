@@ -6,11 +6,14 @@ state_dict is stable and equal to that of the generated source.
 
 from __future__ import annotations
 
+import operator
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ..ir import Network
+from ..layers import REGISTRY
 from .torch_extra import CLASSES
 from .torch_ops import TorchGenerator, TorchLayer
 
@@ -27,9 +30,12 @@ class CnnModule(nn.Module):
         for node in ir.nodes:
             spec = generator.layer(node)
             module = None
-            if spec.cls is not None:
+            if spec.cls is not None and node.shares:  # one module, applied again
+                module = self.get_submodule(node.shares)
+            elif spec.cls is not None:
                 cls = CLASSES.get(spec.cls) or getattr(nn, spec.cls)
                 module = cls(*spec.args, **spec.kwargs)
+                _fix(module, node)
                 self._container(node.path[:-1]).add_module(node.local, module)
             self._steps.append((node.name, node.inputs, spec, module))
 
@@ -54,16 +60,10 @@ class CnnModule(nn.Module):
         values = dict(zip(self.input_names, inputs))
         for name, sources, spec, module in self._steps:
             args = [values[s] for s in sources]
-            if spec.join == "add":
-                out = args[0]
-                for other in args[1:]:
-                    out = out + other
-            elif spec.join == "mul":
-                out = args[0]
-                for other in args[1:]:
-                    out = out * other
-            elif spec.join == "concat":
-                out = torch.cat(args, dim=1)
+            if spec.join == "concat":
+                out = torch.cat(args, dim=spec.axis)
+            elif spec.join is not None:
+                out = _arithmetic(spec, args)
             else:
                 x = args[0]
                 if spec.pre_pad is not None:
@@ -73,6 +73,32 @@ class CnnModule(nn.Module):
                     out = out / module(F.pad(torch.ones_like(args[0][:, :1]), spec.pre_pad))
             values[name] = out
         return values
+
+
+def _fix(module: nn.Module, node) -> None:
+    """Tensors the spec gives (`weight=...`) and parameters it keeps from training."""
+    for weight in REGISTRY[node.op].weights(node.attrs):
+        tensor = getattr(module, weight.suffix)
+        if weight.init.values is not None:
+            with torch.no_grad():
+                tensor.copy_(torch.tensor(weight.init.values).reshape(weight.shape))
+        if not weight.trainable:
+            tensor.requires_grad_(False)
+
+
+_OPERATORS = {"add": operator.add, "sub": operator.sub, "mul": operator.mul,
+              "div": operator.truediv}
+
+
+def _arithmetic(spec: TorchLayer, args: list[torch.Tensor]) -> torch.Tensor:
+    apply = _OPERATORS[spec.join]
+    if spec.constant is not None:
+        x = args[0]
+        return apply(spec.constant, x) if spec.constant_first else apply(x, spec.constant)
+    out = args[0]
+    for other in args[1:]:
+        out = apply(out, other)
+    return out
 
 
 def build_module(ir: Network, state: dict | None = None,

@@ -30,7 +30,10 @@ class TorchLayer:
     # average over real input only, with F.pad emulating asymmetric padding: the pooled
     # input divided by the pooled map of ones (the divisors cancel, ceil_mode included)
     valid_count: bool = False
-    join: str | None = None  # "add" | "mul" | "concat" for merges
+    join: str | None = None  # "add" | "sub" | "mul" | "div" | "concat" for merges
+    axis: int = 1  # concat's, with the batch axis
+    constant: float | None = None  # arithmetic with a number: `mul(x, 0.5)`
+    constant_first: bool = False  # `sub(1, x)`
 
     @property
     def extra(self) -> bool:
@@ -162,7 +165,28 @@ def _attr(name: str) -> Callable[[Node], Any]:
 
 
 def _join(node: Node) -> TorchLayer:
-    return TorchLayer(None, join=REGISTRY[node.op].combine)
+    a = node.attrs
+    return TorchLayer(None, join=REGISTRY[node.op].combine,
+                      axis=getattr(a, "axis", 0) + 1, constant=getattr(a, "constant", None),
+                      constant_first=getattr(a, "constant_first", False))
+
+
+def flatten(node: Node) -> TorchLayer:
+    a = node.attrs
+    if a.whole:
+        return TorchLayer("Flatten")
+    return TorchLayer("Flatten", (a.start + 1, a.end + 1))
+
+
+def channel_slice(node: Node) -> TorchLayer:
+    a = node.attrs
+    if a.axis == 0:
+        return TorchLayer("ChannelSlice", (a.start, a.stop))
+    return TorchLayer("Narrow", (a.axis + 1, a.start, a.stop - a.start))
+
+
+def _along(cls: str) -> Callable[[Node], TorchLayer]:
+    return lambda node: TorchLayer(cls, (), {"dim": node.attrs.axis + 1})
 
 
 class TorchGenerator:
@@ -185,7 +209,7 @@ class TorchGenerator:
         "dropout": _simple("Dropout", _attr("p")),
         "dropout2d": _simple("Dropout2d", _attr("p")),
         "stochastic_depth": _simple("StochasticDepth", _attr("p"), _attr("mode")),
-        "flatten": _simple("Flatten"),
+        "flatten": flatten,
         "linear": lambda n: TorchLayer("Linear", (n.attrs.in_features, n.attrs.out_features),
                                        _non_default(bias=(n.attrs.bias, True))),
         "upsample": upsample,
@@ -193,7 +217,7 @@ class TorchGenerator:
         "crop": crop,
         "center_crop": crop,
         "channel_shuffle": _simple("ChannelShuffle", _attr("groups")),
-        "slice": _simple("ChannelSlice", _attr("start"), _attr("stop")),
+        "slice": channel_slice,
         "scale": scale,
         "relu": _simple("ReLU"),
         "relu6": _simple("ReLU6"),
@@ -206,11 +230,22 @@ class TorchGenerator:
         "hardsigmoid": _simple("Hardsigmoid"),
         "sigmoid": _simple("Sigmoid"),
         "tanh": _simple("Tanh"),
-        "softmax": _simple("Softmax", dim=lambda n: 1),
-        "log_softmax": _simple("LogSoftmax", dim=lambda n: 1),
+        "softmax": _along("Softmax"),
+        "log_softmax": _along("LogSoftmax"),
+        "exp": _simple("Exp"),
+        "log": _simple("Log"),
+        "reshape": lambda n: TorchLayer("Reshape", (n.attrs.shape,)),  # not short(): (1, 1)
+        "permute": lambda n: TorchLayer("Permute", (n.attrs.dims,)),
+        "transpose": lambda n: TorchLayer("Permute", (n.attrs.dims,)),
+        "anchor_points": lambda n: TorchLayer("AnchorPoints", (n.attrs.height, n.attrs.width),
+                                              _non_default(offset=(n.attrs.offset, 0.5))),
+        "anchor_strides": lambda n: TorchLayer("AnchorStrides", (n.attrs.height, n.attrs.width,
+                                                                 n.attrs.stride)),
         "identity": _simple("Identity"),
         "add": _join,
+        "sub": _join,
         "mul": _join,
+        "div": _join,
         "concat": _join,
     }
 

@@ -20,7 +20,7 @@ from typing import Any
 
 from .. import __version__, ast
 from ..ir import Network, Node, ScopeTree, scope_tree
-from ..layers import Padding, fmt
+from ..layers import REGISTRY, Padding, fmt
 from ..values import evaluate
 from .torch_extra import CLASSES
 from .torch_ops import TorchGenerator, TorchLayer
@@ -189,6 +189,8 @@ class _Planner:
         self.class_of[scope.path] = plan
 
     def plan_scope_children(self, item: ScopeTree) -> None:
+        if item.scope.shares:  # applied again: the first application's class and module
+            return
         if item.scope.block is None:  # a labelled repeat: plan what it holds
             for child in item.items:
                 if isinstance(child, ScopeTree):
@@ -217,9 +219,13 @@ class _Planner:
         lines: list[str] = []
         used: set[str] = set()
         for child in item.items:
+            if _shares(child):  # a shared layer applied again: its module is there already
+                continue
             code = self.make(child, env, used)
             if code is not None:
                 lines.append(f"self.{child.local} = {code}")
+            if isinstance(child, Node):
+                lines += _fixed_tensors(child)
         return lines, used
 
     def make(self, item: Node | ScopeTree, env: dict | None, used: set[str]) -> str | None:
@@ -297,6 +303,10 @@ class _Forward:
         children = self.item.items
         remaining = Counter(self.uses)
         for index, child in enumerate(children):
+            if self.collected_elsewhere(child):  # `each(m)`: every step's output is kept
+                out += self.unrolled(child)
+                remaining.subtract(child.inputs)
+                continue
             expr = self.expression(child)
             remaining.subtract(child.inputs)
             if isinstance(child, ScopeTree) and len(child.outputs) > 1:  # a split, a block
@@ -323,6 +333,20 @@ class _Forward:
             return out + ["return x"]
         return out + ["return " + ", ".join(self.var[o] for o in self.outputs)]
 
+    def collected_elsewhere(self, child: Node | ScopeTree) -> bool:
+        """A labelled repeat whose steps' outputs other steps read (`concat(each(m))`)."""
+        return isinstance(child, ScopeTree) and child.scope is not None and any(
+            self.uses[value] for value in child.scope.collected[:-1])
+
+    def unrolled(self, child: ScopeTree) -> list[str]:
+        """`m_0 = self.m[0](x)`, `m_1 = self.m[1](m_0)`, ...: each output named."""
+        lines, x = [], self.var[child.inputs[0]]
+        for i, value in enumerate(child.scope.collected):
+            target = f"{identifier(child.local)}_{i}"
+            lines.append(f"{target} = self.{child.local}[{i}]({x})")
+            self.var[value] = x = target
+        return lines
+
     def free_running_var(self, remaining: Counter) -> str | None:
         """`x`, else `y`, `z`: the first whose value nobody needs any more (or this child's)."""
         for candidate in ("x", "y", "z"):
@@ -332,24 +356,52 @@ class _Forward:
 
     def expression(self, child: Node | ScopeTree) -> str:
         args = [self.var[i] for i in child.inputs]
+        local = _shares(child).rpartition(".")[2] or child.local  # the module it runs
         if isinstance(child, ScopeTree):
             if child.scope.block is None and len(child.outputs) > 1:  # a split's slices
                 return ", ".join(f"self.{child.local}[{i}]({args[0]})"
                                  for i in range(len(child.outputs)))
-            return f"self.{child.local}({', '.join(args)})"
+            return f"self.{local}({', '.join(args)})"
         spec = self.generator.layer(child)
-        if spec.join in ("add", "mul"):
-            return (" + " if spec.join == "add" else " * ").join(args)
         if spec.join == "concat":
-            return f"torch.cat([{', '.join(args)}], dim=1)"
+            return f"torch.cat([{', '.join(args)}], dim={spec.axis})"
+        if spec.join is not None:
+            if spec.constant is not None:
+                number = py_literal(spec.constant)
+                args = [number, *args] if spec.constant_first else [*args, number]
+            return f" {_OPERATOR_TEXT[spec.join]} ".join(args)
         arg = args[0]
         if spec.pre_pad is not None:
             value = "" if spec.pad_value == 0 else f", value={py_literal(spec.pad_value)}"
             arg = f"F.pad({arg}, {py_literal(spec.pre_pad)}{value})"
         if spec.valid_count:  # divide by the number of real inputs in each window
             ones = f"F.pad(torch.ones_like({args[0]}[:, :1]), {py_literal(spec.pre_pad)})"
-            return f"self.{child.local}({arg}) / self.{child.local}({ones})"
-        return f"self.{child.local}({arg})"
+            return f"self.{local}({arg}) / self.{local}({ones})"
+        return f"self.{local}({arg})"
+
+
+def _fixed_tensors(node: Node) -> list[str]:
+    """Tensors the spec gives (`weight=...`) and parameters it keeps from training."""
+    lines = []
+    for weight in REGISTRY[node.op].weights(node.attrs):
+        target = f"self.{node.local}.{weight.suffix}"
+        if weight.init.values is not None:
+            values = ", ".join(py_literal(float(v)) for v in weight.init.values)
+            lines.append(f"{target} = nn.Parameter(torch.tensor([{values}]).reshape"
+                         f"{py_literal(weight.shape)}, requires_grad={weight.trainable})")
+        elif not weight.trainable:
+            lines.append(f"{target}.requires_grad_(False)")
+    return lines
+
+
+def _shares(item: Node | ScopeTree) -> str:
+    """The module a shared layer's further application runs ("" for any other item)."""
+    if isinstance(item, ScopeTree):
+        return item.scope.shares if item.scope else ""
+    return item.shares
+
+
+_OPERATOR_TEXT = {"add": "+", "sub": "-", "mul": "*", "div": "/"}
 
 
 def _gives(expr, env: dict, value: Any) -> bool:
