@@ -144,9 +144,7 @@ def cmd_compile(args) -> int:
         write_text(args.output, model.to_torch_source())
         detail = ""
     else:
-        onnx_model = model.to_onnx(args.output, weights=args.weights, opset=args.opset,
-                                   fold_batchnorm=not args.keep_batchnorm, seed=args.seed,
-                                   weights_from=args.weights_from, reinit=args.reinit or ())
+        onnx_model = _described_onnx(model, args)
         _say_weights(model, args)
         origin = f"from {args.weights}" if args.weights else f"initialised (seed {args.seed})"
         detail = (f", opset {onnx_model.opset_import[0].version}, "
@@ -162,6 +160,21 @@ def cmd_compile(args) -> int:
     else:
         _say(f"wrote {args.output} ({args.to}, {model.params:,} parameters{detail})")
     return EXIT_OK
+
+
+def _described_onnx(model, args):
+    """The ONNX export with what predicting needs (classes, input, normalisation) in its
+    metadata_props, saved to args.output."""
+    from .backends.onnx_export import save
+    from .deploy.describe import annotate, exported_info
+    onnx_model = model.to_onnx(weights=args.weights, opset=args.opset,
+                               fold_batchnorm=not args.keep_batchnorm, seed=args.seed,
+                               weights_from=args.weights_from, reinit=args.reinit or ())
+    info = exported_info(model)
+    if info is not None:
+        annotate(onnx_model, info)
+    save(onnx_model, args.output)
+    return onnx_model
 
 
 def cmd_run(args) -> int:
@@ -403,6 +416,71 @@ def cmd_eval(args) -> int:
     return EXIT_OK
 
 
+def cmd_predict(args) -> int:
+    from .deploy.predict import format_result, image_files, predict_files
+    files = image_files(args.inputs)
+    predictor = _predictor(args)
+    if not args.json:
+        _say(f"{args.model}: {len(files)} image(s), {predictor.info.task}, "
+             f"running on {predictor.runtime}")
+    folders = any(Path(p).is_dir() for p in args.inputs)
+    done = predict_files(predictor, files, batch=args.batch, top=args.top,
+                         progress=None if folders and not args.json else False)
+    for path, why in done.skipped:
+        _say(f"warning: skipped {path}: {why}")
+    report = {"ok": bool(done.results), "model": args.model, "runtime": predictor.runtime,
+              "task": predictor.info.task, "predicted": len(done.results),
+              "skipped": [{"file": f, "why": w} for f, w in done.skipped],
+              "predictions": done.results}
+    if args.out:
+        from .atomic import write_text
+        Path(args.out).mkdir(parents=True, exist_ok=True)
+        write_text(Path(args.out) / "predictions.json", json.dumps(report, indent=2) + "\n")
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        for result in done.results:
+            _show(format_result(result))
+        _say(f"predicted {len(done.results)} image(s), skipped {len(done.skipped)}")
+    return EXIT_OK if done.results else EXIT_SPEC
+
+
+def _predictor(args):
+    from .deploy.predict import onnx_predictor, spec_predictor
+    if args.model.endswith(".cnn"):
+        args.spec = args.model
+        model, overrides = _load_for_training(args)
+        return spec_predictor(model, weights=args.weights, weights_from=args.weights_from,
+                              device=args.device, overrides=overrides)
+    if args.weights or args.set or args.weights_from:
+        raise UsageError("--weights, --weights-from and --set apply to .cnn specs, not to "
+                         ".onnx files")
+    return onnx_predictor(_onnx_model(args.model), args.provider)
+
+
+def _add_predict(sub, weight_options) -> None:
+    p = sub.add_parser("predict", help="classify images with a spec and its weights, or an "
+                       ".onnx file", description="Run a trained network on image files and "
+                       "folders, preprocessed as evaluation preprocesses them.")
+    p.add_argument("model", help="a .cnn spec (with --weights) or a .onnx file")
+    p.add_argument("inputs", nargs="+", metavar="IMAGE", help="image files or folders")
+    weight_options(p)
+    p.add_argument("--top", type=bounded_int(1, 1000), default=5, help="classes shown per "
+                   "image (default 5)")
+    p.add_argument("--batch", type=bounded_int(1, 65_536), default=64)
+    p.add_argument("--out", metavar="DIR", help="write DIR/predictions.json")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
+                   help="torch's device, for a spec")
+    p.add_argument("--provider", default="auto", choices=["auto", "cpu", "cuda", "tensorrt"],
+                   help="onnxruntime's provider, for a .onnx file")
+    p.add_argument("--set", action="append", metavar="NAME=VALUE")
+    p.add_argument("--network")
+    p.add_argument("--memory-limit", type=parse_size, metavar="SIZE")
+    p.add_argument("--confine-imports", action="store_true")
+    p.add_argument("--json", action="store_true", help="the predictions as JSON")
+    p.set_defaults(run=cmd_predict)
+
+
 def cmd_fmt(args) -> int:
     from .fmt import expand_paths, run_fmt
     return run_fmt(expand_paths(args.files), check=args.check, diff=args.diff)
@@ -564,6 +642,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--memory-limit", type=parse_size, metavar="SIZE")
     run.add_argument("--json", action="store_true", help="benchmark figures as JSON")
     run.set_defaults(run=cmd_run)
+    _add_predict(sub, weight_options)
     for command in sub.choices.values():  # usage errors show the command's own usage
         command.set_defaults(parser=command)
     return parser

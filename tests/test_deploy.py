@@ -1,0 +1,139 @@
+"""Using a trained network: `predict` (same logits as `eval`'s path), self-describing
+ONNX exports, reduced precision and the look inside."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import cnndsl
+from conftest import run_cli
+
+SPEC = """
+network tiny(classes: int = 3) {
+    input image: 3 x 12 x 12
+    conv(4, 3, padding=same) -> batchnorm -> relu -> maxpool(2)
+    flatten
+    classifier: linear(classes)
+}
+
+train tiny() {
+    data: "images"
+    augment: random_crop(padding=1) -> normalize(mean=(0.5, 0.4, 0.3), std=(0.2, 0.25, 0.3))
+    batch: 4
+}
+"""
+CLASSES = ["cat", "dog", "owl"]
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory) -> Path:
+    """A spec, random weights, and images/{train,val}/{cat,dog,owl} of odd sizes (resized
+    on loading), with one corrupt file in predict/."""
+    from PIL import Image
+    from safetensors.torch import save_file
+    root = tmp_path_factory.mktemp("deploy")
+    (root / "tiny.cnn").write_text(SPEC)
+    rng = np.random.default_rng(0)
+    for split, count in (("train", 3), ("val", 3)):
+        for name in CLASSES:
+            folder = root / "images" / split / name
+            folder.mkdir(parents=True)
+            for i in range(count):
+                pixels = rng.integers(0, 256, (9 + i, 15, 3), dtype=np.uint8)
+                Image.fromarray(pixels).save(folder / f"{i}.png")
+    model = cnndsl.load(root / "tiny.cnn")
+    torch.manual_seed(1)
+    module = model.to_torch()
+    with torch.no_grad():  # batch norm statistics that are not the identity
+        for m in module.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.5, 0.5)
+                m.running_var.uniform_(0.5, 2.0)
+    save_file({k: v.contiguous() for k, v in module.state_dict().items()},
+              str(root / "w.safetensors"))
+    return root
+
+
+def eval_logits(root: Path) -> tuple[torch.Tensor, torch.Tensor]:
+    """The logits `cnndsl eval` computes over the validation split, and its labels."""
+    from cnndsl.training.loop import Trainer
+    from cnndsl.training.run import build_module, load_dataset, train_config
+    model = cnndsl.load(root / "tiny.cnn")
+    config = train_config(model)
+    data = load_dataset(model, config, None)
+    module = build_module(model, config, str(root / "w.safetensors"), None, lambda line: None)
+    report = Trainer(config, data, module, device="cpu").evaluate(module, data.val)
+    return report["logits"], data.val.labels
+
+
+def test_predict_on_a_folder_gives_evals_logits_image_for_image(project):
+    from cnndsl.deploy.predict import image_files, predict_files, spec_predictor
+    expected, labels = eval_logits(project)
+    model = cnndsl.load(project / "tiny.cnn")
+    predictor = spec_predictor(model, weights=str(project / "w.safetensors"), device="cpu")
+    files = image_files([str(project / "images" / "val")])
+    done = predict_files(predictor, files, batch=4, top=3, keep_logits=True, progress=False)
+    assert [Path(r["file"]).parent.name for r in done.results] == \
+        [CLASSES[i] for i in labels.tolist()]
+    assert torch.equal(torch.from_numpy(np.concatenate(done.logits)), expected)
+    assert [r["top"][0]["index"] for r in done.results] == expected.argmax(1).tolist()
+    assert [r["top"][0]["class"] for r in done.results] == \
+        [CLASSES[i] for i in expected.argmax(1).tolist()]
+    probs = torch.softmax(expected.double(), 1)
+    assert done.results[0]["top"][0]["probability"] == pytest.approx(float(probs[0].max()))
+
+
+def test_exported_onnx_describes_itself_and_predicts_alone(project, tmp_path):
+    import onnx
+    onnx_path = tmp_path / "tiny.onnx"
+    result = run_cli("compile", str(project / "tiny.cnn"), "--to", "onnx", "-o", str(onnx_path),
+                     "--weights", str(project / "w.safetensors"))
+    assert result.returncode == 0, result.stderr
+    meta = {p.key: json.loads(p.value) for p in onnx.load(str(onnx_path)).metadata_props}
+    assert meta["cnndsl.classes"] == CLASSES
+    assert meta["cnndsl.task"] == "classification"
+    assert meta["cnndsl.shape"] == [3, 12, 12]
+    assert meta["cnndsl.channel_order"] == "RGB"
+    assert meta["cnndsl.mean"] == [0.5, 0.4, 0.3] and meta["cnndsl.std"] == [0.2, 0.25, 0.3]
+    result = run_cli("predict", str(onnx_path), str(project / "images" / "val"), "--json",
+                     "--top", "2")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    expected, _ = eval_logits(project)
+    assert report["predicted"] == 9 and report["runtime"] == "onnxruntime on cpu"
+    assert [r["top"][0]["class"] for r in report["predictions"]] == \
+        [CLASSES[i] for i in expected.argmax(1).tolist()]
+    assert all(len(r["top"]) == 2 for r in report["predictions"])
+
+
+def test_predict_skips_a_corrupt_image_names_it_and_counts_it(project, tmp_path):
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    (folder / "broken.png").write_bytes(b"\x89PNG but not really")
+    good = project / "images" / "val" / "owl" / "0.png"
+    (folder / "owl.png").write_bytes(good.read_bytes())
+    out = tmp_path / "out"
+    result = run_cli("predict", str(project / "tiny.cnn"), "--weights",
+                     str(project / "w.safetensors"), str(folder), "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    assert f"warning: skipped {folder / 'broken.png'}: not an image" in result.stderr
+    assert "predicted 1 image(s), skipped 1" in result.stderr
+    assert result.stdout.startswith(f"{folder / 'owl.png'}: ")
+    saved = json.loads((out / "predictions.json").read_text())
+    assert saved["predicted"] == 1 and saved["skipped"][0]["file"] == str(folder / "broken.png")
+    only_bad = run_cli("predict", str(project / "tiny.cnn"), "--weights",
+                       str(project / "w.safetensors"), str(folder / "broken.png"))
+    assert only_bad.returncode == 1
+    assert "predicted 0 image(s), skipped 1" in only_bad.stderr
+
+
+def test_predict_on_a_missing_path_is_a_clear_error(project):
+    result = run_cli("predict", str(project / "tiny.cnn"), "--weights",
+                     str(project / "w.safetensors"), str(project / "nowhere.png"))
+    assert result.returncode == 1
+    assert "no image or folder at" in result.stderr and "Traceback" not in result.stderr
