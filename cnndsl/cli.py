@@ -139,12 +139,16 @@ def cmd_compile(args) -> int:
                          "apply to --to onnx; the "
                          "generated module loads a state_dict as any nn.Module does: "
                          "model.load_state_dict(safetensors.torch.load_file(path))")
+    if args.to == "torch" and (args.quantize or args.precision != "fp32" or args.calibrate):
+        raise UsageError("--quantize, --precision and --calibrate apply to --to onnx")
     model = _load(args, WEIGHT_COPIES["onnx"] if args.to == "onnx" else 1.0)
     if args.to == "torch":
         write_text(args.output, model.to_torch_source())
         detail = ""
     else:
         onnx_model = _described_onnx(model, args)
+        if args.quantize or args.precision != "fp32":
+            return _reduced_onnx(model, onnx_model, args)
         _say_weights(model, args)
         origin = f"from {args.weights}" if args.weights else f"initialised (seed {args.seed})"
         detail = (f", opset {onnx_model.opset_import[0].version}, "
@@ -173,8 +177,48 @@ def _described_onnx(model, args):
     info = exported_info(model)
     if info is not None:
         annotate(onnx_model, info)
-    save(onnx_model, args.output)
+    if not (args.quantize or args.precision != "fp32"):
+        save(onnx_model, args.output)
     return onnx_model
+
+
+def _reduced_onnx(model, fp32, args) -> int:
+    """--quantize int8 / --precision fp16: the reduced model to args.output, then both on
+    the validation split."""
+    from .backends.onnx_export import save
+    from .deploy import quantize as q
+    from .deploy.describe import exported_info
+    from .training.data import eval_transform
+    from .training.run import load_dataset, train_config
+    precision = args.quantize or args.precision
+    if args.quantize and args.precision != "fp32":
+        raise UsageError("--quantize int8 and --precision fp16 are two ways to reduce; "
+                         "give one")
+    if args.quantize and not args.calibrate:
+        raise UsageError("--quantize int8 needs --calibrate DATA (digits, an image folder "
+                         "or an .npz file): its training images calibrate the activations")
+    info = exported_info(model)
+    config = train_config(model)
+    data = load_dataset(model, config, args.calibrate)
+    prepare = eval_transform(info.normalize_ops() if info else [])
+    batches = q.calibration_batches(data.train.images, args.calibration, args.seed, prepare)
+    _say_weights(model, args)
+    reduced = q.reduce(fp32, precision, batches, args.method)
+    q.keep_description(reduced, info, precision)
+    save(reduced, args.output)
+    comparison = q.compare(fp32.SerializeToString(), reduced.SerializeToString(), data.val,
+                           prepare)
+    if args.json:
+        print(json.dumps({"ok": True, "output": args.output, "precision": precision,
+                          "method": args.method if precision == "int8" else None,
+                          "calibration_images": sum(len(b) for b in batches)
+                          if precision == "int8" else 0, **comparison}, indent=2))
+    else:
+        how = (f", {args.method} calibration on {sum(len(b) for b in batches)} training "
+               f"images (seed {args.seed})" if precision == "int8" else "")
+        _say(f"wrote {args.output} ({precision}{how})")
+        _show(q.format_comparison(comparison, precision))
+    return EXIT_OK
 
 
 def cmd_run(args) -> int:
@@ -398,6 +442,10 @@ def cmd_train(args) -> int:
 
 def cmd_eval(args) -> int:
     from .training.metrics import format_report
+    if args.spec.endswith(".onnx"):
+        return _eval_onnx(args)
+    if not (args.weights or args.weights_from):
+        raise UsageError("eval of a spec needs --weights FILE (or --weights-from)")
     from .training.run import evaluate_model
     model, overrides = _load_for_training(args)
     report = evaluate_model(model, args.data, weights=args.weights, device=args.device,
@@ -458,6 +506,20 @@ def _predictor(args):
     return onnx_predictor(_onnx_model(args.model), args.provider)
 
 
+def _add_reduce_options(p) -> None:
+    p.add_argument("--quantize", choices=["int8"], help="static int8 quantisation (QDQ, "
+                   "per-channel), calibrated on --calibrate DATA")
+    p.add_argument("--precision", choices=["fp32", "fp16"], default="fp32",
+                   help="fp16 weights and arithmetic (inputs and outputs stay float32)")
+    p.add_argument("--calibrate", metavar="DATA", help="digits, an image folder or an .npz "
+                   "file: calibration images from its train split; the reduced model and "
+                   "the fp32 one are then evaluated on its validation split")
+    p.add_argument("--calibration", type=bounded_int(1, 100_000), default=200, metavar="N",
+                   help="calibration images (default 200), drawn with --seed")
+    p.add_argument("--method", choices=["minmax", "entropy", "percentile"], default="minmax",
+                   help="how activation ranges are calibrated (default minmax)")
+
+
 def _add_predict(sub, weight_options) -> None:
     p = sub.add_parser("predict", help="classify images with a spec and its weights, or an "
                        ".onnx file", description="Run a trained network on image files and "
@@ -479,6 +541,29 @@ def _add_predict(sub, weight_options) -> None:
     p.add_argument("--confine-imports", action="store_true")
     p.add_argument("--json", action="store_true", help="the predictions as JSON")
     p.set_defaults(run=cmd_predict)
+
+
+def _eval_onnx(args) -> int:
+    from .deploy.evaluate import evaluate_onnx
+    from .training.metrics import format_report
+    if args.weights or args.weights_from or args.set:
+        raise UsageError("--weights, --weights-from and --set apply to .cnn specs; an .onnx "
+                         "file holds its weights")
+    if not args.data:
+        raise UsageError("eval of an .onnx file needs --data (digits, an image folder or an "
+                         ".npz file)")
+    report = evaluate_onnx(_onnx_model(args.spec), args.data, batch=args.batch or 256)
+    if args.plot:
+        from .training.plots import plot_confusion
+        plot_confusion(report["confusion_matrix"], [c["class"] for c in report["per_class"]],
+                       Path(args.plot))
+    if args.json:
+        print(json.dumps({"ok": True, **report}, indent=2))
+    else:
+        _show(f"{args.spec} ({report['model_precision']}, {report['runtime']}) on "
+              f"{report['source']} (validation split, {report['samples']} images)")
+        _show(format_report(report))
+    return EXIT_OK
 
 
 def cmd_fmt(args) -> int:
@@ -552,6 +637,7 @@ def build_parser() -> argparse.ArgumentParser:
     weight_options(comp)
     comp.add_argument("--keep-batchnorm", action="store_true",
                       help="do not fold batch norm into the preceding conv")
+    _add_reduce_options(comp)
     comp.add_argument("--seed", type=bounded_int(0, 2**32 - 1), default=0,
                       help="seed for fresh weights")
     comp.set_defaults(run=cmd_compile)
@@ -593,9 +679,9 @@ def build_parser() -> argparse.ArgumentParser:
                        "fraction of the optimizer's")
     train.set_defaults(run=cmd_train)
 
-    evaluate = spec_command("eval", "evaluate weights on the validation split: accuracy, "
-                            "precision, recall, F1, confusion matrix")
-    weight_options(evaluate, required=True)
+    evaluate = spec_command("eval", "evaluate weights (or an .onnx file) on the validation "
+                            "split: accuracy, precision, recall, F1, confusion matrix")
+    weight_options(evaluate)
     evaluate.add_argument("--data", help="digits, or an image folder")
     evaluate.add_argument("--batch", type=bounded_int(1, 1_000_000))
     evaluate.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])

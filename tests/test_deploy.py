@@ -137,3 +137,77 @@ def test_predict_on_a_missing_path_is_a_clear_error(project):
                      str(project / "w.safetensors"), str(project / "nowhere.png"))
     assert result.returncode == 1
     assert "no image or folder at" in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.fixture(scope="module")
+def fp32_onnx(project, tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("fp32") / "tiny.onnx"
+    result = run_cli("compile", str(project / "tiny.cnn"), "--to", "onnx", "-o", str(path),
+                     "--weights", str(project / "w.safetensors"))
+    assert result.returncode == 0, result.stderr
+    return path
+
+
+def test_eval_of_an_onnx_file_is_evals_accuracy_on_the_same_split(project, fp32_onnx):
+    from cnndsl.deploy.evaluate import evaluate_onnx
+    from cnndsl.training.metrics import classification_report
+    expected, labels = eval_logits(project)
+    report = evaluate_onnx(str(fp32_onnx), str(project / "images"))
+    assert report["samples"] == 9 and report["model_precision"] == "fp32"
+    assert report["accuracy"] == classification_report(expected, labels, CLASSES)["accuracy"]
+    assert report["confusion_matrix"] == \
+        classification_report(expected, labels, CLASSES)["confusion_matrix"]
+
+
+def test_int8_quantisation_is_qdq_per_channel_calibrated_and_compared(project, tmp_path):
+    import onnx
+    from onnx import numpy_helper
+    out = tmp_path / "tiny_int8.onnx"
+    result = run_cli("compile", str(project / "tiny.cnn"), "--to", "onnx", "-o", str(out),
+                     "--weights", str(project / "w.safetensors"), "--quantize", "int8",
+                     "--calibrate", str(project / "images"), "--calibration", "5", "--json")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["precision"] == "int8" and report["calibration_images"] == 5
+    model = onnx.load(str(out))
+    ops = [n.op_type for n in model.graph.node]
+    assert "QuantizeLinear" in ops and "DequantizeLinear" in ops
+    weights = {i.name: i for i in model.graph.initializer}
+    conv = next(n for n in model.graph.node if n.op_type == "Conv")
+    dequant = next(n for n in model.graph.node if n.output[0] == conv.input[1])
+    assert numpy_helper.to_array(weights[dequant.input[0]]).dtype == np.int8
+    assert numpy_helper.to_array(weights[dequant.input[1]]).shape == (4,)  # per channel
+    meta = {p.key: json.loads(p.value) for p in model.metadata_props
+            if p.key.startswith("cnndsl.")}
+    assert meta["cnndsl.precision"] == "int8" and meta["cnndsl.classes"] == CLASSES
+    assert report["reduced"]["bytes"] == out.stat().st_size
+    # the figures printed are the ones eval computes on each model, independently
+    from cnndsl.deploy.evaluate import evaluate_onnx
+    expected, labels = eval_logits(project)
+    from cnndsl.training.metrics import classification_report
+    assert report["fp32"]["accuracy"] == \
+        classification_report(expected, labels, CLASSES)["accuracy"]
+    assert report["reduced"]["accuracy"] == \
+        evaluate_onnx(str(out), str(project / "images"))["accuracy"]
+
+
+def test_fp16_model_has_half_weights_and_float_io(project, fp32_onnx):
+    import onnx
+    import onnxruntime as ort
+
+    from cnndsl.deploy.quantize import to_fp16
+    fp16 = to_fp16(onnx.load(str(fp32_onnx)))
+    assert {i.data_type for i in fp16.graph.initializer
+            if i.dims and len(i.dims) > 1} == {onnx.TensorProto.FLOAT16}
+    x = np.random.default_rng(0).random((4, 3, 12, 12), dtype=np.float32)
+    full = ort.InferenceSession(str(fp32_onnx)).run(None, {"image": x})[0]
+    half = ort.InferenceSession(fp16.SerializeToString()).run(None, {"image": x})[0]
+    assert half.dtype == np.float32
+    np.testing.assert_allclose(half, full, atol=2e-2, rtol=2e-2)
+
+
+def test_quantize_without_calibration_data_is_a_usage_error(project, tmp_path):
+    result = run_cli("compile", str(project / "tiny.cnn"), "--to", "onnx", "-o",
+                     str(tmp_path / "q.onnx"), "--quantize", "int8")
+    assert result.returncode == 2 and "--calibrate DATA" in result.stderr
+    assert not (tmp_path / "q.onnx").exists()

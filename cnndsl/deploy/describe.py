@@ -19,6 +19,9 @@ class ModelInfo:
     classes: list[str] | None = None
     mean: list[float] | None = None  # normalisation after scaling pixels to [0, 1]
     std: list[float] | None = None
+    val_split: float | None = None  # how training split its data (eval's validation split)
+    seed: int | None = None
+    precision: str | None = None  # fp32, int8 (QDQ), fp16
 
     @property
     def channel_order(self) -> str:
@@ -52,7 +55,8 @@ def from_spec(model, overrides: dict | None = None) -> ModelInfo:
     for op in config.augment:
         if op.name == "normalize":
             mean, std = list(op.args["mean"]), list(op.args["std"])
-    return ModelInfo(shape=shape, classes=_class_names(model, config), mean=mean, std=std)
+    return ModelInfo(shape=shape, classes=_class_names(model, config), mean=mean, std=std,
+                     val_split=config.val_split, seed=config.seed)
 
 
 def exported_info(model) -> ModelInfo | None:
@@ -81,11 +85,6 @@ def _class_names(model, config) -> list[str] | None:
             return sorted(p.name for p in root.iterdir()
                           if p.is_dir() and not p.name.startswith("."))
     return None
-
-
-def with_classes(info: ModelInfo, classes: list[str] | None) -> ModelInfo:
-    return info if classes is None else ModelInfo(info.shape, info.task, list(classes),
-                                                  info.mean, info.std)
 
 
 def annotate(onnx_model, info: ModelInfo) -> None:
@@ -121,8 +120,13 @@ def from_onnx_metadata(props: dict[str, str], input_shape) -> ModelInfo:
         classes = None
     if not (_floats(mean) and _floats(std) and len(mean) == len(std)):
         mean = std = None
+    val_split, seed, precision = get("val_split"), get("seed"), get("precision")
     return ModelInfo(shape=tuple(shape), task=str(get("task") or "classification"),
-                     classes=classes, mean=mean, std=std)
+                     classes=classes, mean=mean, std=std,
+                     val_split=val_split if isinstance(val_split, float)
+                     and 0 < val_split < 1 else None,
+                     seed=seed if isinstance(seed, int) and seed >= 0 else None,
+                     precision=precision if isinstance(precision, str) else None)
 
 
 def _floats(value) -> bool:
