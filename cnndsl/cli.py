@@ -520,6 +520,37 @@ def _add_reduce_options(p) -> None:
                    help="how activation ranges are calibrated (default minmax)")
 
 
+def cmd_inspect(args) -> int:
+    from .deploy.inspect import inspect_image
+    if not args.output.lower().endswith(".png"):
+        raise UsageError(f"-o must end in .png, not `{args.output}`")
+    model = _load(args)
+    result = inspect_image(model, args.image, args.layer, weights=args.weights,
+                           weights_from=args.weights_from)
+    result.save(args.output)
+    if args.json:
+        print(json.dumps({"ok": True, "output": args.output, "layer": args.layer,
+                          "maps": list(result.maps.shape), "predicted": result.predicted,
+                          "class": result.predicted_name,
+                          "probability": result.probability}, indent=2))
+    else:
+        _say(f"wrote {args.output}: {result.maps.shape[0]} activation maps of {args.layer}, "
+             f"filters of {result.filters_layer}, Grad-CAM for {result.predicted_name} "
+             f"({result.probability:.3f})")
+    return EXIT_OK
+
+
+def _add_inspect(spec_command, weight_options) -> None:
+    p = spec_command("inspect", "draw a layer's activation maps, the first layer's filters "
+                     "and a Grad-CAM of the predicted class for one image")
+    p.add_argument("image", help="an image file")
+    weight_options(p)
+    p.add_argument("--layer", required=True, help="the layer whose maps are drawn (and "
+                   "where Grad-CAM looks), e.g. conv2 or layer4.1.conv2")
+    p.add_argument("-o", "--output", required=True, help="the .png to write")
+    p.set_defaults(run=cmd_inspect)
+
+
 def _add_predict(sub, weight_options) -> None:
     p = sub.add_parser("predict", help="classify images with a spec and its weights, or an "
                        ".onnx file", description="Run a trained network on image files and "
@@ -729,6 +760,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--json", action="store_true", help="benchmark figures as JSON")
     run.set_defaults(run=cmd_run)
     _add_predict(sub, weight_options)
+    _add_inspect(spec_command, weight_options)
     for command in sub.choices.values():  # usage errors show the command's own usage
         command.set_defaults(parser=command)
     return parser

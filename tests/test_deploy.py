@@ -211,3 +211,89 @@ def test_quantize_without_calibration_data_is_a_usage_error(project, tmp_path):
                      str(tmp_path / "q.onnx"), "--quantize", "int8")
     assert result.returncode == 2 and "--calibrate DATA" in result.stderr
     assert not (tmp_path / "q.onnx").exists()
+
+
+EDGE_SPEC = """
+network edges(classes: int = 3) {
+    input image: 1 x 8 x 8
+    edge: conv(2, 3, padding=same, bias=false)
+    relu
+    global_avgpool
+    flatten
+    classifier: linear(classes)
+}
+"""
+HORIZONTAL_EDGE = np.array([[1, 1, 1], [0, 0, 0], [-1, -1, -1]], dtype=np.float32)
+
+
+def hand_correlation(image: np.ndarray, kernel: np.ndarray) -> np.ndarray:
+    """What a conv layer computes (cross-correlation, zero padding 1), by hand."""
+    padded = np.pad(image, 1)
+    return np.array([[float((padded[i:i + 3, j:j + 3] * kernel).sum())
+                      for j in range(image.shape[1])] for i in range(image.shape[0])])
+
+
+@pytest.fixture(scope="module")
+def edges(tmp_path_factory):
+    """A grey image with a horizontal bright band, and weights whose first filter is the
+    course's horizontal-edge detector."""
+    from PIL import Image
+    from safetensors.torch import save_file
+    root = tmp_path_factory.mktemp("edges")
+    (root / "edges.cnn").write_text(EDGE_SPEC)
+    pixels = np.zeros((8, 8), dtype=np.uint8)
+    pixels[3:5] = 255
+    pixels[:, 6] = 128
+    Image.fromarray(pixels).save(root / "band.png")
+    rng = np.random.default_rng(3)
+    kernel = np.stack([HORIZONTAL_EDGE, rng.normal(size=(3, 3)).astype(np.float32)])[:, None]
+    save_file({"edge.weight": torch.from_numpy(kernel),
+               "classifier.weight": torch.from_numpy(rng.normal(size=(3, 2)).astype(np.float32)),
+               "classifier.bias": torch.zeros(3)}, str(root / "w.safetensors"))
+    return root, pixels.astype(np.float32) / 255.0
+
+
+def test_horizontal_edge_filter_map_is_the_hand_computation(edges):
+    from cnndsl.deploy.inspect import inspect_image
+    root, image = edges
+    result = inspect_image(cnndsl.load(root / "edges.cnn"), root / "band.png", "edge",
+                           weights=str(root / "w.safetensors"))
+    assert result.maps.shape == (2, 8, 8)
+    expected = hand_correlation(image, HORIZONTAL_EDGE)
+    np.testing.assert_allclose(result.maps[0].numpy(), expected, atol=1e-6)
+    assert expected[2, 2] == pytest.approx(-3.0) and expected[5, 2] == pytest.approx(3.0)
+    assert result.filters_layer == "edge"
+    np.testing.assert_array_equal(result.filters[0, 0].numpy(), HORIZONTAL_EDGE)
+
+
+def test_grad_cam_over_global_pooling_is_the_class_activation_map(edges):
+    """With global average pooling then a linear layer, Grad-CAM equals CAM (Zhou et al.):
+    ReLU(sum_k w[c, k] A_k), computed here from the classifier's weights, not gradients."""
+    from cnndsl.deploy.inspect import inspect_image
+    root, _ = edges
+    model = cnndsl.load(root / "edges.cnn")
+    result = inspect_image(model, root / "band.png", "relu1",
+                           weights=str(root / "w.safetensors"))
+    w = model.to_torch(str(root / "w.safetensors")).classifier.weight.detach()
+    cam = torch.relu((w[result.predicted][:, None, None] * result.maps).sum(0))
+    cam = cam / cam.max()
+    assert result.cam.shape == (8, 8)  # the maps are 8 x 8 already: no resampling
+    torch.testing.assert_close(result.cam, cam, atol=1e-5, rtol=1e-5)
+    logits = model.to_torch(str(root / "w.safetensors"))(
+        torch.from_numpy(edges[1])[None, None])
+    assert result.predicted == int(logits.argmax())
+
+
+def test_inspect_command_writes_a_png_and_names_a_wrong_layer(edges, tmp_path):
+    from PIL import Image
+    root, _ = edges
+    out = tmp_path / "maps.png"
+    result = run_cli("inspect", str(root / "edges.cnn"), str(root / "band.png"), "--weights",
+                     str(root / "w.safetensors"), "--layer", "edge", "-o", str(out))
+    assert result.returncode == 0, result.stderr
+    assert "2 activation maps of edge, filters of edge, Grad-CAM for" in result.stderr
+    with Image.open(out) as png:
+        assert png.format == "PNG" and png.size[0] > 500
+    wrong = run_cli("inspect", str(root / "edges.cnn"), str(root / "band.png"), "--weights",
+                    str(root / "w.safetensors"), "--layer", "edges", "-o", str(out))
+    assert wrong.returncode == 1 and "did you mean `edge`?" in wrong.stderr
