@@ -142,9 +142,9 @@ def compare(fp32: bytes, reduced: bytes, val, prepare, rounds: int = 3,
 def format_comparison(c: dict, precision: str) -> str:
     f, r = c["fp32"], c["reduced"]
     return (f"validation split, {c['samples']} images, onnxruntime CPU:\n"
-            f"  fp32: accuracy {f['accuracy']:.4f}, {f['bytes']:,} bytes, "
-            f"{f['images_per_s']:.0f} images/s\n"
-            f"  {precision}: accuracy {r['accuracy']:.4f}, {r['bytes']:,} bytes, "
+            f"  fp32: accuracy {f['accuracy']:.4f}, {f['bytes']:,} bytes\n"
+            f"  {precision}: accuracy {r['accuracy']:.4f}, {r['bytes']:,} bytes\n"
+            f"  speed: fp32 {f['images_per_s']:.0f} images/s, {precision} "
             f"{r['images_per_s']:.0f} images/s\n"
             f"  {precision} vs fp32: {c['size_ratio']:.2f}x smaller, "
             f"{c['speed_ratio']:.2f}x the images/s, accuracy "
