@@ -139,14 +139,16 @@ def cmd_compile(args) -> int:
                          "apply to --to onnx; the "
                          "generated module loads a state_dict as any nn.Module does: "
                          "model.load_state_dict(safetensors.torch.load_file(path))")
+    if args.to == "torch" and (args.quantize or args.precision != "fp32" or args.calibrate):
+        raise UsageError("--quantize, --precision and --calibrate apply to --to onnx")
     model = _load(args, WEIGHT_COPIES["onnx"] if args.to == "onnx" else 1.0)
     if args.to == "torch":
         write_text(args.output, model.to_torch_source())
         detail = ""
     else:
-        onnx_model = model.to_onnx(args.output, weights=args.weights, opset=args.opset,
-                                   fold_batchnorm=not args.keep_batchnorm, seed=args.seed,
-                                   weights_from=args.weights_from, reinit=args.reinit or ())
+        onnx_model = _described_onnx(model, args)
+        if args.quantize or args.precision != "fp32":
+            return _reduced_onnx(model, onnx_model, args)
         _say_weights(model, args)
         origin = f"from {args.weights}" if args.weights else f"initialised (seed {args.seed})"
         detail = (f", opset {onnx_model.opset_import[0].version}, "
@@ -161,6 +163,61 @@ def cmd_compile(args) -> int:
         print(json.dumps(report, indent=2))
     else:
         _say(f"wrote {args.output} ({args.to}, {model.params:,} parameters{detail})")
+    return EXIT_OK
+
+
+def _described_onnx(model, args):
+    """The ONNX export with what predicting needs (classes, input, normalisation) in its
+    metadata_props, saved to args.output."""
+    from .backends.onnx_export import save
+    from .deploy.describe import annotate, exported_info
+    onnx_model = model.to_onnx(weights=args.weights, opset=args.opset,
+                               fold_batchnorm=not args.keep_batchnorm, seed=args.seed,
+                               weights_from=args.weights_from, reinit=args.reinit or ())
+    info = exported_info(model)
+    if info is not None:
+        annotate(onnx_model, info)
+    if not (args.quantize or args.precision != "fp32"):
+        save(onnx_model, args.output)
+    return onnx_model
+
+
+def _reduced_onnx(model, fp32, args) -> int:
+    """--quantize int8 / --precision fp16: the reduced model to args.output, then both on
+    the validation split."""
+    from .backends.onnx_export import save
+    from .deploy import quantize as q
+    from .deploy.describe import exported_info
+    from .training.data import eval_transform
+    from .training.run import load_dataset, train_config
+    precision = args.quantize or args.precision
+    if args.quantize and args.precision != "fp32":
+        raise UsageError("--quantize int8 and --precision fp16 are two ways to reduce; "
+                         "give one")
+    if args.quantize and not args.calibrate:
+        raise UsageError("--quantize int8 needs --calibrate DATA (digits, an image folder "
+                         "or an .npz file): its training images calibrate the activations")
+    info = exported_info(model)
+    config = train_config(model)
+    data = load_dataset(model, config, args.calibrate)
+    prepare = eval_transform(info.normalize_ops() if info else [])
+    batches = q.calibration_batches(data.train.images, args.calibration, args.seed, prepare)
+    _say_weights(model, args)
+    reduced = q.reduce(fp32, precision, batches, args.method)
+    q.keep_description(reduced, info, precision)
+    save(reduced, args.output)
+    comparison = q.compare(fp32.SerializeToString(), reduced.SerializeToString(), data.val,
+                           prepare)
+    if args.json:
+        print(json.dumps({"ok": True, "output": args.output, "precision": precision,
+                          "method": args.method if precision == "int8" else None,
+                          "calibration_images": sum(len(b) for b in batches)
+                          if precision == "int8" else 0, **comparison}, indent=2))
+    else:
+        how = (f", {args.method} calibration on {sum(len(b) for b in batches)} training "
+               f"images (seed {args.seed})" if precision == "int8" else "")
+        _say(f"wrote {args.output} ({precision}{how})")
+        _show(q.format_comparison(comparison, precision))
     return EXIT_OK
 
 
@@ -388,9 +445,13 @@ def cmd_train(args) -> int:
 
 def cmd_eval(args) -> int:
     from .training import tasks
+    if args.spec.endswith(".onnx"):
+        return _eval_onnx(args)
     from .training.run import evaluate_model
-    if (args.weights is None) == (args.onnx is None):
-        raise UsageError("give the weights to evaluate: --weights FILE, or --onnx FILE.onnx")
+    if args.onnx is None and not (args.weights or args.weights_from) or \
+            args.onnx is not None and args.weights:
+        raise UsageError("give the weights to evaluate: --weights FILE (or --weights-from), "
+                         "or --onnx FILE.onnx")
     model = _load_for_training(args)
     task = tasks.get(model.train_config().task)
     report = evaluate_model(model, args.data, weights=args.weights, device=args.device,
@@ -407,6 +468,139 @@ def cmd_eval(args) -> int:
         _show(f"{model.name} on {report['source']} (validation split, "
               f"{report['samples']} images)")
         _show(task.format_report(report))
+    return EXIT_OK
+
+
+def cmd_predict(args) -> int:
+    from .deploy.predict import format_result, image_files, predict_files
+    files = image_files(args.inputs)
+    predictor = _predictor(args)
+    if not args.json:
+        _say(f"{args.model}: {len(files)} image(s), {predictor.info.task}, "
+             f"running on {predictor.runtime}")
+    folders = any(Path(p).is_dir() for p in args.inputs)
+    done = predict_files(predictor, files, batch=args.batch, top=args.top,
+                         progress=None if folders and not args.json else False)
+    for path, why in done.skipped:
+        _say(f"warning: skipped {path}: {why}")
+    report = {"ok": bool(done.results), "model": args.model, "runtime": predictor.runtime,
+              "task": predictor.info.task, "predicted": len(done.results),
+              "skipped": [{"file": f, "why": w} for f, w in done.skipped],
+              "predictions": done.results}
+    if args.out:
+        from .atomic import write_text
+        Path(args.out).mkdir(parents=True, exist_ok=True)
+        write_text(Path(args.out) / "predictions.json", json.dumps(report, indent=2) + "\n")
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        for result in done.results:
+            _show(format_result(result))
+        _say(f"predicted {len(done.results)} image(s), skipped {len(done.skipped)}")
+    return EXIT_OK if done.results else EXIT_SPEC
+
+
+def _predictor(args):
+    from .deploy.predict import onnx_predictor, spec_predictor
+    if args.model.endswith(".cnn"):
+        args.spec = args.model
+        model = _load_for_training(args)  # its training description holds the overrides
+        return spec_predictor(model, weights=args.weights, weights_from=args.weights_from,
+                              device=args.device)
+    if args.weights or args.set or args.weights_from:
+        raise UsageError("--weights, --weights-from and --set apply to .cnn specs, not to "
+                         ".onnx files")
+    return onnx_predictor(_onnx_model(args.model), args.provider)
+
+
+def _add_reduce_options(p) -> None:
+    p.add_argument("--quantize", choices=["int8"], help="static int8 quantisation (QDQ, "
+                   "per-channel), calibrated on --calibrate DATA")
+    p.add_argument("--precision", choices=["fp32", "fp16"], default="fp32",
+                   help="fp16 weights and arithmetic (inputs and outputs stay float32)")
+    p.add_argument("--calibrate", metavar="DATA", help="digits, an image folder or an .npz "
+                   "file: calibration images from its train split; the reduced model and "
+                   "the fp32 one are then evaluated on its validation split")
+    p.add_argument("--calibration", type=bounded_int(1, 100_000), default=200, metavar="N",
+                   help="calibration images (default 200), drawn with --seed")
+    p.add_argument("--method", choices=["minmax", "entropy", "percentile"], default="minmax",
+                   help="how activation ranges are calibrated (default minmax)")
+
+
+def cmd_inspect(args) -> int:
+    from .deploy.inspect import inspect_image
+    if not args.output.lower().endswith(".png"):
+        raise UsageError(f"-o must end in .png, not `{args.output}`")
+    model = _load(args)
+    result = inspect_image(model, args.image, args.layer, weights=args.weights,
+                           weights_from=args.weights_from)
+    result.save(args.output)
+    if args.json:
+        print(json.dumps({"ok": True, "output": args.output, "layer": args.layer,
+                          "maps": list(result.maps.shape), "predicted": result.predicted,
+                          "class": result.predicted_name,
+                          "probability": result.probability}, indent=2))
+    else:
+        _say(f"wrote {args.output}: {result.maps.shape[0]} activation maps of {args.layer}, "
+             f"filters of {result.filters_layer}, Grad-CAM for {result.predicted_name} "
+             f"({result.probability:.3f})")
+    return EXIT_OK
+
+
+def _add_inspect(spec_command, weight_options) -> None:
+    p = spec_command("inspect", "draw a layer's activation maps, the first layer's filters "
+                     "and a Grad-CAM of the predicted class for one image")
+    p.add_argument("image", help="an image file")
+    weight_options(p)
+    p.add_argument("--layer", required=True, help="the layer whose maps are drawn (and "
+                   "where Grad-CAM looks), e.g. conv2 or layer4.1.conv2")
+    p.add_argument("-o", "--output", required=True, help="the .png to write")
+    p.set_defaults(run=cmd_inspect)
+
+
+def _add_predict(sub, weight_options) -> None:
+    p = sub.add_parser("predict", help="classify images with a spec and its weights, or an "
+                       ".onnx file", description="Run a trained network on image files and "
+                       "folders, preprocessed as evaluation preprocesses them.")
+    p.add_argument("model", help="a .cnn spec (with --weights) or a .onnx file")
+    p.add_argument("inputs", nargs="+", metavar="IMAGE", help="image files or folders")
+    weight_options(p)
+    p.add_argument("--top", type=bounded_int(1, 1000), default=5, help="classes shown per "
+                   "image (default 5)")
+    p.add_argument("--batch", type=bounded_int(1, 65_536), default=64)
+    p.add_argument("--out", metavar="DIR", help="write DIR/predictions.json")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
+                   help="torch's device, for a spec")
+    p.add_argument("--provider", default="auto", choices=["auto", "cpu", "cuda", "tensorrt"],
+                   help="onnxruntime's provider, for a .onnx file")
+    p.add_argument("--set", action="append", metavar="NAME=VALUE")
+    p.add_argument("--network")
+    p.add_argument("--memory-limit", type=parse_size, metavar="SIZE")
+    p.add_argument("--confine-imports", action="store_true")
+    p.add_argument("--json", action="store_true", help="the predictions as JSON")
+    p.set_defaults(run=cmd_predict)
+
+
+def _eval_onnx(args) -> int:
+    from .deploy.evaluate import evaluate_onnx
+    from .training.metrics import format_report
+    if args.weights or args.weights_from or args.set:
+        raise UsageError("--weights, --weights-from and --set apply to .cnn specs; an .onnx "
+                         "file holds its weights")
+    if not args.data:
+        raise UsageError("eval of an .onnx file needs --data (digits, an image folder or an "
+                         ".npz file)")
+    report = evaluate_onnx(_onnx_model(args.spec), args.data, batch=args.batch or 256)
+    if args.plot:
+        from .training.plots import plot_confusion
+        plot_confusion(report["confusion_matrix"], [c["class"] for c in report["per_class"]],
+                       Path(args.plot))
+    if args.json:
+        print(json.dumps({"ok": True, **report}, indent=2))
+    else:
+        _show(f"{args.spec} ({report['model_precision']}, {report['runtime']}) on "
+              f"{report['source']} (validation split, {report['samples']} images)")
+        _show(format_report(report))
     return EXIT_OK
 
 
@@ -509,6 +703,7 @@ def build_parser() -> argparse.ArgumentParser:
     weight_options(comp)
     comp.add_argument("--keep-batchnorm", action="store_true",
                       help="do not fold batch norm into the preceding conv")
+    _add_reduce_options(comp)
     comp.add_argument("--seed", type=bounded_int(0, 2**32 - 1), default=0,
                       help="seed for fresh weights")
     comp.set_defaults(run=cmd_compile)
@@ -550,11 +745,13 @@ def build_parser() -> argparse.ArgumentParser:
                        "fraction of the optimizer's")
     train.set_defaults(run=cmd_train)
 
-    evaluate = spec_command("eval", "evaluate weights on the validation split: accuracy, "
-                            "precision, recall, F1, confusion matrix")
+    evaluate = spec_command("eval", "evaluate weights (or an .onnx file) on the validation "
+                            "split: accuracy, precision, recall, F1, confusion matrix; "
+                            "segmentation: mIoU, IoU and Dice per class")
     weight_options(evaluate)
     evaluate.add_argument("--onnx", metavar="FILE.onnx", help="evaluate this ONNX file "
-                          "(onnxruntime) instead of the spec's module with --weights")
+                          "(onnxruntime) on the spec's task and data instead of the spec's "
+                          "module with --weights")
     evaluate.add_argument("--predictions", metavar="DIR", help="segmentation: write each "
                           "validation image's predicted mask (colour PNG) and an overlay")
     evaluate.add_argument("--data", help="digits, or an image folder")
@@ -621,6 +818,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--memory-limit", type=parse_size, metavar="SIZE")
     run.add_argument("--json", action="store_true", help="benchmark figures as JSON")
     run.set_defaults(run=cmd_run)
+    _add_predict(sub, weight_options)
+    _add_inspect(spec_command, weight_options)
     for command in sub.choices.values():  # usage errors show the command's own usage
         command.set_defaults(parser=command)
     return parser

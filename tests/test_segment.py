@@ -372,4 +372,5 @@ def test_onnx_eval_gives_pytorchs_miou_and_predictions_are_written(trained, smal
     with Image.open(tmp_path / "pred" / "00000_overlay.png") as picture:
         assert picture.mode == "RGB" and picture.size == (32, 32)
     neither = run_cli("eval", str(EXAMPLE), "--data", str(small_shapes), *SHORT[:3])
-    assert neither.returncode == 2 and "--weights FILE, or --onnx" in neither.stderr
+    assert neither.returncode == 2 and "--weights FILE (or --weights-from), or --onnx" \
+        in neither.stderr

@@ -138,6 +138,7 @@ def evaluate_model(model, data=None, *, weights=None, device: str = "auto",
                                    "has no per-sample outputs to write")])
     trainer = Trainer(config, dataset, module, device=device)
     report = trainer.evaluate(module.to(trainer.dev), dataset.val)
+    report.pop("logits", None)
     if predictions is not None:
         trainer.write_predictions(module, dataset.val, predictions)
     trainer.close()

@@ -1,0 +1,1 @@
+"""Using a trained network: describe it (ONNX metadata), predict, quantise, look inside."""

@@ -1,0 +1,133 @@
+"""What a model needs to be used on images: task, class names, input shape, channel
+order and normalisation. Read from a spec's `train` definition, written into an ONNX
+model's metadata_props (keys `cnndsl.*`) and read back, so that an exported .onnx file
+is enough to predict with."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+PREFIX = "cnndsl."
+
+
+@dataclass
+class ModelInfo:
+    shape: tuple[int, int, int]  # C x H x W the network takes
+    task: str = "classification"
+    classes: list[str] | None = None
+    mean: list[float] | None = None  # normalisation after scaling pixels to [0, 1]
+    std: list[float] | None = None
+    val_split: float | None = None  # how training split its data (eval's validation split)
+    seed: int | None = None
+    precision: str | None = None  # fp32, int8 (QDQ), fp16
+
+    @property
+    def channel_order(self) -> str:
+        return "L" if self.shape[0] == 1 else "RGB"
+
+    def normalize_ops(self) -> list[tuple[str, dict]]:
+        """The ops training's `eval_transform` takes, so that both normalise alike."""
+        if self.mean is None:
+            return []
+        return [("normalize", {"mean": tuple(self.mean), "std": tuple(self.std)})]
+
+    def class_name(self, index: int) -> str:
+        if self.classes is not None and index < len(self.classes):
+            return self.classes[index]
+        return str(index)
+
+    def to_metadata(self) -> dict[str, str]:
+        values = {**asdict(self), "channel_order": self.channel_order,
+                  "pixels": "scaled to [0, 1], resized (antialiased) to H x W, then "
+                            "(x - mean) / std"}
+        return {PREFIX + k: json.dumps(list(v) if isinstance(v, tuple) else v)
+                for k, v in values.items() if v is not None}
+
+
+def from_spec(model, overrides: dict | None = None) -> ModelInfo:
+    """From a spec's input and its `train` definition (or the defaults)."""
+    config = model.train_config(overrides)  # checked once, with the network
+    shape = tuple(model.inputs[0].shape)
+    mean = std = None
+    for op in config.augment:
+        if op.name == "normalize":
+            mean, std = list(op.args["mean"]), list(op.args["std"])
+    return ModelInfo(shape=shape, classes=_class_names(model, config), mean=mean, std=std,
+                     val_split=config.val_split, seed=config.seed)
+
+
+def exported_info(model) -> ModelInfo | None:
+    """What an export can say: None for a network that does not take one image; the
+    input shape alone where its `train` definition does not check."""
+    from ..diagnostics import CnnError
+    shape = tuple(model.inputs[0].shape)
+    if len(model.inputs) != 1 or len(shape) != 3 or shape[0] not in (1, 3):
+        return None
+    try:
+        return from_spec(model)
+    except CnnError:
+        return ModelInfo(shape=shape)
+
+
+def _class_names(model, config) -> list[str] | None:
+    if config.data_classes:
+        return list(config.data_classes)
+    if config.data == "digits":
+        return [str(i) for i in range(10)]
+    if config.data and model.train_def is not None:
+        root = Path(model.train_def.span.file).parent / config.data
+        if (root / "train").is_dir():
+            root = root / "train"
+        if root.is_dir() and root.suffix != ".npz":
+            return sorted(p.name for p in root.iterdir()
+                          if p.is_dir() and not p.name.startswith("."))
+    return None
+
+
+def annotate(onnx_model, info: ModelInfo) -> None:
+    """Write `info` into the model's metadata_props (replacing earlier cnndsl keys)."""
+    keep = [p for p in onnx_model.metadata_props if not p.key.startswith(PREFIX)]
+    del onnx_model.metadata_props[:]
+    for prop in keep:
+        onnx_model.metadata_props.add(key=prop.key, value=prop.value)
+    for key, value in info.to_metadata().items():
+        onnx_model.metadata_props.add(key=key, value=value)
+
+
+def from_onnx_metadata(props: dict[str, str], input_shape) -> ModelInfo:
+    """From a session's custom metadata map; what is missing comes from the input's shape."""
+    def get(key):
+        text = props.get(PREFIX + key)
+        if text is None:
+            return None
+        try:
+            return json.loads(text)
+        except ValueError:
+            return None
+    shape = get("shape")
+    if not (isinstance(shape, list) and len(shape) == 3 and all(isinstance(d, int) and d > 0
+                                                                 for d in shape)):
+        dims = list(input_shape)[1:]
+        if len(dims) != 3 or not all(isinstance(d, int) and d > 0 for d in dims):
+            raise ValueError(f"the model's input is {input_shape}, not N x C x H x W with "
+                             "fixed C, H and W")
+        shape = dims
+    classes, mean, std = get("classes"), get("mean"), get("std")
+    if not (isinstance(classes, list) and all(isinstance(c, str) for c in classes)):
+        classes = None
+    if not (_floats(mean) and _floats(std) and len(mean) == len(std)):
+        mean = std = None
+    val_split, seed, precision = get("val_split"), get("seed"), get("precision")
+    return ModelInfo(shape=tuple(shape), task=str(get("task") or "classification"),
+                     classes=classes, mean=mean, std=std,
+                     val_split=val_split if isinstance(val_split, float)
+                     and 0 < val_split < 1 else None,
+                     seed=seed if isinstance(seed, int) and seed >= 0 else None,
+                     precision=precision if isinstance(precision, str) else None)
+
+
+def _floats(value) -> bool:
+    return isinstance(value, list) and bool(value) and all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)

@@ -1,0 +1,150 @@
+"""`cnndsl predict`: a spec with weights, or a (self-describing) .onnx file, on image files.
+
+Images are decoded, resized and normalised by the very code evaluation uses
+(training.data's decoder and `eval_transform`), so a folder gives the logits `eval` gives.
+Each task turns logits into its own answer; `TASKS` maps a task's name to that function
+(classification today; segmentation and detection plug in beside it)."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..diagnostics import CnnError, Diagnostic
+from .describe import ModelInfo
+
+
+@dataclass
+class Predictor:
+    info: ModelInfo
+    forward: Callable  # prepared N x C x H x W float32 tensor -> logits (torch tensor)
+    runtime: str  # what actually runs it, e.g. "torch on cpu", "onnxruntime on cpu"
+
+    def prepare(self):
+        from ..training.data import eval_transform
+        return eval_transform(self.info.normalize_ops())
+
+
+@dataclass
+class Predictions:
+    results: list[dict] = field(default_factory=list)  # one per image predicted
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (file, why)
+    logits: list[np.ndarray] = field(default_factory=list)
+
+
+def spec_predictor(model, *, weights=None, weights_from=None, device: str = "auto",
+                   overrides: dict | None = None, info: ModelInfo | None = None) -> Predictor:
+    """The spec's torch module with `weights`, run as evaluation runs it."""
+    import torch
+
+    from ..training.loop import resolve_device
+    from ..training.run import build_module
+    from .describe import from_spec
+    config = model.train_config(overrides)
+    info = info or from_spec(model, overrides)
+    module = build_module(model, config, weights, weights_from, lambda line: None)
+    dev = resolve_device(device)
+    module = module.to(dev).eval()
+    autocast = nullcontext
+    if config.amp != "none":
+        dtype = torch.bfloat16 if config.amp == "bf16" else torch.float16
+        def autocast():
+            return torch.autocast(device_type=dev.type, dtype=dtype)
+
+    @torch.no_grad()
+    def forward(x):
+        with autocast():
+            return module(x.to(dev)).float().cpu()
+    return Predictor(info, forward, f"torch on {dev.type}")
+
+
+def onnx_predictor(model: str | bytes, provider: str = "auto",
+                   threads: int | None = None) -> Predictor:
+    """An .onnx file; what it needs to know comes from its cnndsl metadata."""
+    import torch
+
+    from ..runtime import create_session
+    from .describe import from_onnx_metadata
+    session = create_session(model, provider, threads)
+    meta = session.session.get_modelmeta().custom_metadata_map
+    try:
+        info = from_onnx_metadata(meta, session.input_shapes[0])
+    except ValueError as exc:
+        raise CnnError([Diagnostic(code="E-run", message=str(exc))]) from None
+
+    def forward(x):
+        return torch.from_numpy(session.run(x.numpy())[0])
+    return Predictor(info, forward, f"onnxruntime on {session.provider}")
+
+
+def image_files(paths: list[str]) -> list[Path]:
+    """Files as given; folders searched (recursively, sorted) for image files."""
+    from ..training.data import IMAGE_SUFFIXES
+    found = []
+    for text in paths:
+        path = Path(text)
+        if path.is_dir():
+            found += sorted(p for p in path.rglob("*") if p.is_file()
+                            and p.suffix.lower() in IMAGE_SUFFIXES
+                            and not any(part.startswith(".") for part in
+                                        p.relative_to(path).parts))
+        elif path.exists():
+            found.append(path)
+        else:
+            raise CnnError([Diagnostic(code="E-data", message=f"no image or folder at {path}")])
+    return found
+
+
+def predict_files(predictor: Predictor, files: list[Path], *, batch: int = 64, top: int = 5,
+                  progress: bool | None = None, keep_logits: bool = False) -> Predictions:
+    """Every file through the network, `batch` at a time; unreadable files are skipped
+    (and listed), as training skips them."""
+    from tqdm.auto import tqdm
+
+    from ..training.data import _decode
+    out = Predictions()
+    answer = TASKS.get(predictor.info.task)
+    if answer is None:
+        raise CnnError([Diagnostic(code="E-run", message=f"cannot predict for the task "
+                                   f"`{predictor.info.task}`; known: {', '.join(TASKS)}")])
+    prepare = predictor.prepare()
+    show = sys.stderr.isatty() if progress is None else progress
+    bar = tqdm(total=len(files), disable=not show, unit="image", file=sys.stderr, leave=False)
+    for start in range(0, len(files), batch):
+        chunk = files[start:start + batch]
+        skipped_before = len(out.skipped)
+        decoded = _decode([(p, 0) for p in chunk], ["?"], predictor.info.shape, out.skipped)
+        bad = {f for f, _ in out.skipped[skipped_before:]}
+        good = [p for p in chunk if str(p) not in bad]
+        if good:
+            logits = predictor.forward(prepare(decoded.images)).float()
+            if keep_logits:
+                out.logits.append(logits.numpy())
+            for path, row in zip(good, logits):
+                out.results.append({"file": str(path), **answer(row, predictor.info, top)})
+        bar.update(len(chunk))
+    bar.close()
+    return out
+
+
+def classify(logits, info: ModelInfo, top: int) -> dict:
+    """Top-k classes with their softmax probabilities."""
+    import torch
+    probs = torch.softmax(logits.double(), dim=-1).flatten()
+    k = min(top, len(probs))
+    values, indices = probs.topk(k)
+    return {"top": [{"class": info.class_name(i), "index": i, "probability": float(p)}
+                    for p, i in zip(values.tolist(), indices.tolist())]}
+
+
+TASKS: dict[str, Callable] = {"classification": classify}
+
+
+def format_result(result: dict) -> str:
+    best = ", ".join(f"{t['class']} {t['probability']:.3f}" for t in result["top"])
+    return f"{result['file']}: {best}"

@@ -1,0 +1,299 @@
+"""Using a trained network: `predict` (same logits as `eval`'s path), self-describing
+ONNX exports, reduced precision and the look inside."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import cnndsl
+from conftest import run_cli
+
+SPEC = """
+network tiny(classes: int = 3) {
+    input image: 3 x 12 x 12
+    conv(4, 3, padding=same) -> batchnorm -> relu -> maxpool(2)
+    flatten
+    classifier: linear(classes)
+}
+
+train tiny() {
+    data: "images"
+    augment: random_crop(padding=1) -> normalize(mean=(0.5, 0.4, 0.3), std=(0.2, 0.25, 0.3))
+    batch: 4
+}
+"""
+CLASSES = ["cat", "dog", "owl"]
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory) -> Path:
+    """A spec, random weights, and images/{train,val}/{cat,dog,owl} of odd sizes (resized
+    on loading), with one corrupt file in predict/."""
+    from PIL import Image
+    from safetensors.torch import save_file
+    root = tmp_path_factory.mktemp("deploy")
+    (root / "tiny.cnn").write_text(SPEC)
+    rng = np.random.default_rng(0)
+    for split, count in (("train", 3), ("val", 3)):
+        for name in CLASSES:
+            folder = root / "images" / split / name
+            folder.mkdir(parents=True)
+            for i in range(count):
+                pixels = rng.integers(0, 256, (9 + i, 15, 3), dtype=np.uint8)
+                Image.fromarray(pixels).save(folder / f"{i}.png")
+    model = cnndsl.load(root / "tiny.cnn")
+    torch.manual_seed(1)
+    module = model.to_torch()
+    with torch.no_grad():  # batch norm statistics that are not the identity
+        for m in module.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.5, 0.5)
+                m.running_var.uniform_(0.5, 2.0)
+    save_file({k: v.contiguous() for k, v in module.state_dict().items()},
+              str(root / "w.safetensors"))
+    return root
+
+
+def eval_logits(root: Path) -> tuple[torch.Tensor, torch.Tensor]:
+    """The logits `cnndsl eval` computes over the validation split, and its labels."""
+    from cnndsl.training.loop import Trainer
+    from cnndsl.training.run import build_module, load_dataset, train_config
+    model = cnndsl.load(root / "tiny.cnn")
+    config = train_config(model)
+    data = load_dataset(model, config, None)
+    module = build_module(model, config, str(root / "w.safetensors"), None, lambda line: None)
+    report = Trainer(config, data, module, device="cpu").evaluate(module, data.val)
+    return report["logits"], data.val.labels
+
+
+def test_predict_on_a_folder_gives_evals_logits_image_for_image(project):
+    from cnndsl.deploy.predict import image_files, predict_files, spec_predictor
+    expected, labels = eval_logits(project)
+    model = cnndsl.load(project / "tiny.cnn")
+    predictor = spec_predictor(model, weights=str(project / "w.safetensors"), device="cpu")
+    files = image_files([str(project / "images" / "val")])
+    done = predict_files(predictor, files, batch=4, top=3, keep_logits=True, progress=False)
+    assert [Path(r["file"]).parent.name for r in done.results] == \
+        [CLASSES[i] for i in labels.tolist()]
+    assert torch.equal(torch.from_numpy(np.concatenate(done.logits)), expected)
+    assert [r["top"][0]["index"] for r in done.results] == expected.argmax(1).tolist()
+    assert [r["top"][0]["class"] for r in done.results] == \
+        [CLASSES[i] for i in expected.argmax(1).tolist()]
+    probs = torch.softmax(expected.double(), 1)
+    assert done.results[0]["top"][0]["probability"] == pytest.approx(float(probs[0].max()))
+
+
+def test_exported_onnx_describes_itself_and_predicts_alone(project, tmp_path):
+    import onnx
+    onnx_path = tmp_path / "tiny.onnx"
+    result = run_cli("compile", str(project / "tiny.cnn"), "--to", "onnx", "-o", str(onnx_path),
+                     "--weights", str(project / "w.safetensors"))
+    assert result.returncode == 0, result.stderr
+    meta = {p.key: json.loads(p.value) for p in onnx.load(str(onnx_path)).metadata_props}
+    assert meta["cnndsl.classes"] == CLASSES
+    assert meta["cnndsl.task"] == "classification"
+    assert meta["cnndsl.shape"] == [3, 12, 12]
+    assert meta["cnndsl.channel_order"] == "RGB"
+    assert meta["cnndsl.mean"] == [0.5, 0.4, 0.3] and meta["cnndsl.std"] == [0.2, 0.25, 0.3]
+    result = run_cli("predict", str(onnx_path), str(project / "images" / "val"), "--json",
+                     "--top", "2")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    expected, _ = eval_logits(project)
+    assert report["predicted"] == 9 and report["runtime"] == "onnxruntime on cpu"
+    assert [r["top"][0]["class"] for r in report["predictions"]] == \
+        [CLASSES[i] for i in expected.argmax(1).tolist()]
+    assert all(len(r["top"]) == 2 for r in report["predictions"])
+
+
+def test_predict_skips_a_corrupt_image_names_it_and_counts_it(project, tmp_path):
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    (folder / "broken.png").write_bytes(b"\x89PNG but not really")
+    good = project / "images" / "val" / "owl" / "0.png"
+    (folder / "owl.png").write_bytes(good.read_bytes())
+    out = tmp_path / "out"
+    result = run_cli("predict", str(project / "tiny.cnn"), "--weights",
+                     str(project / "w.safetensors"), str(folder), "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    assert f"warning: skipped {folder / 'broken.png'}: not an image" in result.stderr
+    assert "predicted 1 image(s), skipped 1" in result.stderr
+    assert result.stdout.startswith(f"{folder / 'owl.png'}: ")
+    saved = json.loads((out / "predictions.json").read_text())
+    assert saved["predicted"] == 1 and saved["skipped"][0]["file"] == str(folder / "broken.png")
+    only_bad = run_cli("predict", str(project / "tiny.cnn"), "--weights",
+                       str(project / "w.safetensors"), str(folder / "broken.png"))
+    assert only_bad.returncode == 1
+    assert "predicted 0 image(s), skipped 1" in only_bad.stderr
+
+
+def test_predict_on_a_missing_path_is_a_clear_error(project):
+    result = run_cli("predict", str(project / "tiny.cnn"), "--weights",
+                     str(project / "w.safetensors"), str(project / "nowhere.png"))
+    assert result.returncode == 1
+    assert "no image or folder at" in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.fixture(scope="module")
+def fp32_onnx(project, tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("fp32") / "tiny.onnx"
+    result = run_cli("compile", str(project / "tiny.cnn"), "--to", "onnx", "-o", str(path),
+                     "--weights", str(project / "w.safetensors"))
+    assert result.returncode == 0, result.stderr
+    return path
+
+
+def test_eval_of_an_onnx_file_is_evals_accuracy_on_the_same_split(project, fp32_onnx):
+    from cnndsl.deploy.evaluate import evaluate_onnx
+    from cnndsl.training.metrics import classification_report
+    expected, labels = eval_logits(project)
+    report = evaluate_onnx(str(fp32_onnx), str(project / "images"))
+    assert report["samples"] == 9 and report["model_precision"] == "fp32"
+    assert report["accuracy"] == classification_report(expected, labels, CLASSES)["accuracy"]
+    assert report["confusion_matrix"] == \
+        classification_report(expected, labels, CLASSES)["confusion_matrix"]
+
+
+def test_int8_quantisation_is_qdq_per_channel_calibrated_and_compared(project, tmp_path):
+    import onnx
+    from onnx import numpy_helper
+    out = tmp_path / "tiny_int8.onnx"
+    result = run_cli("compile", str(project / "tiny.cnn"), "--to", "onnx", "-o", str(out),
+                     "--weights", str(project / "w.safetensors"), "--quantize", "int8",
+                     "--calibrate", str(project / "images"), "--calibration", "5", "--json")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["precision"] == "int8" and report["calibration_images"] == 5
+    model = onnx.load(str(out))
+    ops = [n.op_type for n in model.graph.node]
+    assert "QuantizeLinear" in ops and "DequantizeLinear" in ops
+    weights = {i.name: i for i in model.graph.initializer}
+    conv = next(n for n in model.graph.node if n.op_type == "Conv")
+    dequant = next(n for n in model.graph.node if n.output[0] == conv.input[1])
+    assert numpy_helper.to_array(weights[dequant.input[0]]).dtype == np.int8
+    assert numpy_helper.to_array(weights[dequant.input[1]]).shape == (4,)  # per channel
+    meta = {p.key: json.loads(p.value) for p in model.metadata_props
+            if p.key.startswith("cnndsl.")}
+    assert meta["cnndsl.precision"] == "int8" and meta["cnndsl.classes"] == CLASSES
+    assert report["reduced"]["bytes"] == out.stat().st_size
+    # the figures printed are the ones eval computes on each model, independently
+    from cnndsl.deploy.evaluate import evaluate_onnx
+    expected, labels = eval_logits(project)
+    from cnndsl.training.metrics import classification_report
+    assert report["fp32"]["accuracy"] == \
+        classification_report(expected, labels, CLASSES)["accuracy"]
+    assert report["reduced"]["accuracy"] == \
+        evaluate_onnx(str(out), str(project / "images"))["accuracy"]
+
+
+def test_fp16_model_has_half_weights_and_float_io(project, fp32_onnx):
+    import onnx
+    import onnxruntime as ort
+
+    from cnndsl.deploy.quantize import to_fp16
+    fp16 = to_fp16(onnx.load(str(fp32_onnx)))
+    assert {i.data_type for i in fp16.graph.initializer
+            if i.dims and len(i.dims) > 1} == {onnx.TensorProto.FLOAT16}
+    x = np.random.default_rng(0).random((4, 3, 12, 12), dtype=np.float32)
+    full = ort.InferenceSession(str(fp32_onnx)).run(None, {"image": x})[0]
+    half = ort.InferenceSession(fp16.SerializeToString()).run(None, {"image": x})[0]
+    assert half.dtype == np.float32
+    np.testing.assert_allclose(half, full, atol=2e-2, rtol=2e-2)
+
+
+def test_quantize_without_calibration_data_is_a_usage_error(project, tmp_path):
+    result = run_cli("compile", str(project / "tiny.cnn"), "--to", "onnx", "-o",
+                     str(tmp_path / "q.onnx"), "--quantize", "int8")
+    assert result.returncode == 2 and "--calibrate DATA" in result.stderr
+    assert not (tmp_path / "q.onnx").exists()
+
+
+EDGE_SPEC = """
+network edges(classes: int = 3) {
+    input image: 1 x 8 x 8
+    edge: conv(2, 3, padding=same, bias=false)
+    relu
+    global_avgpool
+    flatten
+    classifier: linear(classes)
+}
+"""
+HORIZONTAL_EDGE = np.array([[1, 1, 1], [0, 0, 0], [-1, -1, -1]], dtype=np.float32)
+
+
+def hand_correlation(image: np.ndarray, kernel: np.ndarray) -> np.ndarray:
+    """What a conv layer computes (cross-correlation, zero padding 1), by hand."""
+    padded = np.pad(image, 1)
+    return np.array([[float((padded[i:i + 3, j:j + 3] * kernel).sum())
+                      for j in range(image.shape[1])] for i in range(image.shape[0])])
+
+
+@pytest.fixture(scope="module")
+def edges(tmp_path_factory):
+    """A grey image with a horizontal bright band, and weights whose first filter is the
+    course's horizontal-edge detector."""
+    from PIL import Image
+    from safetensors.torch import save_file
+    root = tmp_path_factory.mktemp("edges")
+    (root / "edges.cnn").write_text(EDGE_SPEC)
+    pixels = np.zeros((8, 8), dtype=np.uint8)
+    pixels[3:5] = 255
+    pixels[:, 6] = 128
+    Image.fromarray(pixels).save(root / "band.png")
+    rng = np.random.default_rng(3)
+    kernel = np.stack([HORIZONTAL_EDGE, rng.normal(size=(3, 3)).astype(np.float32)])[:, None]
+    save_file({"edge.weight": torch.from_numpy(kernel),
+               "classifier.weight": torch.from_numpy(rng.normal(size=(3, 2)).astype(np.float32)),
+               "classifier.bias": torch.zeros(3)}, str(root / "w.safetensors"))
+    return root, pixels.astype(np.float32) / 255.0
+
+
+def test_horizontal_edge_filter_map_is_the_hand_computation(edges):
+    from cnndsl.deploy.inspect import inspect_image
+    root, image = edges
+    result = inspect_image(cnndsl.load(root / "edges.cnn"), root / "band.png", "edge",
+                           weights=str(root / "w.safetensors"))
+    assert result.maps.shape == (2, 8, 8)
+    expected = hand_correlation(image, HORIZONTAL_EDGE)
+    np.testing.assert_allclose(result.maps[0].numpy(), expected, atol=1e-6)
+    assert expected[2, 2] == pytest.approx(-3.0) and expected[5, 2] == pytest.approx(3.0)
+    assert result.filters_layer == "edge"
+    np.testing.assert_array_equal(result.filters[0, 0].numpy(), HORIZONTAL_EDGE)
+
+
+def test_grad_cam_over_global_pooling_is_the_class_activation_map(edges):
+    """With global average pooling then a linear layer, Grad-CAM equals CAM (Zhou et al.):
+    ReLU(sum_k w[c, k] A_k), computed here from the classifier's weights, not gradients."""
+    from cnndsl.deploy.inspect import inspect_image
+    root, _ = edges
+    model = cnndsl.load(root / "edges.cnn")
+    result = inspect_image(model, root / "band.png", "relu1",
+                           weights=str(root / "w.safetensors"))
+    w = model.to_torch(str(root / "w.safetensors")).classifier.weight.detach()
+    cam = torch.relu((w[result.predicted][:, None, None] * result.maps).sum(0))
+    cam = cam / cam.max()
+    assert result.cam.shape == (8, 8)  # the maps are 8 x 8 already: no resampling
+    torch.testing.assert_close(result.cam, cam, atol=1e-5, rtol=1e-5)
+    logits = model.to_torch(str(root / "w.safetensors"))(
+        torch.from_numpy(edges[1])[None, None])
+    assert result.predicted == int(logits.argmax())
+
+
+def test_inspect_command_writes_a_png_and_names_a_wrong_layer(edges, tmp_path):
+    from PIL import Image
+    root, _ = edges
+    out = tmp_path / "maps.png"
+    result = run_cli("inspect", str(root / "edges.cnn"), str(root / "band.png"), "--weights",
+                     str(root / "w.safetensors"), "--layer", "edge", "-o", str(out))
+    assert result.returncode == 0, result.stderr
+    assert "2 activation maps of edge, filters of edge, Grad-CAM for" in result.stderr
+    with Image.open(out) as png:
+        assert png.format == "PNG" and png.size[0] > 500
+    wrong = run_cli("inspect", str(root / "edges.cnn"), str(root / "band.png"), "--weights",
+                    str(root / "w.safetensors"), "--layer", "edges", "-o", str(out))
+    assert wrong.returncode == 1 and "did you mean `edge`?" in wrong.stderr
