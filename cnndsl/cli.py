@@ -61,17 +61,12 @@ def parse_value(text: str):
 COMMAND_LINE = "<command line>"  # the name errors in a --set value are located in
 
 
-class Sets(dict):
-    """--set NAME=VALUE pairs; `spans` says where each value is on the command line."""
-
-    spans: dict
-
-
-def parse_sets(pairs: list[str], words: list[str] | None = None) -> Sets:
+def parse_sets(pairs: list[str], words: list[str] | None = None):
     """The pairs; with the command line's `words` (as `command_line_text` joins them),
     where each value stands in it, for errors."""
     from .source import Span
-    values, values.spans = Sets(), {}
+    from .training.spec import Overrides
+    values = Overrides()
     text, offset = (command_line_text(words), 0) if words else ("", 0)
     for pair in pairs or []:
         name, eq, value = pair.partition("=")
@@ -420,8 +415,8 @@ TRAIN_KEYS = ("epochs", "batch", "seed", "clip", "val_split", "data", "amp", "ch
 def _split_sets(args) -> tuple[dict, dict]:
     """--set: training settings (`epochs=3`, `optimizer.lr=0.1`) and network parameters."""
     sets = parse_sets(args.set, getattr(args, "words", None))
-    train = Sets({k: v for k, v in sets.items() if "." in k or k in TRAIN_KEYS})
-    train.spans = sets.spans
+    train = type(sets)({k: v for k, v in sets.items() if "." in k or k in TRAIN_KEYS},
+                       spans=sets.spans)
     return {k: v for k, v in sets.items() if k not in train}, train
 
 

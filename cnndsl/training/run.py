@@ -11,13 +11,16 @@ from typing import Any
 
 from ..diagnostics import CnnError, Diagnostic, printable_text
 from .outputs import output_names
-from .spec import TrainConfig, check_classes, check_layers, check_train, selected_layers
+from .spec import Overrides, TrainConfig, check_classes, check_layers, check_train, selected_layers
 
 
 def train_config(model, overrides: dict[str, Any] | None = None) -> TrainConfig:
     """The model's `train` definition (or the defaults) with overrides, checked."""
     try:
-        config = check_train(model.train_def, model.name, model.ir.params, overrides)
+        given = Overrides(getattr(model, "train_overrides", {}),
+                          spans=getattr(model.train_overrides, "spans", {}))
+        config = check_train(model.train_def, model.name, model.ir.params,
+                             given.merged(overrides))
         check_layers(config, model.ir)
         return config
     except CnnError as exc:

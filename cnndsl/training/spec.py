@@ -259,6 +259,20 @@ class TrainConfig(BaseModel):
         return ", ".join(parts)
 
 
+class Overrides(dict):
+    """Settings given from outside the spec (`--set epochs=3`, `fit(epochs=3)`); `spans`
+    says where each was written (on the command line), for errors."""
+
+    def __init__(self, *args, spans: dict[str, Span] | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.spans = dict(spans or {})
+
+    def merged(self, other: dict | None) -> Overrides:
+        """These, then `other` on top."""
+        return Overrides({**self, **(other or {})},
+                         spans={**self.spans, **getattr(other, "spans", {})})
+
+
 @dataclass
 class _Errors:
     items: list[Diagnostic]
