@@ -259,7 +259,8 @@ def _read_input(args, model, shape):
     from .runtime import input_warnings, read_input
     path = Path(args.input)
     normalize = _normalization(model)
-    if path.suffix.lower() == ".npy" and not path.is_dir():
+    if not path.is_dir() and (path.suffix.lower() == ".npy" or not path.is_file()
+                              or _starts_like_npy(path)):  # read_input refuses a FIFO
         array = read_input(args.input, shape)
         for warning in input_warnings(args.input, array, bool(normalize)):
             _say(f"warning: {warning}")
@@ -285,6 +286,15 @@ def _read_input(args, model, shape):
         _say(f"input: {len(files)} image{'s' if len(files) != 1 else ''} from {path}"
              + (", normalised as the spec's training did" if normalize else ""))
     return eval_transform(normalize)(images).numpy().astype(np.float32)
+
+
+def _starts_like_npy(path: Path) -> bool:
+    from .runtime import NPY_MAGIC
+    try:
+        with open(path, "rb") as f:
+            return f.read(len(NPY_MAGIC)) == NPY_MAGIC
+    except OSError:
+        return True  # read_input says why it cannot be read
 
 
 def _normalization(model) -> list:

@@ -106,14 +106,16 @@ def test_a_normalising_spec_takes_arrays_beyond_0_1_without_a_warning(setup, tmp
     assert result.returncode == 0 and "warning" not in result.stderr, result.stderr
 
 
-@pytest.mark.parametrize("name, content, message", [
-    ("new.npy", b"hello", "cannot read {path}: it is neither an .npy array nor an image"),
-    ("new.png", b"not a png", "cannot read {path}: not an image"),
-    ("empty", None, "{path} holds no images"),
-    ("missing.png", "absent", "no file or folder {path}"),
+@pytest.mark.parametrize("name, content, message, code", [
+    ("new.npy", b"hello", "cannot read {path}: it is neither an .npy array nor an image",
+     "E-io"),
+    ("new", b"hello", "cannot read {path}: not an image", "E-io"),
+    ("new.png", b"not a png", "cannot read {path}: not an image", "E-io"),
+    ("empty", None, "{path} holds no images", "E-io"),
+    ("missing.png", "absent", "cannot read {path}: No such file or directory", "E-run"),
 ])
 def test_an_unreadable_input_is_one_line_in_the_tools_words(setup, tmp_path, name, content,
-                                                            message):
+                                                            message, code):
     _, onnx, _ = setup
     path = tmp_path / name
     if content is None:
@@ -123,7 +125,7 @@ def test_an_unreadable_input_is_one_line_in_the_tools_words(setup, tmp_path, nam
     result = run_cli("run", str(onnx), "--input", str(path), "--json")
     assert result.returncode == 1
     errors = json.loads(result.stdout)["errors"]
-    assert len(errors) == 1 and errors[0]["code"] == "E-io"
+    assert len(errors) == 1 and errors[0]["code"] == code
     assert errors[0]["message"].startswith(message.format(path=path))
     assert "NUMPY" not in result.stdout + result.stderr
     assert "Traceback" not in result.stderr
