@@ -42,6 +42,14 @@ class Data:
     val: Dataset
     source: str
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (file, why)
+    presplit: bool = False  # a folder with train/ and val/: its validation part is its own
+
+    def part(self, split: str) -> Dataset:
+        """`train`, `val`, or `all` (both together)."""
+        if split == "all":
+            return Dataset(torch.cat([self.train.images, self.val.images]),
+                           torch.cat([self.train.labels, self.val.labels]), self.val.classes)
+        return self.train if split == "train" else self.val
 
 
 def load_data(data: str | Path, shape: tuple[int, int, int], *, val_fraction: float = 0.2,
@@ -68,7 +76,7 @@ def only_classes(data: Data, classes: tuple[str, ...]) -> Data:
         keep = labels >= 0
         return Dataset(part.images[keep], labels[keep], list(classes))
     return Data(select(data.train), select(data.val),
-                f"{data.source} (classes {', '.join(classes)})", data.skipped)
+                f"{data.source} (classes {', '.join(classes)})", data.skipped, data.presplit)
 
 
 def _load(data: str | Path, shape: tuple[int, int, int], val_fraction: float, seed: int,
@@ -122,7 +130,7 @@ def _folder(root: Path, shape, val_fraction: float, seed: int, max_bytes: int) -
         val = _decode(val_files, classes, shape, skipped)
         _check_nonempty(train, classes, root / "train")
         _check_nonempty(val, classes, root / "val")
-        return Data(train, val, str(root), skipped)
+        return Data(train, val, str(root), skipped, presplit=True)
     files, classes = _class_files(root)
     _check_size(len(files), shape, max_bytes, root)
     every = _decode(files, classes, shape, skipped)
@@ -177,6 +185,31 @@ def _decode(files, classes: list[str], shape, skipped: list) -> Dataset:
     if not images:
         return Dataset(torch.zeros(0, *shape), torch.zeros(0, dtype=torch.int64), classes)
     return Dataset(torch.stack(images), torch.tensor(labels, dtype=torch.int64), classes)
+
+
+def read_images(path: Path, shape, max_bytes: int = 4 * 2**30
+                ) -> tuple[torch.Tensor, list[str], list[tuple[str, str]]]:
+    """An image, or a folder's images (sorted, subfolders too), as training reads them:
+    decoded with Pillow, resized and converted to the input's C x H x W, in 0..1. Returns
+    the images, their files and the files skipped (why)."""
+    if path.is_dir():
+        files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in
+                       IMAGE_SUFFIXES and not any(part.startswith(".") for part in
+                                                  p.relative_to(path).parts))
+        if not files:
+            raise DataError(f"{path} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
+    elif path.is_file():
+        files = [path]
+    else:
+        raise DataError(f"no file or folder {path}")
+    _check_size(len(files), shape, max_bytes, path)
+    skipped: list[tuple[str, str]] = []
+    data = _decode([(f, 0) for f in files], ["0"], shape, skipped)
+    if not len(data.labels):
+        raise DataError(f"cannot read {path}: {skipped[0][1]}" if len(files) == 1 else
+                        f"no readable image in {path}")
+    unread = {name for name, _ in skipped}
+    return data.images, [str(f) for f in files if str(f) not in unread], skipped
 
 
 def _check_nonempty(data: Dataset, classes: list[str], where: Path) -> None:

@@ -29,6 +29,7 @@ from torch import nn
 
 from ..atomic import atomic_path, write_text
 from ..diagnostics import CnnError, Diagnostic, printable_text
+from .combine import OutputLosses, pick
 from .data import Data, Dataset, augmenter, eval_transform
 from .metrics import classification_report
 from .spec import TrainConfig
@@ -266,7 +267,9 @@ class Trainer:
                          "processes it is split across", span=self.config.spans.get("batch"),
                          help=f"use at least batch {self.ranks.world}")
         self.classes = len(self.data.train.classes)
-        self.objective = Objective(self.config, self.classes, self.dev)
+        self.losses = OutputLosses(self.config,
+                                   lambda config: Objective(config, self.classes, self.dev))
+        self.objective = self.losses.terms[0][2]  # the main output's loss
         self.augment = augmenter([(a.name, a.args) for a in self.config.augment])
         self.prepare = eval_transform([(a.name, a.args) for a in self.config.augment])
         self._interrupted = False
@@ -366,10 +369,10 @@ class Trainer:
             if config.channels_last and self.dev.type == "cuda":
                 x = x.contiguous(memory_format=torch.channels_last)
             with autocast:
-                logits = net(x)
-            total, den = self.objective(logits, y)
-            global_den = self._all_sum(den.detach().clone())
-            loss = total * self.ranks.world / global_den
+                outputs = net(x)
+            terms = self.losses(outputs, y)
+            loss = self.losses.combine(terms, self._all_sum, self.ranks.world)
+            logits, total, den = pick(outputs, self.losses.main), terms[0].total, terms[0].den
             if not torch.isfinite(loss):
                 raise _error(f"the loss became {loss.item()} at epoch {progress.epoch + 1}, "
                              f"step {step + 1}: training stopped",
@@ -468,7 +471,7 @@ class Trainer:
         was_training = model.training
         model.eval()
         logits = predict(model, data.images, self.prepare, self.config.batch, self.dev,
-                         self._autocast())
+                         self._autocast(), output=self.losses.main)
         total, den = self.objective(logits, data.labels)
         report = classification_report(logits, data.labels, data.classes)
         model.train(was_training)
@@ -560,12 +563,13 @@ class Trainer:
 
 
 def predict(model: nn.Module, images: torch.Tensor, prepare, batch: int,
-            device: torch.device, autocast=None) -> torch.Tensor:
+            device: torch.device, autocast=None, output: int = 0) -> torch.Tensor:
+    """The model's `output` (its index among several) on every image."""
     outs = []
     for start in range(0, len(images), batch):
         x = prepare(images[start:start + batch]).to(device)
         with autocast or nullcontext():
-            outs.append(model(x).float().cpu())
+            outs.append(pick(model(x), output).float().cpu())
     return torch.cat(outs)
 
 

@@ -10,13 +10,17 @@ from pathlib import Path
 from typing import Any
 
 from ..diagnostics import CnnError, Diagnostic, printable_text
-from .spec import TrainConfig, check_classes, check_layers, check_train, selected_layers
+from .outputs import output_names
+from .spec import Overrides, TrainConfig, check_classes, check_layers, check_train, selected_layers
 
 
 def train_config(model, overrides: dict[str, Any] | None = None) -> TrainConfig:
     """The model's `train` definition (or the defaults) with overrides, checked."""
     try:
-        config = check_train(model.train_def, model.name, model.ir.params, overrides)
+        given = Overrides(getattr(model, "train_overrides", {}),
+                          spans=getattr(model.train_overrides, "spans", {}))
+        config = check_train(model.train_def, model.name, model.ir.params,
+                             given.merged(overrides))
         check_layers(config, model.ir)
         return config
     except CnnError as exc:
@@ -75,7 +79,7 @@ def fit_model(model, data=None, *, out: str | Path | None = None, device: str = 
         log(f"warning: skipped {len(dataset.skipped)} unreadable file(s), e.g. "
             f"{dataset.skipped[0][0]}: {dataset.skipped[0][1]}")
     try:
-        check_classes(config, model.ir, len(dataset.train.classes))
+        config = check_classes(config, model.ir, len(dataset.train.classes))
     except CnnError as exc:
         exc.sources = model.program.sources
         raise
@@ -91,6 +95,11 @@ def fit_model(model, data=None, *, out: str | Path | None = None, device: str = 
     log(f"training {model.name} on {dataset.source}: {len(dataset.train.labels)} train / "
         f"{len(dataset.val.labels)} val images, {len(dataset.train.classes)} classes, "
         f"{trainer.dev.type}; {config.describe()}")
+    if len(model.ir.outputs) > 1 and not config.losses:
+        names = output_names(model.ir)
+        log(f"note: the loss applies to `{names[0]}`, the first of {len(names)} outputs; "
+            f"{', '.join(f'`{n}`' for n in names[1:])} get none (a loss per output: "
+            f"`loss: {config.loss.name}({names[0]}) + 0.3 * {config.loss.name}({names[1]})`)")
     summary = trainer.fit(Path(resume) if resume else None)
     summary["module"] = module
     if model.weights_report is not None and weights is not None:
@@ -107,23 +116,45 @@ def _quiet(line: str) -> None:
     pass
 
 
+SPLITS = ("all", "val", "train")
+
+
+def default_split(dataset) -> tuple[str, str]:
+    """What `eval` scores without --split, and why: a held-out folder (no train/ and val/,
+    or an .npz) whole; the validation part of data that has one of its own (train/ and
+    val/) or that training splits (digits)."""
+    if dataset.presplit:
+        return "val", "a folder with train/ and val/"
+    if dataset.source.startswith("digits"):
+        return "val", "digits"
+    return "all", "a folder without train/ and val/" if Path(
+        dataset.source.split(" (classes ")[0]).is_dir() else "an .npz file"
+
+
 def evaluate_model(model, data=None, *, weights=None, device: str = "auto",
                    batch: int | None = None, overrides: dict | None = None,
-                   weights_from: str | None = None) -> dict:
+                   weights_from: str | None = None, split: str | None = None) -> dict:
+    """Metrics of `weights` on a part of `data` (`split`: all, val or train; by default
+    as `default_split` says)."""
     from .loop import Trainer
     config = train_config(model, overrides)
     if batch is not None:
         config = config.model_copy(update={"batch": batch})
     dataset = load_dataset(model, config, data)
+    if split is not None and split not in SPLITS:
+        raise CnnError([Diagnostic(code="E-arg", message=f"no split `{split}`",
+                                   help="all, val or train")])
+    chosen, why = (split, None) if split is not None else default_split(dataset)
     try:
-        check_classes(config, model.ir, len(dataset.val.classes))
+        config = check_classes(config, model.ir, len(dataset.val.classes))
     except CnnError as exc:
         exc.sources = model.program.sources
         raise
     module = build_module(model, config, weights, weights_from, lambda line: None)
     trainer = Trainer(config, dataset, module, device=device)
-    report = trainer.evaluate(module.to(trainer.dev), dataset.val)
+    report = trainer.evaluate(module.to(trainer.dev), dataset.part(chosen))
     report.pop("logits")
-    report["split"] = "val"
+    report["split"] = chosen
+    report["split_default"] = why  # None when asked for
     report["source"] = dataset.source
     return report

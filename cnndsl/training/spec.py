@@ -29,6 +29,7 @@ from ..source import Span
 from ..suggest import did_you_mean
 from ..values import describe, evaluate
 from .ops import AUGMENT_OPS
+from .outputs import OutputLoss, bind_loss_sum, output_names, resolve_terms
 
 
 def _positive_number(value) -> float:
@@ -235,14 +236,19 @@ class TrainConfig(BaseModel):
     unfreeze_after: int | None = None  # epochs after which the frozen layers train
     backbone_lr_scale: float = 1.0  # the frozen layers' learning rate, once they train
     reinit: Layers | None = None  # layers initialised afresh when --weights are loaded
+    # a loss per named output with its weight (`loss: cross_entropy(fc) + 0.3 *
+    # cross_entropy(aux1)`), the main one first; empty: `loss` on the first output alone
+    losses: tuple[OutputLoss, ...] = ()
     spans: dict[str, Span] = {}  # setting -> where it was written, for later errors
 
     def describe(self) -> str:
         def call(c: Choice) -> str:
             args = ", ".join(f"{k}={describe(v)}" for k, v in c.args.items() if v is not None)
             return f"{c.name}({args})"
-        parts = [f"epochs {self.epochs}", f"batch {self.batch}", call(self.optimizer),
-                 call(self.loss), f"schedule {call(self.schedule)}", f"seed {self.seed}"]
+        loss = " + ".join(t.describe() for t in self.losses) if self.losses else \
+            call(self.loss)
+        parts = [f"epochs {self.epochs}", f"batch {self.batch}", call(self.optimizer), loss,
+                 f"schedule {call(self.schedule)}", f"seed {self.seed}"]
         if self.augment:
             parts.append("augment " + " -> ".join(call(a) for a in self.augment))
         if self.freeze is not None:
@@ -251,6 +257,20 @@ class TrainConfig(BaseModel):
                      else "")
             parts.append(f"frozen {self.freeze.describe()}{after}")
         return ", ".join(parts)
+
+
+class Overrides(dict):
+    """Settings given from outside the spec (`--set epochs=3`, `fit(epochs=3)`); `spans`
+    says where each was written (on the command line), for errors."""
+
+    def __init__(self, *args, spans: dict[str, Span] | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.spans = dict(spans or {})
+
+    def merged(self, other: dict | None) -> Overrides:
+        """These, then `other` on top."""
+        return Overrides({**self, **(other or {})},
+                         spans={**self.spans, **getattr(other, "spans", {})})
 
 
 @dataclass
@@ -284,13 +304,29 @@ def check_train(defn: ast.TrainDef | None, network: str, params: dict[str, Any],
                 spans[setting.name] = setting.span
             except CnnError as exc:
                 errors.items.extend(exc.diagnostics)
+    if isinstance(values.get("loss"), tuple):  # the loss terms, per output
+        terms = values.pop("loss")
+        values["loss"] = terms[0].loss
+        if any(t.output is not None for t in terms):
+            values["losses"] = terms
+    where = getattr(overrides, "spans", {})  # each --set on the command line
     for key, value in (overrides or {}).items():
         try:
             _override(values, key, value)
-        except LayerError as exc:
-            errors.add("E-train", f"--set {key}: {exc.message}", None, help=exc.help)
+            if key in where:  # later errors about this setting point at the --set
+                spans[key.partition(".")[0]] = where[key]
+        except (LayerError, CnnError) as exc:
+            for message, help in ([(exc.message, exc.help)] if isinstance(exc, LayerError)
+                                  else [(d.message, d.help) for d in exc.diagnostics]):
+                errors.add("E-train", f"--set {key}={describe(value)}: {message}",
+                           where.get(key), help=help)
     if errors.items:
         raise CnnError(errors.items)
+    if values.get("losses") and values.get("loss") is not values["losses"][0].loss:
+        first, *rest = values["losses"]  # `--set loss=...`: the main output's loss
+        values["losses"] = (first.model_copy(update={"loss": values["loss"],
+                                                     "span": spans.get("loss", first.span)}),
+                            *rest)
     for name, default in DEFAULT_CALLS.items():
         if name not in values:
             values[name] = _bind_call(ast.Name(default, _NOWHERE), CALLS[name], name, {})
@@ -318,6 +354,9 @@ def _bind_setting(setting: ast.Setting, params: dict[str, Any]) -> Any:
         return tuple(_bind_call(v, AUGMENT, "augmentation", params) for v in setting.values)
     if name in LAYER_SETTINGS:
         return _bind_layers(setting.values[0], name)
+    if name == "loss":  # one loss, or a weighted sum of losses on named outputs
+        return bind_loss_sum(setting.values[0], params,
+                             lambda call: _bind_call(call, LOSSES, "loss", params), LOSSES)
     if name in CALLS:
         return _bind_call(setting.values[0], CALLS[name], name, params)
     if name == "early_stop":
@@ -365,12 +404,12 @@ def _bind_call(expr: ast.Expr, table: dict[str, tuple[Arg, ...]], what: str,
         raise CnnError([Diagnostic(
             code="E-train", message=f"expected a {what} such as "
             f"`{next(iter(table))}(...)`", span=expr.span,
-            help=f"{what}s: " + ", ".join(table))])
+            help=f"{_plural(what)}: " + ", ".join(table))])
     if expr.name not in table:
         raise CnnError([Diagnostic(
             code="E-train", message=f"unknown {what} `{expr.name}`", span=expr.span,
             label=f"not a {what}", help=did_you_mean(expr.name, table) or
-            f"{what}s: " + ", ".join(table))])
+            f"{_plural(what)}: " + ", ".join(table))])
     return Choice(name=expr.name, args=_bind_args(expr, table[expr.name], expr.name, params))
 
 
@@ -386,6 +425,10 @@ def _bind_args(call: ast.Func, signature: tuple[Arg, ...], what: str,
     except _StatementError:
         raise CnnError(checker.errors) from None
     return values
+
+
+def _plural(word: str) -> str:
+    return word + ("es" if word.endswith("s") else "s")
 
 
 def _signature(what: str, signature: tuple[Arg, ...]) -> str:
@@ -441,18 +484,29 @@ def _override(values: dict[str, Any], key: str, value: Any) -> None:
 # ---- the loss against the network's output --------------------------------------------
 
 
-def check_loss_fits(config: TrainConfig, ir) -> None:
-    """The loss must fit the network's output (one score per class), known statically."""
-    name = ir.outputs[0]
+def check_loss_fits(config: TrainConfig, ir) -> TrainConfig:
+    """Each loss must fit the output it applies to (one score per class), known statically.
+    Returns the config with each loss term's output resolved."""
+    loss_span = config.spans.get("loss")
+    terms = resolve_terms(config.losses, ir, loss_span)
+    for term in terms or (OutputLoss(output=None, loss=config.loss),):
+        if term.weight > 0:  # `0 * loss(x)`: x trains without a loss
+            _check_fits(term.loss.name, ir, ir.outputs[term.index], term.span or loss_span,
+                        output_names(ir)[term.index] if len(ir.outputs) > 1 else None)
+    return config.model_copy(update={"losses": terms})
+
+
+def _check_fits(loss: str, ir, name: str, loss_span: Span | None,
+                output: str | None) -> None:
     shape = ir.shape_of(name)
     node = _node(ir, name)
     span = node.span if node is not None else None
-    loss, loss_span = config.loss.name, config.spans.get("loss")
     where = {"span": loss_span or span,
              "related": (Label(span=span, text="the output"),) if span and loss_span else ()}
+    gives = f"`{output}` gives" if output else "the network gives"
     if len(shape) != 1:
         raise CnnError([Diagnostic(
-            code="E-train", message=f"{loss} needs one score per class; the network gives "
+            code="E-train", message=f"{loss} needs one score per class; {gives} "
             f"{' x '.join(map(str, shape))}", **where,
             help="end the network with `flatten -> linear(classes)`")])
     last_op = node.op if node is not None else None
@@ -462,27 +516,34 @@ def check_loss_fits(config: TrainConfig, ir) -> None:
             code="E-train", message="`nll` takes log-probabilities: end the network with "
             "`log_softmax`", **where, help="or use `loss: cross_entropy` on raw scores")])
     if loss in ("cross_entropy", "bce_with_logits") and scores is not None:
+        ends = f"`{output}` ends" if output else "the network ends"
         raise CnnError([Diagnostic(
-            code="E-train", message=f"`{loss}` takes raw scores but the network ends with "
+            code="E-train", message=f"`{loss}` takes raw scores but {ends} with "
             f"`{last_op}`", **where, help=f"drop the final {last_op} (the loss applies it)"
             + (", or use `loss: nll`" if scores == "log-probabilities" else ""))])
 
 
-def check_classes(config: TrainConfig, ir, classes: int) -> None:
-    """The network gives one score per class of the data; else an error at the layer that
-    fixes the count, with the parameter it came from."""
-    check_loss_fits(config, ir)
-    name = ir.outputs[0]
-    outputs = ir.shape_of(name)[0]
-    if outputs == classes:
-        return
-    producer = _producer(ir, name)
-    param = _parameter_behind(ir, producer)
-    hint = f"--set {param}={classes}" if param else f"give it {classes} outputs"
-    raise CnnError([Diagnostic(
-        code="E-train", message=f"the data has {classes} classes but the network gives "
-        f"{outputs} outputs", span=producer.span if producer else None,
-        label=f"{outputs} outputs", help=f"{hint}, or train on data with {outputs} classes")])
+def check_classes(config: TrainConfig, ir, classes: int) -> TrainConfig:
+    """Every output with a loss gives one score per class of the data; else an error at
+    the layer that fixes the count, with the parameter it came from. Returns the config
+    with its loss terms resolved."""
+    config = check_loss_fits(config, ir)
+    terms = config.losses or (OutputLoss(output=None, loss=config.loss),)
+    for term in terms:
+        name = ir.outputs[term.index]
+        outputs = ir.shape_of(name)[0]
+        if outputs == classes or term.weight == 0:
+            continue
+        producer = _producer(ir, name)
+        param = _parameter_behind(ir, producer)
+        hint = f"--set {param}={classes}" if param else f"give it {classes} outputs"
+        gives = f"`{term.output}` gives" if len(config.losses) > 1 else "the network gives"
+        raise CnnError([Diagnostic(
+            code="E-train", message=f"the data has {classes} classes but {gives} "
+            f"{outputs} outputs", span=producer.span if producer else None,
+            label=f"{outputs} outputs",
+            help=f"{hint}, or train on data with {outputs} classes")])
+    return config
 
 
 def _node(ir, name: str):
