@@ -31,13 +31,17 @@ class Model:
     """A checked network: its IR (layers, shapes, counts) and the ways to compile it."""
 
     def __init__(self, ir: Network, program: Program, train: ast.TrainDef | None = None,
-                 overrides: dict[str, Any] | None = None, training=None):
+                 overrides: dict[str, Any] | None = None,
+                 train_overrides: dict[str, Any] | None = None, training=None):
         self.ir = ir
         self.program = program
         self.train_def = train  # the spec's `train` definition for this network, if any
         self.overrides = dict(overrides or {})  # network parameters given at load time
+        # training settings given at load time (`epochs`, `optimizer.lr`), checked then
+        self.train_overrides = train_overrides or {}
         self.weights_report = None  # what the last weight import did (ImportReport)
         self._training = training  # the checked training description (TrainConfig), if made
+        self._whole: Model | None = None  # the model this one keeps some outputs of
 
     def train_config(self, overrides: dict[str, Any] | None = None):
         """The `train` definition (or the defaults) with `overrides`, checked with the
@@ -111,12 +115,26 @@ class Model:
                          stop_at=_stop_at)
 
     def evaluate(self, data=None, *, weights=None, device: str = "auto",
-                 batch: int | None = None, weights_from: str | None = None) -> dict:
+                 batch: int | None = None, weights_from: str | None = None,
+                 split: str | None = None) -> dict:
         """Accuracy, top-5, per-class precision/recall/F1, macro and weighted averages and
-        the confusion matrix on the validation split of `data`."""
+        the confusion matrix on `data`: its validation split (digits, a folder with train/
+        and val/) or every image (a folder without them, an .npz); `split` ("all", "val",
+        "train") chooses."""
         from .training.run import evaluate_model
         return evaluate_model(self, data, weights=weights, device=device, batch=batch,
-                              weights_from=weights_from)
+                              weights_from=weights_from, split=split)
+
+    def keep_outputs(self, names) -> Model:
+        """This model with only the outputs named (`"fc"` or `("fc",)`), and the layers
+        they need: auxiliary heads that served in training left out of a deployed model."""
+        from .passes import keep_outputs
+        names = (names,) if isinstance(names, str) else tuple(names)
+        with self._located():
+            ir = keep_outputs(self.ir, names)
+        kept = Model(ir, self.program, self.train_def, self.overrides, self.train_overrides)
+        kept._whole = self._whole or self
+        return kept
 
     @_without_gc
     def to_torch_source(self) -> str:
@@ -137,6 +155,12 @@ class Model:
         afresh where they differ; layers named in `reinit` (names or prefixes) are
         initialised afresh in any case. What was loaded, reinitialised and ignored is in
         `self.weights_report`."""
+        if self._whole is not None:  # weights saved from the whole model load as ever
+            state = self._whole.weights(weights, seed, weights_from=weights_from,
+                                        reinit=reinit)
+            self.weights_report = self._whole.weights_report
+            kept = {n.name for n in self.ir.nodes}
+            return {k: v for k, v in state.items() if k.rpartition(".")[0] in kept}
         from .weights import resolve_weights
         with self._located():
             state, self.weights_report = resolve_weights(
@@ -259,7 +283,7 @@ class Model:
 def load(source: str | Path, *, network: str | None = None, strict: bool = False,
          memory_limit: int | None = None, confine_imports: bool = False,
          weight_copies: float = 1.0, train_overrides: dict[str, Any] | None = None,
-         **params: Any) -> Model:
+         check_train: bool = True, **params: Any) -> Model:
     """Parse and check a spec: a path to a .cnn file, or .cnn source text.
 
     Keyword arguments override the network's parameters, e.g. `load(p, classes=10)`.
@@ -267,14 +291,16 @@ def load(source: str | Path, *, network: str | None = None, strict: bool = False
     half this machine's memory). `confine_imports` refuses imports outside the spec's
     folder. `weight_copies`: how many copies of the fp32 weights the memory limit must
     allow for (`checker.WEIGHT_COPIES` has what writing ONNX and training hold).
-    `train_overrides` (`{"epochs": 3, "optimizer.lr": 0.1}`): the training description is
-    checked with them now, for `Model.fit` and `evaluate` to use as it is. Raises
-    `CnnError` (located diagnostics) when the spec is wrong or over a limit.
+    `train_overrides` (`{"epochs": 3, "optimizer.lr": 0.1}`, `{"loss": "mse"}`) change
+    the `train` definition's settings before it is checked with the network, for
+    `Model.fit` and `evaluate` to use as it is; `check_train=False` leaves the definition
+    unchecked (for what does not train: compiling, drawing). Raises `CnnError` (located
+    diagnostics) when the spec is wrong or over a limit.
     """
     program = Program(_confinement(source) if confine_imports else None)
     with _gc_paused():
         return _load(program, source, network, strict, (memory_limit, weight_copies),
-                     params, train_overrides)
+                     params, (train_overrides, check_train))
 
 
 def loads(text: str, *, name: str = "<string>", network: str | None = None,
@@ -286,7 +312,7 @@ def loads(text: str, *, name: str = "<string>", network: str | None = None,
     program = Program(Path.cwd() if confine_imports else None)
     with _gc_paused():
         return _load(program, _Source(text, name, imports_from), network, strict,
-                     (memory_limit, 1.0), params)
+                     (memory_limit, 1.0), params, (None, True))
 
 
 class _Source(str):
@@ -313,7 +339,7 @@ def _gc_paused() -> Iterator[None]:
 
 
 def _load(program: Program, source, network, strict, memory, params,
-          train_overrides=None) -> Model:
+          training: tuple[dict | None, bool]) -> Model:
     try:
         program.load_stdlib()
         if _is_path(source):
@@ -335,17 +361,32 @@ def _load(program: Program, source, network, strict, memory, params,
         params = {**_train_args(train), **params}
         ir = Checker(program.definitions, strict, *memory,
                      file_defaults=program.file_defaults).network(defn, params)
+        train_overrides, checks_training = training
         config = None
-        if train is not None or train_overrides is not None:
-            # checked with the network, before anything runs: the task, its loss, layers
-            from .training import tasks
-            from .training.spec import check_train
-            config = check_train(train, defn.name, ir.params, train_overrides)
-            config = tasks.resolve(config, ir)
+        if checks_training and (train is not None or train_overrides):
+            config = _check_training(train, defn.name, ir, train_overrides)
     except CnnError as exc:
         exc.sources = program.sources
         raise
-    return Model(ir, program, train, params, training=config)
+    return Model(ir, program, train, params, train_overrides, training=config)
+
+
+def _check_training(train: ast.TrainDef | None, network: str, ir: Network,
+                    overrides: dict | None):
+    """The `train` definition with its overrides, checked with the network before anything
+    runs (the task, its loss, layers); its errors say that they are the definition's."""
+    from .training import tasks
+    from .training.spec import check_train
+    try:
+        return tasks.resolve(check_train(train, network, ir.params, overrides), ir)
+    except CnnError as exc:
+        note = (f"an error of the `train {network}` definition: `compile`, `render`, "
+                "`summary` and `run` do not train and go on without it") if train else None
+        if note:
+            exc.diagnostics = [d.model_copy(update={"notes": (*d.notes, note)})
+                               if d.span is not None and d.span.file != "<command line>"
+                               else d for d in exc.diagnostics]
+        raise
 
 
 def _meta_module(ir: Network):

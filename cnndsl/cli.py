@@ -14,6 +14,7 @@ from .diagnostics import CnnError, Diagnostic, printable_text, render_all, use_c
 from .source import SourceMap
 
 EXIT_OK, EXIT_SPEC, EXIT_USAGE, EXIT_INTERNAL = 0, 1, 2, 3
+DEFAULT_OUT = "runs/train"
 
 
 class UsageError(Exception):
@@ -57,14 +58,31 @@ def parse_value(text: str):
     return Symbol(text)
 
 
-def parse_sets(pairs: list[str]) -> dict:
-    values = {}
+COMMAND_LINE = "<command line>"  # the name errors in a --set value are located in
+
+
+def parse_sets(pairs: list[str], words: list[str] | None = None):
+    """The pairs; with the command line's `words` (as `command_line_text` joins them),
+    where each value stands in it, for errors."""
+    from .source import Span
+    from .training.spec import Overrides
+    values = Overrides()
+    text, offset = (command_line_text(words), 0) if words else ("", 0)
     for pair in pairs or []:
         name, eq, value = pair.partition("=")
         if not eq or not all(part.isidentifier() for part in name.strip().split(".")):
             raise UsageError(f"--set expects NAME=VALUE, got `{pair}`")
         values[name.strip()] = parse_value(value.strip())
+        at = text.find(pair, offset)
+        if at >= 0:
+            start = at + len(name) + 1
+            offset = at + len(pair)
+            values.spans[name.strip()] = Span(COMMAND_LINE, 1, start + 1, 1, offset + 1)
     return values
+
+
+def command_line_text(words: list[str]) -> str:
+    return " ".join(["cnndsl", *words])
 
 
 def bounded_int(low: int, high: int):
@@ -100,11 +118,19 @@ def parse_size(text: str) -> int:
 
 
 def _load(args, weight_copies: float = 1.0):
+    """The spec, checked. `check` checks its `train` definition too, with the training
+    settings among the --set values; the commands that do not train leave it aside."""
     from .api import load
+    checks_training = args.command == "check"
+    if checks_training:
+        params, train = _split_sets(args)
+    else:
+        params, train = parse_sets(args.set), None
     return load(Path(args.spec), network=args.network, strict=getattr(args, "strict", False),
                 memory_limit=getattr(args, "memory_limit", None),
                 confine_imports=getattr(args, "confine_imports", False),
-                weight_copies=weight_copies, **parse_sets(args.set))
+                weight_copies=weight_copies, train_overrides=train,
+                check_train=checks_training, **params)
 
 
 def _frozen(model, args) -> set[str]:
@@ -141,7 +167,8 @@ def cmd_compile(args) -> int:
                          "model.load_state_dict(safetensors.torch.load_file(path))")
     if args.to == "torch" and (args.quantize or args.precision != "fp32" or args.calibrate):
         raise UsageError("--quantize, --precision and --calibrate apply to --to onnx")
-    model = _load(args, WEIGHT_COPIES["onnx"] if args.to == "onnx" else 1.0)
+    model = _keep_outputs(_load(args, WEIGHT_COPIES["onnx"] if args.to == "onnx" else 1.0),
+                          args)
     if args.to == "torch":
         write_text(args.output, model.to_torch_source())
         detail = ""
@@ -222,10 +249,10 @@ def _reduced_onnx(model, fp32, args) -> int:
 
 
 def cmd_run(args) -> int:
-    from .runtime import create_session, model_inputs, random_inputs, read_input
+    from .runtime import create_session, model_inputs, random_inputs
     if args.model.endswith(".cnn"):
         args.spec = args.model
-        model = _load(args, WEIGHT_COPIES["onnx"])
+        model = _keep_outputs(_load(args, WEIGHT_COPIES["onnx"]), args)
         data = model.to_onnx(weights=args.weights, seed=args.seed,
                              weights_from=args.weights_from,
                              reinit=args.reinit or ()).SerializeToString()
@@ -233,9 +260,9 @@ def cmd_run(args) -> int:
         shapes = [i.shape for i in model.inputs]
         source = f"{args.model} (compiled now)"
     else:
-        if args.weights or args.set or args.weights_from or args.reinit:
-            raise UsageError("--weights, --weights-from, --reinit and --set apply to .cnn "
-                             "specs, not to .onnx files")
+        if args.weights or args.set or args.weights_from or args.reinit or args.outputs:
+            raise UsageError("--weights, --weights-from, --reinit, --outputs and --set apply "
+                             "to .cnn specs, not to .onnx files")
         model = None
         data, source = _onnx_model(args.model), args.model
         shapes = None
@@ -244,7 +271,7 @@ def cmd_run(args) -> int:
         batch = None if args.input else args.batch
         shapes = model_inputs(session, batch, have_input=bool(args.input))
     if args.input:
-        inputs = [read_input(args.input, shapes[0])]
+        inputs = [_read_input(args, model, shapes[0])]
     else:
         inputs = random_inputs(shapes, args.batch, args.seed, args.memory_limit)
     if not args.json:
@@ -279,6 +306,71 @@ def cmd_run(args) -> int:
     if args.json:
         print(json.dumps(report, indent=2))
     return EXIT_OK
+
+
+def _read_input(args, model, shape):
+    """--input: an .npy array as it is (with a warning where it does not look like what
+    training fed the model), or images, preprocessed as the spec's training did."""
+    import numpy as np
+
+    from .runtime import input_warnings, read_input
+    path = Path(args.input)
+    normalize = _normalization(model)
+    if not path.is_dir() and (path.suffix.lower() == ".npy" or not path.is_file()
+                              or _starts_like_npy(path)):  # read_input refuses a FIFO
+        array = read_input(args.input, shape)
+        for warning in input_warnings(args.input, array, bool(normalize)):
+            _say(f"warning: {warning}")
+        return array.astype(np.float32)
+    if None in shape:
+        raise _spec_error(f"the model's input size is not fixed "
+                          f"({' x '.join('?' if d is None else str(d) for d in shape)}): "
+                          "images cannot be resized to it; give an .npy array")
+    try:
+        from .training.data import DataError, eval_transform, read_images
+    except ImportError as exc:
+        raise UsageError(f"reading images needs the train extra ({exc.name} is missing): "
+                         "pip install 'cnndsl[train]', or give an .npy array") from None
+    try:
+        images, files, skipped = read_images(path, tuple(shape))
+    except DataError as exc:
+        raise CnnError([Diagnostic(code="E-io", message=exc.message,
+                                   help=exc.help or None)]) from None
+    if skipped:
+        _say(f"warning: skipped {len(skipped)} unreadable file(s), e.g. {skipped[0][0]}: "
+             f"{skipped[0][1]}")
+    if not args.json:
+        _say(f"input: {len(files)} image{'s' if len(files) != 1 else ''} from {path}"
+             + (", normalised as the spec's training did" if normalize else ""))
+    return eval_transform(normalize)(images).numpy().astype(np.float32)
+
+
+def _starts_like_npy(path: Path) -> bool:
+    from .runtime import NPY_MAGIC
+    try:
+        with open(path, "rb") as f:
+            return f.read(len(NPY_MAGIC)) == NPY_MAGIC
+    except OSError:
+        return True  # read_input says why it cannot be read
+
+
+def _normalization(model) -> list:
+    """The spec's `augment: normalize(...)` (what evaluation applies too), if any."""
+    if model is None or model.train_def is None:
+        return []
+    from .training.spec import check_train
+    try:
+        config = check_train(model.train_def, model.name, model.ir.params)
+    except CnnError:
+        return []
+    return [(a.name, a.args) for a in config.augment if a.name == "normalize"]
+
+
+def _keep_outputs(model, args):
+    """--outputs fc,aux1: only these outputs and the layers they need."""
+    if not getattr(args, "outputs", None):
+        return model
+    return model.keep_outputs(tuple(n.strip() for n in args.outputs.split(",") if n.strip()))
 
 
 def _onnx_model(path: str) -> str | bytes:
@@ -341,7 +433,14 @@ def cmd_render(args) -> int:
 def cmd_summary(args) -> int:
     from .report import summary_rows, summary_table, summary_totals
     model = _load(args)
-    frozen = _frozen(model, args)
+    try:
+        frozen = _frozen(model, args)
+    except CnnError:
+        if args.freeze or args.freeze_all_except:
+            raise
+        frozen = set()  # the `train` definition's `freeze`: `check` says what is wrong
+        _say("warning: the `train` definition does not check (`cnndsl check` says why); "
+             "no layer is shown frozen")
     if args.json:
         print(json.dumps({"ok": True, "network": model.name,
                           "rows": summary_rows(model.ir, args.depth, frozen),
@@ -388,8 +487,9 @@ TRAIN_KEYS = ("epochs", "batch", "seed", "clip", "val_split", "data", "amp", "ch
 
 def _split_sets(args) -> tuple[dict, dict]:
     """--set: training settings (`epochs=3`, `optimizer.lr=0.1`) and network parameters."""
-    sets = parse_sets(args.set)
-    train = {k: v for k, v in sets.items() if "." in k or k in TRAIN_KEYS}
+    sets = parse_sets(args.set, getattr(args, "words", None))
+    train = type(sets)({k: v for k, v in sets.items() if "." in k or k in TRAIN_KEYS},
+                       spans=sets.spans)
     return {k: v for k, v in sets.items() if k not in train}, train
 
 
@@ -420,7 +520,8 @@ def cmd_train(args) -> int:
     from .training.loop import TrainingStopped
     from .training.run import fit_model, is_main_rank
     model = _load_for_training(args)
-    out = Path(args.out)
+    # a resumed run goes on writing into the folder it resumes, unless --out names another
+    out = Path(args.out or args.resume or DEFAULT_OUT)
     try:
         summary = fit_model(model, args.data, out=out, device=args.device, resume=args.resume,
                             weights=args.weights, weights_from=args.weights_from,
@@ -457,7 +558,8 @@ def cmd_eval(args) -> int:
     report = evaluate_model(model, args.data, weights=args.weights, device=args.device,
                             batch=args.batch, weights_from=args.weights_from,
                             onnx=_onnx_model(args.onnx) if args.onnx else None,
-                            predictions=Path(args.predictions) if args.predictions else None)
+                            predictions=Path(args.predictions) if args.predictions else None,
+                            split=args.split)
     if args.plot:
         from .training.plots import plot_confusion
         plot_confusion(report["confusion_matrix"], [c["class"] for c in report["per_class"]],
@@ -465,8 +567,7 @@ def cmd_eval(args) -> int:
     if args.json:
         print(json.dumps({"ok": True, **report}, indent=2))
     else:
-        _show(f"{model.name} on {report['source']} (validation split, "
-              f"{report['samples']} images)")
+        _show(eval_heading(model.name, report))
         _show(task.format_report(report))
     return EXIT_OK
 
@@ -590,7 +691,8 @@ def _eval_onnx(args) -> int:
     if not args.data:
         raise UsageError("eval of an .onnx file needs --data (digits, an image folder or an "
                          ".npz file)")
-    report = evaluate_onnx(_onnx_model(args.spec), args.data, batch=args.batch or 256)
+    report = evaluate_onnx(_onnx_model(args.spec), args.data, batch=args.batch or 256,
+                           split=args.split)
     if args.plot:
         from .training.plots import plot_confusion
         plot_confusion(report["confusion_matrix"], [c["class"] for c in report["per_class"]],
@@ -598,10 +700,22 @@ def _eval_onnx(args) -> int:
     if args.json:
         print(json.dumps({"ok": True, **report}, indent=2))
     else:
-        _show(f"{args.spec} ({report['model_precision']}, {report['runtime']}) on "
-              f"{report['source']} (validation split, {report['samples']} images)")
+        _show(eval_heading(f"{args.spec} ({report['model_precision']}, {report['runtime']})",
+                           report))
         _show(format_report(report))
     return EXIT_OK
+
+
+SPLIT_WORDS = {"all": "every image", "val": "the validation split",
+               "train": "the training split"}
+
+
+def eval_heading(network: str, report: dict) -> str:
+    """`eval`'s first line: what was scored, how many images, and whether by default."""
+    why = report.get("split_default")
+    how = f"--split {report['split']}" + (f", the default for {why}" if why else "")
+    return (f"{network} on {report['source']}: {SPLIT_WORDS[report['split']]}, "
+            f"{report['samples']} images ({how})")
 
 
 def cmd_fmt(args) -> int:
@@ -701,6 +815,7 @@ def build_parser() -> argparse.ArgumentParser:
     comp.add_argument("--opset", type=bounded_int(13, 21), help="ONNX opset 13-21 "
                       "(default 18)")
     weight_options(comp)
+    _outputs_option(comp)
     comp.add_argument("--keep-batchnorm", action="store_true",
                       help="do not fold batch norm into the preceding conv")
     _add_reduce_options(comp)
@@ -733,8 +848,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--lr", type=float, help="the optimizer's learning rate")
     train.add_argument("--seed", type=bounded_int(0, 2**32 - 1))
     train.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    train.add_argument("--out", default="runs/train", help="checkpoints, metrics and plots "
-                       "(default runs/train)")
+    train.add_argument("--out", help="checkpoints, metrics and plots (default: the "
+                       f"--resume folder, else {DEFAULT_OUT})")
     train.add_argument("--resume", metavar="DIR", help="continue a run from its folder")
     weight_options(train)
     freeze_options(train)
@@ -745,8 +860,8 @@ def build_parser() -> argparse.ArgumentParser:
                        "fraction of the optimizer's")
     train.set_defaults(run=cmd_train)
 
-    evaluate = spec_command("eval", "evaluate weights (or an .onnx file) on the validation "
-                            "split: accuracy, precision, recall, F1, confusion matrix; "
+    evaluate = spec_command("eval", "evaluate weights (or an .onnx file) on held-out "
+                            "data: accuracy, precision, recall, F1, confusion matrix; "
                             "segmentation: mIoU, IoU and Dice per class")
     weight_options(evaluate)
     evaluate.add_argument("--onnx", metavar="FILE.onnx", help="evaluate this ONNX file "
@@ -758,6 +873,10 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--batch", type=bounded_int(1, 1_000_000))
     evaluate.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     evaluate.add_argument("--plot", metavar="FILE.png", help="draw the confusion matrix")
+    evaluate.add_argument("--split", choices=["all", "val", "train"], help="what to score: "
+                          "every image, the validation or the training split (default: "
+                          "the validation split of digits or of a folder with train/ and "
+                          "val/, else every image)")
     evaluate.set_defaults(run=cmd_eval)
 
     explain = sub.add_parser("explain", help="explain an error code (e.g. E-shape)")
@@ -805,13 +924,16 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--provider", default="auto", choices=["auto", "cpu", "cuda", "tensorrt"])
     run.add_argument("--batch", type=bounded_int(1, 65_536), default=1,
                      help="batch size of the random input")
-    run.add_argument("--input", help="a .npy array (N x C x H x W, or C x H x W)")
+    run.add_argument("--input", help="a .npy array (N x C x H x W, or C x H x W), an "
+                     "image, or a folder of images (preprocessed as the spec's training "
+                     "did)")
     run.add_argument("--output", help="write the first output to this .npy file")
     run.add_argument("--bench", type=bounded_int(0, 1_000_000), default=0, metavar="N",
                      help="time N runs: latency percentiles and images/s")
     run.add_argument("--threads", type=bounded_int(1, 4 * (os.cpu_count() or 1)),
                      help="onnxruntime intra-op threads (at most 4 per core)")
     weight_options(run)
+    _outputs_option(run)
     run.add_argument("--seed", type=bounded_int(0, 2**32 - 1), default=0)
     run.add_argument("--set", action="append", metavar="NAME=VALUE")
     run.add_argument("--network")
@@ -823,6 +945,12 @@ def build_parser() -> argparse.ArgumentParser:
     for command in sub.choices.values():  # usage errors show the command's own usage
         command.set_defaults(parser=command)
     return parser
+
+
+def _outputs_option(p) -> None:
+    p.add_argument("--outputs", metavar="NAME,...", help="keep only these outputs (by "
+                   "the spec's names) and the layers they need: leave out heads used only "
+                   "in training")
 
 
 def expand_sets(argv: list[str]) -> list[str]:
@@ -850,6 +978,7 @@ def main(argv: list[str] | None = None) -> int:
         args = parser.parse_args(words)
     except UsageError as exc:
         return _usage(exc, exc.parser or parser, "--json" in words)
+    args.words = words
     try:
         return args.run(args)
     except UsageError as exc:
@@ -891,7 +1020,10 @@ def _report(exc: CnnError, args) -> None:
             d.to_json() for d in exc.diagnostics if d.severity == "error"], "warnings": [
             d.to_json() for d in exc.diagnostics if d.severity == "warning"]}, indent=2))
         return
-    sys.stderr.write(render_all(exc.diagnostics, exc.sources or SourceMap(), use_color()))
+    sources = exc.sources or SourceMap()
+    if getattr(args, "words", None) and COMMAND_LINE not in sources.files:
+        sources.add(COMMAND_LINE, command_line_text(args.words))
+    sys.stderr.write(render_all(exc.diagnostics, sources, use_color()))
     errors = sum(d.severity == "error" for d in exc.diagnostics)
     sys.stderr.write(f"\n{errors} error{'s' if errors != 1 else ''}\n")
 

@@ -73,3 +73,33 @@ def _fold_into(conv, bn, weights: Weights):
     added = 0 if conv.attrs.bias else conv.attrs.out_channels
     return conv.model_copy(update={"attrs": replace(conv.attrs, bias=True),
                                    "params": conv.params + added})
+
+
+def keep_outputs(ir: Network, names: tuple[str, ...]) -> Network:
+    """The network with only these outputs (by the spec's names, `output fc, aux1`), and
+    only the layers they need: auxiliary heads used in training, left out of a deployed
+    model as torchvision's GoogLeNet drops them in eval mode. The inputs stay."""
+    spec_names = list(ir.output_names or ir.outputs)
+    unknown = [n for n in names if n not in spec_names]
+    if unknown or not names:
+        from .suggest import did_you_mean
+        hint = did_you_mean(unknown[0], spec_names) if unknown else None
+        raise CnnError([Diagnostic(
+            code="E-name", message=f"{ir.name} has no output `{unknown[0]}`" if unknown
+            else "keep at least one output", help=(hint + " " if hint else "") +
+            "its outputs: " + ", ".join(spec_names))])
+    chosen = [spec_names.index(n) for n in names]
+    outputs = tuple(ir.outputs[i] for i in chosen)
+    needed: set[str] = set()
+    stack = list(outputs)
+    while stack:
+        name = stack.pop()
+        node = ir.producer(name)
+        if node is not None and name not in needed:
+            needed.add(name)
+            stack.extend(node.inputs)
+    nodes = tuple(n for n in ir.nodes if n.name in needed)
+    prefixes = {n.path[:i] for n in nodes for i in range(1, len(n.path))}
+    scopes = tuple(s for s in ir.scopes if s.path in prefixes)
+    return ir.model_copy(update={"nodes": nodes, "scopes": scopes, "outputs": outputs,
+                                 "output_names": tuple(names)})

@@ -228,12 +228,21 @@ def random_inputs(shapes: list[tuple[int, ...]], batch: int, seed: int = 0,
 MAX_INPUT_BYTES = 2**31  # an input larger than 2 GiB is not a test image
 
 
+NPY_MAGIC = b"\x93NUMPY"
+
+
 def read_input(path: str, shape: tuple[int, ...]) -> np.ndarray:
     """An .npy array of numbers, its header checked before any data is read: a header can
     claim any shape."""
     from .files import open_regular
     try:
         with open_regular(path) as f:
+            if f.read(len(NPY_MAGIC)) != NPY_MAGIC:
+                raise CnnError([Diagnostic(
+                    code="E-io", message=f"cannot read {path}: it is neither an .npy array "
+                    "nor an image", help="give a .npy file (np.save), an image, or a "
+                    "folder of images")])
+            f.seek(0)
             version = np.lib.format.read_magic(f)
             read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0) else
                            np.lib.format.read_array_header_2_0)
@@ -258,7 +267,21 @@ def read_input(path: str, shape: tuple[int, ...]) -> np.ndarray:
         wanted = " x ".join("?" if d is None else str(d) for d in shape)
         raise _error(f"{path} holds an array of shape {array.shape}; the model takes "
                      f"N x {wanted}")
-    return array.astype(np.float32)
+    return array
+
+
+def input_warnings(path: str, array: np.ndarray, normalized: bool) -> list[str]:
+    """What makes a float model's answer wrong without a word: integer pixels, or values
+    in 0..255 where training saw 0..1 (`normalized`: the spec's training normalised its
+    images, so other ranges are expected)."""
+    if array.dtype.kind in "biu":
+        top = int(array.max()) if array.size else 0
+        return [f"{path} holds {array.dtype} values (0..{top}); the model takes float32, "
+                "and training fed it images in 0..1: divide by 255 first"]
+    if not normalized and array.size and float(np.nanmax(array)) > 1.0 + 1e-6:
+        return [f"{path} holds values up to {float(np.nanmax(array)):g}; training fed the "
+                "model images in 0..1: divide by 255 first"]
+    return []
 
 
 class _Progress:

@@ -267,6 +267,9 @@ def _syntax_diagnostic(exc: UnexpectedInput, text: str, file: str, parser: Lark)
                           label="`()` goes before this `{`",
                           help=f"write `{kind} {name}() {{` (empty parentheses when it takes "
                           "no parameters)")
+    repeated = _repeated_chain(text, file, line)
+    if repeated is not None and not unclosed:
+        return repeated
     return Diagnostic(code="E-syntax", message=f"expected {expected}, found {found}",
                       span=span, label=label, related=related,
                       help=_untyped_parameter_help(text, line, column))
@@ -274,10 +277,33 @@ def _syntax_diagnostic(exc: UnexpectedInput, text: str, file: str, parser: Lark)
 
 def _missing_parameter_list(text: str, line: int, column: int) -> tuple[str, str] | None:
     """`block stem {`: (kind, name) when a definition's `{` comes straight after its name."""
-    lines = text.split("\n")
+    lines = split_lines(text)
     before = lines[line - 1][:column - 1] if line <= len(lines) else ""
     match = re.fullmatch(r"\s*(network|block|train)\s+(\w+)\s*", before)
     return (match.group(1), match.group(2)) if match else None
+
+
+_REPEATED_CHAIN = re.compile(r"^([\t ]*)(?:(\w+)\s*:\s*)?(\((.*->.*)\)\s*\*\s*([^#]*?))\s*(#.*)?$")
+
+
+def _repeated_chain(text: str, file: str, line: int) -> Diagnostic | None:
+    """`(conv(16, 3) -> relu) * 2`: a repeat takes one layer or block call; a chain to
+    repeat goes in a block. Said plainly instead of the parser's `expected ...`."""
+    lines = split_lines(text)
+    match = _REPEATED_CHAIN.match(lines[line - 1]) if line <= len(lines) else None
+    if match is None:
+        return None
+    label, chain, count = match.group(2), match.group(4), match.group(5)
+    start = match.start(3) + 1
+    span = Span(file=file, line=line, column=start, end_line=line,
+                end_column=match.end(3) + 1)
+    call = f"unit * {count}" if label is None else f"{label}: unit * {count}"
+    return Diagnostic(
+        code="E-syntax", message="a chain in parentheses cannot be repeated with `*`",
+        span=span, label="a repeated chain", help=f"a repeat takes one layer or block "
+        f"call: put the chain in a block, `block unit() {{ {chain.strip()} }}`, and repeat "
+        f"the call: `{call}`" + ("" if label else f" (a label, `layers: unit * {count}`, "
+                                 "names the copies `layers.0`, `layers.1`)"))
 
 
 def _untyped_parameter_help(text: str, line: int, column: int) -> str | None:

@@ -40,6 +40,7 @@ REFERENCE = {
     "vgg16_bn": (138_365_992, 15_470_264_320),
     "inception_v3": (23_834_568, 5_713_216_096),
     "googlenet_aux": (13_004_888, 1_506_748_416),
+    "inception_v3_aux": (27_161_264, None),  # torchvision 0.29.1, aux_logits=True
     "efficientnet_v2_s": (21_458_488, 2_849_895_872),
     "mobilenet_v3_large": (5_483_032, 216_589_760),
     "mobilenet_v3_small": (2_542_856, 56_510_400),

@@ -1,4 +1,5 @@
-"""`cnndsl eval MODEL.onnx --data DATA`: any .onnx file on a data set's validation split,
+"""`cnndsl eval MODEL.onnx --data DATA`: any .onnx file on a data set (its validation split
+or the whole of a held-out folder, as `eval` of a spec chooses),
 split as training split it (the seed and fraction its cnndsl metadata records; training's
 defaults otherwise), preprocessed as evaluation preprocesses."""
 
@@ -8,11 +9,12 @@ from ..diagnostics import CnnError, Diagnostic
 
 
 def evaluate_onnx(model: str | bytes, data: str, *, provider: str = "auto",
-                  batch: int = 256) -> dict:
+                  batch: int = 256, split: str | None = None) -> dict:
     import torch
 
     from ..training.data import DataError, eval_transform, load_data, only_classes
     from ..training.metrics import classification_report
+    from ..training.run import default_split
     from .predict import onnx_predictor
     from .quantize import logits_of
     predictor = onnx_predictor(model, provider)
@@ -25,7 +27,8 @@ def evaluate_onnx(model: str | bytes, data: str, *, provider: str = "auto",
     except DataError as exc:
         raise CnnError([Diagnostic(code="E-data", message=exc.message,
                                    help=exc.help or None)]) from None
-    val = loaded.val
+    chosen, why = (split, None) if split is not None else default_split(loaded)
+    val = loaded.part(chosen)
     prepare = eval_transform(info.normalize_ops())
 
     class Runner:  # logits_of's session: numpy in, outputs out
@@ -38,5 +41,6 @@ def evaluate_onnx(model: str | bytes, data: str, *, provider: str = "auto",
                                    f"{logits.shape[1]} scores; {loaded.source} has "
                                    f"{len(val.classes)} classes")])
     report = classification_report(logits, val.labels, val.classes)
-    return {**report, "split": "val", "source": loaded.source, "runtime": predictor.runtime,
+    return {**report, "split": chosen, "split_default": why, "source": loaded.source,
+            "runtime": predictor.runtime,
             "model_precision": info.precision or "fp32"}

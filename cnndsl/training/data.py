@@ -96,6 +96,39 @@ class Data:
     val: Dataset
     source: str
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (file, why)
+    presplit: bool = False  # a folder with train/ and val/: its validation part is its own
+
+    def part(self, split: str):
+        """`train`, `val`, or `all` (both together)."""
+        if split != "all":
+            return self.train if split == "train" else self.val
+        if isinstance(self.train, Dataset) and isinstance(self.val, Dataset):
+            names = self.train.names + self.val.names \
+                if self.train.names and self.val.names else None
+            return Dataset(torch.cat([self.train.images, self.val.images]),
+                           torch.cat([self.train.labels, self.val.labels]), self.val.classes,
+                           names)
+        return Joined(self.train, self.val)
+
+
+class Joined:
+    """Two sample sets read as one, in order (`eval --split all` of streamed data)."""
+
+    def __init__(self, first, second):
+        self.first, self.second = first, second
+        self.classes = second.classes
+
+    def __len__(self) -> int:
+        return len(self.first) + len(self.second)
+
+    def __getitem__(self, i: int):
+        n = len(self.first)
+        return self.first[i] if i < n else self.second[i - n]
+
+    @property
+    def names(self) -> list[str] | None:
+        first, second = getattr(self.first, "names", None), getattr(self.second, "names", None)
+        return list(first) + list(second) if first and second else None
 
 
 def load_data(data: str | Path, shape: tuple[int, int, int], *, val_fraction: float = 0.2,
@@ -126,7 +159,7 @@ def only_classes(data: Data, classes: tuple[str, ...]) -> Data:
                                enumerate(part.files) if keep[i]], list(classes), part.shape)
         return Dataset(part.images[keep], labels[keep], list(classes))
     return Data(select(data.train), select(data.val),
-                f"{data.source} (classes {', '.join(classes)})", data.skipped)
+                f"{data.source} (classes {', '.join(classes)})", data.skipped, data.presplit)
 
 
 def _load(data: str | Path, shape: tuple[int, int, int], val_fraction: float, seed: int,
@@ -185,7 +218,7 @@ def _folder(root: Path, shape, val_fraction: float, seed: int, max_bytes: int,
         val = decode(val_files, classes, shape, skipped)
         _check_nonempty(train, classes, root / "train")
         _check_nonempty(val, classes, root / "val")
-        return Data(train, val, str(root), skipped)
+        return Data(train, val, str(root), skipped, presplit=True)
     files, classes = _class_files(root)
     _check_size(len(files), shape, max_bytes, root)
     every = decode(files, classes, shape, skipped)
@@ -267,6 +300,31 @@ def _lazy(files, classes: list[str], shape, skipped: list) -> ImageFiles:
             continue
         kept.append((path, label))
     return ImageFiles(kept, classes, shape)
+
+
+def read_images(path: Path, shape, max_bytes: int = 4 * 2**30
+                ) -> tuple[torch.Tensor, list[str], list[tuple[str, str]]]:
+    """An image, or a folder's images (sorted, subfolders too), as training reads them:
+    decoded with Pillow, resized and converted to the input's C x H x W, in 0..1. Returns
+    the images, their files and the files skipped (why)."""
+    if path.is_dir():
+        files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in
+                       IMAGE_SUFFIXES and not any(part.startswith(".") for part in
+                                                  p.relative_to(path).parts))
+        if not files:
+            raise DataError(f"{path} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
+    elif path.is_file():
+        files = [path]
+    else:
+        raise DataError(f"no file or folder {path}")
+    _check_size(len(files), shape, max_bytes, path)
+    skipped: list[tuple[str, str]] = []
+    data = _decode([(f, 0) for f in files], ["0"], shape, skipped)
+    if not len(data.labels):
+        raise DataError(f"cannot read {path}: {skipped[0][1]}" if len(files) == 1 else
+                        f"no readable image in {path}")
+    unread = {name for name, _ in skipped}
+    return data.images, [str(f) for f in files if str(f) not in unread], skipped
 
 
 def _check_nonempty(data: Dataset, classes: list[str], where: Path) -> None:

@@ -29,6 +29,7 @@ from torch import nn
 from ..atomic import atomic_path, write_text
 from ..diagnostics import CnnError, Diagnostic, printable_text
 from . import tasks
+from .combine import OutputLosses, pick
 from .data import Data, eval_transform
 from .pipeline import Batches
 from .spec import TrainConfig
@@ -225,7 +226,9 @@ class Trainer:
                          help=f"use at least batch {self.ranks.world}")
         self.task = tasks.get(self.config.task or "classify")
         self.classes = len(self.data.train.classes)
-        self.objective = self.task.loss(self.config, self.classes, self.dev)
+        self.losses = OutputLosses(
+            self.config, lambda config: self.task.loss(config, self.classes, self.dev))
+        self.objective = self.losses.terms[0][2]  # the main output's loss
         self.prepare = eval_transform([(a.name, a.args) for a in self.config.augment])
         size = tuple(self.data.train[0][0].shape[-2:]) if len(self.data.train) else (1, 1)
         self.train_batches = Batches(
@@ -332,10 +335,10 @@ class Trainer:
             if config.channels_last and self.dev.type == "cuda":
                 x = x.contiguous(memory_format=torch.channels_last)
             with autocast:
-                logits = net(x)
-            total, den = self.objective(logits, y)
-            global_den = self._all_sum(den.detach().clone())
-            loss = total * self.ranks.world / global_den
+                outputs = net(x)
+            terms = self.losses(outputs, y)
+            loss = self.losses.combine(terms, self._all_sum, self.ranks.world)
+            logits, total, den = pick(outputs, self.losses.main), terms[0].total, terms[0].den
             if not torch.isfinite(loss):
                 raise _error(f"the loss became {loss.item()} at epoch {progress.epoch + 1}, "
                              f"step {step + 1}: training stopped",
@@ -440,7 +443,7 @@ class Trainer:
         total, den = 0.0, 0.0
         for x, y in self._eval_loader(data)(_in_order(len(data), self.config.batch)):
             with self._autocast():
-                logits = model(x.to(self.dev)).float()
+                logits = pick(model(x.to(self.dev)), self.losses.main).float()
             y = y.to(self.dev)
             part, part_den = self.objective(logits, y)
             total, den = total + float(part), den + float(part_den)
@@ -460,7 +463,8 @@ class Trainer:
         images = torch.stack([data[i][0] for i in rows])
         truth = torch.stack([torch.as_tensor(data[i][1]) for i in rows])
         with self._autocast():
-            predicted = model(self.prepare(images).to(self.dev)).float().argmax(1).cpu()
+            predicted = pick(model(self.prepare(images).to(self.dev)),
+                             self.losses.main).float().argmax(1).cpu()
         model.train(was_training)
         return images, truth, predicted
 
@@ -474,7 +478,8 @@ class Trainer:
         for batch in _in_order(len(data), self.config.batch):
             images = torch.stack([data[i][0] for i in batch])
             with self._autocast():
-                logits = model(self.prepare(images).to(self.dev)).float().cpu()
+                logits = pick(model(self.prepare(images).to(self.dev)),
+                              self.losses.main).float().cpu()
             self.task.write_predictions(folder, [names[i] for i in batch], images, logits)
 
     def _eval_loader(self, data) -> Batches:

@@ -11,14 +11,18 @@ from typing import Any
 
 from ..diagnostics import CnnError, Diagnostic, printable_text
 from . import tasks
-from .spec import TrainConfig, check_train, selected_layers
+from .outputs import output_names
+from .spec import Overrides, TrainConfig, check_train, selected_layers
 
 
 def train_config(model, overrides: dict[str, Any] | None = None) -> TrainConfig:
     """The model's `train` definition (or the defaults) with overrides, checked with the
     network (its task resolved): what `Model.train_config` keeps."""
     try:
-        config = check_train(model.train_def, model.name, model.ir.params, overrides)
+        given = Overrides(getattr(model, "train_overrides", {}),
+                          spans=getattr(model.train_overrides, "spans", {}))
+        config = check_train(model.train_def, model.name, model.ir.params,
+                             given.merged(overrides))
         return tasks.resolve(config, model.ir)
     except CnnError as exc:
         exc.sources = model.program.sources
@@ -94,6 +98,11 @@ def fit_model(model, data=None, *, out: str | Path | None = None, device: str = 
     log(f"training {model.name} on {dataset.source}: {len(dataset.train)} train / "
         f"{len(dataset.val)} val images, {len(dataset.train.classes)} classes, "
         f"{trainer.dev.type}; {config.describe()}")
+    if len(model.ir.outputs) > 1 and not config.losses:
+        names = output_names(model.ir)
+        log(f"note: the loss applies to `{names[0]}`, the first of {len(names)} outputs; "
+            f"{', '.join(f'`{n}`' for n in names[1:])} get none (a loss per output: "
+            f"`loss: {config.loss.name}({names[0]}) + 0.3 * {config.loss.name}({names[1]})`)")
     summary = trainer.fit(Path(resume) if resume else None)
     summary["module"] = module
     if model.weights_report is not None and weights is not None:
@@ -110,19 +119,41 @@ def _quiet(line: str) -> None:
     pass
 
 
+SPLITS = ("all", "val", "train")
+
+
+def default_split(dataset) -> tuple[str, str]:
+    """What `eval` scores without --split, and why: a held-out folder (no train/ and val/,
+    or an .npz) whole; the validation part of data that has one of its own (train/ and
+    val/) or that training splits (the bundled sets: digits, shapes)."""
+    if dataset.presplit:
+        return "val", "a folder with train/ and val/"
+    path = Path(dataset.source.split(" (classes ")[0])
+    if path.is_dir():
+        return "all", "a folder without train/ and val/"
+    if path.is_file():
+        return "all", "an .npz file"
+    return "val", str(path)  # a bundled set, split as training splits it
+
+
 def evaluate_model(model, data=None, *, weights=None, device: str = "auto",
                    batch: int | None = None, overrides: dict | None = None,
                    weights_from: str | None = None, onnx: str | bytes | None = None,
-                   predictions: Path | None = None) -> dict:
-    """The task's metrics on the validation split, of the spec's module (with `weights`)
-    or of an ONNX file run by onnxruntime (`onnx`: its path or bytes); `predictions`: a
-    folder for the task's per-sample outputs (segmentation: colour masks, overlays)."""
+                   predictions: Path | None = None, split: str | None = None) -> dict:
+    """The task's metrics on a part of `data` (`split`: all, val or train; by default as
+    `default_split` says), of the spec's module (with `weights`) or of an ONNX file run by
+    onnxruntime (`onnx`: its path or bytes); `predictions`: a folder for the task's
+    per-sample outputs (segmentation: colour masks, overlays)."""
     from .loop import Trainer
     config = model.train_config(overrides)
     if batch is not None:
         config = config.model_copy(update={"batch": batch})
     task = tasks.get(config.task)
     dataset = load_dataset(model, config, data)
+    if split is not None and split not in SPLITS:
+        raise CnnError([Diagnostic(code="E-arg", message=f"no split `{split}`",
+                                   help="all, val or train")])
+    chosen, why = (split, None) if split is not None else default_split(dataset)
     try:
         task.check_classes(config, model.ir, len(dataset.val.classes))
     except CnnError as exc:
@@ -137,12 +168,14 @@ def evaluate_model(model, data=None, *, weights=None, device: str = "auto",
         raise CnnError([Diagnostic(code="E-train", message=f"--predictions: {config.task} "
                                    "has no per-sample outputs to write")])
     trainer = Trainer(config, dataset, module, device=device)
-    report = trainer.evaluate(module.to(trainer.dev), dataset.val)
+    part = dataset.part(chosen)
+    report = trainer.evaluate(module.to(trainer.dev), part)
     report.pop("logits", None)
     if predictions is not None:
-        trainer.write_predictions(module, dataset.val, predictions)
+        trainer.write_predictions(module, part, predictions)
     trainer.close()
     report["task"] = config.task
-    report["split"] = "val"
+    report["split"] = chosen
+    report["split_default"] = why  # None when asked for
     report["source"] = dataset.source
     return report

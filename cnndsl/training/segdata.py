@@ -119,7 +119,8 @@ def decode_mask(path: Path, size) -> torch.Tensor:
 
 def _folder(root: Path, shape, val_fraction: float, seed: int, ignore: int,
             cache: str) -> Data:
-    if (root / "train").is_dir() and (root / "val").is_dir():
+    presplit = (root / "train").is_dir() and (root / "val").is_dir()
+    if presplit:
         train, val = _pairs(root / "train"), _pairs(root / "val")
     else:
         every = _pairs(root)
@@ -137,7 +138,7 @@ def _folder(root: Path, shape, val_fraction: float, seed: int, ignore: int,
     if cache == "memory" or cache == "auto" and per_sample * (len(train) + len(val)) \
             <= CACHE_BYTES:
         parts = tuple(p.in_memory() for p in parts)
-    return Data(parts[0], parts[1], str(root))
+    return Data(parts[0], parts[1], str(root), presplit=presplit)
 
 
 def _pairs(folder: Path) -> list[tuple[Path, Path]]:

@@ -29,6 +29,7 @@ from ..source import Span
 from ..suggest import did_you_mean
 from ..values import describe, evaluate
 from .ops import AUGMENT_OPS
+from .outputs import OutputLoss, bind_loss_sum, output_names, resolve_terms
 
 
 def _positive_number(value) -> float:
@@ -217,15 +218,6 @@ class Layers(BaseModel):
         return f"all_except({names})" if self.all_except else names
 
 
-class Term(BaseModel):
-    """One term of a weighted sum of losses: `0.5 * dice`."""
-
-    model_config = ConfigDict(frozen=True)
-
-    weight: float
-    loss: Choice
-
-
 class TrainConfig(BaseModel):
     """Everything `cnndsl train` needs besides the network and the data."""
 
@@ -256,23 +248,26 @@ class TrainConfig(BaseModel):
     ignore_index: int = 255
     workers: int | None = None
     cache: str = "auto"
-    # `loss: cross_entropy + 0.5 * dice`: every term; `loss` is then the first one's
-    loss_terms: tuple[Term, ...] = ()
+    # the loss terms, each with its weight and the output it applies to (`loss:
+    # cross_entropy(fc) + 0.3 * cross_entropy(aux1)`, or a sum on the one output, `loss:
+    # cross_entropy + 0.5 * dice`), the main one first; empty: `loss` on the first output
+    losses: tuple[OutputLoss, ...] = ()
     spans: dict[str, Span] = {}  # setting -> where it was written, for later errors
 
     @property
-    def summed_losses(self) -> tuple[Term, ...]:
-        """The loss as weighted terms (one term of weight 1 for a plain `loss: ...`)."""
-        return self.loss_terms or (Term(weight=1.0, loss=self.loss),)
+    def summed_losses(self) -> tuple[OutputLoss, ...]:
+        """The loss as weighted terms (one term of weight 1 on the first output for a plain
+        `loss: ...`)."""
+        return self.losses or (OutputLoss(output=None, loss=self.loss),)
 
     def describe(self) -> str:
         def call(c: Choice) -> str:
             args = ", ".join(f"{k}={describe(v)}" for k, v in c.args.items() if v is not None)
             return f"{c.name}({args})"
-        loss = " + ".join(call(t.loss) if t.weight == 1 else f"{t.weight:g} * {call(t.loss)}"
-                          for t in self.loss_terms) or call(self.loss)
-        parts = [f"epochs {self.epochs}", f"batch {self.batch}", call(self.optimizer),
-                 loss, f"schedule {call(self.schedule)}", f"seed {self.seed}"]
+        loss = " + ".join(t.describe() for t in self.losses) if self.losses else \
+            call(self.loss)
+        parts = [f"epochs {self.epochs}", f"batch {self.batch}", call(self.optimizer), loss,
+                 f"schedule {call(self.schedule)}", f"seed {self.seed}"]
         if self.augment:
             parts.append("augment " + " -> ".join(call(a) for a in self.augment))
         if self.freeze is not None:
@@ -281,6 +276,20 @@ class TrainConfig(BaseModel):
                      else "")
             parts.append(f"frozen {self.freeze.describe()}{after}")
         return ", ".join(parts)
+
+
+class Overrides(dict):
+    """Settings given from outside the spec (`--set epochs=3`, `fit(epochs=3)`); `spans`
+    says where each was written (on the command line), for errors."""
+
+    def __init__(self, *args, spans: dict[str, Span] | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.spans = dict(spans or {})
+
+    def merged(self, other: dict | None) -> Overrides:
+        """These, then `other` on top."""
+        return Overrides({**self, **(other or {})},
+                         spans={**self.spans, **getattr(other, "spans", {})})
 
 
 @dataclass
@@ -311,19 +320,33 @@ def check_train(defn: ast.TrainDef | None, network: str, params: dict[str, Any],
             seen[setting.name] = setting.name_span
             try:
                 value = _bind_setting(setting, params)
-                if setting.name == "loss" and isinstance(value, tuple):
-                    values["loss_terms"], value = value, value[0].loss
                 values[setting.name] = value
                 spans[setting.name] = setting.span
             except CnnError as exc:
                 errors.items.extend(exc.diagnostics)
+    if isinstance(values.get("loss"), tuple):  # the loss terms, per output
+        terms = values.pop("loss")
+        values["loss"] = terms[0].loss
+        if len(terms) > 1 or terms[0].output is not None:
+            values["losses"] = terms
+    where = getattr(overrides, "spans", {})  # each --set on the command line
     for key, value in (overrides or {}).items():
         try:
             _override(values, key, value)
-        except LayerError as exc:
-            errors.add("E-train", f"--set {key}: {exc.message}", None, help=exc.help)
+            if key in where:  # later errors about this setting point at the --set
+                spans[key.partition(".")[0]] = where[key]
+        except (LayerError, CnnError) as exc:
+            for message, help in ([(exc.message, exc.help)] if isinstance(exc, LayerError)
+                                  else [(d.message, d.help) for d in exc.diagnostics]):
+                errors.add("E-train", f"--set {key}={describe(value)}: {message}",
+                           where.get(key), help=help)
     if errors.items:
         raise CnnError(errors.items)
+    if values.get("losses") and values.get("loss") is not values["losses"][0].loss:
+        first, *rest = values["losses"]  # `--set loss=...`: the main output's loss
+        values["losses"] = (first.model_copy(update={"loss": values["loss"],
+                                                     "span": spans.get("loss", first.span)}),
+                            *rest)
     for name, default in DEFAULT_CALLS.items():
         if name not in values:
             values[name] = _bind_call(ast.Name(default, _NOWHERE), CALLS[name], name, {})
@@ -351,8 +374,9 @@ def _bind_setting(setting: ast.Setting, params: dict[str, Any]) -> Any:
         return tuple(_bind_call(v, AUGMENT, "augmentation", params) for v in setting.values)
     if name in LAYER_SETTINGS:
         return _bind_layers(setting.values[0], name)
-    if name == "loss" and isinstance(setting.values[0], ast.BinOp):
-        return _bind_loss_sum(setting.values[0], params)
+    if name == "loss":  # one loss, or a weighted sum of losses on named outputs
+        return bind_loss_sum(setting.values[0], params,
+                             lambda call: _bind_call(call, LOSSES, "loss", params), LOSSES)
     if name in CALLS:
         return _bind_call(setting.values[0], CALLS[name], name, params)
     if name == "early_stop":
@@ -363,23 +387,6 @@ def _bind_setting(setting: ast.Setting, params: dict[str, Any]) -> Any:
     coerce = SCALARS[name][0]
     expr = setting.values[0]
     return _coerce(coerce, evaluate(expr, params), expr.span, f"`{name}`")
-
-
-def _bind_loss_sum(expr: ast.Expr, params: dict[str, Any]) -> tuple[Term, ...]:
-    """`cross_entropy + 0.5 * dice`: terms joined by `+`, each a loss or `weight * loss`."""
-    if isinstance(expr, ast.BinOp) and expr.op == "+":
-        return _bind_loss_sum(expr.left, params) + _bind_loss_sum(expr.right, params)
-    weight, call = 1.0, expr
-    if isinstance(expr, ast.BinOp) and expr.op == "*":
-        number_side, call = ((expr.left, expr.right) if not isinstance(
-            expr.left, ast.Name | ast.Func) else (expr.right, expr.left))
-        weight = _coerce(_positive_number, evaluate(number_side, params), number_side.span,
-                         "a loss's weight")
-    elif isinstance(expr, ast.BinOp):
-        raise CnnError([Diagnostic(
-            code="E-train", message=f"a loss is a sum of weighted losses, not `{expr.op}`",
-            span=expr.span, help="e.g. `loss: cross_entropy + 0.5 * dice`")])
-    return (Term(weight=weight, loss=_bind_call(call, LOSSES, "loss", params)),)
 
 
 def _bind_layers(expr: ast.Expr, setting: str) -> Layers:
@@ -417,12 +424,12 @@ def _bind_call(expr: ast.Expr, table: dict[str, tuple[Arg, ...]], what: str,
         raise CnnError([Diagnostic(
             code="E-train", message=f"expected a {what} such as "
             f"`{next(iter(table))}(...)`", span=expr.span,
-            help=f"{what}s: " + ", ".join(table))])
+            help=f"{_plural(what)}: " + ", ".join(table))])
     if expr.name not in table:
         raise CnnError([Diagnostic(
             code="E-train", message=f"unknown {what} `{expr.name}`", span=expr.span,
             label=f"not a {what}", help=did_you_mean(expr.name, table) or
-            f"{what}s: " + ", ".join(table))])
+            f"{_plural(what)}: " + ", ".join(table))])
     return Choice(name=expr.name, args=_bind_args(expr, table[expr.name], expr.name, params))
 
 
@@ -438,6 +445,10 @@ def _bind_args(call: ast.Func, signature: tuple[Arg, ...], what: str,
     except _StatementError:
         raise CnnError(checker.errors) from None
     return values
+
+
+def _plural(word: str) -> str:
+    return word + ("es" if word.endswith("s") else "s")
 
 
 def _signature(what: str, signature: tuple[Arg, ...]) -> str:
@@ -457,10 +468,11 @@ def _coerce(coerce, value, span: Span, what: str):
 def _override(values: dict[str, Any], key: str, value: Any) -> None:
     """`epochs=3`, `optimizer.lr=0.1`, `optimizer=sgd` from the command line."""
     setting, _, arg = key.partition(".")
-    if setting == "loss" and values.get("loss_terms"):
-        if arg:
+    terms = values.get("losses") or ()
+    if setting == "loss" and len(terms) > 1 and terms[0].output is None:
+        if arg:  # a sum on the one output
             raise LayerError("the loss is a sum of losses: write its arguments in the spec")
-        values.pop("loss_terms")
+        values.pop("losses")
     if setting in LAYER_SETTINGS and not arg:
         values[setting] = value if isinstance(value, Layers) else Layers(
             names=tuple(str(v) for v in (value if isinstance(value, tuple) else (value,))))
@@ -497,18 +509,29 @@ def _override(values: dict[str, Any], key: str, value: Any) -> None:
 # ---- the loss against the network's output --------------------------------------------
 
 
-def check_loss_fits(config: TrainConfig, ir) -> None:
-    """The loss must fit the network's output (one score per class), known statically."""
-    name = ir.outputs[0]
+def check_loss_fits(config: TrainConfig, ir) -> TrainConfig:
+    """Each loss must fit the output it applies to (one score per class), known statically.
+    Returns the config with each loss term's output resolved."""
+    loss_span = config.spans.get("loss")
+    terms = resolve_terms(config.losses, ir, loss_span)
+    for term in terms or (OutputLoss(output=None, loss=config.loss),):
+        if term.weight > 0:  # `0 * loss(x)`: x trains without a loss
+            _check_fits(term.loss.name, ir, ir.outputs[term.index], term.span or loss_span,
+                        output_names(ir)[term.index] if len(ir.outputs) > 1 else None)
+    return config.model_copy(update={"losses": terms})
+
+
+def _check_fits(loss: str, ir, name: str, loss_span: Span | None,
+                output: str | None) -> None:
     shape = ir.shape_of(name)
     node = _node(ir, name)
     span = node.span if node is not None else None
-    loss, loss_span = config.loss.name, config.spans.get("loss")
     where = {"span": loss_span or span,
              "related": (Label(span=span, text="the output"),) if span and loss_span else ()}
+    gives = f"`{output}` gives" if output else "the network gives"
     if len(shape) != 1:
         raise CnnError([Diagnostic(
-            code="E-train", message=f"{loss} needs one score per class; the network gives "
+            code="E-train", message=f"{loss} needs one score per class; {gives} "
             f"{' x '.join(map(str, shape))}", **where,
             help="end the network with `flatten -> linear(classes)`")])
     last_op = node.op if node is not None else None
@@ -518,22 +541,28 @@ def check_loss_fits(config: TrainConfig, ir) -> None:
             code="E-train", message="`nll` takes log-probabilities: end the network with "
             "`log_softmax`", **where, help="or use `loss: cross_entropy` on raw scores")])
     if loss in ("cross_entropy", "bce_with_logits") and scores is not None:
+        ends = f"`{output}` ends" if output else "the network ends"
         raise CnnError([Diagnostic(
-            code="E-train", message=f"`{loss}` takes raw scores but the network ends with "
+            code="E-train", message=f"`{loss}` takes raw scores but {ends} with "
             f"`{last_op}`", **where, help=f"drop the final {last_op} (the loss applies it)"
             + (", or use `loss: nll`" if scores == "log-probabilities" else ""))])
 
 
-def check_classes(config: TrainConfig, ir, classes: int) -> None:
-    """The network gives one score per class of the data; else an error at the layer that
-    fixes the count, with the parameter it came from."""
-    check_loss_fits(config, ir)
-    check_count(ir, classes)
+def check_classes(config: TrainConfig, ir, classes: int) -> TrainConfig:
+    """Every output with a loss gives one score per class of the data; else an error at
+    the layer that fixes the count, with the parameter it came from. Returns the config
+    with its loss terms resolved."""
+    config = check_loss_fits(config, ir)
+    named = len({t.index for t in config.summed_losses}) > 1
+    for term in config.summed_losses:
+        if term.weight != 0:
+            check_count(ir, classes, term.index, f"`{term.output}`" if named else None)
+    return config
 
 
-def check_count(ir, classes: int) -> None:
-    """The network's output channels (its scores, or its score maps) number the classes."""
-    name = ir.outputs[0]
+def check_count(ir, classes: int, index: int = 0, output: str | None = None) -> None:
+    """An output's channels (its scores, or its score maps) number the classes."""
+    name = ir.outputs[index]
     outputs = ir.shape_of(name)[0]
     if outputs == classes:
         return
@@ -541,8 +570,9 @@ def check_count(ir, classes: int) -> None:
     param = _parameter_behind(ir, producer)
     hint = f"--set {param}={classes}" if param else f"give it {classes} outputs"
     raise CnnError([Diagnostic(
-        code="E-train", message=f"the data has {classes} classes but the network gives "
-        f"{outputs} outputs", span=producer.span if producer else None,
+        code="E-train", message=f"the data has {classes} classes but "
+        f"{output or 'the network'} gives {outputs} outputs",
+        span=producer.span if producer else None,
         label=f"{outputs} outputs", help=f"{hint}, or train on data with {outputs} classes")])
 
 

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from ...diagnostics import CnnError, Diagnostic, Label
+from ..outputs import resolve_terms
 from ..spec import TrainConfig, check_layers
 
 
@@ -79,6 +80,8 @@ def get(name: str) -> Task:
 def resolve(config: TrainConfig, ir) -> TrainConfig:
     """The task (written, else inferred from the network's output) checked against the
     network with its loss and layer settings; the config comes back with its task set."""
+    config = config.model_copy(update={"losses": resolve_terms(
+        config.losses, ir, config.spans.get("loss"))})
     name = config.task or _infer(config, ir)
     task = get(name)
     stop = config.early_stop
@@ -101,7 +104,7 @@ def _infer(config: TrainConfig, ir) -> str:
     for name, task in _tasks().items():
         if config.data in task.data_words:
             return name
-    shape = ir.shape_of(ir.outputs[0])
+    shape = ir.shape_of(ir.outputs[config.summed_losses[0].index])
     if len(shape) == 3:
         return "segment"
     if len(shape) == 1:

@@ -95,7 +95,7 @@ class Classify:
                     code="E-train", message=f"`{term.loss.name}` is a segmentation loss; this "
                     "network classifies", **where(config, ir),
                     help="classification losses: " + ", ".join(LOSSES))])
-            check_loss_fits(config.model_copy(update={"loss": term.loss}), ir)
+        check_loss_fits(config, ir)
 
     def check_classes(self, config: TrainConfig, ir, classes: int) -> None:
         check_classes(config, ir, classes)
