@@ -1,0 +1,92 @@
+"""Hostile inputs to predict, inspect, run and the ONNX metadata: each is a clear error or a
+skipped file, never an internal error, a hang or an allocation the size of a bad header."""
+
+from __future__ import annotations
+
+import os
+import struct
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cnndsl.deploy.describe import from_onnx_metadata
+from cnndsl.diagnostics import CnnError
+from conftest import run_cli
+
+TWO_CHANNELS = """
+network two() {
+    input image: 2 x 8 x 8
+    conv(4, 3) -> flatten -> linear(3)
+}
+"""
+
+
+def bomb_png(path: Path) -> None:
+    """A PNG whose header claims 60,000 x 60,000 pixels (a few bytes on disk)."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (struct.pack(">I", len(data)) + kind + data
+                + struct.pack(">I", zlib.crc32(kind + data)))
+    header = struct.pack(">IIBBBBB", 60000, 60000, 8, 0, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header)
+                     + chunk(b"IDAT", zlib.compress(b"\0" * 1000)) + chunk(b"IEND", b""))
+
+
+def grey_png(path: Path) -> None:
+    from PIL import Image
+    Image.fromarray(np.full((8, 8), 128, dtype=np.uint8)).save(path)
+
+
+def test_a_decompression_bomb_is_skipped_and_named_not_an_internal_error(tmp_path):
+    from cnndsl.deploy.predict import decode_images
+    bomb_png(tmp_path / "bomb.png")
+    grey_png(tmp_path / "ok.png")
+    skipped: list = []
+    data = decode_images([tmp_path / "bomb.png", tmp_path / "ok.png"], (1, 8, 8), skipped)
+    assert data.images.shape == (1, 1, 8, 8)
+    assert len(skipped) == 1 and skipped[0][0] == str(tmp_path / "bomb.png")
+    assert "exceeds limit" in skipped[0][1]
+
+
+def test_predict_of_a_network_images_cannot_feed_is_a_data_error(tmp_path):
+    (tmp_path / "two.cnn").write_text(TWO_CHANNELS)
+    grey_png(tmp_path / "ok.png")
+    for args in (["predict", "two.cnn", "ok.png"], ["run", "two.cnn", "--input", "ok.png"],
+                 ["inspect", "two.cnn", "ok.png", "--layer", "conv1", "-o", "x.png"]):
+        done = run_cli(*args, cwd=tmp_path)
+        assert done.returncode == 1, (args, done.stderr)
+        assert "images cannot feed an input of 2 x 8 x 8" in done.stderr, args
+        assert "internal error" not in done.stderr
+    assert not (tmp_path / "x.png").exists()
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs FIFOs")
+def test_predict_and_inspect_refuse_a_fifo_instead_of_blocking_on_it(tmp_path):
+    from cnndsl.deploy.predict import image_files
+    fifo = tmp_path / "fifo.png"
+    os.mkfifo(fifo)
+    with pytest.raises(CnnError, match="not a regular file"):
+        image_files([str(fifo)])
+    done = run_cli("inspect", str(Path(__file__).parent.parent / "examples/train_digits.cnn"),
+                   str(fifo), "--layer", "conv1", "-o", str(tmp_path / "x.png"))
+    assert done.returncode == 1 and "is not an image file" in done.stderr, done.stderr
+
+
+def test_onnx_metadata_cannot_override_the_models_fixed_input_shape():
+    info = from_onnx_metadata({"cnndsl.shape": "[1, 100000, 100000]"}, [None, 1, 16, 16])
+    assert info.shape == (1, 16, 16)
+    with pytest.raises(ValueError, match="not N x C x H x W"):
+        from_onnx_metadata({"cnndsl.shape": "[1, 100000, 100000]"}, ["N", "C", "H", "W"])
+    info = from_onnx_metadata({"cnndsl.shape": "[3, 32, 32]"}, ["N", "C", "H", "W"])
+    assert info.shape == (3, 32, 32)
+
+
+@pytest.mark.parametrize("mean, std", [("[0.5]", "[0]"), ("[NaN]", "[Infinity]"),
+                                       ("[0.1, 0.2]", "[0.1, 0.2]"), ("[0.5]", "[1e400]")])
+def test_onnx_metadata_normalisation_that_cannot_be_applied_is_ignored(mean, std):
+    info = from_onnx_metadata({"cnndsl.mean": mean, "cnndsl.std": std}, [None, 1, 16, 16])
+    assert info.mean is None and info.std is None
+    ok = from_onnx_metadata({"cnndsl.mean": "[0.5]", "cnndsl.std": "[0.25]"},
+                            [None, 1, 16, 16])
+    assert ok.mean == [0.5] and ok.std == [0.25]
