@@ -90,3 +90,60 @@ def test_onnx_metadata_normalisation_that_cannot_be_applied_is_ignored(mean, std
     ok = from_onnx_metadata({"cnndsl.mean": "[0.5]", "cnndsl.std": "[0.25]"},
                             [None, 1, 16, 16])
     assert ok.mean == [0.5] and ok.std == [0.25]
+
+
+@pytest.fixture(scope="module")
+def digits_onnx(tmp_path_factory) -> Path:
+    import cnndsl
+    folder = tmp_path_factory.mktemp("importer")
+    spec = folder / "small.cnn"
+    spec.write_text("network small() {\n    input image: 1 x 8 x 8\n"
+                    "    conv(2, 3) -> relu -> flatten -> linear(3)\n}\n")
+    cnndsl.load(spec).to_onnx(folder / "small.onnx")
+    return folder / "small.onnx"
+
+
+def test_a_failed_import_keeps_the_weights_file_that_was_there(digits_onnx, tmp_path,
+                                                                   monkeypatch, capsys):
+    from cnndsl import atomic
+    from cnndsl.cli import main
+    weights = tmp_path / "net.safetensors"
+    weights.write_bytes(b"an earlier import's weights")
+    (tmp_path / "taken.cnn").mkdir()
+    assert main(["import", str(digits_onnx), "-o", str(tmp_path / "taken.cnn"),
+                 "--weights-out", str(weights)]) == 1
+    assert weights.read_bytes() == b"an earlier import's weights"
+    # the spec's write failing after the weights are written (a full disk) keeps both too
+    spec = tmp_path / "net.cnn"
+    spec.write_text("an earlier spec")
+    real = atomic.write_bytes
+
+    def full_disk(target, data):
+        if Path(target) == spec:
+            raise OSError(28, "No space left on device", str(target))
+        real(target, data)
+    monkeypatch.setattr(atomic, "write_bytes", full_disk)
+    assert main(["import", str(digits_onnx), "-o", str(spec)]) == 1
+    assert weights.read_bytes() == b"an earlier import's weights"
+    assert spec.read_text() == "an earlier spec"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["net.cnn", "net.safetensors",
+                                                          "taken.cnn"]
+    assert "No space left" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs FIFOs")
+def test_import_of_a_fifo_is_refused_instead_of_blocking(tmp_path, capsys):
+    from cnndsl.cli import main
+    os.mkfifo(tmp_path / "model.onnx")
+    assert main(["import", str(tmp_path / "model.onnx"), "-o", str(tmp_path / "x.cnn")]) == 1
+    assert "not a regular file" in capsys.readouterr().err
+
+
+def test_import_of_a_python_function_that_gives_no_module_is_an_error(tmp_path, capsys):
+    from cnndsl.cli import main
+    for source, words in (("python:os:getcwd", "returns a torch.nn.Module; it gave str"),
+                          ("python:os:sep", "is not a function")):
+        assert main(["import", source, "-o", str(tmp_path / "x.cnn")]) == 1
+        err = capsys.readouterr().err
+        assert words in err and "internal error" not in err, err
+    assert not list(tmp_path.iterdir())
