@@ -147,3 +147,36 @@ def test_import_of_a_python_function_that_gives_no_module_is_an_error(tmp_path, 
         err = capsys.readouterr().err
         assert words in err and "internal error" not in err, err
     assert not list(tmp_path.iterdir())
+
+
+ZERO_WEIGHTED = """
+network n() {
+    input image: 1 x 8 x 8
+    f = image -> conv(2, 3, padding=1) -> relu -> flatten
+    fc = f -> linear(10)
+    emb = f -> linear(5)
+    output OUTPUTS
+}
+train n() {
+    data: digits
+    epochs: 1
+    loss: LOSS
+}
+"""
+
+
+@pytest.mark.parametrize("outputs, loss, code, words", [
+    ("fc, emb", "cross_entropy(fc) + 0 * cross_entropy(emb)", 0, "best epoch 1"),
+    ("fc, emb", "cross_entropy(fc) + 0 * mse(emb)", 0, "best epoch 1"),
+    ("emb, fc", "0 * cross_entropy(emb) + cross_entropy(fc)", 1,
+     "the data has 10 classes but `emb` gives 5 outputs")])
+def test_an_output_weighted_zero_is_trained_without_its_loss(tmp_path, outputs, loss, code,
+                                                               words):
+    """`+ 0 * loss(out)` trains without `out` (its class count is not the data's); the
+    first term's output is the one measured, so its count must fit even at weight 0."""
+    (tmp_path / "n.cnn").write_text(ZERO_WEIGHTED.replace("OUTPUTS", outputs)
+                                    .replace("LOSS", loss))
+    done = run_cli("train", "n.cnn", "--out", "runs", cwd=tmp_path)
+    assert done.returncode == code, done.stderr
+    assert words in done.stderr + done.stdout
+    assert "internal error" not in done.stderr

@@ -41,7 +41,9 @@ class OutputLosses:
 
     def __call__(self, outputs, targets: torch.Tensor) -> list[Term]:
         result = []
-        for index, weight, objective in self.terms:
+        for position, (index, weight, objective) in enumerate(self.terms):
+            if weight == 0 and position > 0:  # `0 * loss(out)`: trained without it, and
+                continue                      # never checked against the labels
             total, den = objective(pick(outputs, index), targets)
             result.append(Term(weight, total, den))
         return result

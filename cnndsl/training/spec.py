@@ -529,10 +529,11 @@ def check_classes(config: TrainConfig, ir, classes: int) -> TrainConfig:
     with its loss terms resolved."""
     config = check_loss_fits(config, ir)
     terms = config.losses or (OutputLoss(output=None, loss=config.loss),)
-    for term in terms:
+    for position, term in enumerate(terms):
         name = ir.outputs[term.index]
         outputs = ir.shape_of(name)[0]
-        if outputs == classes or term.weight == 0:
+        if outputs == classes or (term.weight == 0 and position > 0):  # the first term's
+            continue  # output is the one accuracy and the metrics are measured on
             continue
         producer = _producer(ir, name)
         param = _parameter_behind(ir, producer)
