@@ -180,3 +180,29 @@ def test_an_output_weighted_zero_is_trained_without_its_loss(tmp_path, outputs, 
     assert done.returncode == code, done.stderr
     assert words in done.stderr + done.stdout
     assert "internal error" not in done.stderr
+
+
+def test_predict_with_a_spec_of_several_outputs_uses_the_first(tmp_path):
+    (tmp_path / "two.cnn").write_text(
+        "network two() {\n    input image: 1 x 8 x 8\n"
+        "    f = image -> conv(2, 3) -> flatten\n    a = f -> linear(3)\n"
+        "    b = f -> linear(4)\n    output a, b\n}\n")
+    grey_png(tmp_path / "ok.png")
+    done = run_cli("predict", "two.cnn", "ok.png", "--json", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    import json
+    result = json.loads(done.stdout)["predictions"][0]
+    assert sorted(t["index"] for t in result["top"]) == [0, 1, 2]  # `a`'s 3 classes
+
+
+def test_quantising_with_data_that_has_no_validation_images_writes_nothing(tmp_path):
+    from PIL import Image
+    (tmp_path / "images" / "only").mkdir(parents=True)
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / "images" / "only" / "0.png")
+    (tmp_path / "n.cnn").write_text("network n() {\n    input image: 1 x 8 x 8\n"
+                                    "    conv(2, 3) -> flatten -> linear(1)\n}\n")
+    done = run_cli("compile", "n.cnn", "--to", "onnx", "-o", "q.onnx", "--quantize", "int8",
+                   "--calibrate", "images", cwd=tmp_path)
+    assert done.returncode == 1, done.stderr
+    assert "no validation images" in done.stderr and "internal error" not in done.stderr
+    assert not (tmp_path / "q.onnx").exists()

@@ -58,8 +58,9 @@ def spec_predictor(model, *, weights=None, weights_from=None, device: str = "aut
 
     @torch.no_grad()
     def forward(x):
-        with autocast():
-            return module(x.to(dev)).float().cpu()
+        from ..training.combine import pick
+        with autocast():  # the first output, as an .onnx export's first output is used
+            return pick(module(x.to(dev)), 0).float().cpu()
     return Predictor(info, forward, f"torch on {dev.type}")
 
 
