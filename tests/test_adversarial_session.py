@@ -206,3 +206,14 @@ def test_quantising_with_data_that_has_no_validation_images_writes_nothing(tmp_p
     assert done.returncode == 1, done.stderr
     assert "no validation images" in done.stderr and "internal error" not in done.stderr
     assert not (tmp_path / "q.onnx").exists()
+
+
+def test_keeping_an_output_twice_is_an_error_not_a_renamed_copy(tmp_path):
+    import cnndsl
+    spec = tmp_path / "two.cnn"
+    spec.write_text("network two() {\n    input image: 1 x 8 x 8\n"
+                    "    f = image -> conv(2, 3) -> flatten\n    a = f -> linear(3)\n"
+                    "    b = f -> linear(4)\n    output a, b\n}\n")
+    with pytest.raises(CnnError, match="the output `a` is named twice"):
+        cnndsl.load(spec).keep_outputs(("a", "a"))
+    assert cnndsl.load(spec).keep_outputs(("b", "a")).ir.output_names == ("b", "a")
