@@ -227,6 +227,11 @@ def _reduced_onnx(model, fp32, args) -> int:
     info = exported_info(model)
     config = train_config(model)
     data = load_dataset(model, config, args.calibrate)
+    if not len(data.val.labels):  # checked before anything is written
+        raise CnnError([Diagnostic(code="E-data", message=f"{args.calibrate} has no "
+                                   "validation images to compare the two models on",
+                                   help="give more images per class, or a folder with "
+                                   "train/ and val/")])
     prepare = eval_transform(info.normalize_ops() if info else [])
     batches = q.calibration_batches(data.train.images, args.calibration, args.seed, prepare)
     _say_weights(model, args)

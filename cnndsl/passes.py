@@ -88,6 +88,10 @@ def keep_outputs(ir: Network, names: tuple[str, ...]) -> Network:
             code="E-name", message=f"{ir.name} has no output `{unknown[0]}`" if unknown
             else "keep at least one output", help=(hint + " " if hint else "") +
             "its outputs: " + ", ".join(spec_names))])
+    twice = next((n for i, n in enumerate(names) if n in names[:i]), None)
+    if twice is not None:  # an output given twice would come out under two names
+        raise CnnError([Diagnostic(code="E-name", message=f"the output `{twice}` is "
+                                   "named twice", help="name each output once")])
     chosen = [spec_names.index(n) for n in names]
     outputs = tuple(ir.outputs[i] for i in chosen)
     needed: set[str] = set()

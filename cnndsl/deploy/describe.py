@@ -6,6 +6,7 @@ is enough to predict with."""
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -107,17 +108,20 @@ def from_onnx_metadata(props: dict[str, str], input_shape) -> ModelInfo:
         except ValueError:
             return None
     shape = get("shape")
-    if not (isinstance(shape, list) and len(shape) == 3 and all(isinstance(d, int) and d > 0
-                                                                 for d in shape)):
-        dims = list(input_shape)[1:]
-        if len(dims) != 3 or not all(isinstance(d, int) and d > 0 for d in dims):
-            raise ValueError(f"the model's input is {input_shape}, not N x C x H x W with "
-                             "fixed C, H and W")
+    dims = list(input_shape)[1:]
+    fixed = len(dims) == 3 and all(isinstance(d, int) and d > 0 for d in dims)
+    if fixed:  # the model's own input wins over what its metadata says
         shape = dims
+    elif not (isinstance(shape, list) and len(shape) == 3 and len(dims) == 3
+              and all(isinstance(d, int) and not isinstance(d, bool) and 0 < d <= 65536
+                      for d in shape)):
+        raise ValueError(f"the model's input is {input_shape}, not N x C x H x W with "
+                         "fixed C, H and W")
     classes, mean, std = get("classes"), get("mean"), get("std")
     if not (isinstance(classes, list) and all(isinstance(c, str) for c in classes)):
         classes = None
-    if not (_floats(mean) and _floats(std) and len(mean) == len(std)):
+    if not (_floats(mean) and _floats(std) and len(mean) == len(std)
+            and len(mean) in (1, shape[0]) and all(v != 0 for v in std)):
         mean = std = None
     val_split, seed, precision = get("val_split"), get("seed"), get("precision")
     return ModelInfo(shape=tuple(shape), task=str(get("task") or "classification"),
@@ -130,4 +134,5 @@ def from_onnx_metadata(props: dict[str, str], input_shape) -> ModelInfo:
 
 def _floats(value) -> bool:
     return isinstance(value, list) and bool(value) and all(
-        isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
+        isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+        for v in value)

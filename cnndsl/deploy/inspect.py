@@ -55,7 +55,7 @@ def layers_with_outputs(module) -> list[str]:
 
 def inspect_image(model, image: str | Path, layer: str, *, weights=None,
                   weights_from: str | None = None) -> Inspection:
-    from ..training.data import _decode, eval_transform
+    from ..training.data import eval_transform
     from ..training.run import build_module
     from .describe import from_spec
     config = model.train_config()
@@ -68,8 +68,11 @@ def inspect_image(model, image: str | Path, layer: str, *, weights=None,
         raise CnnError([Diagnostic(code="E-name", message=f"no layer `{layer}` in "
                                    f"{model.name} to look at" + (f"; {hint}" if hint else ""),
                                    help="layers: " + ", ".join(known[:40]))])
+    from .predict import decode_images
+    if not Path(image).is_file():  # a folder, a FIFO or a device: one image file only
+        raise CnnError([Diagnostic(code="E-data", message=f"{image} is not an image file")])
     skipped: list = []
-    decoded = _decode([(Path(image), 0)], ["?"], info.shape, skipped)
+    decoded = decode_images([Path(image)], info.shape, skipped)
     if skipped:
         raise CnnError([Diagnostic(code="E-data", message=f"cannot read {skipped[0][0]}: "
                                    f"{skipped[0][1]}")])

@@ -58,8 +58,9 @@ def spec_predictor(model, *, weights=None, weights_from=None, device: str = "aut
 
     @torch.no_grad()
     def forward(x):
-        with autocast():
-            return module(x.to(dev)).float().cpu()
+        from ..training.combine import pick
+        with autocast():  # the first output, as an .onnx export's first output is used
+            return pick(module(x.to(dev)), 0).float().cpu()
     return Predictor(info, forward, f"torch on {dev.type}")
 
 
@@ -93,11 +94,25 @@ def image_files(paths: list[str]) -> list[Path]:
                             and p.suffix.lower() in IMAGE_SUFFIXES
                             and not any(part.startswith(".") for part in
                                         p.relative_to(path).parts))
-        elif path.exists():
+        elif path.is_file():
             found.append(path)
+        elif path.exists():  # a FIFO or a device would block or never end
+            raise CnnError([Diagnostic(code="E-data", message=f"{path} is not a regular "
+                                       "file or a folder")])
         else:
             raise CnnError([Diagnostic(code="E-data", message=f"no image or folder at {path}")])
     return found
+
+
+def decode_images(files: list[Path], shape, skipped: list):
+    """Files decoded as training decodes them; a shape images cannot feed is an error."""
+    from ..training.data import DataError, _check_size, _decode
+    try:
+        _check_size(len(files), shape, 4 * 2**30, files[0])
+        return _decode([(p, 0) for p in files], ["?"], shape, skipped)
+    except DataError as exc:
+        raise CnnError([Diagnostic(code="E-data", message=exc.message,
+                                   help=exc.help or None)]) from None
 
 
 def predict_files(predictor: Predictor, files: list[Path], *, batch: int = 64, top: int = 5,
@@ -106,7 +121,6 @@ def predict_files(predictor: Predictor, files: list[Path], *, batch: int = 64, t
     (and listed), as training skips them."""
     from tqdm.auto import tqdm
 
-    from ..training.data import _decode
     out = Predictions()
     answer = TASKS.get(predictor.info.task)
     if answer is None:
@@ -118,7 +132,7 @@ def predict_files(predictor: Predictor, files: list[Path], *, batch: int = 64, t
     for start in range(0, len(files), batch):
         chunk = files[start:start + batch]
         skipped_before = len(out.skipped)
-        decoded = _decode([(p, 0) for p in chunk], ["?"], predictor.info.shape, out.skipped)
+        decoded = decode_images(chunk, predictor.info.shape, out.skipped)
         bad = {f for f, _ in out.skipped[skipped_before:]}
         good = [p for p in chunk if str(p) not in bad]
         if good:

@@ -210,7 +210,8 @@ def parse_shape(text: str, where: str) -> tuple[int, ...]:
 def import_source(source: str, output: Path, weights_out: Path, *, partial: bool = False,
                   shape: str = "3x224x224", opset: int = 18) -> Imported:
     """Import, verify, then write the spec and its weights (atomically, both or neither)."""
-    from ..atomic import write_bytes, write_text
+    from ..atomic import atomic_path, check_target, write_bytes, write_text
+    check_target(output)  # before the weights are written, so that neither is
     if output.suffix != ".cnn":
         raise import_error(str(output), "the spec to write must end in .cnn")
     if source.startswith(("torchvision:", "python:")):
@@ -229,12 +230,11 @@ def import_source(source: str, output: Path, weights_out: Path, *, partial: bool
         result = import_file(source, output.stem, partial)
     from safetensors.numpy import save
     data = save({k: np.array(v, order="C") for k, v in result.weights.items()})  # 0-d stays 0-d
-    write_bytes(weights_out, data)
-    try:
+    # both files or neither, and a failure keeps the old ones: each is written beside its
+    # target, and the weights replace theirs only once the spec has replaced its own
+    with atomic_path(weights_out) as weights_tmp:
+        write_bytes(weights_tmp, data)
         write_text(output, result.text)
-    except BaseException:  # both files or neither
-        weights_out.unlink(missing_ok=True)
-        raise
     return result
 
 __all__ = ["Imported", "import_file", "import_graph", "import_source", "read_graph", "verify"]

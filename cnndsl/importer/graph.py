@@ -5,6 +5,7 @@ folder) is an `E-onnx` error at the file, before anything is allocated for it.""
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -48,17 +49,20 @@ def read_graph(path: str | Path) -> Graph:
     from google.protobuf.message import DecodeError
     path = Path(path)
     where = str(path)
-    try:
-        size = path.stat().st_size
+    from ..files import open_regular
+    try:  # a regular file only: a FIFO or a device would block or never end
+        with open_regular(path) as f:
+            size = os.fstat(f.fileno()).st_size
+            if size > MAX_FILE_BYTES:
+                raise import_error(where, f"{size:,} bytes is more than the "
+                                   f"{MAX_FILE_BYTES:,} an imported model may have")
+            data = f.read(MAX_FILE_BYTES + 1)
     except OSError as exc:
         raise CnnError([Diagnostic(code="E-io", message=f"cannot read {path}: "
                                    f"{exc.strerror or exc}")]) from None
-    if size > MAX_FILE_BYTES:
-        raise import_error(where, f"{size:,} bytes is more than the {MAX_FILE_BYTES:,} an "
-                           "imported model may have")
     model = onnx.ModelProto()
     try:
-        model.ParseFromString(path.read_bytes())
+        model.ParseFromString(data)
     except (DecodeError, RuntimeError, ValueError) as exc:
         raise import_error(where, f"not a readable ONNX file ({exc or 'truncated'})",
                            "export it again; a truncated download cannot be read") from None

@@ -29,7 +29,14 @@ def build_module(source: str):
         factory = getattr(importlib.import_module(module_name), function)
     except (ImportError, AttributeError) as exc:
         raise import_error(source, f"cannot import it: {exc}") from None
-    return factory()
+    import torch
+    if not callable(factory):
+        raise import_error(source, f"`{function}` is not a function")
+    module = factory()
+    if not isinstance(module, torch.nn.Module):
+        raise import_error(source, f"`{function}` must be a function that returns a "
+                           f"torch.nn.Module; it gave {type(module).__name__}")
+    return module
 
 
 def to_onnx_bytes(module, shape: tuple[int, ...], opset: int) -> bytes:

@@ -37,15 +37,20 @@ class OutputLosses:
         groups: dict[int, list[OutputLoss]] = {}
         for term in config.summed_losses:
             groups.setdefault(term.index, []).append(term)
+        # a group's own weights are inside its objective; 0 marks an output whose every
+        # term is weighted 0 (trained without a loss)
         self.terms = tuple(
-            (index, 1.0, make_objective(config.model_copy(
-                update={"losses": tuple(group), "loss": group[0].loss})))
+            (index, 0.0 if all(t.weight == 0 for t in group) else 1.0,
+             make_objective(config.model_copy(update={"losses": tuple(group),
+                                                      "loss": group[0].loss})))
             for index, group in groups.items())
         self.main = self.terms[0][0]  # the main output's index
 
     def __call__(self, outputs, targets: torch.Tensor) -> list[Term]:
         result = []
-        for index, weight, objective in self.terms:
+        for position, (index, weight, objective) in enumerate(self.terms):
+            if weight == 0 and position > 0:  # `0 * loss(out)`: trained without it, and
+                continue                      # never checked against the labels
             total, den = objective(pick(outputs, index), targets)
             result.append(Term(weight, total, den))
         return result

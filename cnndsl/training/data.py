@@ -255,8 +255,17 @@ def _check_size(count: int, shape, max_bytes: int, where: Path) -> None:
                         help="use fewer or smaller images")
 
 
+def check_image_input(shape) -> None:
+    """Images decode to grey or RGB: only a 1 x H x W or 3 x H x W input can take them."""
+    if len(shape) != 3 or shape[0] not in (1, 3):
+        raise DataError(f"images cannot feed an input of {' x '.join(map(str, shape))}: "
+                        "they decode to 1 x H x W (grey) or 3 x H x W (RGB)",
+                        help="give an .npy array of the input's shape instead")
+
+
 def _decode(files, classes: list[str], shape, skipped: list) -> Dataset:
     from PIL import Image, UnidentifiedImageError
+    check_image_input(shape)
     mode = "L" if shape[0] == 1 else "RGB"
     images, labels = [], []
     for path, label in files:
@@ -265,7 +274,8 @@ def _decode(files, classes: list[str], shape, skipped: list) -> Dataset:
                 pixels = torch.frombuffer(bytearray(image.convert(mode).tobytes()),
                                           dtype=torch.uint8)
                 size = image.size
-        except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+        except (UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError,
+                SyntaxError) as exc:
             why = "not an image" if isinstance(exc, UnidentifiedImageError) else \
                 f"unreadable image ({exc})"
             skipped.append((str(path), why))

@@ -554,8 +554,10 @@ def check_classes(config: TrainConfig, ir, classes: int) -> TrainConfig:
     with its loss terms resolved."""
     config = check_loss_fits(config, ir)
     named = len({t.index for t in config.summed_losses}) > 1
-    for term in config.summed_losses:
-        if term.weight != 0:
+    for position, term in enumerate(config.summed_losses):
+        # an output weighted 0 trains without its loss; but the first term's output is the
+        # one accuracy and the metrics are measured on
+        if term.weight != 0 or position == 0:
             check_count(ir, classes, term.index, f"`{term.output}`" if named else None)
     return config
 
