@@ -61,7 +61,7 @@ def test_every_node_appears_with_the_shapes_pytorch_computes(spec):
     import torch
     model = cnndsl.load(SPECS / spec)
     with torch.device("meta"):  # shapes only: PyTorch's own shape rules, no arithmetic
-        module = model.to_torch()
+        module = model.to_torch().eval()  # batch norm of a 1 x 1 map at batch 1 (aux heads)
         values = module.run_all(*(torch.zeros(1, *i.shape) for i in model.inputs))
     nodes, edges = parse_dot(to_dot(model.ir, depth=99))
     for node in model.layers:
