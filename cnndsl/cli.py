@@ -565,16 +565,7 @@ def cmd_eval(args) -> int:
                             onnx=_onnx_model(args.onnx) if args.onnx else None,
                             predictions=Path(args.predictions) if args.predictions else None,
                             split=args.split)
-    if args.plot:
-        from .training.plots import plot_confusion
-        plot_confusion(report["confusion_matrix"], [c["class"] for c in report["per_class"]],
-                       Path(args.plot))
-    if args.json:
-        print(json.dumps({"ok": True, **report}, indent=2))
-    else:
-        _show(eval_heading(model.name, report))
-        _show(task.format_report(report))
-    return EXIT_OK
+    return _show_eval(args, report, model.name, task.format_report)
 
 
 def cmd_predict(args) -> int:
@@ -698,6 +689,12 @@ def _eval_onnx(args) -> int:
                          ".npz file)")
     report = evaluate_onnx(_onnx_model(args.spec), args.data, batch=args.batch or 256,
                            split=args.split)
+    return _show_eval(args, report, f"{args.spec} ({report['model_precision']}, "
+                      f"{report['runtime']})", format_report)
+
+
+def _show_eval(args, report: dict, name: str, format_report) -> int:
+    """`eval`'s answer: the confusion matrix drawn with --plot, then JSON or text."""
     if args.plot:
         from .training.plots import plot_confusion
         plot_confusion(report["confusion_matrix"], [c["class"] for c in report["per_class"]],
@@ -705,8 +702,7 @@ def _eval_onnx(args) -> int:
     if args.json:
         print(json.dumps({"ok": True, **report}, indent=2))
     else:
-        _show(eval_heading(f"{args.spec} ({report['model_precision']}, {report['runtime']})",
-                           report))
+        _show(eval_heading(name, report))
         _show(format_report(report))
     return EXIT_OK
 
