@@ -133,6 +133,19 @@ def where(config: TrainConfig, ir, setting: str = "loss") -> dict[str, Any]:
             "related": (Label(span=span, text="the output"),) if span and written else ()}
 
 
+def class_weights(args: dict, classes: int, device, span=None):
+    """A loss's `weights=(...)`, one per class, as a tensor on `device` (None without)."""
+    weights = args.get("weights")
+    if weights is None:
+        return None
+    if len(weights) != classes:
+        raise CnnError([Diagnostic(
+            code="E-train", message=f"the loss has {len(weights)} class weights for "
+            f"{classes} classes", span=span)])
+    import torch
+    return torch.tensor(weights, dtype=torch.float32, device=device)
+
+
 class WeightedSum:
     """`loss: cross_entropy + 0.5 * dice`: each term as a mean over its own denominator,
     weighted, returned against the first term's denominator (so a single term is exactly

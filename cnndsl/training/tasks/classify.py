@@ -8,7 +8,7 @@ from pathlib import Path
 
 from ...diagnostics import CnnError, Diagnostic
 from ..spec import TrainConfig, check_classes, check_loss_fits
-from . import WeightedSum, where
+from . import WeightedSum, class_weights, where
 
 LOSSES = ("cross_entropy", "nll", "bce_with_logits", "mse")
 
@@ -19,17 +19,10 @@ class Objective:
     torch's own `mean` reduction)."""
 
     def __init__(self, choice, classes: int, device, span=None):
-        import torch
         self.name = choice.name
         self.classes = classes
         args = choice.args
-        weights = args.get("weights")
-        if weights is not None and len(weights) != classes:
-            raise CnnError([Diagnostic(
-                code="E-train", message=f"the loss has {len(weights)} class weights for "
-                f"{classes} classes", span=span)])
-        self.weights = (torch.tensor(weights, dtype=torch.float32, device=device)
-                        if weights is not None else None)
+        self.weights = class_weights(args, classes, device, span)
         self.smoothing = args.get("label_smoothing", 0.0)
         self.pos_weight = args.get("pos_weight")
 

@@ -12,7 +12,7 @@ from pathlib import Path
 from ...diagnostics import CnnError, Diagnostic
 from ...layers import REGISTRY
 from ..spec import TrainConfig, check_count
-from . import WeightedSum, output_node, where
+from . import WeightedSum, class_weights, output_node, where
 
 LOSSES = ("cross_entropy", "dice", "focal")
 
@@ -21,16 +21,9 @@ class PixelLoss:
     """One per-pixel loss as (sum over this rank's counted pixels, their count)."""
 
     def __init__(self, choice, classes: int, ignore: int, device, span=None):
-        import torch
         self.name, self.args, self.classes, self.ignore = choice.name, choice.args, classes, \
             ignore
-        weights = self.args.get("weights")
-        if weights is not None and len(weights) != classes:
-            raise CnnError([Diagnostic(
-                code="E-train", message=f"the loss has {len(weights)} class weights for "
-                f"{classes} classes", span=span)])
-        self.weights = (torch.tensor(weights, dtype=torch.float32, device=device)
-                        if weights is not None else None)
+        self.weights = class_weights(self.args, classes, device, span)
 
     def __call__(self, logits, targets):
         import torch
