@@ -64,3 +64,24 @@ def test_streamed_and_in_memory_training_end_with_the_same_weights(tmp_path):
     for key, state in runs.items():
         for name, tensor in reference.items():
             assert torch.equal(tensor, state[name]), (key, name)
+
+
+def test_a_bad_file_is_skipped_whatever_a_plugin_in_pillows_open_raises(tmp_path, monkeypatch):
+    """Ultralytics replaces `PIL.Image.open` with one that, on a file Pillow cannot identify,
+    imports an optional HEIF plugin: a ModuleNotFoundError where it is missing. A reader in
+    the same process must still skip the file (this failed CI when test_yolov8 ran first)."""
+    import PIL.Image
+    original = PIL.Image.open
+
+    def patched(path, *args, **kwargs):
+        try:
+            return original(path, *args, **kwargs)
+        except PIL.Image.UnidentifiedImageError:
+            raise ModuleNotFoundError("No module named 'pi_heif'") from None
+
+    monkeypatch.setattr(PIL.Image, "open", patched)
+    folder = class_folder(tmp_path / "images")
+    for cache in ("none", "memory"):
+        data = load_data(folder, (3, 12, 12), cache=cache)
+        assert [Path(f).name for f, _ in data.skipped] == ["broken.png"]
+        assert "pi_heif" in data.skipped[0][1]

@@ -17,6 +17,8 @@ from pathlib import Path
 
 import torch
 
+from .images import UnreadableImageError, read_pixels, verify
+
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm",
                   ".pgm"}
 
@@ -79,11 +81,8 @@ class ImageFiles:
 
 def decode_image(path: Path, shape) -> torch.Tensor:
     """One image file as C x H x W float32 in [0, 1], at the spec's size."""
-    import numpy as np
-    from PIL import Image
-    with Image.open(path) as image:
-        pixels = np.asarray(image.convert("L" if shape[0] == 1 else "RGB"))
-    tensor = torch.from_numpy(pixels.copy()).reshape(pixels.shape[0], pixels.shape[1], -1)
+    pixels = read_pixels(path, "L" if shape[0] == 1 else "RGB")
+    tensor = torch.from_numpy(pixels).reshape(pixels.shape[0], pixels.shape[1], -1)
     return _fit(tensor.permute(2, 0, 1)[None].float() / 255.0, shape)[0]
 
 
@@ -264,23 +263,16 @@ def check_image_input(shape) -> None:
 
 
 def _decode(files, classes: list[str], shape, skipped: list) -> Dataset:
-    from PIL import Image, UnidentifiedImageError
     check_image_input(shape)
     mode = "L" if shape[0] == 1 else "RGB"
     images, labels = [], []
     for path, label in files:
         try:
-            with Image.open(path) as image:
-                pixels = torch.frombuffer(bytearray(image.convert(mode).tobytes()),
-                                          dtype=torch.uint8)
-                size = image.size
-        except (UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError,
-                SyntaxError) as exc:
-            why = "not an image" if isinstance(exc, UnidentifiedImageError) else \
-                f"unreadable image ({exc})"
-            skipped.append((str(path), why))
+            pixels = torch.from_numpy(read_pixels(path, mode))
+        except UnreadableImageError as why:
+            skipped.append((str(path), str(why)))
             continue
-        tensor = pixels.view(size[1], size[0], shape[0]).permute(2, 0, 1)
+        tensor = pixels.view(pixels.shape[0], pixels.shape[1], shape[0]).permute(2, 0, 1)
         images.append(_fit(tensor[None].float() / 255.0, shape)[0])
         labels.append(label)
     if not images:
@@ -297,16 +289,12 @@ def _count_files(root: Path):
 def _lazy(files, classes: list[str], shape, skipped: list) -> ImageFiles:
     """Files whose header Pillow reads (the rest skipped, as `_decode` does), decoded
     later, one at a time."""
-    from PIL import Image, UnidentifiedImageError
     kept = []
     for path, label in files:
         try:
-            with Image.open(path) as image:
-                image.verify()
-        except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
-            why = "not an image" if isinstance(exc, UnidentifiedImageError) else \
-                f"unreadable image ({exc})"
-            skipped.append((str(path), why))
+            verify(path)
+        except UnreadableImageError as why:
+            skipped.append((str(path), str(why)))
             continue
         kept.append((path, label))
     return ImageFiles(kept, classes, shape)

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from .data import CACHE_BYTES, IMAGE_SUFFIXES, Data, DataError, Dataset, _fit, decode_image
+from .images import UnreadableImageError, read_header, read_pixels
 
 SHAPES_CLASSES = ["background", "circle", "square", "triangle"]
 SHAPES_COUNT = 1000
@@ -106,10 +107,7 @@ class MaskFiles:
 
 def decode_mask(path: Path, size) -> torch.Tensor:
     """One mask file as H x W uint8 class indices, resized (nearest) to the spec's size."""
-    from PIL import Image
-    with Image.open(path) as mask:
-        values = np.asarray(mask if mask.mode in ("P", "L") else mask.convert("L"))
-    tensor = torch.from_numpy(values.astype(np.uint8))
+    tensor = torch.from_numpy(read_pixels(path, None).astype(np.uint8))
     if tuple(tensor.shape) != tuple(size):
         from torchvision.transforms.v2 import InterpolationMode
         from torchvision.transforms.v2 import functional as TF
@@ -181,28 +179,25 @@ def _class_file(root: Path) -> list[str] | None:
 def _check_masks(pairs, classes: list[str] | None, ignore: int) -> set[int]:
     """Every mask: one channel (or a palette), its image's size, values that are classes
     or the ignore index. Returns the values found (the ignore index left out)."""
-    from PIL import Image, UnidentifiedImageError
     found: set[int] = set()
     for image_path, mask_path in pairs:
         try:
-            with Image.open(image_path) as image:
-                size = image.size
-        except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
-            raise DataError(f"{image_path}: not a readable image ({exc})") from None
+            size, _ = read_header(image_path)
+        except UnreadableImageError as why:
+            raise DataError(f"{image_path}: {why}") from None
         try:
-            with Image.open(mask_path) as mask:
-                if mask.mode not in MASK_MODES:
-                    raise DataError(
-                        f"{mask_path}: a {mask.mode} mask without a palette",
-                        help="save masks as single-channel PNGs of class indices (0, 1, ...) "
-                        "or palette PNGs (as Pascal VOC's)")
-                if mask.size != size:
-                    raise DataError(f"{mask_path}: the mask is {mask.size[0]} x {mask.size[1]}"
-                                    f" but its image is {size[0]} x {size[1]}",
-                                    help="a mask has its image's size")
-                values = np.unique(np.asarray(mask))
-        except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
-            raise DataError(f"{mask_path}: not a readable mask ({exc})") from None
+            mask_size, mode = read_header(mask_path)
+            if mode not in MASK_MODES:
+                raise DataError(f"{mask_path}: a {mode} mask without a palette",
+                                help="save masks as single-channel PNGs of class indices "
+                                "(0, 1, ...) or palette PNGs (as Pascal VOC's)")
+            if mask_size != size:
+                raise DataError(f"{mask_path}: the mask is {mask_size[0]} x {mask_size[1]}"
+                                f" but its image is {size[0]} x {size[1]}",
+                                help="a mask has its image's size")
+            values = np.unique(read_pixels(mask_path, mode))
+        except UnreadableImageError as why:
+            raise DataError(f"{mask_path}: not a readable mask ({why})") from None
         values = {int(v) for v in values} - {ignore}
         if classes is not None:
             bad = sorted(v for v in values if v >= len(classes) or v < 0)
