@@ -139,3 +139,27 @@ def test_no_true_boxes_and_no_detections():
     assert (report["map"], report["map50"], report["precision"]) == (0.0, 0.0, 0.0)
     assert report["per_class"] == [{"name": "a", "ap50": None, "ap": None,
                                     "precision": None, "recall": None}]
+
+
+def test_plots_write_pr_curves_and_boxes(tmp_path):
+    from cnndsl.training.detmetrics import detection_plots
+    from cnndsl.training.images import read_header
+    evaluator = DetectionEvaluator(["a", "b", "c"])
+    preds = [_pred(*p) for p in HAND_PREDS]
+    targets = _targets(*HAND_TARGETS)
+    evaluator.update(preds, targets)
+    report = evaluator.compute()
+    history = [{"epoch": 1, "val_map50": 0.1, "val_map": 0.05},
+               {"epoch": 2, "val_map50": report["map50"], "val_map": report["map"]}]
+    images = torch.rand(2, 1, 64, 64)
+    asked = []
+
+    def samples(n):
+        asked.append(n)
+        return images, targets, preds
+    detection_plots(tmp_path, history, report, samples)
+    assert asked == [8]
+    for name in ("pr.png", "boxes.png"):
+        (width, height), mode = read_header(tmp_path / name)
+        assert width > 400 and height > 200 and mode == "RGBA"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["boxes.png", "pr.png"]

@@ -72,9 +72,9 @@ def generate_shapes(count: int, height: int, width: int, seed: int = 0):
     for n in range(count):
         angle, freq = rng.uniform(0, np.pi), rng.uniform(0.1, 0.6)
         stripes = np.sin(freq * (xx * np.cos(angle) + yy * np.sin(angle)))
-        base = rng.uniform(0.15, 0.85, 3)
+        base = rng.uniform(0.15, 0.85, 3).astype(np.float32)
         image = (base[:, None, None] + 0.12 * stripes
-                 + rng.normal(0, 0.05, (3, height, width)))
+                 + 0.05 * rng.standard_normal((3, height, width), np.float32))
         taken: list[tuple[float, float, float]] = []
         rows = []
         for _ in range(int(rng.integers(2, 5))):
@@ -87,14 +87,19 @@ def generate_shapes(count: int, height: int, width: int, seed: int = 0):
             else:
                 continue
             taken.append((cx, cy, r))
-            region = _shape_region(kind, xx, yy, cx, cy, r)
+            # the shape's window (every shape lies within r of its centre)
+            top, left = max(int(cy - r) - 1, 0), max(int(cx - r) - 1, 0)
+            window = np.s_[top:int(cy + r) + 2, left:int(cx + r) + 2]
+            region = _shape_region(kind, xx[window], yy[window], cx, cy, r)
             if not region.any():
                 continue
             colour = (base + rng.choice([-1, 1], 3) * rng.uniform(0.3, 0.5, 3)) % 1.0
-            image[:, region] = (colour[:, None]
-                                + rng.normal(0, 0.04, (3, int(region.sum()))))
+            patch = image[(slice(None), *window)]
+            patch[:, region] = (colour[:, None] + 0.04 * rng.standard_normal(
+                (3, int(region.sum())), np.float32))
             ys, xs = np.nonzero(region)
-            rows.append([kind, xs.min(), ys.min(), xs.max() + 1, ys.max() + 1])
+            rows.append([kind, left + xs.min(), top + ys.min(), left + xs.max() + 1,
+                         top + ys.max() + 1])
         images[n] = np.clip(image * 255, 0, 255).astype(np.uint8)
         boxes.append(np.asarray(rows, np.float32).reshape(-1, 5))
     return images, boxes

@@ -110,3 +110,86 @@ def _figure(value) -> float:
     """COCO's -1 (nothing to measure: no true boxes) as 0."""
     x = float(value)
     return x if x >= 0 else 0.0
+
+
+# ---- plots --------------------------------------------------------------------------------
+
+
+def detection_plots(out, history: list[dict], report: dict, samples, conf: float = 0.25
+                    ) -> None:
+    """pr.png: each class's precision-recall curve at IoU 0.5 (its AP50 in the legend)
+    beside mAP@0.5 and mAP@0.5:0.95 per epoch (the history's `val_map50`, `val_map`);
+    boxes.png: validation images with their true boxes and the predicted ones scoring at
+    least `conf`. `samples(n)` -> (images B x C x H x W in 0..1, targets B x M x 5, preds
+    one dict per image as `DetectionEvaluator.update` takes)."""
+    from pathlib import Path
+    out = Path(out)
+    plot_pr(report, history, out / "pr.png")
+    images, targets, preds = samples(8)
+    names = [row["name"] for row in report["per_class"]]
+    plot_boxes(images, targets, preds, names, out / "boxes.png", conf)
+
+
+def plot_pr(report: dict, history: list[dict], path) -> None:
+    from .plots import _pyplot, _save
+    plt = _pyplot()
+    figure, (curves, epochs) = plt.subplots(1, 2, figsize=(10, 4), dpi=100)
+    recall = report["pr_curve"]["recall"]
+    for row, precision in zip(report["per_class"], report["pr_curve"]["precision"]):
+        if precision is not None:
+            curves.plot(recall, precision, label=f"{row['name']} {row['ap50']:.3f}")
+    curves.set(title=f"precision-recall at IoU 0.5 (mAP@0.5 {report['map50']:.3f})",
+               xlabel="recall", ylabel="precision", xlim=(0, 1), ylim=(0, 1.02))
+    if len(report["per_class"]) <= 20:
+        curves.legend(loc="lower left", fontsize=8)
+    rows = [r for r in history if r.get("val_map50") is not None]
+    if rows:
+        numbers = [r["epoch"] for r in rows]
+        epochs.plot(numbers, [r["val_map50"] for r in rows], "o-", label="mAP@0.5")
+        epochs.plot(numbers, [r["val_map"] for r in rows], "s-", label="mAP@0.5:0.95")
+        epochs.legend()
+        epochs.xaxis.get_major_locator().set_params(integer=True)
+    epochs.set(title="validation mAP", xlabel="epoch", ylabel="mAP", ylim=(0, 1.02))
+    for axes in (curves, epochs):
+        axes.grid(alpha=0.3)
+    figure.tight_layout()
+    _save(figure, path)
+
+
+def plot_boxes(images, targets, preds, names: list[str], path, conf: float = 0.25) -> None:
+    """Each image twice, side by side: its true boxes, and the predicted ones (class and
+    score); four images a row."""
+    import numpy as np
+
+    from .plots import _pyplot, _save
+    plt = _pyplot()
+    count = len(images)
+    per_row = max(1, min(4, count))
+    rows = max(1, -(-count // per_row))
+    figure, axes = plt.subplots(rows, 2 * per_row, figsize=(4.4 * per_row, 2.3 * rows),
+                                dpi=100, squeeze=False)
+    colours = plt.get_cmap("tab10")
+    for ax in axes.flat:
+        ax.set_axis_off()
+    for i in range(count):
+        picture = np.asarray(images[i].detach().cpu().float(), np.float32)
+        picture = np.repeat(picture, 3, 0) if picture.shape[0] == 1 else picture[:3]
+        truth = [(int(r[0]), r[1:].tolist(), None) for r in targets[i] if r[0] >= 0]
+        keep = preds[i]["scores"] >= conf
+        found = [(int(c), b.tolist(), float(s)) for b, s, c in
+                 zip(preds[i]["boxes"][keep], preds[i]["scores"][keep],
+                     preds[i]["labels"][keep])]
+        for j, (boxes, title) in enumerate(((truth, "true"), (found, "predicted"))):
+            ax = axes[i // per_row][2 * (i % per_row) + j]
+            ax.imshow(np.clip(picture.transpose(1, 2, 0), 0, 1), interpolation="nearest")
+            ax.set_title(title, fontsize=8)
+            for c, (x1, y1, x2, y2), score in boxes:
+                colour = colours(c % 10)
+                ax.add_patch(plt.Rectangle((x1 - 0.5, y1 - 0.5), x2 - x1, y2 - y1,
+                                           fill=False, edgecolor=colour, linewidth=1.2))
+                name = names[c] if 0 <= c < len(names) else str(c)
+                ax.text(x1 - 0.5, y1 - 0.5, name if score is None else f"{name} {score:.2f}",
+                        fontsize=6, color="white", va="bottom",
+                        bbox={"facecolor": colour, "pad": 0.5, "linewidth": 0})
+    figure.tight_layout()
+    _save(figure, path)
