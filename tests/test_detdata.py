@@ -169,7 +169,8 @@ def test_bad_label_is_located(tmp_path, text, line, column, problem):
 def test_label_without_image(tmp_path):
     _image(tmp_path / "images" / "a.png", 8, 8)
     _label(tmp_path / "labels" / "b.txt", "0 0.5 0.5 0.2 0.2\n")
-    with pytest.raises(DataError, match=r"labels/b\.txt: no image b\.\* in"):
+    with pytest.raises(DataError, match=r"labels/b\.txt: a label file without an image "
+                       r"\(no b\.\* in .*/images\)"):
         load_detection_data(str(tmp_path), (3, 8, 8), val_fraction=0.2, seed=0)
 
 
@@ -210,3 +211,43 @@ def test_augmenter_is_seeded_and_keeps_boxes_inside():
         assert out.shape == (4, 5) and (out[~real, 0] == -1).all()
         assert (out[real, 1:] >= 0).all() and (out[real, 1:] <= 32).all()
         assert (out[real, 3] - out[real, 1] >= 1).all()
+
+
+def test_nested_folders_and_max_boxes(tmp_path):
+    _image(tmp_path / "images" / "day" / "a.png", 10, 10)
+    _label(tmp_path / "labels" / "day" / "a.txt", "0 0.5 0.5 0.2 0.2\n")
+    _image(tmp_path / "images" / "night" / "b.png", 10, 10)
+    data = load_detection_data(str(tmp_path), (3, 10, 10), val_fraction=0.5, seed=0,
+                               max_boxes=3)
+    samples = dict(zip(data.train.names + data.val.names,
+                       [data.train[0][1], data.val[0][1]]))
+    assert samples["a"].tolist() == [[0.0, 4, 4, 6, 6]] + [[-1.0, 0, 0, 0, 0]] * 2
+    assert data.part("all").labels.shape == (2, 3, 5)
+    _label(tmp_path / "labels" / "night" / "b.txt", "0 0.5 0.5 0.2 0.2\n" * 4)
+    with pytest.raises(DataError, match="an image has 4 objects, over max_boxes=3"):
+        load_detection_data(str(tmp_path), (3, 10, 10), val_fraction=0.5, seed=0,
+                            max_boxes=3)
+
+
+def test_no_objects_anywhere_is_refused(tmp_path):
+    _image(tmp_path / "images" / "a.png", 8, 8)
+    with pytest.raises(DataError, match="no objects in any image"):
+        load_detection_data(str(tmp_path), (3, 8, 8), val_fraction=0.2, seed=0)
+
+
+def test_bad_yaml_and_coco_are_located(tmp_path):
+    spec = tmp_path / "data.yaml"
+    spec.write_text("train: images\nval: [images\nnames: [a]\n")
+    with pytest.raises(LabelError) as caught:
+        load_detection_data(str(spec), (3, 8, 8), val_fraction=0.2, seed=0)
+    assert (caught.value.path, caught.value.line) == (str(spec), 3)
+    _image(tmp_path / "a.png", 8, 8)
+    coco = tmp_path / "coco.json"
+    coco.write_text(json.dumps({
+        "images": [{"id": 1, "file_name": "a.png", "width": 8, "height": 8}],
+        "categories": [{"id": 1, "name": "a"}],
+        "annotations": [{"id": 5, "image_id": 1, "category_id": 1, "bbox": [1, 1, 2, 2]},
+                        {"id": 6, "image_id": 1, "category_id": 4, "bbox": [1, 1, 2, 2]}]}))
+    with pytest.raises(DataError, match=r"coco\.json: annotation 1 \(id 6\): category 4 "
+                       r"is not in `categories`"):
+        load_detection_data(str(coco), (3, 8, 8), val_fraction=0.2, seed=0)

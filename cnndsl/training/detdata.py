@@ -302,8 +302,10 @@ def _parse_line(path: Path, number: int, line: str, classes: int | None) -> list
 
 
 def _image_files(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")
-                  and p.suffix.lower() in IMAGE_SUFFIXES)
+    """The images under `folder`, subfolders too (as Ultralytics finds them), sorted."""
+    return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in
+                  IMAGE_SUFFIXES and not any(part.startswith(".") for part in
+                                             p.relative_to(folder).parts))
 
 
 def label_path(image: Path) -> Path:
@@ -332,12 +334,23 @@ def _check_orphans(images: list[Path], labels_dir: Path) -> None:
     """A label file without its image is a mistake (a renamed or deleted image)."""
     if not labels_dir.is_dir():
         return
-    stems = {p.stem for p in images}
-    for label in sorted(labels_dir.glob("*.txt")):
-        if label.stem not in stems and label.name != "classes.txt":
-            raise DataError(f"{label}: no image {label.stem}.* in "
-                            f"{labels_dir.parent / 'images'}",
+    expected = {label_path(p) for p in images}
+    for label in sorted(labels_dir.rglob("*.txt")):
+        if label not in expected and label != labels_dir / "classes.txt":
+            raise DataError(f"{label}: a label file without an image (no "
+                            f"{label.relative_to(labels_dir).with_suffix('.*')} in "
+                            f"{_images_dir(labels_dir)})",
                             help="every label file names an image with the same stem")
+
+
+def _images_dir(labels_dir: Path) -> Path:
+    """label_path's rule backwards: the folder whose images the labels belong to."""
+    parts = list(labels_dir.parts)
+    for i in range(len(parts) - 1, -1, -1):
+        if parts[i] == "labels":
+            parts[i] = "images"
+            return Path(*parts)
+    return labels_dir
 
 
 def _yolo_folder(root: Path) -> tuple[list[Path], list[Path] | None]:
@@ -503,8 +516,9 @@ def _from_coco(path: Path) -> tuple[list[tuple[Path, np.ndarray]], list[str]]:
                path.parent.parent / "images"]
     items = []
     for image_id, (name, _, _) in sorted(images.items()):
-        file = next((d / name for d in folders if (d / name).is_file()), None)
-        if file is None or Path(name).is_absolute() or ".." in Path(name).parts:
+        inside = not Path(name).is_absolute() and ".." not in Path(name).parts
+        file = next((d / name for d in folders if inside and (d / name).is_file()), None)
+        if file is None:
             raise DataError(f"{path}: image {image_id}: no file {name} beside it (nor in "
                             "images/)")
         items.append((file, np.asarray(rows[image_id], np.float32).reshape(-1, 5)))
@@ -584,6 +598,9 @@ def load_detection_data(source: str, shape: tuple[int, int, int], *,
     else:
         raise DataError(f"{path}: not detection data", help="give `shapes`, a folder with "
                         "images/ and labels/, an Ultralytics data .yaml or a COCO .json")
+    if not any(len(rows) for _, rows in train + val):
+        raise DataError(f"{path}: no objects in any image", help="each image's objects are "
+                        "lines `class cx cy w h` in labels/NAME.txt beside images/NAME.jpg")
     _check_images(train + val)
     size = _max_boxes([r for _, r in train + val], max_boxes, str(path))
     parts = BoxFiles(train, classes, shape, size), BoxFiles(val, classes, shape, size)
