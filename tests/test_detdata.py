@@ -5,6 +5,7 @@ label located by file, line and column."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -251,3 +252,37 @@ def test_bad_yaml_and_coco_are_located(tmp_path):
     with pytest.raises(DataError, match=r"coco\.json: annotation 1 \(id 6\): category 4 "
                        r"is not in `categories`"):
         load_detection_data(str(coco), (3, 8, 8), val_fraction=0.2, seed=0)
+
+
+def test_letterbox_and_label_paths_match_ultralytics():
+    """An Ultralytics dataset reads as Ultralytics reads it: the same label file for an
+    image, the same placement of the scaled image in the input."""
+    augment = pytest.importorskip("ultralytics.data.augment")
+    from ultralytics.data.utils import img2label_paths
+
+    from cnndsl.training.detdata import label_path, letterbox
+    paths = ["/d/images/train/a.jpg", "/d/images/x/images/b.png", "/d/imgs/c.jpg",
+             "/d/images/day/sub/e.jpeg"]
+    assert [str(label_path(Path(p))) for p in paths] == \
+        img2label_paths(paths)
+    for h, w in ((20, 70), (70, 20), (33, 33), (17, 50), (64, 96)):
+        theirs = augment.LetterBox((32, 48), auto=False, center=True)(
+            image=np.full((h, w, 3), 255, np.uint8))
+        ours, _, _ = letterbox(torch.ones(3, h, w), (32, 48))
+        assert np.array_equal(theirs[..., 0] > 200, ours[0].numpy() > 0.9), (h, w)
+
+
+def test_streamed_files_give_the_samples_held_in_memory(tmp_path):
+    _image(tmp_path / "images" / "a.png", 24, 12, value=90)
+    _label(tmp_path / "labels" / "a.txt", "1 0.5 0.5 0.5 0.5\n")
+    _image(tmp_path / "images" / "b.png", 12, 24, value=30)
+    _label(tmp_path / "labels" / "b.txt", "0 0.25 0.5 0.5 1\n1 0.75 0.5 0.5 0.5\n")
+    held = load_detection_data(str(tmp_path), (3, 16, 16), val_fraction=0.5, seed=0)
+    streamed = load_detection_data(str(tmp_path), (3, 16, 16), val_fraction=0.5, seed=0,
+                                   cache="none")
+    assert type(streamed.train).__name__ == "BoxFiles" and hasattr(held.train, "images")
+    for a, b in ((held.train, streamed.train), (held.val, streamed.val)):
+        assert a.names == b.names
+        assert torch.equal(a[0][0], b[0][0]) and torch.equal(a[0][1], b[0][1])
+    both = streamed.part("all")
+    assert len(both) == 2 and both[1][1].shape == (2, 5)
