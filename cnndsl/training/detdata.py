@@ -411,10 +411,10 @@ def _read_yaml(path: Path) -> dict:
 def _yaml_names(path: Path, spec: dict) -> list[str]:
     names = spec.get("names")
     if isinstance(names, dict):
-        keys = sorted(names)
-        if keys != list(range(len(keys))):
+        keys = sorted(names, key=str)
+        if sorted(k for k in keys if isinstance(k, int)) != list(range(len(keys))):
             raise DataError(f"{path}: `names` must number the classes 0, 1, ... in order")
-        names = [names[k] for k in keys]
+        names = [names[k] for k in range(len(keys))]
     if not isinstance(names, list) or not names:
         raise DataError(f"{path}: `names` lists the classes (a list, or 0: name, ...)")
     names = [str(n) for n in names]
