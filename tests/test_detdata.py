@@ -242,6 +242,9 @@ def test_bad_yaml_and_coco_are_located(tmp_path):
     with pytest.raises(LabelError) as caught:
         load_detection_data(str(spec), (3, 8, 8), val_fraction=0.2, seed=0)
     assert (caught.value.path, caught.value.line) == (str(spec), 3)
+    spec.write_text("train: images\nval: images\nnames: {a: x, 0: y}\n")
+    with pytest.raises(DataError, match="`names` must number the classes 0, 1, ... in order"):
+        load_detection_data(str(spec), (3, 8, 8), val_fraction=0.2, seed=0)
     _image(tmp_path / "a.png", 8, 8)
     coco = tmp_path / "coco.json"
     coco.write_text(json.dumps({
