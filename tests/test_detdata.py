@@ -289,3 +289,8 @@ def test_streamed_files_give_the_samples_held_in_memory(tmp_path):
         assert torch.equal(a[0][0], b[0][0]) and torch.equal(a[0][1], b[0][1])
     both = streamed.part("all")
     assert len(both) == 2 and both[1][1].shape == (2, 5)
+
+
+def test_shapes_too_large_for_memory_is_refused():
+    with pytest.raises(DataError, match=r"shapes: 64 images at 3 x 4096 x 4096 need 12\.0 GiB"):
+        load_detection_data("shapes", (3, 4096, 4096), val_fraction=0.2, seed=0)

@@ -1,7 +1,8 @@
 """Object detection data: images with boxes, each box a class and its corners.
 
 Sources: `shapes` (generated here, no download: squares, discs and triangles on textured
-backgrounds, two to four an image, their boxes known exactly); a folder in YOLO's layout
+backgrounds, two to four an image, their boxes known exactly; 1,000 images, fewer where
+they would pass 2 GiB: 436 at 640 x 640); a folder in YOLO's layout
 (`images/` and `labels/`, one `class cx cy w h` line per object, normalised to 0..1, with
 `train/` and `val/` inside, or `images/train` and `labels/train`, or split by `val_split`;
 class names from `classes.txt`); an Ultralytics data YAML (`path`, `train`, `val`,
@@ -33,11 +34,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .data import CACHE_BYTES, IMAGE_SUFFIXES, Data, DataError, Dataset, _fit
+from .data import CACHE_BYTES, IMAGE_SUFFIXES, Data, DataError, Dataset, _check_size, _fit
 from .images import UnreadableImageError, read_header, read_pixels
 
 SHAPES_CLASSES = ["square", "disc", "triangle"]
 SHAPES_COUNT = 1000
+SHAPES_BYTES = 2 * 2**30  # the generated set's images in memory: fewer past this
+SHAPES_MIN = 64
 MAX_OBJECTS = 1000  # per image: a target is max_boxes x 5 for every image of the set
 LETTERBOX_FILL = 114 / 255  # Ultralytics' grey border
 MAX_LABEL_BYTES = 1 << 20  # one label file
@@ -116,6 +119,9 @@ def _shape_region(kind: int, xx, yy, cx: float, cy: float, r: float):
 
 def _shapes(shape, val_fraction: float, seed: int, max_boxes: int | None,
             count: int = SHAPES_COUNT) -> Data:
+    # held in memory as float32: fewer images where a thousand would pass 2 GiB
+    count = min(count, max(SHAPES_MIN, SHAPES_BYTES // (math.prod(shape) * 4)))
+    _check_size(count, shape, 2 * SHAPES_BYTES, Path("shapes"))
     images, boxes = generate_shapes(count, shape[1], shape[2])
     x = _fit(torch.from_numpy(images).float() / 255.0, shape)
     size = _max_boxes(boxes, max_boxes, "shapes")
