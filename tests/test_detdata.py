@@ -294,3 +294,28 @@ def test_streamed_files_give_the_samples_held_in_memory(tmp_path):
 def test_shapes_too_large_for_memory_is_refused():
     with pytest.raises(DataError, match=r"shapes: 64 images at 3 x 4096 x 4096 need 12\.0 GiB"):
         load_detection_data("shapes", (3, 4096, 4096), val_fraction=0.2, seed=0)
+
+
+def test_ultralytics_own_coco8_yaml_reads_unchanged(tmp_path):
+    """Ultralytics' coco8.yaml as it ships (its `download:` never run), beside a tiny
+    folder in its layout."""
+    import importlib.util
+    found = importlib.util.find_spec("ultralytics")
+    if found is None:
+        pytest.skip("ultralytics is not installed")
+    shipped = Path(found.submodule_search_locations[0]) / "cfg" / "datasets" / "coco8.yaml"
+    (tmp_path / "coco8.yaml").write_bytes(shipped.read_bytes())
+    root = tmp_path / "coco8"
+    _image(root / "images" / "train" / "a.jpg", 32, 32)
+    _label(root / "labels" / "train" / "a.txt", "79 0.5 0.5 0.5 0.5\n0 0.25 0.25 0.5 0.5\n")
+    _image(root / "images" / "val" / "b.jpg", 32, 32)
+    _label(root / "labels" / "val" / "b.txt", "80 0.5 0.5 0.5 0.5\n")
+    with pytest.raises(LabelError, match=r"b\.txt:1:1: class 80 is not a class \(0\.\.79\)"):
+        load_detection_data(str(tmp_path / "coco8.yaml"), (3, 32, 32), val_fraction=0.2,
+                            seed=0)
+    _label(root / "labels" / "val" / "b.txt", "2 0.5 0.5 0.5 0.5\n")
+    data = load_detection_data(str(tmp_path / "coco8.yaml"), (3, 32, 32), val_fraction=0.2,
+                               seed=0)
+    assert len(data.train.classes) == 80 and data.train.classes[79] == "toothbrush"
+    assert data.train[0][1].tolist() == [[79.0, 8, 8, 24, 24], [0.0, 0, 0, 16, 16]]
+    assert data.val[0][1].tolist() == [[2.0, 8, 8, 24, 24], [-1.0, 0, 0, 0, 0]]
