@@ -319,3 +319,13 @@ def test_ultralytics_own_coco8_yaml_reads_unchanged(tmp_path):
     assert len(data.train.classes) == 80 and data.train.classes[79] == "toothbrush"
     assert data.train[0][1].tolist() == [[79.0, 8, 8, 24, 24], [0.0, 0, 0, 16, 16]]
     assert data.val[0][1].tolist() == [[2.0, 8, 8, 24, 24], [-1.0, 0, 0, 0, 0]]
+
+
+def test_boxes_mostly_pushed_out_are_dropped():
+    from cnndsl.training.detdata import visible_boxes
+    moved = torch.tensor([[0.0, -8, 2, 2, 12],     # a fifth inside: kept, clipped
+                          [1.0, -19, 2, 1, 12],    # a twentieth inside: dropped
+                          [2.0, 10, 14, 14, 15.5],  # 1.5 pixels high: dropped
+                          [0.0, 18, 4, 30, 20]])   # a sixth inside, 2 wide: kept
+    assert visible_boxes(moved, (16, 20)).tolist() == [[0.0, 0, 2, 2, 12],
+                                                        [0.0, 18, 4, 20, 16]]

@@ -646,12 +646,26 @@ def detection_augmenter(config, size) -> Callable | None:
     return box_augmenter([(a.name, a.args) for a in config.augment], size)
 
 
+def visible_boxes(rows: torch.Tensor, size) -> torch.Tensor:
+    """Rows `[class, x1, y1, x2, y2]` moved by a transform, clipped to the image (H, W);
+    kept as Ultralytics' box_candidates keeps them: at least 2 pixels wide and high after
+    clipping, and at least a tenth of the moved box still inside."""
+    height, width = size
+    clipped = rows.clone()
+    clipped[:, 1::2] = rows[:, 1::2].clamp(0, width)
+    clipped[:, 2::2] = rows[:, 2::2].clamp(0, height)
+    w, h = clipped[:, 3] - clipped[:, 1], clipped[:, 4] - clipped[:, 2]
+    whole = (rows[:, 3] - rows[:, 1]) * (rows[:, 4] - rows[:, 2])
+    keep = (w >= 2) & (h >= 2) & (w * h > 0.1 * whole)
+    return clipped[keep]
+
+
 def box_augmenter(ops: list[tuple[str, dict]], size) -> Callable | None:
     """Image and boxes transformed together by torchvision.transforms.v2 (tv_tensors.
     BoundingBoxes): flip, crop with padding (a translation), scale, rotation (a rotated box
     becomes the box around it); colour jitter on the image. Boxes are clipped to the image
-    and those left under one pixel wide or high dropped (class -1); pixels brought in from
-    outside are Ultralytics' grey."""
+    and those mostly pushed out of it dropped (`visible_boxes`: the row becomes class -1);
+    pixels brought in from outside are Ultralytics' grey."""
     from torchvision.transforms import v2
     fill = LETTERBOX_FILL
     steps = []
@@ -671,16 +685,15 @@ def box_augmenter(ops: list[tuple[str, dict]], size) -> Callable | None:
                                         saturation=args["saturation"], hue=args["hue"]))
     if not steps:
         return None
-    pipeline = v2.Compose([*steps, v2.ClampBoundingBoxes(),
-                           v2.SanitizeBoundingBoxes(min_size=1.0)])
+    pipeline = v2.Compose(steps)
 
     def apply(image: torch.Tensor, target: torch.Tensor):
         from torchvision import tv_tensors
         real = target[:, 0] >= 0
-        boxes = tv_tensors.BoundingBoxes(target[real, 1:], format="XYXY",
+        boxes = tv_tensors.BoundingBoxes(target[real, 1:], format="XYXY", clamping_mode=None,
                                          canvas_size=tuple(image.shape[-2:]))
-        out = pipeline({"image": tv_tensors.Image(image), "boxes": boxes,
-                        "labels": target[real, 0]})
-        rows = torch.cat([out["labels"][:, None], out["boxes"].as_subclass(torch.Tensor)], 1)
-        return out["image"].as_subclass(torch.Tensor), pad_boxes(rows, len(target))
+        out = pipeline({"image": tv_tensors.Image(image), "boxes": boxes})
+        rows = torch.cat([target[real, :1], out["boxes"].as_subclass(torch.Tensor)], 1)
+        return out["image"].as_subclass(torch.Tensor), pad_boxes(
+            visible_boxes(rows, image.shape[-2:]), len(target))
     return apply
