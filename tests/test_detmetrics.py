@@ -41,8 +41,12 @@ AP_LOW = (51 + 50 * 2 / 3) / 101
 AP_HIGH = 51 / 101
 
 
-def test_hand_made_boxes_give_the_known_answer():
+@pytest.mark.parametrize("backend", ["faster_coco_eval", "pycocotools"])
+def test_hand_made_boxes_give_the_known_answer(backend, monkeypatch):
+    from cnndsl.training import detmetrics
+    monkeypatch.setattr(detmetrics, "_backend", lambda: backend)
     evaluator = DetectionEvaluator(["a", "b", "c"])
+    assert evaluator.metric._coco_backend.backend == backend
     evaluator.update([_pred(*HAND_PREDS[0])], _targets(HAND_TARGETS[0]))
     evaluator.update([_pred(*HAND_PREDS[1])], _targets(HAND_TARGETS[1]))
     report = evaluator.compute()
