@@ -280,7 +280,7 @@ def test_two_processes_train_as_one(tmp_path):
     spec.write_text(TINY)
     torchrun = str(Path(sys.executable).parent / "torchrun")
     env = {**os.environ, "NO_COLOR": "1", "OMP_NUM_THREADS": "1"}
-    result = subprocess.run([torchrun, "--nproc_per_node=2", "--master_port=29533", "-m",
+    result = subprocess.run([torchrun, "--nproc_per_node=2", "--standalone", "-m",
                              "cnndsl", "train", str(spec), "--out", str(tmp_path / "run"),
                              "--json"], cwd=ROOT, env=env, capture_output=True, text=True,
                             timeout=600)
