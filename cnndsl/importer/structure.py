@@ -28,7 +28,7 @@ def fold_joins(layers: list[Layer], outputs: list[str]) -> list[Layer]:
             for x in layer.inputs:
                 readers[x] = readers.get(x, 0) + 1
         for k, join in enumerate(layers):
-            if join.op not in ("add", "concat") or len(join.inputs) != 2:
+            if join.op not in ("add", "concat") or len(join.inputs) != 2 or join.kwargs:
                 continue
             (sa, pa), (sb, pb) = (_path_back(x, made, readers) for x in join.inputs)
             if sa != sb or readers.get(sa, 0) != 2 or not (pa or pb):
@@ -174,6 +174,8 @@ def _best_window(steps: list[Layer]):
             if len(starts) < 2:
                 continue
             first = starts[0]
+            if not sum(cost[first:first + length]):
+                continue  # its calls would take the lines its steps take
             size = sum(cost[first:first + length]) + (cost[first] == 0)
             saving = size * len(starts) - (size + 2) - -(-len(starts) // 3)
             if saving > 2 and saving / length > best_rate:
@@ -238,7 +240,8 @@ def _filled(steps, fill) -> list[Layer]:
                     kwargs.pop(key, None)
                 else:
                     kwargs[key] = value
-        kwargs = {k: kwargs[k] for k in _KW_ORDER if k in kwargs}
+        kwargs = {**{k: kwargs[k] for k in _KW_ORDER if k in kwargs},
+                  **{k: v for k, v in kwargs.items() if k not in _KW_ORDER}}
         out.append(Layer(s.op, args, kwargs, s.inputs, s.output, "", parts=[]))
     return out
 
