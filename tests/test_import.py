@@ -360,3 +360,112 @@ def test_json_report_and_a_spec_that_cannot_be_written(small_onnx, tmp_path, cap
     folder.mkdir()  # not a regular file: refused, and no weights left behind
     assert main(["import", str(small_onnx), "-o", str(folder)]) == 1
     assert not (tmp_path / "taken.safetensors").exists()
+
+
+def _import_module(module, shape=(3, 64, 64)):
+    """A PyTorch module through the importer (the command's own steps): the result, and
+    the imported spec's module holding the imported weights."""
+    import torch
+
+    from cnndsl.importer import build_graph_from_model, import_graph
+    from cnndsl.importer.torch_source import to_onnx_bytes
+    graph = build_graph_from_model(onnx.load_from_string(to_onnx_bytes(module, shape, 18)),
+                                   "source.onnx")
+    result = import_graph(graph, "imported")
+    spec = cnndsl.loads(result.text)
+    built = spec.to_torch({k: torch.from_numpy(np.array(v)) for k, v in
+                           result.weights.items()}).eval()
+    return result, spec, built
+
+
+def _same_function(reference, built, shape=(3, 64, 64)) -> float:
+    """Independently of the importer's check: the source module itself against the spec's
+    module, in PyTorch, at batch 2."""
+    import torch
+    x = torch.from_numpy(np.random.default_rng(5).standard_normal((2, *shape)).astype(
+        np.float32))
+    with torch.no_grad():
+        ref, got = reference.eval()(x), built(x)
+    return float((ref - got).abs().max() / ref.abs().max())
+
+
+def _convnext(name: str):
+    """torchvision's ConvNeXt code; `convnext_small_test` is two stages of 16 and 32
+    channels (the same modules as convnext_tiny's, a second to import)."""
+    import torchvision
+    if name != "convnext_small_test":
+        return torchvision.models.get_model(name, weights=None)
+    from torchvision.models.convnext import CNBlockConfig, ConvNeXt
+    return ConvNeXt([CNBlockConfig(16, 32, 2), CNBlockConfig(32, None, 1)], num_classes=10)
+
+
+# convnext_tiny itself: 28.6M parameters, about a minute on 2 cores (CNNDSL_IMPORT_HEAVY=1)
+@pytest.mark.parametrize("name", ["convnext_small_test", "shufflenet_v2_x0_5", pytest.param(
+    "convnext_tiny", marks=pytest.mark.skipif(not os.environ.get("CNNDSL_IMPORT_HEAVY"),
+                                              reason="heavy: CNNDSL_IMPORT_HEAVY=1"))])
+def test_torchvision_tensor_ops_import(name):
+    """ConvNeXt: LayerNorm and Linear on channels-last pixels, decomposed GELU, layer
+    scale; ShuffleNet V2: channel split (computed Slice ends) and channel shuffle
+    (Reshape/Transpose/Reshape with sizes from Shape arithmetic)."""
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("torchvision")
+    torch.manual_seed(0)
+    reference = _convnext(name) if name.startswith("convnext") else \
+        __import__("torchvision").models.get_model(name, weights=None)
+    result, spec, built = _import_module(reference)
+    assert spec.params == result.source_params == sum(p.numel() for p in
+                                                      reference.parameters())
+    assert _same_function(reference, built) <= 1e-4
+    text = result.text
+    if name.startswith("convnext"):
+        # every layer norm keeps its eps, inside the block too; no permutes are left
+        assert text.count("layernorm") >= 4 and not re.findall(
+            r"layernorm(?!\(eps=1e-06\))", text), text
+        assert "permute" not in text and "-> gelu" in text and "scale" in text
+        assert re.search(r"residual_block\(16, 64\) \* 2|residual_block\(384, 1536\) \* 9",
+                         text), text
+    else:
+        assert "channel_shuffle(2)" in text and "slice(0, 24)" in text
+        assert "reshape" not in text and "transpose" not in text
+
+
+def test_a_permute_the_importer_cannot_fold_is_written(tmp_path):
+    """A channels-last tensor read by an op that is not per pixel is permuted as in the
+    source: `permute((1, 2, 0))`, then the reshape of H x W x C."""
+    torch = pytest.importorskip("torch")
+
+    class Odd(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv2d(3, 4, 3, padding=1)
+
+        def forward(self, x):
+            y = self.conv(x).permute(0, 2, 3, 1).relu()
+            return y.reshape(x.shape[0], -1)
+
+    torch.manual_seed(0)
+    reference = Odd()
+    result, _, built = _import_module(reference, (3, 5, 6))
+    assert "permute((1, 2, 0))" in result.text and "flatten" in result.text
+    assert _same_function(reference, built, (3, 5, 6)) <= 1e-4
+
+
+def test_timm_model_through_a_python_factory(tmp_path, monkeypatch, capsys):
+    pytest.importorskip("timm")
+    torch = pytest.importorskip("torch")
+    (tmp_path / "timm_nets.py").write_text(
+        "import timm\n\n"
+        "def resnet18():\n"
+        "    return timm.create_model('resnet18', pretrained=False, num_classes=10)\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    out = tmp_path / "timm_resnet18.cnn"
+    assert main(["import", "python:timm_nets:resnet18", "-o", str(out), "--shape",
+                 "3x64x64"]) == 0
+    assert "verified" in capsys.readouterr().err
+    assert main(["check", str(out)]) == 0 and main(["fmt", "--check", str(out)]) == 0
+    import timm
+    reference = timm.create_model("resnet18", pretrained=False, num_classes=10)
+    spec = cnndsl.load(out)
+    assert spec.params == sum(p.numel() for p in reference.parameters())
+    assert re.search(r"residual_block\(64\) \* 2", out.read_text())
+    del torch

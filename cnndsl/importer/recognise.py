@@ -154,10 +154,10 @@ class Recogniser:
     def _materialise(self, name: str) -> None:
         """A channels-last value read by an op that needs it so: permuted, as the source."""
         source = self.nhwc.pop(name)
-        x = self.value(name)
-        self.alias.pop(name, None)
-        self.layers.append(Layer("permute", ["(1, 2, 0)"], {}, [x], name, source))
-        self.rank[name] = 4
+        x, output = self.value(name), name + "#nhwc"
+        self.alias[name] = output
+        self.layers.append(Layer("permute", ["(1, 2, 0)"], {}, [x], output, source))
+        self.rank[output] = 4
 
     def only_user(self, value: str) -> OnnxNode | None:
         users = self.consumers.get(value, [])
