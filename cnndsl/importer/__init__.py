@@ -14,7 +14,7 @@ import numpy as np
 from ..diagnostics import CnnError, Diagnostic
 from .graph import Graph, import_error, read_graph
 from .recognise import Layer, recognise
-from .structure import fold_joins
+from .structure import fold_gates, fold_joins
 from .writer import Names, write_network
 
 TOLERANCE = 1e-4  # relative to the largest output magnitude
@@ -68,7 +68,7 @@ def import_graph(graph: Graph, name: str, partial: bool = False,
     if unsupported:
         layers, outputs = _prefix(graph, layers, {u.node for u in unsupported})
         source_outputs = outputs
-    layers = fold_joins(layers, outputs)
+    layers = fold_joins(fold_gates(layers, outputs), outputs)
     names = Names()
     text, lines = write_network(names.identifier(name, "network", "imported"), layers,
                                 graph.inputs, outputs, names, header or [])

@@ -26,9 +26,13 @@ class Layer:
     block: object = None  # the Block a call calls
     count: int = 1  # `* count`
     implicit_shortcut: bool = False  # a residual whose shortcut the checker would write
+    inner: list[Layer] = field(default_factory=list)  # a library block's layers, written
+    # as one call (squeeze_excite), the join it ends in last
 
     def flat(self) -> list[Layer]:
         """The source layers this step stands for, in the order the spec's IR has them."""
+        if self.inner:
+            return list(self.inner)
         if not self.parts:
             return [self]
         inner = [x for part in self.parts for s in part for x in s.flat()]
@@ -327,7 +331,7 @@ def reshape(r: Recogniser, n: OnnxNode) -> None:
     if len(target) == 1 and given is not None and len(given) == 3:
         r.add(n, "flatten", rank=2)
         return
-    if _channel_shuffle(r, n, given, target):
+    if _channel_shuffle(r, n, given, target) or _spread(r, n, given, target):
         return
     r.add(n, "reshape", [_tuple(target)], rank=len(target) + 1)
 
@@ -351,6 +355,76 @@ def _channel_shuffle(r: Recogniser, n: OnnxNode, given, target) -> bool:
         return False
     r.absorbed.update((id(swap), id(back)))
     r.add(n, "channel_shuffle", [str(target[0])], output=back.outputs[0])
+    return True
+
+
+def _spread(r: Recogniser, n: OnnxNode, given, target) -> bool:
+    """Reshape to C x H x 1 x W x 1, Expand by s on the 1s, reshape to C x sH x sW: nearest
+    upsampling by s (cnndsl's own ONNX for it)."""
+    if given is None or len(given) != 3 or tuple(target) != (given[0], given[1], 1,
+                                                              given[2], 1):
+        return False
+    expand = r.only_user(n.outputs[0])
+    if expand is None or expand.op_type != "Expand" or expand.inputs[1] not in r.g.constants:
+        return False
+    repeats = [int(v) for v in r.g.constants[expand.inputs[1]]]
+    back = r.only_user(expand.outputs[0])
+    if len(repeats) != 6 or repeats[:3] != [1, 1, 1] or repeats[4] != 1 or \
+            repeats[3] != repeats[5] or back is None or back.op_type != "Reshape":
+        return False
+    s = repeats[3]
+    if r.shape(back.outputs[0]) != (given[0], given[1] * s, given[2] * s):
+        return False
+    r.absorbed.update((id(expand), id(back)))
+    r.add(n, "upsample", [str(s)], output=back.outputs[0])
+    return True
+
+
+def resize(r: Recogniser, n: OnnxNode) -> None:
+    scales = r.const(n, 2, "scales")
+    a = n.attrs
+    if a.get("mode", "nearest") != "nearest" or scales is None or scales.size != 4 or \
+            list(scales[:2]) != [1, 1] or scales[2] != scales[3] or \
+            not float(scales[2]).is_integer() or len(n.inputs) > 3 and n.inputs[3]:
+        raise Inexpressible("a Resize other than nearest upsampling by a whole factor")
+    if a.get("coordinate_transformation_mode", "half_pixel") not in ("asymmetric",
+                                                                       "half_pixel") or \
+            a.get("nearest_mode", "round_prefer_floor") not in ("floor",
+                                                                "round_prefer_floor"):
+        raise Inexpressible("a nearest Resize that does not repeat each pixel")
+    r.add(n, "upsample", [str(int(scales[2]))])
+
+
+def _anchors(r: Recogniser, n: OnnxNode) -> bool:
+    """An empty Slice of a feature map, reshaped, padded with zeros, plus a constant grid:
+    cnndsl's own ONNX for anchor_points(offset) or anchor_strides(stride) of that map."""
+    chain, x = [], n
+    for op in ("Reshape", "Pad", "Reshape", "Add"):
+        x = r.only_user(x.outputs[0])
+        if x is None or x.op_type != op:
+            return False
+        chain.append(x)
+    grid = next((r.g.constants[v] for v in chain[-1].inputs if v in r.g.constants), None)
+    given = r.shape(n.inputs[0])
+    if grid is None or given is None or len(given) != 3 or grid.ndim != 3 or \
+            grid.shape[2] != given[1] * given[2] or grid.shape[1] not in (1, 2):
+        return False
+    h, w = given[1:]
+    if grid.shape[1] == 2:
+        offset = float(grid[0, 0, 0])
+        cols, rows = np.meshgrid(np.arange(w), np.arange(h))
+        expected = np.stack([cols.ravel() + offset, rows.ravel() + offset])
+        if not np.allclose(grid[0], expected):
+            return False
+        op, args = "anchor_points", {} if offset == 0.5 else {"offset": num(offset)}
+        r.absorbed.update(id(c) for c in chain)
+        r.add(n, op, [], args, output=chain[-1].outputs[0])
+        return True
+    stride = float(grid[0, 0, 0])
+    if not np.all(grid == stride):
+        return False
+    r.absorbed.update(id(c) for c in chain)
+    r.add(n, "anchor_strides", [num(stride)], output=chain[-1].outputs[0])
     return True
 
 
@@ -402,6 +476,8 @@ def slice_(r: Recogniser, n: OnnxNode) -> None:
     start, stop = (max(0, min(size, int(v) + size if v < 0 else int(v)))
                    for v in (starts[0], ends[0]))
     if start >= stop:
+        if _anchors(r, n):
+            return
         raise Inexpressible("an empty Slice")
     _slice_layer(r, n, start, stop, axis, n.outputs[0])
 
@@ -746,6 +822,7 @@ HANDLERS: dict[str, Callable[[Recogniser, OnnxNode], None]] = {
     "Slice": slice_,
     "Split": split,
     "Pad": pad,
+    "Resize": resize,
     "LayerNormalization": layer_norm,
     "Concat": _join("concat"),
     "Relu": _plain("relu"),

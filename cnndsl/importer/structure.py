@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from .recognise import Layer
 
 ABSTRACT = {"conv": ("0", "stride", "groups"), "conv_transpose": ("0", "stride", "groups"),
-            "linear": ("0",)}
+            "linear": ("0",), "squeeze_excite": ("0",)}
 MAX_WINDOW = 16
 
 
@@ -40,6 +40,53 @@ def fold_joins(layers: list[Layer], outputs: list[str]) -> list[Layer]:
             changed = True
             break
     return layers
+
+
+GATE_ACTS = {"relu", "relu6", "silu", "gelu", "hardswish", "leaky_relu", "elu", "tanh"}
+
+
+def fold_gates(layers: list[Layer], outputs: list[str]) -> list[Layer]:
+    """`mul(x, x -> global_avgpool -> conv(s, 1) -> act -> conv(c, 1) -> gate)`, the gate
+    read by that product alone: the standard library's `squeeze_excite(s, act=, gate=)`,
+    one step of x's chain (so that the block around it can be a residual, a block)."""
+    made = {layer.output: layer for layer in layers}
+    readers: dict[str, int] = {o: 1 for o in outputs}
+    for layer in layers:
+        for x in layer.inputs:
+            readers[x] = readers.get(x, 0) + 1
+    gone: set[int] = set()
+    out = []
+    for layer in layers:
+        gate = _gate(layer, made, readers)
+        if gate is None:
+            out.append(layer)
+            continue
+        path, args, kwargs = gate
+        gone.update(id(step) for step in path)
+        out.append(Layer("squeeze_excite", args, kwargs, [layer.inputs[0]], layer.output,
+                         layer.source, inner=[*path, layer]))
+    return [layer for layer in out if id(layer) not in gone]
+
+
+def _gate(mul: Layer, made, readers):
+    if mul.op != "mul" or len(mul.inputs) != 2 or mul.args or mul.kwargs:
+        return None
+    x, gates = mul.inputs
+    source, path = _path_back(gates, made, readers)
+    if source != x or readers.get(x, 0) != 2 or [s.op for s in path[:2]] != [
+            "global_avgpool", "conv"] or len(path) != 5:
+        return None
+    pool, squeeze, act, expand, gate = path
+    plain = all(c.args[1:] == ["1"] and not c.kwargs for c in (squeeze, expand))
+    if not plain or act.op not in GATE_ACTS or act.kwargs or gate.op not in (
+            "sigmoid", "hardsigmoid") or expand.op != "conv":
+        return None
+    kwargs = {}
+    if act.op != "silu":
+        kwargs["act"] = act.op
+    if gate.op != "sigmoid":
+        kwargs["gate"] = gate.op
+    return path, [squeeze.args[0]], kwargs
 
 
 def _path_back(x: str, made, readers) -> tuple[str, list[Layer]]:
