@@ -471,3 +471,49 @@ def test_timm_model_through_a_python_factory(tmp_path, monkeypatch, capsys):
     assert spec.params == sum(p.numel() for p in reference.parameters())
     assert re.search(r"residual_block\(64\) \* 2", out.read_text())
     del torch
+
+
+def test_split_pad_and_an_upsample_are_written_as_layers():
+    """torch.split (ONNX Split with sizes), F.pad, nn.Upsample (Resize) and a view to
+    C x H*W: slices, pad, upsample and a reshape in the spec, equal in function."""
+    torch = pytest.importorskip("torch")
+
+    class Parts(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv2d(3, 8, 3)
+            self.up = torch.nn.Upsample(scale_factor=2)
+
+        def forward(self, x):
+            a, b = torch.split(self.conv(x), [3, 5], dim=1)
+            a = torch.nn.functional.pad(a, (1, 1, 2, 2), value=0.5)
+            a = a[:, :, 2:8, 1:7]  # back to 6 x 6
+            return self.up(torch.cat([a, b], 1)).reshape(x.shape[0], 8, -1)
+
+    torch.manual_seed(0)
+    reference = Parts()
+    result, spec, built = _import_module(reference, (3, 8, 8))
+    text = result.text
+    assert "slice(0, 3)" in text and "slice(3, 8)" in text, text
+    assert "pad((2, 1), value=0.5)" in text and "upsample(2)" in text
+    assert "slice(2, 8, axis=1)" in text and "slice(1, 7, axis=2)" in text
+    assert "reshape((8, 144))" in text and spec.params == 8 * 27 + 8
+    assert _same_function(reference, built, (3, 8, 8)) <= 1e-4
+
+
+@pytest.mark.skipif(not os.environ.get("CNNDSL_IMPORT_HEAVY"),
+                    reason="heavy: CNNDSL_IMPORT_HEAVY=1 (about 30 s on 2 cores)")
+def test_ultralytics_yolov8n_is_refused_only_at_its_anchors():
+    """Ultralytics' own YOLOv8n: backbone, C2f splits, SPPF, neck, upsampling and head
+    convs are expressed; make_anchors (Range, ConstantOfShape, Expand over computed grids)
+    is not, and is what the refusal names."""
+    pytest.importorskip("ultralytics")
+    from ultralytics.nn.tasks import DetectionModel
+
+    from cnndsl.diagnostics import CnnError
+    with pytest.raises(CnnError) as caught:
+        _import_module(DetectionModel("yolov8n.yaml", verbose=False))
+    refused = [d.message for d in caught.value.diagnostics]
+    assert refused and all("'/model.22/" in m for m in refused), refused
+    assert any("(Range)" in m for m in refused)
+    assert not any(op in m for m in refused for op in ("(Slice)", "(Split)", "(Resize)"))

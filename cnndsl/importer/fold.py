@@ -82,6 +82,20 @@ def _fold(op: str, attrs: dict, ins: list, shape_of) -> np.ndarray | None:
         return np.squeeze(ins[0], axis=None if axes is None else tuple(int(a) for a in axes))
     if op == "Concat":
         return np.concatenate([_ints(x) for x in ins], axis=attrs.get("axis", 0))
+    if op == "ConstantOfShape" and is_numbers(ins[0]):
+        value = attrs.get("value", np.zeros(1, np.float32)).reshape(-1)
+        size = int(np.prod([int(v) for v in ins[0]]))
+        return np.full([int(v) for v in ins[0]], value[0]) if size <= MAX_ELEMENTS else None
+    if op == "Slice" and all(is_numbers(x) and x.size == 1 for x in ins[1:]):
+        axis = int(ins[3][0]) if len(ins) > 3 else 0
+        step = int(ins[4][0]) if len(ins) > 4 else 1
+        index = [slice(None)] * ins[0].ndim
+        index[axis] = slice(int(ins[1][0]), int(ins[2][0]), step)  # Python clamps as ONNX
+        return ins[0][tuple(index)]
+    if op == "Transpose":
+        return np.transpose(ins[0], attrs.get("perm"))
+    if op == "Reshape" and is_numbers(ins[1]) and 0 not in list(ins[1]):
+        return ins[0].reshape([int(v) for v in ins[1]])
     if op == "Cast" and attrs.get("to") in (6, 7):
         return ins[0] if ins[0].dtype == object else ins[0].astype(np.int64)
     return None

@@ -94,8 +94,14 @@ class Recogniser:
             if id(n) in self.absorbed:
                 continue
             if n.op_type in FOLDED:
-                out = fold(n.op_type, n.attrs, [self.known(x) for x in n.inputs],
-                           lambda n=n: self.g.shapes.get(n.inputs[0]))
+                ins = [self.known(x) for x in n.inputs]
+                if n.op_type == "Shape" and ins[0] is not None:  # of a stored tensor
+                    ins = [np.array(ins[0].shape, np.int64)]
+                    out = fold("Gather", {}, [ins[0], np.arange(len(ins[0]))], None)
+                    out = out[n.attrs.get("start", 0):n.attrs.get("end", len(out))]
+                else:
+                    out = fold(n.op_type, n.attrs, ins,
+                               lambda n=n: self.g.shapes.get(n.inputs[0]))
                 if out is not None:
                     self.folded[n.outputs[0]] = out
                     continue
@@ -843,7 +849,7 @@ HANDLERS: dict[str, Callable[[Recogniser, OnnxNode], None]] = {
 
 
 FOLDED = frozenset({"Shape", "Gather", "Unsqueeze", "Squeeze", "Concat", "Cast", "Add", "Sub",
-                    "Mul", "Div"})
+                    "Mul", "Div", "ConstantOfShape", "Slice", "Transpose", "Reshape"})
 # ops that read a channels-last value as they are (per pixel, or the way back)
 ELEMENTWISE = frozenset({"Relu", "Sigmoid", "Tanh", "HardSigmoid", "HardSwish", "Clip",
                          "LeakyRelu", "Elu", "Gelu", "Identity", "Dropout"})
