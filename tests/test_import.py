@@ -517,3 +517,20 @@ def test_ultralytics_yolov8n_is_refused_only_at_its_anchors():
     assert refused and all("'/model.22/" in m for m in refused), refused
     assert any("(Range)" in m for m in refused)
     assert not any(op in m for m in refused for op in ("(Slice)", "(Split)", "(Resize)"))
+
+
+def test_a_file_that_would_grow_a_tensor_is_not_run_to_measure_sizes(tmp_path, capsys):
+    """Sizes ONNX inference cannot give are measured by running the file once, but never
+    a file with a stored Expand (or Tile, Range ...) that could ask for terabytes."""
+    from cnndsl.importer.graph import _bounded
+    big = helper.make_tensor("big", TensorProto.INT64, [4], [1, 3, 100_000, 100_000])
+    one = helper.make_tensor("one", TensorProto.INT64, [4], [1, 1, 1, 1])
+    model = _graph([helper.make_node("Shape", ["x"], ["s"], name="shape"),
+                    helper.make_node("Div", ["s", "one"], ["d"], name="div"),
+                    helper.make_node("Reshape", ["x", "d"], ["r"], name="reshape"),
+                    helper.make_node("Expand", ["r", "big"], ["y"], name="grow")],
+                   [big, one])
+    assert not _bounded(model.graph, {})
+    path = tmp_path / "grow.onnx"
+    path.write_bytes(model.SerializeToString())
+    _refused(tmp_path, capsys, path, "'grow' (Expand)")

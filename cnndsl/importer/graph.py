@@ -201,23 +201,59 @@ def _shapes(model) -> dict[str, tuple]:
     import onnx
     with contextlib.suppress(Exception):  # inference is a help here, not a check
         model = onnx.shape_inference.infer_shapes(model, data_prop=True)
-    shapes, types = {}, {}
+    shapes, types, full = {}, {}, {}
     g = model.graph
     for v in [*g.input, *g.value_info, *g.output]:
         t = v.type.tensor_type
         if v.type.HasField("tensor_type"):
             types[v.name] = t.elem_type
+        if v.type.HasField("tensor_type") and t.HasField("shape"):
+            full[v.name] = tuple(d.dim_value if d.HasField("dim_value") else None
+                                 for d in t.shape.dim)
         if v.type.HasField("tensor_type") and t.HasField("shape") and t.shape.dim:
             shapes[v.name] = tuple(d.dim_value if d.HasField("dim_value") else None
                                    for d in t.shape.dim[1:])
     missing = [o for n in g.node for o in n.output
                if o and (o not in shapes or None in shapes[o]) and types.get(o) == 1]
-    if missing:  # inference stops at a Reshape whose shape is computed (Div): measured
+    if missing and _bounded(g, full):  # inference stops at a Reshape whose shape is computed
+        # (Div): measured
         shapes.update(_measured(model, missing))
     return shapes
 
 
 MAX_MEASURED_INPUT = 2**24  # values per sample: a larger input is not run to measure
+GROWING = frozenset({"Expand", "Tile", "ConstantOfShape", "Range", "Loop", "Scan", "If",
+                     "Upsample", "Resize", "Pad", "ConvTranspose"})
+MAX_GROWTH = 64  # a Pad's pads, a Resize's scale, a ConvTranspose's stride
+
+
+def _bounded(g, shapes: dict[str, tuple]) -> bool:
+    """Whether running the file cannot make a tensor far larger than its input and its
+    weights (a hostile file could ask for terabytes): growing ops only with small,
+    stored factors."""
+    stored = {t.name: t for t in g.initializer}
+    for n in g.node:
+        if n.domain not in ("", "ai.onnx"):
+            return False
+        if n.op_type not in GROWING or (n.op_type == "ConstantOfShape" and shapes.get(
+                n.input[0]) == (1,)):  # a vector (torch's F.pad computes its pads so)
+            continue
+        if n.op_type == "ConvTranspose":
+            strides = next((list(a.ints) for a in n.attribute if a.name == "strides"), [1])
+            if max(strides) <= MAX_GROWTH:
+                continue
+            return False
+        factor = {"Pad": 1, "Resize": 2}.get(n.op_type)
+        if factor is None or len(n.input) <= factor:
+            return False
+        if n.input[factor] not in stored:
+            continue  # computed (torch's F.pad): an allocation that large fails in the run
+        # and the sizes are then not measured
+        from onnx import numpy_helper
+        values = numpy_helper.to_array(stored[n.input[factor]])
+        if values.size > 16 or (values.size and float(np.max(np.abs(values))) > MAX_GROWTH):
+            return False
+    return True
 
 
 def _measured(model, names: list[str]) -> dict[str, tuple]:
