@@ -14,12 +14,12 @@ import numpy as np
 from ..diagnostics import CnnError, Diagnostic
 from .graph import Graph, import_error, read_graph
 from .recognise import Layer, recognise
-from .structure import fold_joins
+from .structure import fold_gates, fold_joins
 from .writer import Names, write_network
 
 TOLERANCE = 1e-4  # relative to the largest output magnitude
 LEARNT = {"Conv": (1, 2), "ConvTranspose": (1, 2), "Gemm": (1, 2), "MatMul": (1,),
-          "BatchNormalization": (1, 2), "PRelu": (1,)}
+          "BatchNormalization": (1, 2), "PRelu": (1,), "LayerNormalization": (1, 2)}
 
 
 @dataclass
@@ -36,15 +36,23 @@ class Imported:
 def source_params(graph: Graph, layers: list[Layer]) -> int:
     """The source's learnt numbers, counted from the ONNX nodes, not from our layers:
     weights and biases of convolutions and fully connected layers, batch norm's scale
-    and shift (not its running statistics), a bias added after a MatMul."""
+    and shift (not its running statistics), a bias added after a MatMul, a factor per
+    channel that multiplies a tensor (ConvNeXt's layer scale; a `scale` layer here)."""
     names = set()
+    layers = [x for layer in layers for x in layer.flat()]
+    # cnndsl's own adaptive pooling is a MatMul by a fixed matrix: not learnt
+    fixed = {layer.source for layer in layers if layer.op == "adaptive_avgpool"}
     for n in graph.nodes:
-        for i in LEARNT.get(n.op_type, ()):
+        for i in LEARNT.get(n.op_type, ()) if n.name not in fixed else ():
             if i < len(n.inputs) and n.inputs[i] in graph.constants:
                 names.add(n.inputs[i])
     matmuls = {n.outputs[0] for n in graph.nodes if n.op_type == "MatMul"}
     for n in graph.nodes:
         if n.op_type == "Add" and set(n.inputs) & matmuls:
+            names.update(x for x in n.inputs if x in graph.constants)
+    scales = {layer.source for layer in layers if layer.op == "scale"}
+    for n in graph.nodes:
+        if n.op_type == "Mul" and n.name in scales:
             names.update(x for x in n.inputs if x in graph.constants)
     return sum(int(graph.constants[k].size) for k in names)
 
@@ -60,7 +68,7 @@ def import_graph(graph: Graph, name: str, partial: bool = False,
     if unsupported:
         layers, outputs = _prefix(graph, layers, {u.node for u in unsupported})
         source_outputs = outputs
-    layers = fold_joins(layers, outputs)
+    layers = fold_joins(fold_gates(layers, outputs), outputs)
     names = Names()
     text, lines = write_network(names.identifier(name, "network", "imported"), layers,
                                 graph.inputs, outputs, names, header or [])

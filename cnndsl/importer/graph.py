@@ -5,6 +5,7 @@ folder) is an `E-onnx` error at the file, before anything is allocated for it.""
 
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,6 +43,9 @@ class Graph:
     constants: dict[str, np.ndarray]
     opset: int
     model: object = field(repr=False, default=None)  # the onnx.ModelProto, for running it
+    # every value's size per sample (the batch axis dropped; None where not known), from
+    # ONNX's shape inference: what Slice's open ends, Reshape's 0s and Shape nodes read
+    shapes: dict[str, tuple] = field(default_factory=dict)
 
 
 def read_graph(path: str | Path) -> Graph:
@@ -173,6 +177,10 @@ def build_graph(model, where: str) -> Graph:
         if n.op_type == "Identity" and n.input and n.input[0] in constants:
             constants[n.output[0]] = constants[n.input[0]]  # torch's copies of a weight
             continue
+        if n.op_type == "Transpose" and n.input and n.input[0] in constants:
+            # torch's Linear inside a network kept channels-last: its weight, transposed
+            constants[n.output[0]] = np.transpose(constants[n.input[0]], attrs.get("perm"))
+            continue
         nodes.append(OnnxNode(name, n.op_type, list(n.input), list(n.output), attrs))
     inputs = {}
     for v in g.input:
@@ -183,8 +191,95 @@ def build_graph(model, where: str) -> Graph:
         raise import_error(where, "the graph has no input")
     outputs = [v.name for v in g.output]
     graph = Graph(where, inputs, outputs, _ordered(nodes, inputs, constants, outputs, where),
-                  constants, opset, model)
+                  constants, opset, model, _shapes(model))
     return graph
+
+
+def _shapes(model) -> dict[str, tuple]:
+    """Sizes by ONNX's own shape inference (with its propagation of shape arithmetic);
+    a model it cannot infer keeps what its file declares."""
+    import onnx
+    with contextlib.suppress(Exception):  # inference is a help here, not a check
+        model = onnx.shape_inference.infer_shapes(model, data_prop=True)
+    shapes, types, full = {}, {}, {}
+    g = model.graph
+    for v in [*g.input, *g.value_info, *g.output]:
+        t = v.type.tensor_type
+        if v.type.HasField("tensor_type"):
+            types[v.name] = t.elem_type
+        if v.type.HasField("tensor_type") and t.HasField("shape"):
+            full[v.name] = tuple(d.dim_value if d.HasField("dim_value") else None
+                                 for d in t.shape.dim)
+        if v.type.HasField("tensor_type") and t.HasField("shape") and t.shape.dim:
+            shapes[v.name] = tuple(d.dim_value if d.HasField("dim_value") else None
+                                   for d in t.shape.dim[1:])
+    missing = [o for n in g.node for o in n.output
+               if o and (o not in shapes or None in shapes[o]) and types.get(o) == 1]
+    if missing and _bounded(g, full):  # inference stops at a Reshape whose shape is computed
+        # (Div): measured
+        shapes.update(_measured(model, missing))
+    return shapes
+
+
+MAX_MEASURED_INPUT = 2**24  # values per sample: a larger input is not run to measure
+GROWING = frozenset({"Expand", "Tile", "ConstantOfShape", "Range", "Loop", "Scan", "If",
+                     "Upsample", "Resize", "Pad", "ConvTranspose"})
+MAX_GROWTH = 64  # a Pad's pads, a Resize's scale, a ConvTranspose's stride
+
+
+def _bounded(g, shapes: dict[str, tuple]) -> bool:
+    """Whether running the file cannot make a tensor far larger than its input and its
+    weights (a hostile file could ask for terabytes): growing ops only with small,
+    stored factors."""
+    stored = {t.name: t for t in g.initializer}
+    for n in g.node:
+        if n.domain not in ("", "ai.onnx"):
+            return False
+        if n.op_type not in GROWING or (n.op_type == "ConstantOfShape" and shapes.get(
+                n.input[0]) == (1,)):  # a vector (torch's F.pad computes its pads so)
+            continue
+        if n.op_type == "ConvTranspose":
+            strides = next((list(a.ints) for a in n.attribute if a.name == "strides"), [1])
+            if max(strides) <= MAX_GROWTH:
+                continue
+            return False
+        factor = {"Pad": 1, "Resize": 2}.get(n.op_type)
+        if factor is None or len(n.input) <= factor:
+            return False
+        if n.input[factor] not in stored:
+            continue  # computed (torch's F.pad): an allocation that large fails in the run
+        # and the sizes are then not measured
+        from onnx import numpy_helper
+        values = numpy_helper.to_array(stored[n.input[factor]])
+        if values.size > 16 or (values.size and float(np.max(np.abs(values))) > MAX_GROWTH):
+            return False
+    return True
+
+
+def _measured(model, names: list[str]) -> dict[str, tuple]:
+    """The sizes of float values, from one run at batch 1 (onnxruntime)."""
+    import onnx
+    import onnxruntime as ort
+    try:
+        feeds = {}
+        for v in model.graph.input:
+            dims = [d.dim_value for d in v.type.tensor_type.shape.dim[1:]]
+            if not dims or min(dims) <= 0 or int(np.prod(dims)) > MAX_MEASURED_INPUT:
+                return {}
+            feeds[v.name] = np.zeros((1, *dims), np.float32)
+        probe = onnx.ModelProto()
+        probe.CopyFrom(model)
+        del probe.graph.output[:]
+        probe.graph.output.extend(onnx.helper.make_tensor_value_info(x, 1, None)
+                                  for x in names)
+        session = ort.InferenceSession(probe.SerializeToString(),
+                                       providers=["CPUExecutionProvider"])
+        feeds = {k: v for k, v in feeds.items()
+                 if k in {i.name for i in session.get_inputs()}}
+        return {x: tuple(a.shape[1:]) for x, a in zip(names, session.run(names, feeds),
+                                                      strict=True)}
+    except Exception:  # noqa: BLE001 - sizes are a help here; the checker decides
+        return {}
 
 
 def _input_shape(v, where: str) -> tuple:

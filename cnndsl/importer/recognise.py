@@ -26,9 +26,13 @@ class Layer:
     block: object = None  # the Block a call calls
     count: int = 1  # `* count`
     implicit_shortcut: bool = False  # a residual whose shortcut the checker would write
+    inner: list[Layer] = field(default_factory=list)  # a library block's layers, written
+    # as one call (squeeze_excite), the join it ends in last
 
     def flat(self) -> list[Layer]:
         """The source layers this step stands for, in the order the spec's IR has them."""
+        if self.inner:
+            return list(self.inner)
         if not self.parts:
             return [self]
         inner = [x for part in self.parts for s in part for x in s.flat()]
@@ -77,19 +81,49 @@ class Recogniser:
         self.absorbed: set[int] = set()  # nodes fused into an earlier layer
         self.layers: list[Layer] = []
         self.unsupported: list[Unsupported] = []
+        self.folded: dict[str, np.ndarray] = {}  # shape arithmetic, computed (fold.py)
+        # values the source holds channels-last (after a Transpose to N x H x W x C) that
+        # our layer holds as C x H x W: per-pixel ops on them are written on channels
+        self.nhwc: dict[str, str] = {}  # value -> the Transpose node that made it
+        self.fused: dict[int, tuple[str, str, str]] = {}  # first node -> (op, input, output)
+        _find_gelus(self)
 
     def run(self) -> tuple[list[Layer], list[Unsupported]]:
+        from .fold import fold
         for n in self.g.nodes:
             if id(n) in self.absorbed:
                 continue
+            if n.op_type in FOLDED:
+                ins = [self.known(x) for x in n.inputs]
+                if n.op_type == "Shape" and ins[0] is not None:  # of a stored tensor
+                    ins = [np.array(ins[0].shape, np.int64)]
+                    out = fold("Gather", {}, [ins[0], np.arange(len(ins[0]))], None)
+                    out = out[n.attrs.get("start", 0):n.attrs.get("end", len(out))]
+                else:
+                    out = fold(n.op_type, n.attrs, ins,
+                               lambda n=n: self.g.shapes.get(n.inputs[0]))
+                if out is not None:
+                    self.folded[n.outputs[0]] = out
+                    continue
             handler = HANDLERS.get(n.op_type)
             try:
+                if id(n) in self.fused:
+                    op, x, output = self.fused[id(n)]
+                    self.add(n, op, inputs=[x], output=output)
+                    self._keep_layout(x, output)
+                    continue
                 if handler is None:
                     raise Inexpressible("no cnndsl layer is this ONNX op")
                 if any(x and self.value(x) is None for x in n.inputs[:1]) and \
-                        n.op_type not in ("Concat", "Add", "Mul"):
+                        n.op_type not in ("Concat", "Add", "Mul", "Sub", "Div"):
                     raise Inexpressible("its input is a constant, not a tensor of the network")
+                if n.op_type not in CHANNELS_LAST_OK:
+                    for x in n.inputs:
+                        if x in self.nhwc:
+                            self._materialise(x)
                 handler(self, n)
+                if n.op_type in ELEMENTWISE and n.outputs:
+                    self._keep_layout(n.inputs[0], n.outputs[0])
             except Inexpressible as why:
                 self.unsupported.append(Unsupported(n.name, n.op_type, str(why)))
         return self.layers, self.unsupported
@@ -98,15 +132,42 @@ class Recogniser:
     def value(self, name: str) -> str | None:
         """The network tensor a value is (through aliases), None for constants."""
         name = self.alias.get(name, name)
-        return None if name in self.g.constants else name
+        return None if name in self.g.constants or name in self.folded else name
+
+    def known(self, name: str) -> np.ndarray | None:
+        if name in self.g.constants:
+            return self.g.constants[name]
+        return self.folded.get(name)
 
     def const(self, n: OnnxNode, i: int, what: str) -> np.ndarray | None:
+        from .fold import is_numbers
         if i >= len(n.inputs) or not n.inputs[i]:
             return None
         name = n.inputs[i]
+        if name in self.folded:
+            if not is_numbers(self.folded[name]):
+                raise Inexpressible(f"its {what} depends on the batch size")
+            return self.folded[name].astype(np.int64)
         if name not in self.g.constants:
             raise Inexpressible(f"its {what} is computed, not a stored tensor")
         return self.g.constants[name]
+
+    def shape(self, name: str) -> tuple[int, ...] | None:
+        """A value's size per sample, as the source holds it (None: not known)."""
+        shape = self.g.shapes.get(name)
+        return shape if shape is not None and None not in shape else None
+
+    def _keep_layout(self, x: str, output: str) -> None:
+        if x in self.nhwc:
+            self.nhwc[output] = self.nhwc[x]
+
+    def _materialise(self, name: str) -> None:
+        """A channels-last value read by an op that needs it so: permuted, as the source."""
+        source = self.nhwc.pop(name)
+        x, output = self.value(name), name + "#nhwc"
+        self.alias[name] = output
+        self.layers.append(Layer("permute", ["(1, 2, 0)"], {}, [x], output, source))
+        self.rank[output] = 4
 
     def only_user(self, value: str) -> OnnxNode | None:
         users = self.consumers.get(value, [])
@@ -127,6 +188,9 @@ class Recogniser:
             self.pooled.add(output)  # 1 x 1 per channel: a gate
 
     def in_rank(self, n: OnnxNode) -> int:
+        shape = self.g.shapes.get(n.inputs[0])
+        if shape is not None and n.inputs[0] not in self.nhwc:
+            return len(shape) + 1
         return self.rank.get(self.value(n.inputs[0]), 4)
 
 
@@ -243,11 +307,234 @@ def flatten(r: Recogniser, n: OnnxNode) -> None:
     r.add(n, "flatten", rank=2)
 
 
+def _target(r: Recogniser, n: OnnxNode) -> tuple[int, ...]:
+    """A Reshape's size per sample: its first entry must keep the batch (0, the batch
+    itself, or -1 with every other size given)."""
+    from .fold import BATCH
+    name = n.inputs[1]
+    shape = r.folded.get(name)
+    if shape is None:
+        shape = r.const(n, 1, "shape")
+    shape = list(shape)
+    first, rest = shape[0], shape[1:]
+    if not (first is BATCH or (isinstance(first, (int, np.integer)) and (
+            first == 0 or (first == -1 and -1 not in rest)))):
+        raise Inexpressible("a Reshape that does not keep the batch axis")
+    if not all(isinstance(v, (int, np.integer)) for v in rest):
+        raise Inexpressible("a Reshape whose sizes depend on the batch size")
+    given = r.shape(n.inputs[0])
+    out = r.shape(n.outputs[0])
+    if out is not None:
+        return out
+    if given is None or (0 in rest and n.attrs.get("allowzero", 0)):
+        raise Inexpressible("a Reshape of a tensor of unknown size")
+    return tuple(given[i] if v == 0 else int(v) for i, v in enumerate(rest))
+
+
 def reshape(r: Recogniser, n: OnnxNode) -> None:
-    shape = r.const(n, 1, "shape")
-    if shape is None or list(shape) not in ([0, -1], [1, -1]) or r.in_rank(n) != 4:
-        raise Inexpressible("a Reshape other than a flatten")
-    r.add(n, "flatten", rank=2)
+    target = _target(r, n)
+    given = r.shape(n.inputs[0])
+    if len(target) == 1 and given is not None and len(given) == 3:
+        r.add(n, "flatten", rank=2)
+        return
+    if _channel_shuffle(r, n, given, target) or _spread(r, n, given, target):
+        return
+    r.add(n, "reshape", [_tuple(target)], rank=len(target) + 1)
+
+
+def _tuple(values) -> str:
+    values = [str(int(v)) for v in values]
+    return f"({values[0]},)" if len(values) == 1 else f"({', '.join(values)})"
+
+
+def _channel_shuffle(r: Recogniser, n: OnnxNode, given, target) -> bool:
+    """Reshape to G x C/G x H x W, swap the first two, reshape back: channel_shuffle(G)."""
+    if given is None or len(given) != 3 or len(target) != 4 or \
+            target[0] * target[1] != given[0] or tuple(target[2:]) != tuple(given[1:]):
+        return False
+    swap = r.only_user(n.outputs[0])
+    if swap is None or swap.op_type != "Transpose" or list(swap.attrs.get("perm", [])) != \
+            [0, 2, 1, 3, 4]:
+        return False
+    back = r.only_user(swap.outputs[0])
+    if back is None or back.op_type != "Reshape" or r.shape(back.outputs[0]) != given:
+        return False
+    r.absorbed.update((id(swap), id(back)))
+    r.add(n, "channel_shuffle", [str(target[0])], output=back.outputs[0])
+    return True
+
+
+def _spread(r: Recogniser, n: OnnxNode, given, target) -> bool:
+    """Reshape to C x H x 1 x W x 1, Expand by s on the 1s, reshape to C x sH x sW: nearest
+    upsampling by s (cnndsl's own ONNX for it)."""
+    if given is None or len(given) != 3 or tuple(target) != (given[0], given[1], 1,
+                                                              given[2], 1):
+        return False
+    expand = r.only_user(n.outputs[0])
+    if expand is None or expand.op_type != "Expand" or expand.inputs[1] not in r.g.constants:
+        return False
+    repeats = [int(v) for v in r.g.constants[expand.inputs[1]]]
+    back = r.only_user(expand.outputs[0])
+    if len(repeats) != 6 or repeats[:3] != [1, 1, 1] or repeats[4] != 1 or \
+            repeats[3] != repeats[5] or back is None or back.op_type != "Reshape":
+        return False
+    s = repeats[3]
+    if r.shape(back.outputs[0]) != (given[0], given[1] * s, given[2] * s):
+        return False
+    r.absorbed.update((id(expand), id(back)))
+    r.add(n, "upsample", [str(s)], output=back.outputs[0])
+    return True
+
+
+def resize(r: Recogniser, n: OnnxNode) -> None:
+    scales = r.const(n, 2, "scales")
+    a = n.attrs
+    if a.get("mode", "nearest") != "nearest" or scales is None or scales.size != 4 or \
+            list(scales[:2]) != [1, 1] or scales[2] != scales[3] or \
+            not float(scales[2]).is_integer() or len(n.inputs) > 3 and n.inputs[3]:
+        raise Inexpressible("a Resize other than nearest upsampling by a whole factor")
+    if a.get("coordinate_transformation_mode", "half_pixel") not in ("asymmetric",
+                                                                       "half_pixel") or \
+            a.get("nearest_mode", "round_prefer_floor") not in ("floor",
+                                                                "round_prefer_floor"):
+        raise Inexpressible("a nearest Resize that does not repeat each pixel")
+    r.add(n, "upsample", [str(int(scales[2]))])
+
+
+def _anchors(r: Recogniser, n: OnnxNode) -> bool:
+    """An empty Slice of a feature map, reshaped, padded with zeros, plus a constant grid:
+    cnndsl's own ONNX for anchor_points(offset) or anchor_strides(stride) of that map."""
+    chain, x = [], n
+    for op in ("Reshape", "Pad", "Reshape", "Add"):
+        x = r.only_user(x.outputs[0])
+        if x is None or x.op_type != op:
+            return False
+        chain.append(x)
+    grid = next((r.g.constants[v] for v in chain[-1].inputs if v in r.g.constants), None)
+    given = r.shape(n.inputs[0])
+    if grid is None or given is None or len(given) != 3 or grid.ndim != 3 or \
+            grid.shape[2] != given[1] * given[2] or grid.shape[1] not in (1, 2):
+        return False
+    h, w = given[1:]
+    if grid.shape[1] == 2:
+        offset = float(grid[0, 0, 0])
+        cols, rows = np.meshgrid(np.arange(w), np.arange(h))
+        expected = np.stack([cols.ravel() + offset, rows.ravel() + offset])
+        if not np.allclose(grid[0], expected):
+            return False
+        op, args = "anchor_points", {} if offset == 0.5 else {"offset": num(offset)}
+        r.absorbed.update(id(c) for c in chain)
+        r.add(n, op, [], args, output=chain[-1].outputs[0])
+        return True
+    stride = float(grid[0, 0, 0])
+    if not np.all(grid == stride):
+        return False
+    r.absorbed.update(id(c) for c in chain)
+    r.add(n, "anchor_strides", [num(stride)], output=chain[-1].outputs[0])
+    return True
+
+
+def transpose(r: Recogniser, n: OnnxNode) -> None:
+    perm = [int(p) for p in n.attrs.get("perm", [])]
+    x = n.inputs[0]
+    if x in r.nhwc and perm == [0, 3, 1, 2]:  # back to channels first: nothing to write
+        r.alias[n.outputs[0]] = r.value(x)
+        r.nhwc.pop(x)
+        return
+    if x in r.nhwc:
+        r._materialise(x)
+    if perm == [0, 2, 3, 1] and r.in_rank(n) == 4:  # channels-last: see Recogniser.nhwc
+        r.alias[n.outputs[0]] = r.value(x)
+        r.nhwc[n.outputs[0]] = n.name
+        return
+    if not perm or perm[0] != 0:
+        raise Inexpressible("a Transpose that moves the batch axis")
+    dims = [p - 1 for p in perm[1:]]
+    swapped = [i for i, d in enumerate(dims) if i != d]
+    if len(swapped) == 2:
+        r.add(n, "transpose", [str(swapped[0]), str(swapped[1])])
+    else:
+        r.add(n, "permute", [_tuple(dims)])
+
+
+def _axis(r: Recogniser, n: OnnxNode, axis: int) -> int:
+    """An ONNX axis as cnndsl's (per sample: 0 is the channels)."""
+    rank = r.in_rank(n)
+    axis = int(axis) % rank
+    if axis == 0:
+        raise Inexpressible("along the batch axis")
+    return axis - 1
+
+
+def _slice_layer(r, n, start: int, stop: int, axis: int, output: str) -> None:
+    kw = {"axis": str(axis)} if axis else {}
+    r.add(n, "slice", [str(start), str(stop)], kw, output=output)
+
+
+def slice_(r: Recogniser, n: OnnxNode) -> None:
+    starts, ends = r.const(n, 1, "starts"), r.const(n, 2, "ends")
+    axes, steps = r.const(n, 3, "axes"), r.const(n, 4, "steps")
+    given = r.shape(n.inputs[0])
+    if given is None or starts.size != 1 or (steps is not None and int(steps[0]) != 1):
+        raise Inexpressible("a Slice of more than one axis, with a step, or of unknown size")
+    axis = _axis(r, n, int(axes[0]) if axes is not None else 0)
+    size = given[axis]
+    start, stop = (max(0, min(size, int(v) + size if v < 0 else int(v)))
+                   for v in (starts[0], ends[0]))
+    if start >= stop:
+        if _anchors(r, n):
+            return
+        raise Inexpressible("an empty Slice")
+    _slice_layer(r, n, start, stop, axis, n.outputs[0])
+
+
+def split(r: Recogniser, n: OnnxNode) -> None:
+    given = r.shape(n.inputs[0])
+    if given is None:
+        raise Inexpressible("a Split of a tensor of unknown size")
+    axis = _axis(r, n, n.attrs.get("axis", 0))
+    sizes = r.const(n, 1, "sizes") if len(n.inputs) > 1 and n.inputs[1] else None
+    if sizes is None and "split" in n.attrs:
+        sizes = n.attrs["split"]
+    if sizes is None:
+        parts = len(n.outputs)
+        size = -(-given[axis] // parts)
+        sizes = [min(size, given[axis] - k * size) for k in range(parts)]
+    start = 0
+    for size, output in zip(sizes, n.outputs, strict=True):
+        if output:
+            _slice_layer(r, n, start, start + int(size), axis, output)
+        start += int(size)
+
+
+def pad(r: Recogniser, n: OnnxNode) -> None:
+    pads = r.const(n, 1, "pads")
+    value = r.const(n, 2, "value")
+    if n.attrs.get("mode", "constant") != "constant" or len(n.inputs) > 3 and n.inputs[3]:
+        raise Inexpressible("a Pad other than constant padding of all axes")
+    pads = [int(p) for p in pads]
+    if r.in_rank(n) != 4 or pads[:2] != [0, 0] or pads[4:6] != [0, 0] or \
+            pads[2:4] != pads[6:8]:
+        raise Inexpressible(f"padding {pads} (cnndsl pads rows and columns evenly)")
+    value = 0.0 if value is None or value.size == 0 else float(value.reshape(-1)[0])
+    r.add(n, "pad", [pair(pads[2:4])], {"value": num(value)} if value else {})
+
+
+def layer_norm(r: Recogniser, n: OnnxNode) -> None:
+    x = n.inputs[0]
+    rank = r.in_rank(n)
+    if n.attrs.get("axis", -1) % rank != rank - 1 or not (x in r.nhwc or rank == 2):
+        raise Inexpressible("a LayerNormalization other than over channels (channels-last) "
+                            "or over features")
+    scale, bias = r.const(n, 1, "scale"), r.const(n, 2, "bias")
+    eps = n.attrs.get("epsilon", 1e-5)
+    kw = {} if np.float32(eps) == np.float32(1e-5) else {"eps": num(eps)}
+    weights = {"weight": scale}
+    if bias is None:
+        raise Inexpressible("a LayerNormalization without a shift")
+    weights["bias"] = bias
+    r.add(n, "layernorm", [], kw, weights=weights)
+    r._keep_layout(x, n.outputs[0])
 
 
 def gemm(r: Recogniser, n: OnnxNode) -> None:
@@ -272,8 +559,11 @@ def _linear(r: Recogniser, n: OnnxNode, w, b, output: str | None = None) -> None
 
 
 def matmul(r: Recogniser, n: OnnxNode) -> None:
+    if _adaptive_pool(r, n):
+        return
     w = r.const(n, 1, "weight")
-    if w.ndim != 2 or r.in_rank(n) != 2:
+    channels_last = n.inputs[0] in r.nhwc
+    if w.ndim != 2 or (r.in_rank(n) != 2 and not channels_last):
         raise Inexpressible("not a fully connected layer")
     user = r.only_user(n.outputs[0])
     bias, output = None, None
@@ -282,7 +572,137 @@ def matmul(r: Recogniser, n: OnnxNode) -> None:
         if len(other) == 1 and other[0] in r.g.constants:
             bias, output = r.g.constants[other[0]], user.outputs[0]
             r.absorbed.add(id(user))
-    _linear(r, n, w.T, bias, output)
+    if not channels_last:
+        _linear(r, n, w.T, bias, output)
+        return
+    # a Linear over the channels of each pixel: a 1x1 convolution on C x H x W
+    if bias is not None and np.asarray(bias).size != w.shape[1]:
+        raise Inexpressible("a bias that is not one per output feature")
+    weights = {"weight": w.T.reshape(*w.T.shape, 1, 1)}
+    if bias is not None:
+        weights["bias"] = np.asarray(bias).reshape(-1)
+    r.add(n, "conv", [str(w.shape[1]), "1"], {} if bias is not None else {"bias": "false"},
+          weights=weights, output=output)
+    r._keep_layout(n.inputs[0], output or n.outputs[0])
+
+
+def _pool_matrix(size: int, out: int) -> np.ndarray:
+    """PyTorch's adaptive average pooling along one axis, as a size x out matrix."""
+    m = np.zeros((size, out), np.float32)
+    for i in range(out):
+        lo, hi = (i * size) // out, -(-((i + 1) * size) // out)
+        m[lo:hi, i] = 1.0 / (hi - lo)
+    return m
+
+
+def _adaptive_pool(r: Recogniser, n: OnnxNode) -> bool:
+    """x @ columns, then rows @ that: cnndsl's own ONNX for adaptive_avgpool(size)."""
+    given = r.shape(n.inputs[0])
+    cols = r.g.constants.get(n.inputs[1]) if len(n.inputs) > 1 else None
+    user = r.only_user(n.outputs[0])
+    if given is None or len(given) != 3 or cols is None or cols.ndim != 2 or \
+            user is None or user.op_type != "MatMul" or user.inputs[1] != n.outputs[0]:
+        return False
+    rows = r.g.constants.get(user.inputs[0])
+    h, w = given[1:]
+    if rows is None or rows.ndim != 2 or cols.shape[0] != w or rows.shape[1] != h:
+        return False
+    size = (rows.shape[0], cols.shape[1])
+    if not (np.allclose(cols, _pool_matrix(w, size[1]), atol=1e-7) and
+            np.allclose(rows, _pool_matrix(h, size[0]).T, atol=1e-7)):
+        return False
+    r.absorbed.add(id(user))
+    r.add(n, "adaptive_avgpool", [pair(size)], output=user.outputs[0])
+    return True
+
+
+def _scalar(r: Recogniser, name: str) -> float | None:
+    value = r.g.constants.get(name)
+    if value is None or value.size != 1 or value.dtype.kind != "f":
+        return None
+    return float(value.reshape(-1)[0])
+
+
+def arithmetic(op: str):
+    """A tensor with a number (`add(0.5)`), a per-channel learnt factor (`scale`), or
+    tensors of the network joined (`add(a, b)`)."""
+    def handler(r: Recogniser, n: OnnxNode) -> None:
+        xs = [r.value(x) for x in n.inputs]
+        if len(xs) == 2 and (xs[0] is None) != (xs[1] is None):
+            i = 0 if xs[0] is not None else 1
+            number = _scalar(r, n.inputs[1 - i])
+            if number is not None and (i == 0 or op in ("add", "mul")):
+                r.add(n, op, [num(number)], inputs=[n.inputs[i]])
+                return
+            if op == "mul" and _scale(r, n, n.inputs[i], r.g.constants.get(n.inputs[1 - i])):
+                return
+            raise Inexpressible(f"a {n.op_type} with a stored tensor that is not a number or "
+                                "one factor per channel")
+        if op == "mul":
+            mul(r, n)
+        else:
+            _join(op)(r, n)
+    return handler
+
+
+def _scale(r: Recogniser, n: OnnxNode, x: str, factor) -> bool:
+    given = r.shape(x)
+    if factor is None or given is None or factor.dtype.kind != "f":
+        return False
+    c = given[0]
+    if factor.size != c or factor.shape not in ((c, 1, 1), (1, c, 1, 1), (c,), (1, c)) or \
+            (len(given) == 3 and factor.shape in ((c,), (1, c))):
+        return False
+    image = len(given) == 3
+    r.add(n, "scale", [], inputs=[x], weights={
+        "weight": factor.reshape((c, 1, 1) if image else (c,))})
+    return True
+
+
+def _find_gelus(r: Recogniser) -> None:
+    """0.5 * x * (1 + erf(x / sqrt 2)), as exporters write GELU before opset 20."""
+    made = {o: n for n in r.g.nodes for o in n.outputs}
+    order = {id(n): i for i, n in enumerate(r.g.nodes)}
+
+    def number(n: OnnxNode, value: float):
+        for i in (0, 1):
+            v = _scalar(r, n.inputs[1 - i]) if len(n.inputs) == 2 else None
+            if v is not None and np.isclose(v, value, rtol=1e-5):
+                return n.inputs[i]
+        return None
+
+    for erf in r.g.nodes:
+        if erf.op_type != "Erf" or erf.inputs[0] not in made:
+            continue
+        pre = made[erf.inputs[0]]
+        x = (number(pre, np.sqrt(2)) if pre.op_type == "Div" and
+             _scalar(r, pre.inputs[1]) is not None else
+             number(pre, 1 / np.sqrt(2)) if pre.op_type == "Mul" else None)
+        add1 = r.only_user(erf.outputs[0])
+        if x is None or r.only_user(pre.outputs[0]) is not erf or add1 is None or \
+                add1.op_type != "Add" or number(add1, 1.0) != erf.outputs[0]:
+            continue
+        m = r.only_user(add1.outputs[0])
+        if m is None or m.op_type != "Mul":
+            continue
+        other = next((v for v in m.inputs if v != add1.outputs[0]), None)
+        group = [pre, erf, add1, m]
+        if other == x:
+            last = r.only_user(m.outputs[0])
+            if last is None or last.op_type != "Mul" or number(last, 0.5) != m.outputs[0]:
+                continue
+            group.append(last)
+            output = last.outputs[0]
+        else:
+            half = made.get(other)
+            if half is None or half.op_type != "Mul" or number(half, 0.5) != x or \
+                    r.only_user(half.outputs[0]) is not m:
+                continue
+            group.append(half)
+            output = m.outputs[0]
+        first = min(group, key=lambda g: order[id(g)])
+        r.absorbed.update(id(g) for g in group if g is not first)
+        r.fused[id(first)] = ("gelu", x, output)
 
 
 def _join(op: str):
@@ -291,9 +711,11 @@ def _join(op: str):
         if any(x is None for x in xs):
             raise Inexpressible(f"a {n.op_type} with a stored tensor (only tensors of the network "
                        "are joined)")
-        if op == "concat" and n.attrs.get("axis") % r.in_rank(n) != 1:
-            raise Inexpressible("Concat along an axis other than channels")
-        r.add(n, op, [], inputs=list(n.inputs))
+        kw = {}
+        if op == "concat":
+            axis = _axis(r, n, n.attrs.get("axis"))
+            kw = {"axis": str(axis)} if axis else {}
+        r.add(n, op, [], kw, inputs=list(n.inputs))
     return handler
 
 
@@ -360,10 +782,13 @@ def reduce_mean(r: Recogniser, n: OnnxNode) -> None:
     axes = n.attrs.get("axes")
     if axes is None and len(n.inputs) > 1:
         axes = list(r.const(n, 1, "axes"))
-    if r.in_rank(n) != 4 or sorted(a % 4 for a in (axes or [])) != [2, 3] or \
-            not n.attrs.get("keepdims", 1):
+    if r.in_rank(n) != 4 or sorted(a % 4 for a in (axes or [])) != [2, 3]:
         raise Inexpressible("a ReduceMean other than a global average pool")
-    r.add(n, "global_avgpool")
+    if n.attrs.get("keepdims", 1):
+        r.add(n, "global_avgpool")
+        return
+    r.add(n, "global_avgpool", output=n.outputs[0] + "#pooled")  # then C x 1 x 1 -> C
+    r.add(n, "flatten", inputs=[n.outputs[0] + "#pooled"], rank=2)
 
 
 def lrn(r: Recogniser, n: OnnxNode) -> None:
@@ -395,8 +820,16 @@ HANDLERS: dict[str, Callable[[Recogniser, OnnxNode], None]] = {
     "Reshape": reshape,
     "Gemm": gemm,
     "MatMul": matmul,
-    "Add": _join("add"),
-    "Mul": mul,
+    "Add": arithmetic("add"),
+    "Sub": arithmetic("sub"),
+    "Div": arithmetic("div"),
+    "Mul": arithmetic("mul"),
+    "Transpose": transpose,
+    "Slice": slice_,
+    "Split": split,
+    "Pad": pad,
+    "Resize": resize,
+    "LayerNormalization": layer_norm,
     "Concat": _join("concat"),
     "Relu": _plain("relu"),
     "Sigmoid": sigmoid,
@@ -413,6 +846,14 @@ HANDLERS: dict[str, Callable[[Recogniser, OnnxNode], None]] = {
     "Identity": alias,
     "Dropout": alias,
 }
+
+
+FOLDED = frozenset({"Shape", "Gather", "Unsqueeze", "Squeeze", "Concat", "Cast", "Add", "Sub",
+                    "Mul", "Div", "ConstantOfShape", "Slice", "Transpose", "Reshape"})
+# ops that read a channels-last value as they are (per pixel, or the way back)
+ELEMENTWISE = frozenset({"Relu", "Sigmoid", "Tanh", "HardSigmoid", "HardSwish", "Clip",
+                         "LeakyRelu", "Elu", "Gelu", "Identity", "Dropout"})
+CHANNELS_LAST_OK = ELEMENTWISE | {"Transpose", "LayerNormalization", "MatMul"}
 
 
 def recognise(graph: Graph) -> tuple[list[Layer], list[Unsupported], list[str]]:

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from .recognise import Layer
 
 ABSTRACT = {"conv": ("0", "stride", "groups"), "conv_transpose": ("0", "stride", "groups"),
-            "linear": ("0",)}
+            "linear": ("0",), "squeeze_excite": ("0",)}
 MAX_WINDOW = 16
 
 
@@ -28,7 +28,7 @@ def fold_joins(layers: list[Layer], outputs: list[str]) -> list[Layer]:
             for x in layer.inputs:
                 readers[x] = readers.get(x, 0) + 1
         for k, join in enumerate(layers):
-            if join.op not in ("add", "concat") or len(join.inputs) != 2:
+            if join.op not in ("add", "concat") or len(join.inputs) != 2 or join.kwargs:
                 continue
             (sa, pa), (sb, pb) = (_path_back(x, made, readers) for x in join.inputs)
             if sa != sb or readers.get(sa, 0) != 2 or not (pa or pb):
@@ -40,6 +40,53 @@ def fold_joins(layers: list[Layer], outputs: list[str]) -> list[Layer]:
             changed = True
             break
     return layers
+
+
+GATE_ACTS = {"relu", "relu6", "silu", "gelu", "hardswish", "leaky_relu", "elu", "tanh"}
+
+
+def fold_gates(layers: list[Layer], outputs: list[str]) -> list[Layer]:
+    """`mul(x, x -> global_avgpool -> conv(s, 1) -> act -> conv(c, 1) -> gate)`, the gate
+    read by that product alone: the standard library's `squeeze_excite(s, act=, gate=)`,
+    one step of x's chain (so that the block around it can be a residual, a block)."""
+    made = {layer.output: layer for layer in layers}
+    readers: dict[str, int] = {o: 1 for o in outputs}
+    for layer in layers:
+        for x in layer.inputs:
+            readers[x] = readers.get(x, 0) + 1
+    gone: set[int] = set()
+    out = []
+    for layer in layers:
+        gate = _gate(layer, made, readers)
+        if gate is None:
+            out.append(layer)
+            continue
+        path, args, kwargs = gate
+        gone.update(id(step) for step in path)
+        out.append(Layer("squeeze_excite", args, kwargs, [layer.inputs[0]], layer.output,
+                         layer.source, inner=[*path, layer]))
+    return [layer for layer in out if id(layer) not in gone]
+
+
+def _gate(mul: Layer, made, readers):
+    if mul.op != "mul" or len(mul.inputs) != 2 or mul.args or mul.kwargs:
+        return None
+    x, gates = mul.inputs
+    source, path = _path_back(gates, made, readers)
+    if source != x or readers.get(x, 0) != 2 or [s.op for s in path[:2]] != [
+            "global_avgpool", "conv"] or len(path) != 5:
+        return None
+    pool, squeeze, act, expand, gate = path
+    plain = all(c.args[1:] == ["1"] and not c.kwargs for c in (squeeze, expand))
+    if not plain or act.op not in GATE_ACTS or act.kwargs or gate.op not in (
+            "sigmoid", "hardsigmoid") or expand.op != "conv":
+        return None
+    kwargs = {}
+    if act.op != "silu":
+        kwargs["act"] = act.op
+    if gate.op != "sigmoid":
+        kwargs["gate"] = gate.op
+    return path, [squeeze.args[0]], kwargs
 
 
 def _path_back(x: str, made, readers) -> tuple[str, list[Layer]]:
@@ -174,6 +221,8 @@ def _best_window(steps: list[Layer]):
             if len(starts) < 2:
                 continue
             first = starts[0]
+            if not sum(cost[first:first + length]):
+                continue  # its calls would take the lines its steps take
             size = sum(cost[first:first + length]) + (cost[first] == 0)
             saving = size * len(starts) - (size + 2) - -(-len(starts) // 3)
             if saving > 2 and saving / length > best_rate:
@@ -238,7 +287,8 @@ def _filled(steps, fill) -> list[Layer]:
                     kwargs.pop(key, None)
                 else:
                     kwargs[key] = value
-        kwargs = {k: kwargs[k] for k in _KW_ORDER if k in kwargs}
+        kwargs = {**{k: kwargs[k] for k in _KW_ORDER if k in kwargs},
+                  **{k: v for k, v in kwargs.items() if k not in _KW_ORDER}}
         out.append(Layer(s.op, args, kwargs, s.inputs, s.output, "", parts=[]))
     return out
 

@@ -81,7 +81,7 @@ def chains(layers: list[Layer], inputs: list[str], outputs: list[str]) -> list[C
     result = []
     for layer in layers:
         x = layer.inputs[0]
-        joins = len(layer.inputs) > 1 or layer.op in ("add", "mul", "concat")
+        joins = len(layer.inputs) > 1
         chain = open_chain.pop(x, None)
         if (joins or chain is None or readers.get(x, 0) != 1 or x in outputs
                 or x not in made):
@@ -138,8 +138,9 @@ def _call(layer: Layer, names: Names, labels: bool, tensor=None) -> str:
     if layer.block is not None:
         args = f"({', '.join(layer.args)})" if layer.args else ""
         return f"{layer.op}{args}" + (f" * {layer.count}" if layer.count > 1 else "")
-    if layer.op in ("add", "mul", "concat"):
-        return f"{layer.op}({', '.join(tensor[x] for x in layer.inputs)})"
+    if len(layer.inputs) > 1:
+        kw = [f"{k}={v}" for k, v in layer.kwargs.items()]
+        return f"{layer.op}({', '.join([*(tensor[x] for x in layer.inputs), *kw])})"
     call = layer.call()
     label = re.sub(r"[^A-Za-z0-9_]+", "_", layer_label(layer.source)).strip("_")
     numbered = re.fullmatch(r"([a-z_]+?)\d+", label)
@@ -172,7 +173,7 @@ def _step_lines(steps: list[Layer], indent: int, names: Names, labels: bool) -> 
                 lines.append(Line(text, flat, indent, calls=1))
             closed = False
             continue
-        if closed or not lines or lines[-1].calls or (
+        if closed or not lines or (lines[-1].calls and step.op in STARTS_LINE) or (
                 step.op in STARTS_LINE and lines[-1].layers[-1].op != "flatten"
                 and not (step.op == "flatten" and lines[-1].layers[-1].op.startswith("global"))):
             lines.append(Line(text, flat, indent))
