@@ -26,7 +26,6 @@ import pytest
 
 from cnndsl.cli import main, resume_command
 from cnndsl.training.loop import json_safe
-from conftest import ROOT
 
 SPEC = """network tiny(classes: int = 2) {
     input image: 1 x 8 x 8

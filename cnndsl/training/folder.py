@@ -68,10 +68,15 @@ def claim(out: Path | None, *, default: Path | None = None, resume: Path | None 
     `default`. Refused (E-io, nothing written) when another run holds it, when it holds
     another run's files (unless it is the folder resumed, or `exist_ok`), when it cannot be
     written, or when one of `files` there is not a regular file that may be replaced."""
-    if out is None:
-        folder = RunFolder(_next_free(default), created=True)
-    else:
-        folder = RunFolder(out, created=_make(out))
+    try:
+        if out is None:
+            folder = RunFolder(_next_free(default), created=True)
+        else:
+            folder = RunFolder(out, created=_make(out))
+    except OSError as exc:  # a parent that cannot be written, or is a file
+        raise io_error(f"cannot make the run's folder {exc.filename or out or default}: "
+                       f"{exc.strerror or exc}", help="give a folder that can be written "
+                       "with --out") from None
     try:
         folder.lock_fd = _lock(folder.path)
         resumed_here = resume is not None and _same(resume, folder.path)

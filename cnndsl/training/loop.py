@@ -516,7 +516,8 @@ class Trainer:
         """The epoch's checkpoints, metrics and state: all of them, or (a full disk)
         none, the folder as the last epoch left it."""
         def files() -> dict[str, bytes]:
-            weights = weights_bytes(model, self.out / "best.safetensors")
+            weights = weights_bytes(model, self.out / ("best.safetensors" if improved
+                                                       else "last.safetensors"))
             return {**({"best.safetensors": weights} if improved else {}),
                     "last.safetensors": weights, METRICS: json.dumps(
                         json_safe(progress.history), indent=2, allow_nan=False).encode()
