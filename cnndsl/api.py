@@ -96,7 +96,8 @@ class Model:
     def fit(self, data=None, *, epochs: int | None = None, batch: int | None = None,
             lr: float | None = None, seed: int | None = None, out=None, device: str = "auto",
             resume=None, weights=None, weights_from: str | None = None,
-            progress: bool | None = None, _stop_at=None, **settings) -> dict:
+            progress: bool | None = None, exist_ok: bool = False, _stop_at=None,
+            **settings) -> dict:
         """Train as the spec's `train` definition says (defaults where it has none).
 
         `data`: "digits" or an image folder (class subfolders, or train/ and val/).
@@ -105,14 +106,15 @@ class Model:
         `out` if given. Returns the per-epoch history and the final metrics; the trained
         `nn.Module` is under "module". `weights` (and `weights_from`) as for
         `Model.weights`: pretrained weights to start from; `freeze=("layer1", "layer2")`,
-        `unfreeze_after=3`, `reinit="fc"` as in the definition."""
+        `unfreeze_after=3`, `reinit="fc"` as in the definition. An `out` that holds
+        another run is refused unless it is the one resumed, or with `exist_ok`."""
         from .training.run import fit_model
         overrides = {**settings, **{k: v for k, v in (
             ("epochs", epochs), ("batch", batch), ("seed", seed), ("optimizer.lr", lr))
             if v is not None}}
         return fit_model(self, data, out=out, device=device, resume=resume, weights=weights,
                          weights_from=weights_from, progress=progress, overrides=overrides,
-                         stop_at=_stop_at)
+                         stop_at=_stop_at, exist_ok=exist_ok)
 
     def evaluate(self, data=None, *, weights=None, device: str = "auto",
                  batch: int | None = None, weights_from: str | None = None,

@@ -6,7 +6,7 @@ import errno
 import os
 import stat
 import tempfile
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 
@@ -124,11 +124,28 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def write_bytes(target: str | Path, data: bytes) -> None:
-    with atomic_path(target) as tmp, open(tmp, "wb") as f:
+def write_file(path: str | Path, data: bytes) -> None:
+    """`data` into `path` (a temporary file of `atomic_path`), synced to the disk."""
+    with open(path, "wb") as f:
         f.write(data)
         f.flush()
         os.fsync(f.fileno())
+
+
+def write_bytes(target: str | Path, data: bytes) -> None:
+    with atomic_path(target) as tmp:
+        write_file(tmp, data)
+
+
+def write_files(files: dict[Path, bytes]) -> None:
+    """Files that belong together (a run's checkpoints, metrics and state of one epoch),
+    each written atomically, and all of them before any replaces its target: a failure
+    (a full disk) leaves every target as it was."""
+    with ExitStack() as stack:
+        temporaries = [(stack.enter_context(atomic_path(target)), data)
+                       for target, data in files.items()]
+        for tmp, data in temporaries:
+            write_file(tmp, data)
 
 
 def write_text(target: str | Path, text: str) -> None:

@@ -120,10 +120,14 @@ CATALOGUE: tuple[Entry, ...] = (
           "any tensor is allocated.",
           _net("flatten -> linear(100000000)"),
           "Shrink the network, or raise --memory-limit on a machine that has the memory."),
-    Entry("E-io", "a file that cannot be read",
+    Entry("E-io", "a file that cannot be read or written",
           "The spec (or an input array) does not exist or is not readable; or, for "
           "`render`, Graphviz crashed, failed or ran past its time bound while drawing "
-          "(reported at the network's name, with what Graphviz said).",
+          "(reported at the network's name, with what Graphviz said); or an output cannot "
+          "be written (a full disk, a read-only folder, a link or a folder where a file "
+          "goes). `train` refuses, before the first batch, an --out folder that holds "
+          "another run (unless resumed or --exist-ok), that another run is using, or that "
+          "cannot be written; every earlier file stays as it was.",
           _net("conv(8, 3)"),
           "Check the path.",
           argv=("check", "missing.cnn")),

@@ -522,31 +522,56 @@ def _load_for_training(args):
 
 def cmd_train(args) -> int:
     from .training import tasks
-    from .training.loop import TrainingStopped
+    from .training.loop import TrainingStopped, json_safe
     from .training.run import fit_model, is_main_rank
     model = _load_for_training(args)
-    # a resumed run goes on writing into the folder it resumes, unless --out names another
-    out = Path(args.out or args.resume or DEFAULT_OUT)
+    # a resumed run goes on writing into the folder it resumes, unless --out names another;
+    # without either, each run gets a new folder: runs/train, runs/train2, ...
+    out = args.out or args.resume
     try:
         summary = fit_model(model, args.data, out=out, device=args.device, resume=args.resume,
                             weights=args.weights, weights_from=args.weights_from,
-                            progress=None if not args.json else False)
+                            progress=None if not args.json else False,
+                            exist_ok=args.exist_ok, new_folder=None if out else DEFAULT_OUT)
     except TrainingStopped as stop:
-        _say(f"interrupted at epoch {stop.epoch + 1}, step {stop.step}: the state is saved; "
-             f"continue with --resume {out}")
-        return 130
+        if is_main_rank():
+            _say(f"interrupted at epoch {stop.epoch + 1}, step {stop.step}: the state is saved "
+                 f"in {stop.out}; continue with: {resume_command(args.words, stop.out)}")
+        return 128 + stop.signum
     summary.pop("module")
     if not is_main_rank():
         return EXIT_OK
     if args.json:
-        print(json.dumps({"ok": True, **summary}, indent=2))
+        print(json.dumps(json_safe({"ok": True, **summary}), indent=2, allow_nan=False))
+        return EXIT_OK
+    task = tasks.get(model.train_config().task)
+    best = summary["history"][summary["best_epoch"] - 1]
+    done = f"best epoch {summary['best_epoch']}: {task.best_line(best)}"
+    if summary["complete"]:
+        _show(f"{done}; {summary['out']} is complete, nothing written")
     else:
-        task = tasks.get(model.train_config().task)
-        best = summary["history"][summary["best_epoch"] - 1]
-        _show(f"best epoch {summary['best_epoch']}: {task.best_line(best)}; wrote "
-              f"{out}/best.safetensors, last.safetensors, metrics.json, "
-              f"{', '.join(task.outputs)}")
+        written = summary["written"]
+        _show(f"{done}; wrote {summary['out']}/{written[0]}"
+              + "".join(f", {name}" for name in written[1:]))
     return EXIT_OK
+
+
+def resume_command(words: list[str], out) -> str:
+    """The command that continues a stopped run: the one given, with `--resume OUT` in
+    place of --out, --resume and --exist-ok."""
+    import shlex
+    kept, skip = [], False
+    for word in words:
+        if skip:
+            skip = False
+            continue
+        if word in ("--out", "--resume"):
+            skip = True
+            continue
+        if word == "--exist-ok" or word.startswith(("--out=", "--resume=")):
+            continue
+        kept.append(word)
+    return shlex.join(["cnndsl", *kept, "--resume", str(out)])
 
 
 def cmd_eval(args) -> int:
@@ -850,8 +875,10 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--seed", type=bounded_int(0, 2**32 - 1))
     train.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     train.add_argument("--out", help="checkpoints, metrics and plots (default: the "
-                       f"--resume folder, else {DEFAULT_OUT})")
+                       f"--resume folder, else a new one: {DEFAULT_OUT}, {DEFAULT_OUT}2, ...)")
     train.add_argument("--resume", metavar="DIR", help="continue a run from its folder")
+    train.add_argument("--exist-ok", action="store_true", help="let --out replace the "
+                       "files of another run in it")
     weight_options(train)
     freeze_options(train)
     train.add_argument("--unfreeze-after", type=bounded_int(0, 1_000_000), metavar="N",
@@ -985,22 +1012,44 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as exc:
         return _usage(exc, exc.parser or args.parser, getattr(args, "json", False))
     except CnnError as exc:
-        _report(exc, args)
+        if _main_process():  # under torchrun every process finds it; one says it
+            _report(exc, args)
         return EXIT_SPEC
     except OSError as exc:  # reading or writing a file the user named
         where = f" {exc.filename}" if exc.filename else ""
-        _report(CnnError([Diagnostic(code="E-io", message=f"cannot access{where}: "
-                                     f"{exc.strerror or exc}")]), args)
+        if _main_process():
+            _report(CnnError([Diagnostic(code="E-io", message=f"cannot access{where}: "
+                                         f"{exc.strerror or exc}")]), args)
         return EXIT_SPEC
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
     except Exception as exc:  # noqa: BLE001 - the last line of defence for users
+        if _stopped_elsewhere(exc):
+            return EXIT_SPEC  # another process reports why
         if os.environ.get("CNNDSL_DEBUG"):
             raise
-        _say(f"internal error: {type(exc).__name__}: {exc}\n(this is a bug in cnndsl; "
+        rank = "" if _main_process() else f"process {os.environ.get('RANK')}: "
+        _say(f"{rank}internal error: {type(exc).__name__}: {exc}\n(this is a bug in cnndsl; "
              "CNNDSL_DEBUG=1 shows the traceback)")
         return EXIT_INTERNAL
+
+
+def _main_process() -> bool:
+    """Not one of torchrun's other processes (RANK 1, 2, ...)."""
+    return os.environ.get("RANK", "0") == "0"
+
+
+def _stopped_elsewhere(exc: Exception) -> bool:
+    """Under torchrun: this process stopped because another one did (its error says why),
+    or lost the others (a process that ended: torchrun reports it)."""
+    loop = sys.modules.get("cnndsl.training.loop")  # imported only by commands that train
+    if loop is not None and isinstance(exc, loop.StoppedElsewhere):
+        return True
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return False
+    dist = sys.modules.get("torch.distributed")
+    return dist is not None and isinstance(exc, getattr(dist, "DistError", ()))
 
 
 def _usage(exc: UsageError, parser: argparse.ArgumentParser, as_json: bool) -> int:

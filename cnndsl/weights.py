@@ -151,12 +151,18 @@ def _read_torch(f, refuse) -> Weights:
         raise refuse("reading a PyTorch checkpoint needs torch",
                      help="pip install 'cnndsl[torch]', or save the weights as safetensors") \
             from None
+    import pickle
     import warnings
     try:
         with warnings.catch_warnings():  # torch's deprecation notes about the file's storage
             warnings.simplefilter("ignore")
             state = torch.load(f, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - truncated zips, refused pickles, ...
+    except pickle.UnpicklingError:  # torch's text advises weights_only=False: never here
+        raise refuse("the checkpoint holds Python objects other than tensors and plain "
+                     "values, and is refused unread (loading them could run code)",
+                     help="save the weights as safetensors, or torch.save(model.state_dict(),"
+                     " ...)") from None
+    except Exception as exc:  # noqa: BLE001 - truncated zips, ...
         raise refuse(f"not a readable PyTorch checkpoint ({str(exc).splitlines()[0]})",
                      help="only plain state_dicts load (weights_only=True)") from None
     if isinstance(state, dict) and "state_dict" in state and isinstance(

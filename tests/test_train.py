@@ -188,10 +188,11 @@ def test_a_diverging_run_stops_and_keeps_the_last_good_checkpoint(tmp_path):
     out = tmp_path / "run"
     assert run_cli("train", str(spec), "--out", str(out), "--epochs", "1").returncode == 0
     good = (out / "best.safetensors").read_bytes()
-    result = run_cli("train", str(spec), "--out", str(out), "--lr", "1e30")
+    result = run_cli("train", str(spec), "--out", str(out), "--lr", "1e30", "--exist-ok")
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert "error[E-train]: the loss became" in result.stderr
     assert "at epoch 1, step" in result.stderr
+    assert "no epoch finished, so nothing was saved" in result.stderr
     assert (out / "best.safetensors").read_bytes() == good
 
 

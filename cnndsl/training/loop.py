@@ -10,6 +10,8 @@ resumed from its last step ends with the same weights as an uninterrupted one (o
 
 from __future__ import annotations
 
+import errno
+import io
 import json
 import math
 import os
@@ -26,24 +28,31 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from ..atomic import atomic_path, write_text
+from .. import atomic
 from ..diagnostics import CnnError, Diagnostic, printable_text
+from . import state as saved_state
 from . import tasks
 from .combine import OutputLosses, pick
 from .data import Data, eval_transform
+from .folder import METRICS, STATE_FILE, RunFolder, io_error
 from .pipeline import Batches
 from .spec import TrainConfig
 
-STATE_FILE = "state.pt"
 LOG_EVERY = 50  # plain-text progress: a line every N steps when not on a terminal
+STOP_SIGNALS = ("SIGINT", "SIGTERM")  # Ctrl-C; what docker, SLURM and torchrun send
 
 
 class TrainingStopped(Exception):  # noqa: N818 - a stop, not an error
-    """Ctrl-C: a resumable state was saved."""
+    """Ctrl-C or SIGTERM: a resumable state was saved."""
 
-    def __init__(self, out: Path | None, epoch: int, step: int):
+    def __init__(self, out: Path | None, epoch: int, step: int,
+                 signum: int = signal.SIGINT):
         super().__init__(f"interrupted at epoch {epoch}, step {step}")
-        self.out, self.epoch, self.step = out, epoch, step
+        self.out, self.epoch, self.step, self.signum = out, epoch, step, int(signum)
+
+
+class StoppedElsewhere(Exception):  # noqa: N818 - another process's error, reported there
+    """Under torchrun: another process found an error and reports it; this one stops."""
 
 
 def _error(message: str, help: str | None = None, **kw) -> CnnError:
@@ -147,36 +156,39 @@ def build_schedule(config: TrainConfig, optimizer, steps_per_epoch: int):
 # ---- checkpoints -------------------------------------------------------------------------
 
 
-def save_weights(module: nn.Module, path: Path) -> None:
-    """A state_dict as safetensors (names = the spec's), written atomically."""
-    from safetensors.torch import save_file
+def weights_bytes(module: nn.Module, path: Path) -> bytes:
+    """A state_dict as safetensors (names = the spec's), made in memory: the file is
+    written by atomic.py, whose failures (a full disk) are OSErrors naming `path`."""
+    from safetensors import SafetensorError
+    from safetensors.torch import save
     state = {k: v.detach().cpu().contiguous() for k, v in _plain(module).state_dict().items()}
-    with atomic_path(path) as tmp:
-        save_file(state, str(tmp), metadata={"format": "pt", "producer": "cnndsl"})
+    try:
+        return save(state, metadata={"format": "pt", "producer": "cnndsl"})
+    except SafetensorError as exc:
+        raise OSError(errno.EIO, str(exc), str(path)) from None
 
 
 def _plain(module: nn.Module) -> nn.Module:
     return module.module if isinstance(module, nn.parallel.DistributedDataParallel) else module
 
 
-def save_state(path: Path, state: dict[str, Any]) -> None:
-    with atomic_path(path) as tmp:
-        torch.save(state, tmp)
+def state_bytes(state: dict[str, Any]) -> bytes:
+    """torch.save in memory (torch's own file writer reports a full disk as a
+    RuntimeError without the errno)."""
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    return buffer.getvalue()
 
 
-def load_state(path: Path) -> dict[str, Any]:
-    from ..files import open_regular
-    try:
-        with open_regular(path) as f:
-            return torch.load(f, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise _error(f"nothing to resume in {path.parent}: no {path.name}",
-                     help="resume from the --out folder of an earlier `cnndsl train`") from None
-    except OSError as exc:
-        raise _error(f"cannot read the training state {path}: {exc.strerror or exc}") \
-            from None
-    except Exception as exc:  # noqa: BLE001 - a damaged file of any kind
-        raise _error(f"cannot read the training state {path}: {exc}") from None
+def json_safe(value: Any) -> Any:
+    """`value` with every NaN or infinity as None: JSON that any reader takes."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    return value
 
 
 # ---- the loop ----------------------------------------------------------------------------
@@ -216,14 +228,27 @@ class Trainer:
     fingerprint: dict = field(default_factory=dict)
     stop_at: tuple[int, int] | None = None  # (epoch, step): behave as if Ctrl-C came there
     frozen: set[str] = field(default_factory=set)  # layers kept frozen (config.freeze)
+    # claims `out` (rank 0, before the first batch): locked, checked writable; its path
+    # becomes `out` (a new runs/trainN when it was None)
+    claim: Callable[[], RunFolder] | None = None
 
     def __post_init__(self):
         self.dev = resolve_device(self.device)
         self.ranks = init_ranks(self.dev)
-        if self.config.batch < self.ranks.world:
-            raise _error(f"batch {self.config.batch} is smaller than the {self.ranks.world} "
+        world = self.ranks.world
+        if self.config.batch < world:
+            raise _error(f"batch {self.config.batch} is smaller than the {world} "
                          "processes it is split across", span=self.config.spans.get("batch"),
-                         help=f"use at least batch {self.ranks.world}")
+                         help=f"use at least batch {world}")
+        if len(self.data.train) < world:
+            raise _error(f"{len(self.data.train)} training sample(s) cannot be split across "
+                         f"{world} processes: each needs one at least",
+                         span=self.config.spans.get("data"),
+                         help=f"train with at most {max(len(self.data.train), 1)} processes "
+                         "(--nproc_per_node), or on more data")
+        self.folder: RunFolder | None = None
+        self.written: list[str] = []  # the files this run wrote, in order, once each
+        self.resumed = False
         self.task = tasks.get(self.config.task or "classify")
         self.classes = len(self.data.train.classes)
         self.losses = OutputLosses(
@@ -235,7 +260,7 @@ class Trainer:
             self.data.train, augment=self.task.augmenter(self.config, size),
             prepare=self.prepare, seed=self.config.seed, workers=self.config.workers)
         self._eval_batches: dict[int, Batches] = {}
-        self._interrupted = False
+        self._interrupted: int | bool = False  # the stop signal's number, once one came
         self._backbone: list[nn.Parameter] = []  # frozen parameters, until they train
         self._frozen_norms: list[nn.Module] = []  # batch norms kept in eval mode
 
@@ -254,31 +279,78 @@ class Trainer:
         scaler = torch.amp.GradScaler(enabled=config.amp == "fp16")
         progress = Progress()
         if resume is not None:
-            progress = self._restore(resume, model, optimizer, schedule, scaler)
+            progress = self._restore(resume, model, optimizer, schedule, scaler, steps)
+            if self._complete(progress):
+                return self._done(model, progress, resume)
+            self.log(f"resuming {resume} at epoch {progress.epoch + 1}, step {progress.step}")
         else:
             self._unfreeze_if_due(progress, optimizer)
-            if self.out is not None and self.ranks.main:
-                self.out.mkdir(parents=True, exist_ok=True)
+        self._claim_folder()
         net = self._wrap(model)
-        with self._sigint():
-            while progress.epoch < config.epochs:
-                started = time.perf_counter()
-                self._train_epoch(net, optimizer, schedule, scaler, progress, steps)
-                record = self._finish_epoch(model, optimizer, schedule, scaler, progress,
-                                            time.perf_counter() - started)
-                if record.pop("unfrozen"):
-                    net = self._wrap(model)  # DDP syncs only what trained when it was built
-                self.log(_epoch_line(record, config.epochs, self.task))
-                if self._should_stop(progress):
-                    self.log(f"early stop: no improvement in "
-                             f"{config.early_stop['metric']} for {progress.bad_epochs} epochs")
-                    break
+        try:
+            with self._stop_signals():
+                while progress.epoch < config.epochs:
+                    started = time.perf_counter()
+                    self._train_epoch(net, optimizer, schedule, scaler, progress, steps)
+                    record = self._finish_epoch(model, optimizer, schedule, scaler, progress,
+                                                time.perf_counter() - started)
+                    if record.pop("unfrozen"):
+                        net = self._wrap(model)  # DDP syncs only what trained when built
+                    self.log(_epoch_line(record, config.epochs, self.task))
+                    if self._should_stop(progress):
+                        self.log(f"early stop: no improvement in {config.early_stop['metric']}"
+                                 f" for {progress.bad_epochs} epochs")
+                        break
+        finally:
+            if self.folder is not None:
+                self.folder.release()
+        return self._done(model, progress)
+
+    def _done(self, model, progress: Progress, complete: Path | None = None) -> dict:
+        """The summary; `complete`: the folder of a finished run resumed, nothing done."""
         self.close()
         summary = self._summary(progress)
+        summary["written"] = [n for n in self.written if n != STATE_FILE]
+        summary["complete"] = complete is not None
+        if complete is not None:
+            summary["out"] = str(complete)
+            self.log(f"{complete} is complete ({self._how_complete(progress)}): nothing to "
+                     "train, nothing written")
         summary["rank_divergence"] = self.rank_divergence(model)
         if self.ranks.distributed:
             dist.destroy_process_group()
         return summary
+
+    def _complete(self, progress: Progress) -> bool:
+        return progress.epoch >= self.config.epochs or self._should_stop(progress)
+
+    def _how_complete(self, progress: Progress) -> str:
+        if self._should_stop(progress):
+            return f"stopped early after epoch {progress.epoch}"
+        return f"{progress.epoch} epoch(s) trained of {self.config.epochs}"
+
+    def _claim_folder(self) -> None:
+        """Rank 0 claims the run's folder before the first batch; every rank stops when
+        that fails (rank 0 reports it)."""
+        error = None
+        if self.claim is not None and self.ranks.main:
+            try:
+                self.folder = self.claim()
+                self.out = self.folder.path
+            except CnnError as exc:
+                error = exc
+        self._agree(error)
+
+    def _agree(self, error: BaseException | None) -> None:
+        """Raise `error` here, and StoppedElsewhere on the other ranks, when any rank has
+        one: under torchrun an error found by one process stops all, reported once."""
+        if self.ranks.distributed:
+            failed = torch.tensor([1.0 if error is not None else 0.0])
+            dist.all_reduce(failed, op=dist.ReduceOp.MAX)
+            if error is None and failed.item():
+                raise StoppedElsewhere()
+        if error is not None:
+            raise error
 
     # -- freezing ------------------------------------------------------------------------
 
@@ -326,9 +398,10 @@ class Trainer:
         mine = [shard(batch, self.ranks) for batch in batches[progress.step:]]
         loaded = self.train_batches(mine, progress.epoch)
         for step in range(progress.step, len(batches)):
-            if self._interrupted or self.stop_at == (progress.epoch, step):
+            if self._stop_requested() or self.stop_at == (progress.epoch, step):
                 self._save_resumable(net, optimizer, schedule, scaler, progress)
-                raise TrainingStopped(self.out, progress.epoch, step)
+                raise TrainingStopped(self.out, progress.epoch, step,
+                                      self._interrupted or signal.SIGINT)
             x, y = next(loaded)
             x = x.to(self.dev, non_blocking=True)
             y = y.to(self.dev, non_blocking=True)
@@ -340,11 +413,7 @@ class Trainer:
             loss = self.losses.combine(terms, self._all_sum, self.ranks.world)
             logits, total, den = pick(outputs, self.losses.main), terms[0].total, terms[0].den
             if not torch.isfinite(loss):
-                raise _error(f"the loss became {loss.item()} at epoch {progress.epoch + 1}, "
-                             f"step {step + 1}: training stopped",
-                             help="lower the learning rate, add `clip: 1.0`, or check the data;"
-                             " the last good checkpoint is kept" if self.out else
-                             "lower the learning rate or add `clip: 1.0`")
+                raise self._diverged(loss, x, progress, step)
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             if config.clip is not None:
@@ -369,6 +438,41 @@ class Trainer:
                          f"{progress.loss_sum / progress.loss_den:.4f}")
         if bar is not None:
             bar.close()
+
+    def _diverged(self, loss, x, progress: Progress, step: int) -> CnnError:
+        """The loss is NaN or infinite: the likely cause, and what the folder keeps."""
+        where = f"the loss became {loss.item()} at epoch {progress.epoch + 1}, step {step + 1}"
+        first = not self.resumed and progress.epoch == 0 and step == 0
+        if not torch.isfinite(x).all():
+            why, fix = ": the batch's images hold NaN or infinite values", "check the data"
+        elif first:
+            why, fix = (" (the first step: no update has been made yet)",
+                        "check the data, the loss's class weights and `normalize`'s std")
+        else:
+            why, fix = "", "lower the learning rate, add `clip: 1.0`, or check the data"
+        return _error(f"{where}{why}; training stopped", help=f"{fix}; {self._kept(progress)}")
+
+    def _kept(self, progress: Progress) -> str:
+        """What the run's folder holds after a stop."""
+        if self.out is None:
+            return "nothing was saved (no output folder)"
+        if progress.history:
+            return (f"{self.out} keeps the checkpoints of epoch {len(progress.history)} "
+                    f"(best: epoch {progress.best_epoch})")
+        if self.resumed:
+            return f"{self.out / STATE_FILE} is as it was"
+        return "no epoch finished, so nothing was saved"
+
+    def _stop_requested(self) -> bool:
+        """Ctrl-C or SIGTERM seen (under torchrun, by any process: all stop at the same
+        step)."""
+        if not self.ranks.distributed:
+            return bool(self._interrupted)
+        seen = torch.tensor([float(self._interrupted)])
+        dist.all_reduce(seen, op=dist.ReduceOp.MAX)
+        if seen.item() and not self._interrupted:
+            self._interrupted = int(seen.item())
+        return bool(seen.item())
 
     def _finish_epoch(self, model, optimizer, schedule, scaler, progress: Progress,
                       seconds: float) -> dict:
@@ -397,14 +501,41 @@ class Trainer:
         progress.correct = progress.seen = progress.samples = 0
         unfrozen = progress.epoch < self.config.epochs and self._unfreeze_if_due(progress,
                                                                                  optimizer)
-        if self.out is not None and self.ranks.main:
-            if improved:
-                save_weights(model, self.out / "best.safetensors")
-            save_weights(model, self.out / "last.safetensors")
-            write_text(self.out / "metrics.json", json.dumps(progress.history, indent=2) + "\n")
-            self._plots(model, progress, val)
-        self._save_resumable(model, optimizer, schedule, scaler, progress)
+        error = None
+        try:
+            if self.out is not None and self.ranks.main:
+                self._write_epoch(model, optimizer, schedule, scaler, progress, improved)
+                self._plots(model, progress, val)  # last: a plot that fails leaves a state
+        except CnnError as exc:
+            error = exc
+        self._agree(error)
         return {**record, "unfrozen": unfrozen}
+
+    def _write_epoch(self, model, optimizer, schedule, scaler, progress: Progress,
+                     improved: bool) -> None:
+        """The epoch's checkpoints, metrics and state: all of them, or (a full disk)
+        none, the folder as the last epoch left it."""
+        def files() -> dict[str, bytes]:
+            weights = weights_bytes(model, self.out / ("best.safetensors" if improved
+                                                       else "last.safetensors"))
+            return {**({"best.safetensors": weights} if improved else {}),
+                    "last.safetensors": weights, METRICS: json.dumps(
+                        json_safe(progress.history), indent=2, allow_nan=False).encode()
+                    + b"\n", STATE_FILE: self._state_bytes(model, optimizer, schedule, scaler,
+                                                          progress)}
+        self._write(files)
+
+    def _write(self, files: Callable[[], dict[str, bytes]]) -> None:
+        """Run files written together; a failure (a full disk) is E-io naming the file."""
+        try:
+            made = files()
+            atomic.write_files({self.out / name: data for name, data in made.items()})
+        except OSError as exc:
+            raise io_error(f"cannot write {exc.filename or self.out}: "
+                           f"{exc.strerror or exc}; training stopped",
+                           help=f"free space or give another --out; the files in {self.out} "
+                           "are as the last finished epoch left them") from None
+        self.written += [name for name in made if name not in self.written]
 
     def _should_stop(self, progress: Progress) -> bool:
         stop = self.config.early_stop
@@ -519,56 +650,84 @@ class Trainer:
                     desc=f"epoch {progress.epoch + 1}/{self.config.epochs}")
 
     def _plots(self, model, progress: Progress, val: dict) -> None:
-        self.task.plots(self.out, progress.history, val,
-                        lambda n: self.samples(model, self.data.val, n))
+        def draw() -> dict:
+            self.task.plots(self.out, progress.history, val,
+                            lambda n: self.samples(model, self.data.val, n))
+            return {}
+        self._write(draw)
+        self.written += [name for name in self.task.outputs if name not in self.written]
 
     def _save_resumable(self, net, optimizer, schedule, scaler, progress: Progress) -> None:
         if self.out is None or not self.ranks.main:
             return
-        save_state(self.out / STATE_FILE, {
+        self._write(lambda: {STATE_FILE: self._state_bytes(net, optimizer, schedule, scaler,
+                                                           progress)})
+
+    def _state_bytes(self, net, optimizer, schedule, scaler, progress: Progress) -> bytes:
+        return state_bytes({
             "model": {k: v.detach().cpu() for k, v in _plain(net).state_dict().items()},
             "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
             "scaler": scaler.state_dict(), "rng": torch.get_rng_state(),
             "progress": json.dumps(progress.to_dict()), "fingerprint": json.dumps(
                 self.fingerprint, sort_keys=True)})
 
-    def _restore(self, folder: Path, model, optimizer, schedule, scaler) -> Progress:
-        state = load_state(folder / STATE_FILE)
-        saved = json.loads(state["fingerprint"])
-        if saved != self.fingerprint:
-            changed = sorted(k for k in {**saved, **self.fingerprint}
-                             if saved.get(k) != self.fingerprint.get(k))
-            raise _error(f"{folder} was trained with another setup: {', '.join(changed)} "
-                         "differ", help="resume with the same spec, data and settings")
-        model.load_state_dict(state["model"])
-        progress = Progress(**json.loads(state["progress"]))
-        self._unfreeze_if_due(progress, optimizer)  # as it was when the state was saved
-        optimizer.load_state_dict(state["optimizer"])
-        schedule.load_state_dict(state["schedule"])
-        scaler.load_state_dict(state["scaler"])
-        torch.set_rng_state(state["rng"])
-        if self.ranks.main:
-            self.log(f"resuming {folder} at epoch {progress.epoch + 1}, step {progress.step}")
+    def _restore(self, folder: Path, model, optimizer, schedule, scaler,
+                 steps: int) -> Progress:
+        """The saved state, checked field by field (state.py) before any of it is used."""
+        path = folder / STATE_FILE
+        state = saved_state.read_state(path)
+        try:
+            fingerprint, saved = saved_state.check_top(state)
+            changed = saved_state.fingerprint_differences(fingerprint, self.fingerprint)
+            if changed:
+                raise _error(f"{folder} was trained with another setup: "
+                             f"{'; '.join(changed[:3])}", help="resume with the same spec, "
+                             "data and settings, or train afresh into a new --out folder")
+            saved_state.check_progress(saved, Progress, steps)
+            progress = Progress(**saved)
+            saved_state.check_model(state["model"], _plain(model).state_dict())
+            self._unfreeze_if_due(progress, optimizer)  # as it was when the state was saved
+            saved_state.check_optimizer(state["optimizer"], optimizer)
+            saved_state.check_schedule(state["schedule"], schedule,
+                                       progress.epoch * steps + progress.step)
+            saved_state.check_scaler(state["scaler"], scaler)
+            saved_state.check_rng(state["rng"])
+            for part, load in (("model", model.load_state_dict),
+                               ("optimizer", optimizer.load_state_dict),
+                               ("schedule", schedule.load_state_dict),
+                               ("scaler", scaler.load_state_dict),
+                               ("rng", torch.set_rng_state)):
+                try:
+                    load(state[part])
+                except Exception as exc:  # noqa: BLE001 - what the checks above missed
+                    raise saved_state.NotAStateError(f"its `{part}` does not load "
+                                                f"({str(exc).splitlines()[0]})") from None
+        except saved_state.NotAStateError as exc:
+            raise saved_state.not_a_state(path, str(exc)) from None
+        self.resumed = True
         return progress
 
     @contextmanager
-    def _sigint(self):
-        """The first Ctrl-C finishes the current step and saves a resumable state; a
-        second one stops at once."""
-        if self.out is None or not _in_main_thread():
+    def _stop_signals(self):
+        """The first Ctrl-C (or SIGTERM) finishes the current step and saves a resumable
+        state; a second one stops at once."""
+        if (self.out is None and self.claim is None) or not _in_main_thread():
             yield
             return
 
         def handler(signum, frame):
             if self._interrupted:
                 raise KeyboardInterrupt
-            self._interrupted = True
-            self.log("stopping after this step (Ctrl-C again to stop now)")
-        previous = signal.signal(signal.SIGINT, handler)
+            self._interrupted = signum
+            name = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
+            self.log(f"{name}: stopping after this step ({name} again to stop now)")
+        previous = {name: signal.signal(getattr(signal, name), handler)
+                    for name in STOP_SIGNALS if hasattr(signal, name)}
         try:
             yield
         finally:
-            signal.signal(signal.SIGINT, previous)
+            for name, old in previous.items():
+                signal.signal(getattr(signal, name), old)
 
     def _summary(self, progress: Progress) -> dict:
         last = progress.history[-1] if progress.history else {}

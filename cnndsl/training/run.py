@@ -67,9 +67,14 @@ def build_module(model, config: TrainConfig, weights, weights_from: str | None,
 def fit_model(model, data=None, *, out: str | Path | None = None, device: str = "auto",
               resume: str | Path | None = None, weights=None, weights_from: str | None = None,
               progress: bool | None = None, log: Callable[[str], None] | None = None,
-              overrides: dict | None = None, stop_at: tuple[int, int] | None = None) -> dict:
+              overrides: dict | None = None, stop_at: tuple[int, int] | None = None,
+              exist_ok: bool = False, new_folder: str | Path | None = None) -> dict:
+    """Train; write into `out` (else, with `new_folder`, into a new folder named after it:
+    runs/train, runs/train2, ...; else nowhere). `out` may hold another run only when it
+    is the folder resumed or with `exist_ok` (folder.py)."""
     import torch
 
+    from . import folder
     from .loop import Trainer
     log = log or (lambda line: print(printable_text(line), file=sys.stderr))
     if not is_main_rank():
@@ -92,9 +97,16 @@ def fit_model(model, data=None, *, out: str | Path | None = None, device: str = 
                    "config": config.model_dump(mode="json", exclude={
                        "spans", "epochs", "workers", "cache"})}
     frozen = selected_layers(config.freeze, model.ir) if config.freeze else set()
-    trainer = Trainer(config, dataset, module, out=Path(out) if out else None, device=device,
-                      progress_bar=progress, log=log, fingerprint=fingerprint, stop_at=stop_at,
-                      frozen=frozen)
+    out = Path(out) if out is not None else None
+    claim = None
+    if out is not None or new_folder is not None:
+        def claim():
+            return folder.claim(out, default=Path(new_folder) if new_folder else None,
+                                resume=Path(resume) if resume else None, exist_ok=exist_ok,
+                                files=folder.run_files(task.outputs))
+    trainer = Trainer(config, dataset, module, out=out, device=device, progress_bar=progress,
+                      log=log, fingerprint=fingerprint, stop_at=stop_at, frozen=frozen,
+                      claim=claim)
     log(f"training {model.name} on {dataset.source}: {len(dataset.train)} train / "
         f"{len(dataset.val)} val images, {len(dataset.train.classes)} classes, "
         f"{trainer.dev.type}; {config.describe()}")
