@@ -320,9 +320,9 @@ def test_a_loss_that_is_not_finite_at_the_first_step_is_not_blamed_on_the_rate(
 TORCHRUN = Path(sys.executable).parent / "torchrun"
 
 
-def torchrun(*args: str, port: int, cwd: Path) -> subprocess.CompletedProcess:
+def torchrun(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "NO_COLOR": "1", "OMP_NUM_THREADS": "1"}
-    return subprocess.run([str(TORCHRUN), "--nproc_per_node=2", f"--master_port={port}",
+    return subprocess.run([str(TORCHRUN), "--nproc_per_node=2", "--standalone",
                            "-m", "cnndsl", "train", *args], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=300)
 
@@ -333,7 +333,7 @@ def test_under_torchrun_a_refusal_is_printed_once_and_every_process_stops(
     """Rank 0 alone claims the folder: the others learn of its refusal and stop, quietly,
     instead of waiting for it in the first batch."""
     before = hashes(run_copy)
-    result = torchrun(str(spec), "--out", str(run_copy), port=29541, cwd=tmp_path)
+    result = torchrun(str(spec), "--out", str(run_copy), cwd=tmp_path)
     assert result.returncode != 0
     assert result.stderr.count("error[E-io]") == 1, result.stderr
     assert f"{run_copy} holds another run" in result.stderr
@@ -349,7 +349,7 @@ def test_under_torchrun_fewer_training_samples_than_processes_is_one_located_err
     np.savez(tmp_path / "data.npz", x=x, y=np.array([0, 1, 1]))  # 1 train, 2 val samples
     (tmp_path / "tiny.cnn").write_text(SPEC.replace("batch: 16", "batch: 16\n    "
                                                     "val_split: 0.9"))
-    result = torchrun("tiny.cnn", "--out", "run", port=29542, cwd=tmp_path)
+    result = torchrun("tiny.cnn", "--out", "run", cwd=tmp_path)
     assert result.returncode != 0
     assert result.stderr.count("error[E-train]") == 1, result.stderr
     assert ("error[E-train]: 1 training sample(s) cannot be split across 2 processes"
