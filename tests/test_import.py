@@ -250,6 +250,10 @@ NOT_EXPRESSED = {
     "googlenet_aux": "(MatMul)",  # adaptive_avgpool(4) on 14 x 14 is written as MatMuls
     "shufflenet_v2_x1_0": "(Transpose)",  # channel_shuffle: Reshape/Transpose/Reshape
     "yolov8n": "(Slice)",  # C2f's split in two halves along the channels
+    # bilinear upsampling is written as Resize, which the importer does not read yet
+    "fcn_resnet50": "(Resize)",
+    "deeplabv3_resnet50": "(Resize)",
+    "lraspp_mobilenet_v3_large": "(Resize)",
 }
 # The hand-written spec's lines, at most doubled by the import (README: "cnndsl import")
 REPEATS_FOUND = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "vgg11",
@@ -259,7 +263,8 @@ REPEATS_FOUND = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "
 # 61M to 144M parameters each: drawing their weights and two 0.5 GB onnxruntime sessions
 # take over a minute a spec on 2 cores. CNNDSL_IMPORT_HEAVY=1 runs them (README figures);
 # their layers (conv -> relu runs, pools, adaptive pool, linear) are all in lighter specs.
-HEAVY = {"alexnet", "vgg11", "vgg16", "vgg16_bn", "vgg19", "wide_resnet50_2"}
+HEAVY = {"alexnet", "vgg11", "vgg16", "vgg16_bn", "vgg19", "wide_resnet50_2",
+         "fcn_resnet50", "deeplabv3_resnet50"}  # these two: 33M and 40M, and not expressed
 ZOO = sorted(p.stem for p in SPECS.glob("*.cnn"))
 
 
