@@ -1051,17 +1051,22 @@ class UpsampleAttrs(Record):
     size: tuple[int, int]  # the output's H x W
     scale: tuple[int, int] | None  # the integer factor, when given as one
     mode: str
+    align_corners: bool = False
 
 
 class Upsample(LayerKind):
     op, family, Attrs = "upsample", "reshape", UpsampleAttrs
     doc = ("nearest or bilinear upsampling by an integer factor (`scale=2`), to a size "
-           "(`size=(64, 64)`), or to another tensor's size (`like=e1`)")
-    example = "x -> upsample(size=(12, 10), mode=bilinear)"
+           "(`size=(64, 64)`), or to another tensor's size (`like=e1`); bilinear with "
+           "`align_corners=true` maps the corner pixels onto each other (PyTorch's "
+           "align_corners)")
+    example = ("z = x -> upsample(size=(12, 10), mode=bilinear)\n"
+               "z -> upsample(size=(15, 13), mode=bilinear, align_corners=true)")
     args = (Arg("scale", pair, None, shown="2"),
             Arg("mode", choice("nearest", "bilinear"), "nearest"),
             Arg("size", pair, None, positional=False),
-            Arg("like", tensor_shape, None, positional=False, tensor=True))
+            Arg("like", tensor_shape, None, positional=False, tensor=True),
+            Arg("align_corners", boolean, False, positional=False))
 
     def infer(self, a, xs, warn):
         c, h, w = image(xs[0], self.op)
@@ -1069,6 +1074,10 @@ class Upsample(LayerKind):
         if len(given) > 1:
             raise LayerError(f"give one of scale, size and like, not {' and '.join(given)}",
                              arg=given[1], code="E-arg")
+        if a["align_corners"] and a["mode"] != "bilinear":
+            raise LayerError("align_corners applies to bilinear upsampling only",
+                             arg="align_corners", code="E-arg",
+                             help="upsample(..., mode=bilinear, align_corners=true)")
         if a["like"] is not None:
             a["size"] = tuple(image(a["like"], "upsample's `like`")[1:])
         if a["size"] is None:
@@ -1080,7 +1089,7 @@ class Upsample(LayerKind):
 
     def label(self, a):
         size = f"x{pair_text(a.scale)}" if a.scale else f"to {pair_text(a.size)}"
-        return f"upsample {size} {a.mode}"
+        return f"upsample {size} {a.mode}" + (" align_corners" if a.align_corners else "")
 
 
 @dataclass(frozen=True, slots=True)

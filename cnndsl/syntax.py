@@ -270,6 +270,14 @@ def _syntax_diagnostic(exc: UnexpectedInput, text: str, file: str, parser: Lark)
     repeated = _repeated_chain(text, file, line)
     if repeated is not None and not unclosed:
         return repeated
+    if found == "`*`":
+        grouped = _repeat_in_group(text, file, line)
+        if grouped is not None:
+            return grouped
+    if found in ("`>`", "`->`"):
+        piped = _pipeline_argument(text, file, line, column)
+        if piped is not None:
+            return piped
     return Diagnostic(code="E-syntax", message=f"expected {expected}, found {found}",
                       span=span, label=label, related=related,
                       help=_untyped_parameter_help(text, line, column))
@@ -304,6 +312,93 @@ def _repeated_chain(text: str, file: str, line: int) -> Diagnostic | None:
         f"call: put the chain in a block, `block unit() {{ {chain.strip()} }}`, and repeat "
         f"the call: `{call}`" + ("" if label else f" (a label, `layers: unit * {count}`, "
                                  "names the copies `layers.0`, `layers.1`)"))
+
+
+_GROUP = re.compile(r"^[\t ]*(\w+)\s*:\s*\((.*)\)\s*(#.*)?$")
+_REPEAT = re.compile(r"^\s*(\w+\s*(?:\(.*\))?)\s*\*\s*(.+?)\s*$")
+
+
+def _repeat_in_group(text: str, file: str, line: int) -> Diagnostic | None:
+    """`layer1: (block * 3)`: a labelled group holds single calls; a repeat takes the label
+    itself, `layer1: block * 3`."""
+    lines = split_lines(text)
+    match = _GROUP.match(lines[line - 1]) if line <= len(lines) else None
+    if match is None or "*" not in match.group(2):
+        return None
+    label, inside = match.group(1), match.group(2)
+    span = Span(file=file, line=line, column=match.start(2), end_line=line,
+                end_column=match.end(2) + 2)
+    alone = _REPEAT.match(inside) if "->" not in inside else None
+    if alone is not None:
+        help = (f"a repeat takes the label itself: `{label}: {alone.group(1).strip()} * "
+                f"{alone.group(2)}` (the copies are {label}.0, {label}.1, ...)")
+    else:
+        help = ("a group's parentheses hold a chain of single calls: put the chain with "
+                f"its repeat in a block and call that in the group, or label the repeat "
+                f"alone: `{label}: unit * N`")
+    return Diagnostic(code="E-syntax", message="a repeat cannot go inside a labelled "
+                      "group's parentheses", span=span, label="a repeat in a group",
+                      help=help)
+
+
+def _pipeline_argument(text: str, file: str, line: int, column: int) -> Diagnostic | None:
+    """`concat(x -> upsample(like=skip), skip)`: a pipeline where a tensor argument is
+    expected; it is named on a line of its own first."""
+    lines = split_lines(text)
+    source = lines[line - 1] if line <= len(lines) else ""
+    arrow = column - 2 if source[column - 1:column] == ">" else column - 1  # the `-`
+    if source[arrow:arrow + 2] != "->":
+        return None
+    start, depth = arrow, 0
+    while start > 0:  # back to the argument's start: an open `(` or a `,` at depth 0
+        char = source[start - 1]
+        if char == ")":
+            depth += 1
+        elif char == "(" and depth:
+            depth -= 1
+        elif char in "(," and not depth:
+            break
+        start -= 1
+    if start == 0 or source[start - 1] not in "(,":
+        return None
+    end, depth = arrow, 0
+    while end < len(source):  # on to its end: a `,` or `)` at depth 0
+        char = source[end]
+        if char == "(":
+            depth += 1
+        elif char == ")" and depth:
+            depth -= 1
+        elif char in ",)" and not depth:
+            break
+        end += 1
+    pipeline = source[start:end].strip()
+    call = re.search(r"(\w+)\s*\($", source[:_call_open(source, start)])
+    rewritten = (source[:start] + (" " if source[start - 1] == "," else "") + "piped" +
+                 source[end:]).strip()
+    span = Span(file=file, line=line, column=start + 1 + (len(source[start:end]) -
+                                                       len(source[start:end].lstrip())),
+                end_line=line, end_column=end + 1 - (len(source[start:end]) -
+                                                     len(source[start:end].rstrip())))
+    what = f"`{call.group(1)}`'s arguments" if call else "a call's arguments"
+    return Diagnostic(code="E-syntax", message=f"a pipeline cannot be one of {what}: "
+                      "they are tensors by name", span=span, label="a pipeline here",
+                      help=f"name it on a line of its own first, `piped = {pipeline}`, "
+                      f"then write `{rewritten}`")
+
+
+def _call_open(source: str, start: int) -> int:
+    """Where the `(` of the call whose argument starts at `start` is (just after it)."""
+    depth, i = 0, start
+    while i > 0:
+        char = source[i - 1]
+        if char == ")":
+            depth += 1
+        elif char == "(":
+            if not depth:
+                return i
+            depth -= 1
+        i -= 1
+    return start
 
 
 def _untyped_parameter_help(text: str, line: int, column: int) -> str | None:

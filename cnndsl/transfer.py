@@ -73,8 +73,9 @@ class ImportReport:
             lines.append("  ignored: " + ", ".join(_first(self.ignored)) +
                          (f" and {len(self.ignored) - 8} more" if len(self.ignored) > 8 else ""))
         if self.verified is not None:
-            lines.append(f"  verified: the spec's module computes the source's function "
-                         f"(relative max difference {self.verified:.1e})")
+            what = ("the spec's encoder computes the source's features" if "encoder" in
+                    self.method else "the spec's module computes the source's function")
+            lines.append(f"  verified: {what} (relative max difference {self.verified:.1e})")
         lines += [f"  note: {note}" for note in self.notes]
         return "\n".join(lines)
 
@@ -156,11 +157,11 @@ def torchvision_arch(spec: str) -> str:
     models."""
     name = spec[len(TORCHVISION):].strip()
     models = _torchvision().models
-    known = models.list_models(module=models)
+    known = models.list_models(module=models) + _segmentation_models(models)
     base = name.split(".")[0].lower()
     if base not in known:
         from .suggest import did_you_mean
-        raise refuse(f"torchvision has no classification model `{name}`",
+        raise refuse(f"torchvision has no classification or segmentation model `{name}`",
                      help=did_you_mean(base, known) or "e.g. torchvision:resnet18; "
                      "the names are torchvision.models.list_models()")
     return base
@@ -225,9 +226,18 @@ def torchvision_model(arch: str, state: dict[str, np.ndarray] | None = None):
     """torchvision's model on the meta device (nothing initialised, nothing allocated),
     with the classifier size of `state` where that differs (a fine-tuned 10-class file)."""
     models = _torchvision().models
-    model = _build(models, arch, {})
+    kwargs = {}
+    if arch in _segmentation_models(models):
+        # no download of the backbone's weights; the auxiliary head where the file has it
+        kwargs = {"weights_backbone": None, "aux_loss": state is not None and any(
+            k.startswith("aux_classifier.") for k in state)}
+    model = _build(models, arch, kwargs)
     head = _head_mismatch(model, state) if state is not None else None
-    return _build(models, arch, {"num_classes": head}) if head is not None else model
+    return _build(models, arch, {**kwargs, "num_classes": head}) if head is not None else model
+
+
+def _segmentation_models(models) -> list[str]:
+    return models.list_models(module=models.segmentation)
 
 
 def holding(model, state: dict[str, np.ndarray]):
@@ -262,6 +272,9 @@ def _head_mismatch(model, state: dict[str, np.ndarray]) -> int | None:
     last = [n for n, m in model.named_modules() if type(m).__name__ == "Linear"][-1:]
     if last and all(k.rsplit(".", 1)[0] == last[0] for k in wrong):
         return int(state[f"{last[0]}.weight"].shape[0])
+    classes = {int(state[k].shape[0]) for k in wrong}  # a segmentation model's classifiers
+    if not last and len(classes) == 1 and all(expected[k][0] == 21 for k in wrong):
+        return classes.pop()
     return None
 
 
@@ -309,6 +322,8 @@ class Graph:
     # `x.chunk(2, dim=1)` and a spec's `split(2)` (channel slices) make the same values
     sliced: dict[int, tuple[int, int, int, int]] = field(default_factory=dict)
     by_slice: dict[tuple[int, int, int, int], int] = field(default_factory=dict)
+    output_ranks: tuple[int, ...] = ()  # axes per sample of each of the module's outputs
+    first: dict[int, Any] = field(default_factory=dict)  # value id -> the tensor made first
 
     def __post_init__(self):
         self.by_parts = {parts: value for value, parts in self.joined.items()}
@@ -378,11 +393,11 @@ def _part_ranges(kind: str, args, kwargs, x, outs) -> list[tuple[int, int, int]]
 
 
 def trace(module, input_shapes: list[tuple[int, ...]], training: bool = True,
-          device: str = "meta") -> Graph:
+          device: str = "meta", xs: list | None = None) -> Graph:
     """The call graph of `module` on a batch of 2 (on the meta device: nothing is computed,
     nothing allocated). Trained mode, so that auxiliary heads run too. `device="cpu"`
     computes for real: a module that reads a tensor's value (Ultralytics' strides) needs
-    it."""
+    it; `xs`, the inputs to compute with (zeros if not given)."""
     import torch
     from torch.overrides import TorchFunctionMode
 
@@ -415,10 +430,14 @@ def trace(module, input_shapes: list[tuple[int, ...]], training: bool = True,
             parts += inner[1] if inner is not None and inner[0] == axis else [v]
         joined[new_value(out)] = (axis, tuple(parts))
 
+    first: dict[int, Any] = {}
+
     def new_value(tensor) -> int:
         counter[0] += 1
         keep.append(tensor)
         value_of[id(tensor)] = counter[0]
+        # as made: an in-place op that follows (torchvision's ReLU(inplace=True)) changes it
+        first[counter[0]] = tensor if device == "meta" else tensor.detach().clone()
         return counter[0]
 
     class Recorder(TorchFunctionMode):
@@ -454,12 +473,14 @@ def trace(module, input_shapes: list[tuple[int, ...]], training: bool = True,
                     value_of[id(t)] = inputs[0]
             return out
 
-    xs = [torch.zeros((2, *s), device=device) for s in input_shapes]
+    if xs is None:
+        xs = [torch.zeros((2, *s), device=device) for s in input_shapes]
     ids = tuple(new_value(x) for x in xs)
     module.train(training)
     with torch.no_grad(), Recorder():
-        module(*xs)
-    return Graph(calls, ids, shapes, joined, sliced=sliced)
+        out = module(*xs)
+    ranks = tuple(t.dim() - 1 for t in _tensors(out))
+    return Graph(calls, ids, shapes, joined, sliced=sliced, output_ranks=ranks, first=first)
 
 
 def _tensors(obj):
@@ -493,25 +514,62 @@ class Match:
     ignored: list[str]
     counterparts: dict[str, str] = field(default_factory=dict)  # reinitialised layer ->
     # the source's layer in its place (the old head), where there is one
+    encoder: int | None = None  # into an encoder: how many of the spec's calls it makes
+    may_differ: set[str] = field(default_factory=set)
 
 
 def match_traces(target: Graph, source: Graph, may_differ: set[str], arch: str,
-                 loose_tail: bool = False) -> Match:
+                 loose_tail: bool = False, encoder: bool = False) -> Match:
     """Each call of the spec's module to the source's call of the same kind, shapes and
     size that consumes the matching inputs; depth-first with backtracking where several
     calls fit, so a wrong choice (two 1x1 convolutions of one shape on one input) is undone
-    when what follows does not fit."""
+    when what follows does not fit. `encoder`: a classifier's weights into a network that
+    predicts per pixel; the longest run of the spec's calls from its input on that matches
+    is the encoder, every call after it is the new head."""
     if len(target.inputs) != len(source.inputs):
         raise refuse(f"the spec has {len(target.inputs)} inputs, {arch} "
                      f"{len(source.inputs)}")
-    by_inputs: dict[tuple, list[Call]] = {}
-    for call in source.calls:
-        by_inputs.setdefault((call.kind, call.input_key(call.inputs)), []).append(call)
+    by_inputs = _by_inputs(source)
     state = _Search(target, source, may_differ, by_inputs, loose_tail)
     chosen = state.run()
+    if chosen is None and encoder:
+        return _match_encoder(target, source, may_differ, by_inputs, state, arch)
     if chosen is None:
         raise _trace_failure(state, arch)
     return _pairs(target, source, chosen, may_differ)
+
+
+def _by_inputs(source: Graph) -> dict[tuple, list[Call]]:
+    found: dict[tuple, list[Call]] = {}
+    for call in source.calls:
+        found.setdefault((call.kind, call.input_key(call.inputs)), []).append(call)
+    return found
+
+
+def _encoder_search(target: Graph, source: Graph, may_differ: set[str], by_inputs,
+                    failed: _Search) -> tuple[int, list, _Search]:
+    """The longest prefix of the spec's calls that matches: (its length, the choices)."""
+    import dataclasses
+    length = failed.furthest[0]
+    while length > 0:
+        part = dataclasses.replace(target, calls=target.calls[:length])
+        search = _Search(part, source, may_differ, by_inputs)
+        chosen = search.run()
+        if chosen is not None:
+            return length, chosen, search
+        length = min(length - 1, search.furthest[0])
+    return 0, [], failed
+
+
+def _match_encoder(target: Graph, source: Graph, may_differ: set[str], by_inputs,
+                   failed: _Search, arch: str) -> Match:
+    length, chosen, _ = _encoder_search(target, source, may_differ, by_inputs, failed)
+    if not any(call.params and match is not None for call, match, _ in chosen):
+        raise _trace_failure(failed, arch)
+    new = [p for call in target.calls[length:] for p in call.params]
+    found = _pairs(target, source, chosen, may_differ, new)
+    found.encoder, found.may_differ = length, set(may_differ)
+    return found
 
 
 class _Search:
@@ -631,9 +689,10 @@ def _layer(param: str) -> str:
     return param.rsplit(".", 1)[0]
 
 
-def _pairs(target: Graph, source: Graph, chosen: list, may_differ: set[str]) -> Match:
+def _pairs(target: Graph, source: Graph, chosen: list, may_differ: set[str],
+           new: Iterable[str] = ()) -> Match:
     pairs: dict[str, str] = {}
-    reinit: dict[str, str] = {}
+    reinit: dict[str, str] = dict.fromkeys(new, "new: the head, after the encoder")
     counterparts: dict[str, str] = {}
     for call, match, exact in chosen:
         if match is None:
@@ -859,19 +918,40 @@ def import_weights(source: Source, ir, build_module, may_differ: set[str]):
                        "meta" if source.model is None else "cpu")
         _check_state_fits(source, theirs.shapes)
         target = trace(build_module(), [i.shape for i in ir.inputs], training)
+        encoder = _into_encoder(target, theirs)
         found = match_traces(target, theirs, may_differ, source.described,
-                             loose_tail=source.model is not None)
+                             loose_tail=source.model is not None, encoder=encoder)
         method = (f"traced against {source.label}" if source.model is not None else
                   f"traced against torchvision:{source.arch}")
+        if found.encoder is not None:
+            method += ", into the spec's encoder"
     else:
         shapes = {k: tuple(v.shape) for k, v in source.state.items()}
         found = match_by_order(target_shapes, shapes, may_differ)
         method = "the file's order"
     report = ImportReport(source.label, method, found.pairs, found.reinit, found.ignored,
                           notes=list(source.notes))
+    if found.encoder is not None:
+        report.notes.append(_encoder_note(found, source.described))
     arrays = {mine: source.state[theirs].reshape(target_shapes[mine])
               for mine, theirs in found.pairs.items()}
     return arrays, found, report
+
+
+def _into_encoder(target: Graph, source: Graph) -> bool:
+    """A classifier (one score vector) into a network that predicts per pixel (classes x
+    H x W): only an encoder can hold its weights."""
+    return target.output_ranks[:1] == (3,) and source.output_ranks[:1] == (1,)
+
+
+def _encoder_note(found: Match, arch: str) -> str:
+    layers = list(dict.fromkeys(_layer(p) for p in found.pairs))
+    new = list(dict.fromkeys(_layer(p) for p, why in found.reinit.items()
+                             if why.startswith("new")))
+    shown = ", ".join(new[:6]) + (f" and {len(new) - 6} more" if len(new) > 6 else "")
+    return (f"the encoder, the spec's layers {layers[0]} to {layers[-1]} ({len(layers)} "
+            f"layers), holds {arch}'s weights; the head ({len(new)} layers: {shown}) is new "
+            "and keeps its initial weights")
 
 
 def _check_state_fits(source: Source, expected: dict[str, tuple[int, ...]]) -> None:
@@ -891,14 +971,64 @@ def verify(source: Source, ir, module, found: Match) -> float | None:
     """Run torchvision's model (holding the source weights) and the spec's module (holding
     the mapped ones) on one random batch: the relative max difference of their outputs,
     or, where layers were reinitialised, of what enters the first of them."""
+    compare = _compare if found.encoder is None else _compare_encoder
     if source.model is not None:
         theirs, was_training = source.model, source.model.training
         try:
-            return _compare(source.model.eval(), ir, module, found)
+            return compare(source.model.eval(), ir, module, found)
         finally:
             theirs.train(was_training)
     theirs = holding(torchvision_model(source.arch, source.state), source.state).eval()
-    return _compare(theirs, ir, module, found)
+    return compare(theirs, ir, module, found)
+
+
+def _compare_encoder(theirs, ir, module, found: Match) -> float | None:
+    """Both modules traced computing on one random batch (inference mode); every value the
+    spec's head takes from its encoder against the source's value there: the relative max
+    difference, the worst of them."""
+    import torch
+    generator = torch.Generator().manual_seed(0)
+    xs = [torch.randn((2, *i.shape), generator=generator) for i in ir.inputs]
+    shapes = [i.shape for i in ir.inputs]
+    mine = trace(module, shapes, False, "cpu", xs)
+    source = trace(theirs, shapes, False, "cpu", [x.clone() for x in xs])
+    search = _Search(mine, source, found.may_differ, _by_inputs(source))
+    search.furthest = (found.encoder, None)
+    length, chosen, search = _encoder_search(mine, source, found.may_differ,
+                                             _by_inputs(source), search)
+    pairs = {a: b for call, match, exact in chosen if match is not None and exact
+             for a, b in zip(call.params, match.params)}
+    if length != found.encoder or any(found.pairs.get(a) != b for a, b in pairs.items()):
+        raise refuse("the encoder matched differently in inference mode than in training "
+                     "mode: its weights are not loaded")
+    values = dict(zip(mine.inputs, source.inputs))
+    for call, match, _ in chosen:
+        if match is not None:
+            values.update(zip(call.outputs, match.outputs))
+    worst, compared = 0.0, 0
+    for call in mine.calls[length:]:
+        for value in {leaf for v in call.inputs for leaf in _leaves(mine, v)}:
+            theirs_value = search.resolve(value, values)
+            if theirs_value is None:
+                continue
+            a, b = mine.first[value], source.first[theirs_value]
+            if a.shape != b.shape:
+                return math.inf
+            scale = float(b.abs().max()) or 1.0
+            worst = max(worst, float((a - b).abs().max()) / scale)
+            compared += 1
+    return worst if compared else None
+
+
+def _leaves(graph: Graph, value: int):
+    """A value and what it is made of: the parts of a concatenation, the whole of a
+    slice."""
+    yield value
+    if value in graph.joined:
+        for part in graph.joined[value][1]:
+            yield from _leaves(graph, part)
+    if value in graph.sliced:
+        yield from _leaves(graph, graph.sliced[value][0])
 
 
 def _compare(theirs, ir, module, found: Match) -> float | None:
@@ -928,6 +1058,8 @@ def _compare(theirs, ir, module, found: Match) -> float | None:
 def _main(out):
     if isinstance(out, (tuple, list)):
         return out[0]
+    if isinstance(out, dict):  # torchvision's segmentation models: {"out": ..., "aux": ...}
+        return next(iter(out.values()))
     return getattr(out, "logits", out)
 
 

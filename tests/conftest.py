@@ -47,6 +47,10 @@ REFERENCE = {
     "shufflenet_v2_x1_0": (2_278_604, 144_907_992),
     "convnext_tiny": (28_589_128, 4_455_531_264),
     "yolov8n": (3_157_200, None),  # Ultralytics' count (tests/test_yolov8.py runs it)
+    # REFERENCES.md (aux_loss=False; no MACs given: ours are at the specs' 3 x 64 x 64)
+    "fcn_resnet50": (32_957_013, None),
+    "deeplabv3_resnet50": (39_638_869, None),
+    "lraspp_mobilenet_v3_large": (3_221_538, None),
 }
 
 

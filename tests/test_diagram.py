@@ -87,13 +87,13 @@ def test_residual_and_branches_meet_at_merge_nodes():
 def test_depth_folds_blocks_and_runs_of_identical_calls():
     model = cnndsl.load(SPECS / "resnet50.cnn")
     text = to_dot(model.ir, depth=1)
-    assert '"layer1.bottleneck2" [label="bottleneck(64, 1, 4, 1, 64) × 2"' in text
-    assert '"layer3.bottleneck2" [label="bottleneck(256, 1, 4, 1, 64) × 5"' in text
+    assert '"layer1.bottleneck2" [label="bottleneck(64, 1, 4, 1, 64, 1) × 2"' in text
+    assert '"layer3.bottleneck2" [label="bottleneck(256, 1, 4, 1, 64, 1) × 5"' in text
     assert "layer1.bottleneck3" not in text  # folded into the run
     nodes, edges = parse_dot(text)
     assert edges[("layer1.bottleneck2", "layer2.bottleneck1")] == "256×56×56"
     top = to_dot(model.ir, depth=0)
-    assert '"layer4" [label="layer4: bottleneck_stage(512, 3, 2, 1, 64)"' in top
+    assert '"layer4" [label="layer4: bottleneck_stage(512, 3, 2, 1, 64, 1)"' in top
 
 
 def test_options_direction_shapes_and_params():

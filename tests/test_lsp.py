@@ -223,7 +223,7 @@ async def test_hover_over_a_conv_gives_its_output_shape(client: LanguageClient):
     hover = await client.text_document_hover_async(lsp.HoverParams(
         text_document=doc(uri), position=at(line, column + 3)))
     assert "block bottleneck_stage(c: int, n: int, stride: int = 1, groups: int = 1, " \
-        "base_width: int = 64)" in hover.contents.value
+        "base_width: int = 64, dilation: int = 1)" in hover.contents.value
     assert f"**layer2** → `{fmt(ir.shape_of('layer2'))}`" in hover.contents.value
     close(client, uri)
 

@@ -321,6 +321,28 @@ def test_a_folder_of_images_and_masks_loads(tmp_path, palette):
     assert torch.equal(cached.train.labels[0], mask)
 
 
+def test_class_names_from_an_ultralytics_style_data_yaml(tmp_path):
+    from cnndsl.training.data import DataError
+    from cnndsl.training.segdata import load_masks
+    folder = mask_folder(tmp_path / "data")
+    (folder / "classes.txt").unlink()
+    yaml_file = folder / "data.yaml"
+    yaml_file.write_text("path: .\nnames:\n  0: background\n  1: circle\n  2: square\n"
+                         "  3: triangle\n")
+    data = load_masks(folder, (3, 16, 16), val_fraction=0.5, cache="none")
+    assert data.train.classes == ["background", "circle", "square", "triangle"]
+    yaml_file.write_text("names: [bg, a, b, c]\n")
+    assert load_masks(folder, (3, 16, 16), val_fraction=0.5).val.classes == ["bg", "a", "b", "c"]
+    for text, message in (("names: !!python/object/apply:os.getcwd []\n", "not valid YAML"),
+                          ("names: {1: a, 2: b}\n", "`names:` must list the class names"),
+                          ("names: [bg, a]\n", "value 2 is not a class (0...1)"),
+                          ("names: [a, a, b, c]\n", "names a class twice")):
+        yaml_file.write_text(text)
+        with pytest.raises(DataError) as refused:
+            load_masks(folder, (3, 16, 16), val_fraction=0.5)
+        assert message in refused.value.message, text
+
+
 @pytest.mark.parametrize("case", ["size", "value", "missing", "rgb"])
 def test_bad_masks_are_one_located_error(tmp_path, case):
     from PIL import Image

@@ -160,7 +160,8 @@ def upsample(g: GraphBuilder, node: Node, xs: list[str]) -> str:
         mode = {"mode": "nearest", "coordinate_transformation_mode": "asymmetric",
                 "nearest_mode": "floor"}
     else:
-        mode = {"mode": "linear", "coordinate_transformation_mode": "half_pixel"}
+        mode = {"mode": "linear", "coordinate_transformation_mode":
+                "align_corners" if a.align_corners else "half_pixel"}
     if a.scale is not None and a.mode == "nearest":
         return _repeat_pixels(g, node, xs[0])
     if a.scale is not None:

@@ -127,7 +127,7 @@ def upsample(node: Node) -> TorchLayer:
         kwargs = {"size": short(a.size)}
     kwargs["mode"] = a.mode
     if a.mode == "bilinear":
-        kwargs["align_corners"] = False
+        kwargs["align_corners"] = a.align_corners
     return TorchLayer("Upsample", (), kwargs)
 
 

@@ -3,8 +3,9 @@
 Sources: `shapes` (generated here, no download: circles, squares and triangles on textured
 backgrounds), a folder with `images/` and `masks/` (the same stem; masks single-channel
 PNGs of class indices, or palette PNGs as Pascal VOC's), with `train/` and `val/` inside
-or split by `val_split`, class names from `classes.txt`; or an `.npz` file with `x` and
-`masks`. Pixels at the ignore index (255, as VOC's borders) count in no loss or metric.
+or split by `val_split`, class names from `classes.txt` or a `data.yaml`'s `names:`; or an
+`.npz` file with `x` and `masks`. Pixels at the ignore index (255, as VOC's borders) count
+in no loss or metric.
 
 Every mask is checked when the data is loaded (its size against its image's, its values
 against the classes), so a bad file stops the run before it starts, named. A folder's
@@ -163,14 +164,46 @@ def _files(folder: Path) -> list[Path]:
                   and p.suffix.lower() in IMAGE_SUFFIXES)
 
 
+DATA_YAML = ("data.yaml", "data.yml")
+
+
 def _class_file(root: Path) -> list[str] | None:
+    """Class names from `classes.txt` (one a line, from class 0), else from the `names:`
+    of an Ultralytics-style `data.yaml` (a list, or a mapping from 0, 1, ...)."""
     path = root / "classes.txt"
+    yaml_path = next((root / n for n in DATA_YAML if (root / n).is_file()), None)
     if not path.is_file():
-        return None
+        return _yaml_names(yaml_path) if yaml_path is not None else None
+    names = [line.strip() for line in _read_text(path).splitlines() if line.strip()]
+    if len(set(names)) != len(names):
+        raise DataError(f"{path} names a class twice")
+    return names
+
+
+def _read_text(path: Path) -> str:
     from ..files import open_regular
     with open_regular(path) as f:
-        names = [line.strip() for line in f.read(1 << 20).decode("utf-8", "replace")
-                 .splitlines() if line.strip()]
+        return f.read(1 << 20).decode("utf-8", "replace")
+
+
+def _yaml_names(path: Path) -> list[str]:
+    import yaml  # safe_load only: plain data, no Python objects
+    try:
+        data = yaml.safe_load(_read_text(path))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f":{mark.line + 1}:{mark.column + 1}" if mark is not None else ""
+        raise DataError(f"{path}{where}: not valid YAML ({getattr(exc, 'problem', exc)})") \
+            from None
+    names = data.get("names") if isinstance(data, dict) else None
+    if isinstance(names, dict) and sorted(names) == list(range(len(names))):
+        names = [names[i] for i in range(len(names))]
+    if not isinstance(names, list) or not names or not all(
+            isinstance(n, (str, int)) and not isinstance(n, bool) for n in names):
+        raise DataError(f"{path}: `names:` must list the class names",
+                        help="names: [background, circle, ...] or names: {0: background, "
+                        "1: circle, ...}, from class 0")
+    names = [str(n) for n in names]
     if len(set(names)) != len(names):
         raise DataError(f"{path} names a class twice")
     return names

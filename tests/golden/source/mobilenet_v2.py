@@ -8,11 +8,11 @@ from torch import nn
 
 
 class InvertedResidual(nn.Module):
-    """block inverted_residual(c, stride, expand), <stdlib>/mobilenet.cnn:13"""
+    """block inverted_residual(c, stride, expand, dilation), <stdlib>/mobilenet.cnn:14"""
 
-    def __init__(self, in_channels, c, stride, expand):
+    def __init__(self, in_channels, c, stride, expand, dilation):
         super().__init__()
-        self.conv1 = nn.Conv2d(in_channels, in_channels * expand, kernel_size=3, stride=stride, padding=1, groups=in_channels * expand, bias=False)
+        self.conv1 = nn.Conv2d(in_channels, in_channels * expand, kernel_size=3, stride=stride, padding=dilation, dilation=dilation, groups=in_channels * expand, bias=False)
         self.batchnorm1 = nn.BatchNorm2d(in_channels * expand)
         self.relu6_1 = nn.ReLU6()
         self.conv2 = nn.Conv2d(in_channels * expand, c, kernel_size=1, bias=False)
@@ -28,11 +28,11 @@ class InvertedResidual(nn.Module):
 
 
 class InvertedResidualStage(nn.Module):
-    """block inverted_residual_stage(expand, c, n, stride), <stdlib>/mobilenet.cnn:22"""
+    """block inverted_residual_stage(expand, c, n, stride), <stdlib>/mobilenet.cnn:23"""
 
     def __init__(self, in_channels, expand, c, stride):
         super().__init__()
-        self.inverted_residual1 = InvertedResidual(in_channels, c, stride, expand)
+        self.inverted_residual1 = InvertedResidual(in_channels, c, stride, expand, 1)
 
     def forward(self, x):
         x = self.inverted_residual1(x)
@@ -40,14 +40,14 @@ class InvertedResidualStage(nn.Module):
 
 
 class InvertedResidual2(nn.Module):
-    """block inverted_residual(c, stride, expand), <stdlib>/mobilenet.cnn:13"""
+    """block inverted_residual(c, stride, expand, dilation), <stdlib>/mobilenet.cnn:14"""
 
-    def __init__(self, in_channels, c, stride, expand):
+    def __init__(self, in_channels, c, stride, expand, dilation):
         super().__init__()
         self.conv1 = nn.Conv2d(in_channels, in_channels * expand, kernel_size=1, bias=False)
         self.batchnorm1 = nn.BatchNorm2d(in_channels * expand)
         self.relu6_1 = nn.ReLU6()
-        self.conv2 = nn.Conv2d(in_channels * expand, in_channels * expand, kernel_size=3, stride=stride, padding=1, groups=in_channels * expand, bias=False)
+        self.conv2 = nn.Conv2d(in_channels * expand, in_channels * expand, kernel_size=3, stride=stride, padding=dilation, dilation=dilation, groups=in_channels * expand, bias=False)
         self.batchnorm2 = nn.BatchNorm2d(in_channels * expand)
         self.relu6_2 = nn.ReLU6()
         self.conv3 = nn.Conv2d(in_channels * expand, c, kernel_size=1, bias=False)
@@ -66,14 +66,14 @@ class InvertedResidual2(nn.Module):
 
 
 class InvertedResidual3(nn.Module):
-    """block inverted_residual(c, stride, expand), <stdlib>/mobilenet.cnn:13"""
+    """block inverted_residual(c, stride, expand, dilation), <stdlib>/mobilenet.cnn:14"""
 
-    def __init__(self, in_channels, c, stride, expand):
+    def __init__(self, in_channels, c, stride, expand, dilation):
         super().__init__()
         self.conv1 = nn.Conv2d(in_channels, in_channels * expand, kernel_size=1, bias=False)
         self.batchnorm1 = nn.BatchNorm2d(in_channels * expand)
         self.relu6_1 = nn.ReLU6()
-        self.conv2 = nn.Conv2d(in_channels * expand, in_channels * expand, kernel_size=3, stride=stride, padding=1, groups=in_channels * expand, bias=False)
+        self.conv2 = nn.Conv2d(in_channels * expand, in_channels * expand, kernel_size=3, stride=stride, padding=dilation, dilation=dilation, groups=in_channels * expand, bias=False)
         self.batchnorm2 = nn.BatchNorm2d(in_channels * expand)
         self.relu6_2 = nn.ReLU6()
         self.conv3 = nn.Conv2d(in_channels * expand, c, kernel_size=1, bias=False)
@@ -93,12 +93,12 @@ class InvertedResidual3(nn.Module):
 
 
 class InvertedResidualStage2(nn.Module):
-    """block inverted_residual_stage(expand, c, n, stride), <stdlib>/mobilenet.cnn:22"""
+    """block inverted_residual_stage(expand, c, n, stride), <stdlib>/mobilenet.cnn:23"""
 
     def __init__(self, in_channels, expand, c, stride):
         super().__init__()
-        self.inverted_residual1 = InvertedResidual2(in_channels, c, stride, expand)
-        self.inverted_residual2 = InvertedResidual3(c, c, 1, expand)
+        self.inverted_residual1 = InvertedResidual2(in_channels, c, stride, expand, 1)
+        self.inverted_residual2 = InvertedResidual3(c, c, 1, expand, 1)
 
     def forward(self, x):
         x = self.inverted_residual1(x)
@@ -107,13 +107,13 @@ class InvertedResidualStage2(nn.Module):
 
 
 class InvertedResidualStage3(nn.Module):
-    """block inverted_residual_stage(expand, c, n, stride), <stdlib>/mobilenet.cnn:22"""
+    """block inverted_residual_stage(expand, c, n, stride), <stdlib>/mobilenet.cnn:23"""
 
     def __init__(self, in_channels, expand, c, stride):
         super().__init__()
-        self.inverted_residual1 = InvertedResidual2(in_channels, c, stride, expand)
-        self.inverted_residual2 = InvertedResidual3(c, c, 1, expand)
-        self.inverted_residual3 = InvertedResidual3(c, c, 1, expand)
+        self.inverted_residual1 = InvertedResidual2(in_channels, c, stride, expand, 1)
+        self.inverted_residual2 = InvertedResidual3(c, c, 1, expand, 1)
+        self.inverted_residual3 = InvertedResidual3(c, c, 1, expand, 1)
 
     def forward(self, x):
         x = self.inverted_residual1(x)
@@ -123,14 +123,14 @@ class InvertedResidualStage3(nn.Module):
 
 
 class InvertedResidualStage4(nn.Module):
-    """block inverted_residual_stage(expand, c, n, stride), <stdlib>/mobilenet.cnn:22"""
+    """block inverted_residual_stage(expand, c, n, stride), <stdlib>/mobilenet.cnn:23"""
 
     def __init__(self, in_channels, expand, c, stride):
         super().__init__()
-        self.inverted_residual1 = InvertedResidual2(in_channels, c, stride, expand)
-        self.inverted_residual2 = InvertedResidual3(c, c, 1, expand)
-        self.inverted_residual3 = InvertedResidual3(c, c, 1, expand)
-        self.inverted_residual4 = InvertedResidual3(c, c, 1, expand)
+        self.inverted_residual1 = InvertedResidual2(in_channels, c, stride, expand, 1)
+        self.inverted_residual2 = InvertedResidual3(c, c, 1, expand, 1)
+        self.inverted_residual3 = InvertedResidual3(c, c, 1, expand, 1)
+        self.inverted_residual4 = InvertedResidual3(c, c, 1, expand, 1)
 
     def forward(self, x):
         x = self.inverted_residual1(x)
@@ -141,11 +141,11 @@ class InvertedResidualStage4(nn.Module):
 
 
 class InvertedResidualStage5(nn.Module):
-    """block inverted_residual_stage(expand, c, n, stride), <stdlib>/mobilenet.cnn:22"""
+    """block inverted_residual_stage(expand, c, n, stride), <stdlib>/mobilenet.cnn:23"""
 
     def __init__(self, in_channels, expand, c, stride):
         super().__init__()
-        self.inverted_residual1 = InvertedResidual2(in_channels, c, stride, expand)
+        self.inverted_residual1 = InvertedResidual2(in_channels, c, stride, expand, 1)
 
     def forward(self, x):
         x = self.inverted_residual1(x)

@@ -8,14 +8,14 @@ from torch import nn
 
 
 class Bottleneck(nn.Module):
-    """block bottleneck(c, stride, expansion, groups, base_width), <stdlib>/resnet.cnn:17"""
+    """block bottleneck(c, stride, expansion, groups, base_width, dilation), <stdlib>/resnet.cnn:18"""
 
-    def __init__(self, in_channels, c, stride, expansion, groups, base_width):
+    def __init__(self, in_channels, c, stride, expansion, groups, base_width, dilation):
         super().__init__()
         self.conv1 = nn.Conv2d(in_channels, c * base_width // 64 * groups, kernel_size=1, bias=False)
         self.batchnorm1 = nn.BatchNorm2d(c * base_width // 64 * groups)
         self.relu1 = nn.ReLU()
-        self.conv2 = nn.Conv2d(c * base_width // 64 * groups, c * base_width // 64 * groups, kernel_size=3, stride=stride, padding=1, groups=groups, bias=False)
+        self.conv2 = nn.Conv2d(c * base_width // 64 * groups, c * base_width // 64 * groups, kernel_size=3, stride=stride, padding=dilation, dilation=dilation, groups=groups, bias=False)
         self.batchnorm2 = nn.BatchNorm2d(c * base_width // 64 * groups)
         self.relu2 = nn.ReLU()
         self.conv3 = nn.Conv2d(c * base_width // 64 * groups, c * expansion, kernel_size=1, bias=False)
@@ -41,14 +41,14 @@ class Bottleneck(nn.Module):
 
 
 class Bottleneck2(nn.Module):
-    """block bottleneck(c, stride, expansion, groups, base_width), <stdlib>/resnet.cnn:17"""
+    """block bottleneck(c, stride, expansion, groups, base_width, dilation), <stdlib>/resnet.cnn:18"""
 
-    def __init__(self, in_channels, c, stride, expansion, groups, base_width):
+    def __init__(self, in_channels, c, stride, expansion, groups, base_width, dilation):
         super().__init__()
         self.conv1 = nn.Conv2d(in_channels, c * base_width // 64 * groups, kernel_size=1, bias=False)
         self.batchnorm1 = nn.BatchNorm2d(c * base_width // 64 * groups)
         self.relu1 = nn.ReLU()
-        self.conv2 = nn.Conv2d(c * base_width // 64 * groups, c * base_width // 64 * groups, kernel_size=3, stride=stride, padding=1, groups=groups, bias=False)
+        self.conv2 = nn.Conv2d(c * base_width // 64 * groups, c * base_width // 64 * groups, kernel_size=3, stride=stride, padding=dilation, dilation=dilation, groups=groups, bias=False)
         self.batchnorm2 = nn.BatchNorm2d(c * base_width // 64 * groups)
         self.relu2 = nn.ReLU()
         self.conv3 = nn.Conv2d(c * base_width // 64 * groups, c * expansion, kernel_size=1, bias=False)
@@ -70,13 +70,13 @@ class Bottleneck2(nn.Module):
 
 
 class BottleneckStage(nn.Module):
-    """block bottleneck_stage(c, n, stride, groups, base_width), <stdlib>/resnet.cnn:33"""
+    """block bottleneck_stage(c, n, stride, groups, base_width, dilation), <stdlib>/resnet.cnn:36"""
 
-    def __init__(self, in_channels, c, stride, groups, base_width):
+    def __init__(self, in_channels, c, stride, groups, base_width, dilation):
         super().__init__()
-        self.bottleneck1 = Bottleneck(in_channels, c, stride, 4, groups, base_width)
-        self.bottleneck2 = Bottleneck2(c * 4, c, 1, 4, groups, base_width)
-        self.bottleneck3 = Bottleneck2(c * 4, c, 1, 4, groups, base_width)
+        self.bottleneck1 = Bottleneck(in_channels, c, stride, 4, groups, base_width, (dilation + 1) // 2)
+        self.bottleneck2 = Bottleneck2(c * 4, c, 1, 4, groups, base_width, dilation)
+        self.bottleneck3 = Bottleneck2(c * 4, c, 1, 4, groups, base_width, dilation)
 
     def forward(self, x):
         x = self.bottleneck1(x)
@@ -86,14 +86,14 @@ class BottleneckStage(nn.Module):
 
 
 class Bottleneck3(nn.Module):
-    """block bottleneck(c, stride, expansion, groups, base_width), <stdlib>/resnet.cnn:17"""
+    """block bottleneck(c, stride, expansion, groups, base_width, dilation), <stdlib>/resnet.cnn:18"""
 
-    def __init__(self, in_channels, c, stride, expansion, groups, base_width):
+    def __init__(self, in_channels, c, stride, expansion, groups, base_width, dilation):
         super().__init__()
         self.conv1 = nn.Conv2d(in_channels, c * base_width // 64 * groups, kernel_size=1, bias=False)
         self.batchnorm1 = nn.BatchNorm2d(c * base_width // 64 * groups)
         self.relu1 = nn.ReLU()
-        self.conv2 = nn.Conv2d(c * base_width // 64 * groups, c * base_width // 64 * groups, kernel_size=3, stride=stride, padding=1, groups=groups, bias=False)
+        self.conv2 = nn.Conv2d(c * base_width // 64 * groups, c * base_width // 64 * groups, kernel_size=3, stride=stride, padding=dilation, dilation=dilation, groups=groups, bias=False)
         self.batchnorm2 = nn.BatchNorm2d(c * base_width // 64 * groups)
         self.relu2 = nn.ReLU()
         self.conv3 = nn.Conv2d(c * base_width // 64 * groups, c * expansion, kernel_size=1, bias=False)
@@ -119,14 +119,14 @@ class Bottleneck3(nn.Module):
 
 
 class BottleneckStage2(nn.Module):
-    """block bottleneck_stage(c, n, stride, groups, base_width), <stdlib>/resnet.cnn:33"""
+    """block bottleneck_stage(c, n, stride, groups, base_width, dilation), <stdlib>/resnet.cnn:36"""
 
-    def __init__(self, in_channels, c, stride, groups, base_width):
+    def __init__(self, in_channels, c, stride, groups, base_width, dilation):
         super().__init__()
-        self.bottleneck1 = Bottleneck3(in_channels, c, stride, 4, groups, base_width)
-        self.bottleneck2 = Bottleneck2(c * 4, c, 1, 4, groups, base_width)
-        self.bottleneck3 = Bottleneck2(c * 4, c, 1, 4, groups, base_width)
-        self.bottleneck4 = Bottleneck2(c * 4, c, 1, 4, groups, base_width)
+        self.bottleneck1 = Bottleneck3(in_channels, c, stride, 4, groups, base_width, (dilation + 1) // 2)
+        self.bottleneck2 = Bottleneck2(c * 4, c, 1, 4, groups, base_width, dilation)
+        self.bottleneck3 = Bottleneck2(c * 4, c, 1, 4, groups, base_width, dilation)
+        self.bottleneck4 = Bottleneck2(c * 4, c, 1, 4, groups, base_width, dilation)
 
     def forward(self, x):
         x = self.bottleneck1(x)
@@ -137,16 +137,16 @@ class BottleneckStage2(nn.Module):
 
 
 class BottleneckStage3(nn.Module):
-    """block bottleneck_stage(c, n, stride, groups, base_width), <stdlib>/resnet.cnn:33"""
+    """block bottleneck_stage(c, n, stride, groups, base_width, dilation), <stdlib>/resnet.cnn:36"""
 
-    def __init__(self, in_channels, c, stride, groups, base_width):
+    def __init__(self, in_channels, c, stride, groups, base_width, dilation):
         super().__init__()
-        self.bottleneck1 = Bottleneck3(in_channels, c, stride, 4, groups, base_width)
-        self.bottleneck2 = Bottleneck2(c * 4, c, 1, 4, groups, base_width)
-        self.bottleneck3 = Bottleneck2(c * 4, c, 1, 4, groups, base_width)
-        self.bottleneck4 = Bottleneck2(c * 4, c, 1, 4, groups, base_width)
-        self.bottleneck5 = Bottleneck2(c * 4, c, 1, 4, groups, base_width)
-        self.bottleneck6 = Bottleneck2(c * 4, c, 1, 4, groups, base_width)
+        self.bottleneck1 = Bottleneck3(in_channels, c, stride, 4, groups, base_width, (dilation + 1) // 2)
+        self.bottleneck2 = Bottleneck2(c * 4, c, 1, 4, groups, base_width, dilation)
+        self.bottleneck3 = Bottleneck2(c * 4, c, 1, 4, groups, base_width, dilation)
+        self.bottleneck4 = Bottleneck2(c * 4, c, 1, 4, groups, base_width, dilation)
+        self.bottleneck5 = Bottleneck2(c * 4, c, 1, 4, groups, base_width, dilation)
+        self.bottleneck6 = Bottleneck2(c * 4, c, 1, 4, groups, base_width, dilation)
 
     def forward(self, x):
         x = self.bottleneck1(x)
@@ -159,13 +159,13 @@ class BottleneckStage3(nn.Module):
 
 
 class BottleneckStage4(nn.Module):
-    """block bottleneck_stage(c, n, stride, groups, base_width), <stdlib>/resnet.cnn:33"""
+    """block bottleneck_stage(c, n, stride, groups, base_width, dilation), <stdlib>/resnet.cnn:36"""
 
-    def __init__(self, in_channels, c, stride, groups, base_width):
+    def __init__(self, in_channels, c, stride, groups, base_width, dilation):
         super().__init__()
-        self.bottleneck1 = Bottleneck3(in_channels, c, stride, 4, groups, base_width)
-        self.bottleneck2 = Bottleneck2(c * 4, c, 1, 4, groups, base_width)
-        self.bottleneck3 = Bottleneck2(c * 4, c, 1, 4, groups, base_width)
+        self.bottleneck1 = Bottleneck3(in_channels, c, stride, 4, groups, base_width, (dilation + 1) // 2)
+        self.bottleneck2 = Bottleneck2(c * 4, c, 1, 4, groups, base_width, dilation)
+        self.bottleneck3 = Bottleneck2(c * 4, c, 1, 4, groups, base_width, dilation)
 
     def forward(self, x):
         x = self.bottleneck1(x)
@@ -183,10 +183,10 @@ class Resnet50(nn.Module):
         self.batchnorm1 = nn.BatchNorm2d(64)
         self.relu1 = nn.ReLU()
         self.maxpool1 = nn.MaxPool2d(3, stride=2, padding=1)
-        self.layer1 = BottleneckStage(64, 64, 1, 1, 64)
-        self.layer2 = BottleneckStage2(256, 128, 2, 1, 64)
-        self.layer3 = BottleneckStage3(512, 256, 2, 1, 64)
-        self.layer4 = BottleneckStage4(1024, 512, 2, 1, 64)
+        self.layer1 = BottleneckStage(64, 64, 1, 1, 64, 1)
+        self.layer2 = BottleneckStage2(256, 128, 2, 1, 64, 1)
+        self.layer3 = BottleneckStage3(512, 256, 2, 1, 64, 1)
+        self.layer4 = BottleneckStage4(1024, 512, 2, 1, 64, 1)
         self.global_avgpool1 = nn.AdaptiveAvgPool2d(1)
         self.flatten1 = nn.Flatten()
         self.fc = nn.Linear(2048, 1000)
