@@ -1,0 +1,241 @@
+"""Object detection (`task: detect`): the head found in the spec, YOLOv8's loss against
+Ultralytics' own and by hand, post-processing, training, eval and ONNX export."""
+
+import math
+import types
+from pathlib import Path
+
+import pytest
+import torch
+
+import cnndsl
+from cnndsl.diagnostics import CnnError
+from cnndsl.training import detloss
+from cnndsl.training.tasks import detect
+
+ROOT = Path(__file__).resolve().parent.parent
+SMALL = ROOT / "specs" / "yolo_small.cnn"
+
+
+def _ultralytics_loss(classes: int, reg_max: int, strides):
+    from ultralytics.utils.loss import v8DetectionLoss
+
+    class Model(torch.nn.Module):  # what v8DetectionLoss reads of a DetectionModel
+        def __init__(self):
+            super().__init__()
+            self.p = torch.nn.Parameter(torch.zeros(1))
+            self.args = types.SimpleNamespace(box=7.5, cls=0.5, dfl=1.5)
+            self.model = [types.SimpleNamespace(stride=torch.tensor(strides, dtype=torch.float),
+                                                nc=classes, reg_max=reg_max)]
+    return v8DetectionLoss(Model())
+
+
+def _grid(sizes, strides):
+    anchors = torch.cat([torch.stack(torch.meshgrid(torch.arange(w) + 0.5,
+                                                    torch.arange(h) + 0.5, indexing="xy"),
+                                     -1).reshape(-1, 2) for h, w in sizes])
+    per_anchor = torch.cat([torch.full((h * w, 1), float(s))
+                            for (h, w), s in zip(sizes, strides)])
+    return anchors, per_anchor
+
+
+def test_loss_equals_ultralytics_v8_detection_loss():
+    """The same predictions and boxes through Ultralytics' v8DetectionLoss and ours: the
+    same loss (ours is per image: Ultralytics multiplies by the batch) and gradients."""
+    torch.manual_seed(0)
+    classes, reg_max, batch = 3, 16, 2
+    sizes, strides = [(8, 8), (4, 4), (2, 2)], [8, 16, 32]
+    count = sum(h * w for h, w in sizes)
+    dist = torch.randn(batch, 4 * reg_max, count, requires_grad=True)
+    logits = torch.randn(batch, classes, count, requires_grad=True)
+    rows = torch.tensor([[0, 1, 4, 6, 30, 40], [0, 2, 20, 20, 60, 50],
+                         [1, 0, 10, 12, 14, 30], [1, 2, 33, 2, 63, 20]])
+    xywh = torch.cat([(rows[:, 2:4] + rows[:, 4:6]) / 2, rows[:, 4:6] - rows[:, 2:4]], 1) / 64
+    theirs, _ = _ultralytics_loss(classes, reg_max, strides)(
+        {"boxes": dist, "scores": logits, "feats": [torch.zeros(batch, 1, h, w)
+                                                    for h, w in sizes]},
+        {"batch_idx": rows[:, 0].float(), "cls": rows[:, 1].float(), "bboxes": xywh.float()})
+    theirs.sum().backward()
+    their_grads = dist.grad.clone(), logits.grad.clone()
+    dist.grad = logits.grad = None
+
+    targets = torch.full((batch, 3, 5), -1.0)  # padded past each image's boxes
+    targets[0, :2] = rows[:2, 1:].float()
+    targets[1, :2] = rows[2:, 1:].float()
+    anchors, per_anchor = _grid(sizes, strides)
+    total, den = detloss.DetectionLoss(classes)(
+        logits.transpose(1, 2), dist.view(batch, 4, reg_max, count).permute(0, 3, 1, 2),
+        anchors, per_anchor, targets)
+    ours = total / den * batch
+    assert float(ours.detach()) == pytest.approx(float(theirs.sum().detach()), rel=1e-5)
+    ours.backward()
+    torch.testing.assert_close(dist.grad, their_grads[0], rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(logits.grad, their_grads[1], rtol=1e-4, atol=1e-6)
+
+
+def _one_anchor(targets, reg_max=4):
+    bins = torch.zeros(1, 1, 4, reg_max, requires_grad=True)
+    logits = torch.zeros(1, 1, 1, requires_grad=True)
+    loss = detloss.DetectionLoss(1)
+    total, den = loss(logits, bins, torch.tensor([[0.5, 0.5]]), torch.tensor([[8.0]]),
+                      targets)
+    return total, den, bins, logits, loss
+
+
+def test_one_anchor_one_box_by_hand():
+    """One anchor at (4, 4) px (cell 0.5, 0.5, stride 8), one box (0, 0)-(8, 8), logits all
+    0: the predicted sides are the mean of 4 bins, 1.5 cells, so the box is (-1, -1)-(2, 2)
+    cells: IoU 1/9, same centre and shape, so CIoU 1/9 too. The anchor is assigned; its
+    target score is the CIoU scaled by its alignment a = sigmoid(0)^0.5 x CIoU^6 over
+    a + 1e-9 (the assigner's eps, as Ultralytics'), t = 1/9 x a / (a + 1e-9). BCE(0, t) is
+    ln 2 whatever t; box: (1 - CIoU) t; DFL: each true side, 0.5 cell, lies halfway between
+    bins 0 and 1: -ln(1/4) t. The denominator is t, counted as at least 1."""
+    targets = torch.tensor([[[0.0, 0.0, 0.0, 8.0, 8.0]]])
+    total, den, _, _, loss = _one_anchor(targets)
+    ciou = 1 / 9
+    align = math.sqrt(0.5) * ciou ** 6
+    score = ciou * align / (align + 1e-9)
+    assert float(den) == 1.0
+    assert loss.parts["box"] == pytest.approx((1 - ciou) * score, rel=1e-5)
+    assert loss.parts["cls"] == pytest.approx(math.log(2), rel=1e-6)
+    assert loss.parts["dfl"] == pytest.approx(math.log(4) * score, rel=1e-6)
+    assert float(total.detach()) == pytest.approx(7.5 * (1 - ciou) * score + 0.5 * math.log(2)
+                                         + 1.5 * math.log(4) * score, rel=1e-5)
+
+
+def test_gradients_only_where_assigned():
+    """Padding rows change nothing; an unassigned anchor's box bins get no gradient (its
+    class logits do: they learn `background`)."""
+    torch.manual_seed(1)
+    classes, reg_max = 2, 16
+    sizes, strides = [(8, 8), (4, 4)], [8, 16]
+    anchors, per_anchor = _grid(sizes, strides)
+    count = len(anchors)
+    bins = torch.randn(1, count, 4, reg_max, requires_grad=True)
+    logits = torch.randn(1, count, classes, requires_grad=True)
+    box = torch.tensor([[1.0, 8.0, 8.0, 24.0, 30.0]])
+    loss = detloss.DetectionLoss(classes)
+    total, den = loss(logits, bins, anchors, per_anchor, box[None])
+    padded = torch.cat([box, torch.full((3, 5), -1.0)])[None]
+    total2, den2 = loss(logits, bins, anchors, per_anchor, padded)
+    assert float(total2.detach()) == float(total.detach()) and float(den2) == float(den)
+    (total / den).backward()
+    assigned = detloss.assign(
+        logits.detach().sigmoid(), detloss.sides_to_boxes(
+            detloss.expected_sides(bins.detach()), anchors) * per_anchor,
+        anchors * per_anchor, box[None, :, 0], box[None, :, 1:], torch.tensor([[True]]),
+        classes=classes).foreground[0]
+    assert 0 < int(assigned.sum()) <= 10  # topk = 10
+    moved = bins.grad[0].abs().sum((1, 2)) > 0
+    assert torch.equal(moved, assigned)
+    assert bool((logits.grad[0].abs().sum(1) > 0).all())
+
+
+@pytest.fixture(scope="module")
+def small():
+    return cnndsl.load(str(SMALL))
+
+
+def test_head_found_and_view_decodes_as_the_spec(small):
+    """The loop's view of the spec's module: the loss's own decoding of the bins (DFL
+    integral, anchors, strides) gives the spec's decoded boxes; the view restored, the
+    module gives its output alone again."""
+    head = detect.TASK.head(small.ir)
+    assert [(lv.height, lv.stride) for lv in head.levels] == [(8, 8), (4, 16), (2, 32)]
+    assert (head.classes, head.reg_max, head.anchors) == (3, 16, 84)
+    module = small.to_torch().eval()
+    x = torch.rand(2, 3, 64, 64)
+    restore = detect.TASK.adapt(module, small.ir)
+    with torch.no_grad():
+        packed = module(x)
+    decoded, logits, bins, anchors, strides = detect.unpack(packed)
+    cells = detloss.sides_to_boxes(detloss.expected_sides(bins), anchors) * strides
+    from torchvision.ops import box_convert
+    torch.testing.assert_close(box_convert(cells, "xyxy", "cxcywh"),
+                               decoded[:, :4].transpose(1, 2), rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(logits.sigmoid(), decoded[:, 4:].transpose(1, 2))
+    restore()
+    with torch.no_grad():
+        assert torch.equal(module(x), decoded)
+
+
+TINY = """\
+network tiny(classes: int = 2, reg_max: int = 4, side: int = 32) {
+    input image: 3 x side x side
+    p3 = image -> conv(8, 3, stride=4, padding=1) -> relu
+    p4 = p3 -> conv(8, 3, stride=2, padding=1) -> relu
+    box3 = p3 -> conv(4 * reg_max, 1) -> flatten(1)
+    box4 = p4 -> conv(4 * reg_max, 1) -> flatten(1)
+    cls3 = p3 -> conv(classes, 1) -> flatten(1)
+    cls4 = p4 -> conv(classes, 1) -> flatten(1)
+    bins = concat(box3, box4, axis=1) -> reshape((4, reg_max, -1))
+    probs = bins -> transpose(0, 1) -> softmax(0)
+    ltrb = probs -> conv(1, 1, bias=false, weight=range(reg_max), trainable=false)
+           -> reshape((4, -1))
+    a3 = p3 -> anchor_points
+    a4 = p4 -> anchor_points
+    s3 = p3 -> anchor_strides(4)
+    s4 = p4 -> anchor_strides(8)
+    anchors = concat(a3, a4, axis=1)
+    strides = concat(s3, s4, axis=1)
+    lt, rb = ltrb -> split(2)
+    x1y1 = sub(anchors, lt)
+    x2y2 = add(anchors, rb)
+    centre = add(x1y1, x2y2) -> div(2)
+    size = sub(x2y2, x1y1)
+    boxes = concat(centre, size) -> mul(strides)
+    scores = concat(cls3, cls4, axis=1) -> sigmoid
+    detections = concat(boxes, scores)
+    output detections
+}
+"""
+
+
+def _variant(tmp_path, old: str = "", new: str = "") -> tuple[Path, int]:
+    """The tiny detector with one line changed; the path and that line's number."""
+    assert old in TINY
+    line = TINY[:TINY.index(old)].count("\n") + 1
+    path = tmp_path / "tiny.cnn"
+    path.write_text(TINY.replace(old, new))
+    return path, line
+
+
+def _error(path):
+    with pytest.raises(CnnError) as info:
+        cnndsl.load(str(path)).train_config()
+    return info.value.diagnostics[0]
+
+
+def test_tiny_head_is_a_detector(tmp_path):
+    path, _ = _variant(tmp_path)
+    model = cnndsl.load(str(path))
+    assert model.train_config().task == "detect"
+    head = detect.TASK.head(model.ir)
+    assert [(lv.height, lv.stride) for lv in head.levels] == [(8, 4), (4, 8)]
+    assert (head.classes, head.reg_max) == (2, 4)
+
+
+def test_wrong_stride_named_at_the_head(tmp_path):
+    path, line = _variant(tmp_path, "s4 = p4 -> anchor_strides(8)",
+                          "s4 = p4 -> anchor_strides(16)")
+    diag = _error(path)
+    assert diag.message == ("`anchor_strides(16)` on a level of 4 x 4, whose stride is 8 "
+                            "(32 / 4)")
+    assert (diag.span.line, diag.span.column) == (line, 5 + len("s4 = p4 -> "))
+
+
+def test_two_levels_with_one_stride(tmp_path):
+    path, line = _variant(tmp_path, "p4 = p3 -> conv(8, 3, stride=2, padding=1)",
+                          "p4 = p3 -> conv(8, 3, padding=1)")
+    diag = _error(path)
+    assert diag.message == "two levels of the head have stride 4: 8 x 8 here"
+    a4 = TINY[:TINY.index("a4 = ")].count("\n") + 1
+    assert diag.span.line == a4 and diag.related[0].span.line == a4 - 1
+
+
+def test_stride_not_whole(tmp_path):
+    path, _ = _variant(tmp_path, "side: int = 32", "side: int = 30")
+    diag = _error(path)
+    assert diag.message == "a level of 8 x 8 on a 30 x 30 input has no whole stride " \
+        "(30/8 x 30/8)"
+    assert diag.span.line == TINY[:TINY.index("a3 = ")].count("\n") + 1
