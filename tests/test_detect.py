@@ -239,3 +239,57 @@ def test_stride_not_whole(tmp_path):
     assert diag.message == "a level of 8 x 8 on a 30 x 30 input has no whole stride " \
         "(30/8 x 30/8)"
     assert diag.span.line == TINY[:TINY.index("a3 = ")].count("\n") + 1
+
+
+@pytest.fixture(scope="module")
+def small_module(small):
+    """yolo_small as training starts it (the head's biases set), batch norms' statistics
+    randomised so that eval mode is not the identity."""
+    torch.manual_seed(3)
+    module = small.to_torch()
+    detect.TASK.initialise(module, small.ir)
+    for m in module.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.2, 0.2)
+            m.running_var.uniform_(0.5, 1.5)
+    return module.eval()
+
+
+def test_postprocess_thresholds_and_class_aware_nms():
+    """Two overlapping boxes of one class: one kept; of two classes: both; below the
+    threshold: none; at most `max_detections`."""
+    boxes = torch.tensor([[20.0, 20, 10, 10], [21, 20, 10, 10], [50, 50, 8, 8]])  # cx cy w h
+    scores = torch.tensor([[0.9, 0.0], [0.8, 0.0], [0.0, 0.1]])
+    decoded = torch.cat([boxes, scores], 1).T[None]
+    (found,) = detect.postprocess(decoded, conf=0.05, iou=0.5)
+    assert found["labels"].tolist() == [0, 1]
+    torch.testing.assert_close(found["boxes"], torch.tensor([[15.0, 15, 25, 25],
+                                                             [46, 46, 54, 54]]))
+    scores[1] = torch.tensor([0.0, 0.8])  # the second box now another class: kept
+    (found,) = detect.postprocess(torch.cat([boxes, scores], 1).T[None], conf=0.05, iou=0.5)
+    assert found["labels"].tolist() == [0, 1, 1]
+    (found,) = detect.postprocess(decoded, conf=0.5, iou=0.5, max_detections=1)
+    assert found["labels"].tolist() == [0]
+
+
+def test_onnx_detections_equal_torch(small, small_module):
+    """The decoded head exported: onnxruntime's detections after NMS in the graph (`--nms`)
+    are PyTorch's after `postprocess`: the same boxes within 1e-3, the same classes."""
+    from cnndsl.deploy.detect_onnx import rows_to_dicts, with_nms
+    from cnndsl.runtime import create_session
+    x = torch.rand(3, 3, 64, 64)
+    with torch.no_grad():
+        decoded = small_module(x)
+    proto = small.to_onnx(weights=small_module.state_dict())
+    plain = create_session(proto.SerializeToString(), "cpu").run(x.numpy())[0]
+    torch.testing.assert_close(torch.from_numpy(plain), decoded, rtol=1e-4, atol=1e-3)
+    # above the untrained head's near ties (scores equal to 1e-5, whose order the two
+    # runtimes' last digits decide)
+    expected = detect.postprocess(decoded, conf=0.05)
+    assert sum(len(e["labels"]) for e in expected) >= 6
+    session = create_session(with_nms(proto, 3, conf=0.05).SerializeToString(), "cpu")
+    got = rows_to_dicts(session.run(x.numpy())[0], 3)
+    for mine, theirs in zip(got, expected):
+        assert mine["labels"].tolist() == theirs["labels"].tolist()
+        torch.testing.assert_close(mine["boxes"], theirs["boxes"], rtol=0, atol=1e-3)
+        torch.testing.assert_close(mine["scores"], theirs["scores"], rtol=0, atol=1e-5)
