@@ -5,6 +5,7 @@ label located by file, line and column."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -169,7 +170,8 @@ def test_bad_label_is_located(tmp_path, text, line, column, problem):
 def test_label_without_image(tmp_path):
     _image(tmp_path / "images" / "a.png", 8, 8)
     _label(tmp_path / "labels" / "b.txt", "0 0.5 0.5 0.2 0.2\n")
-    with pytest.raises(DataError, match=r"labels/b\.txt: no image b\.\* in"):
+    with pytest.raises(DataError, match=r"labels/b\.txt: a label file without an image "
+                       r"\(no b\.\* in .*/images\)"):
         load_detection_data(str(tmp_path), (3, 8, 8), val_fraction=0.2, seed=0)
 
 
@@ -210,3 +212,120 @@ def test_augmenter_is_seeded_and_keeps_boxes_inside():
         assert out.shape == (4, 5) and (out[~real, 0] == -1).all()
         assert (out[real, 1:] >= 0).all() and (out[real, 1:] <= 32).all()
         assert (out[real, 3] - out[real, 1] >= 1).all()
+
+
+def test_nested_folders_and_max_boxes(tmp_path):
+    _image(tmp_path / "images" / "day" / "a.png", 10, 10)
+    _label(tmp_path / "labels" / "day" / "a.txt", "0 0.5 0.5 0.2 0.2\n")
+    _image(tmp_path / "images" / "night" / "b.png", 10, 10)
+    data = load_detection_data(str(tmp_path), (3, 10, 10), val_fraction=0.5, seed=0,
+                               max_boxes=3)
+    samples = dict(zip(data.train.names + data.val.names,
+                       [data.train[0][1], data.val[0][1]]))
+    assert samples["a"].tolist() == [[0.0, 4, 4, 6, 6]] + [[-1.0, 0, 0, 0, 0]] * 2
+    assert data.part("all").labels.shape == (2, 3, 5)
+    _label(tmp_path / "labels" / "night" / "b.txt", "0 0.5 0.5 0.2 0.2\n" * 4)
+    with pytest.raises(DataError, match="an image has 4 objects, over max_boxes=3"):
+        load_detection_data(str(tmp_path), (3, 10, 10), val_fraction=0.5, seed=0,
+                            max_boxes=3)
+
+
+def test_no_objects_anywhere_is_refused(tmp_path):
+    _image(tmp_path / "images" / "a.png", 8, 8)
+    with pytest.raises(DataError, match="no objects in any image"):
+        load_detection_data(str(tmp_path), (3, 8, 8), val_fraction=0.2, seed=0)
+
+
+def test_bad_yaml_and_coco_are_located(tmp_path):
+    spec = tmp_path / "data.yaml"
+    spec.write_text("train: images\nval: [images\nnames: [a]\n")
+    with pytest.raises(LabelError) as caught:
+        load_detection_data(str(spec), (3, 8, 8), val_fraction=0.2, seed=0)
+    assert (caught.value.path, caught.value.line) == (str(spec), 3)
+    spec.write_text("train: images\nval: images\nnames: {a: x, 0: y}\n")
+    with pytest.raises(DataError, match="`names` must number the classes 0, 1, ... in order"):
+        load_detection_data(str(spec), (3, 8, 8), val_fraction=0.2, seed=0)
+    _image(tmp_path / "a.png", 8, 8)
+    coco = tmp_path / "coco.json"
+    coco.write_text(json.dumps({
+        "images": [{"id": 1, "file_name": "a.png", "width": 8, "height": 8}],
+        "categories": [{"id": 1, "name": "a"}],
+        "annotations": [{"id": 5, "image_id": 1, "category_id": 1, "bbox": [1, 1, 2, 2]},
+                        {"id": 6, "image_id": 1, "category_id": 4, "bbox": [1, 1, 2, 2]}]}))
+    with pytest.raises(DataError, match=r"coco\.json: annotation 1 \(id 6\): category 4 "
+                       r"is not in `categories`"):
+        load_detection_data(str(coco), (3, 8, 8), val_fraction=0.2, seed=0)
+
+
+def test_letterbox_and_label_paths_match_ultralytics():
+    """An Ultralytics dataset reads as Ultralytics reads it: the same label file for an
+    image, the same placement of the scaled image in the input."""
+    augment = pytest.importorskip("ultralytics.data.augment")
+    from ultralytics.data.utils import img2label_paths
+
+    from cnndsl.training.detdata import label_path, letterbox
+    paths = ["/d/images/train/a.jpg", "/d/images/x/images/b.png", "/d/imgs/c.jpg",
+             "/d/images/day/sub/e.jpeg"]
+    assert [str(label_path(Path(p))) for p in paths] == \
+        img2label_paths(paths)
+    for h, w in ((20, 70), (70, 20), (33, 33), (17, 50), (64, 96)):
+        theirs = augment.LetterBox((32, 48), auto=False, center=True)(
+            image=np.full((h, w, 3), 255, np.uint8))
+        ours, _, _ = letterbox(torch.ones(3, h, w), (32, 48))
+        assert np.array_equal(theirs[..., 0] > 200, ours[0].numpy() > 0.9), (h, w)
+
+
+def test_streamed_files_give_the_samples_held_in_memory(tmp_path):
+    _image(tmp_path / "images" / "a.png", 24, 12, value=90)
+    _label(tmp_path / "labels" / "a.txt", "1 0.5 0.5 0.5 0.5\n")
+    _image(tmp_path / "images" / "b.png", 12, 24, value=30)
+    _label(tmp_path / "labels" / "b.txt", "0 0.25 0.5 0.5 1\n1 0.75 0.5 0.5 0.5\n")
+    held = load_detection_data(str(tmp_path), (3, 16, 16), val_fraction=0.5, seed=0)
+    streamed = load_detection_data(str(tmp_path), (3, 16, 16), val_fraction=0.5, seed=0,
+                                   cache="none")
+    assert type(streamed.train).__name__ == "BoxFiles" and hasattr(held.train, "images")
+    for a, b in ((held.train, streamed.train), (held.val, streamed.val)):
+        assert a.names == b.names
+        assert torch.equal(a[0][0], b[0][0]) and torch.equal(a[0][1], b[0][1])
+    both = streamed.part("all")
+    assert len(both) == 2 and both[1][1].shape == (2, 5)
+
+
+def test_shapes_too_large_for_memory_is_refused():
+    with pytest.raises(DataError, match=r"shapes: 64 images at 3 x 4096 x 4096 need 12\.0 GiB"):
+        load_detection_data("shapes", (3, 4096, 4096), val_fraction=0.2, seed=0)
+
+
+def test_ultralytics_own_coco8_yaml_reads_unchanged(tmp_path):
+    """Ultralytics' coco8.yaml as it ships (its `download:` never run), beside a tiny
+    folder in its layout."""
+    import importlib.util
+    found = importlib.util.find_spec("ultralytics")
+    if found is None:
+        pytest.skip("ultralytics is not installed")
+    shipped = Path(found.submodule_search_locations[0]) / "cfg" / "datasets" / "coco8.yaml"
+    (tmp_path / "coco8.yaml").write_bytes(shipped.read_bytes())
+    root = tmp_path / "coco8"
+    _image(root / "images" / "train" / "a.jpg", 32, 32)
+    _label(root / "labels" / "train" / "a.txt", "79 0.5 0.5 0.5 0.5\n0 0.25 0.25 0.5 0.5\n")
+    _image(root / "images" / "val" / "b.jpg", 32, 32)
+    _label(root / "labels" / "val" / "b.txt", "80 0.5 0.5 0.5 0.5\n")
+    with pytest.raises(LabelError, match=r"b\.txt:1:1: class 80 is not a class \(0\.\.79\)"):
+        load_detection_data(str(tmp_path / "coco8.yaml"), (3, 32, 32), val_fraction=0.2,
+                            seed=0)
+    _label(root / "labels" / "val" / "b.txt", "2 0.5 0.5 0.5 0.5\n")
+    data = load_detection_data(str(tmp_path / "coco8.yaml"), (3, 32, 32), val_fraction=0.2,
+                               seed=0)
+    assert len(data.train.classes) == 80 and data.train.classes[79] == "toothbrush"
+    assert data.train[0][1].tolist() == [[79.0, 8, 8, 24, 24], [0.0, 0, 0, 16, 16]]
+    assert data.val[0][1].tolist() == [[2.0, 8, 8, 24, 24], [-1.0, 0, 0, 0, 0]]
+
+
+def test_boxes_mostly_pushed_out_are_dropped():
+    from cnndsl.training.detdata import visible_boxes
+    moved = torch.tensor([[0.0, -8, 2, 2, 12],     # a fifth inside: kept, clipped
+                          [1.0, -19, 2, 1, 12],    # a twentieth inside: dropped
+                          [2.0, 10, 14, 14, 15.5],  # 1.5 pixels high: dropped
+                          [0.0, 18, 4, 30, 20]])   # a sixth inside, 2 wide: kept
+    assert visible_boxes(moved, (16, 20)).tolist() == [[0.0, 0, 2, 2, 12],
+                                                        [0.0, 18, 4, 20, 16]]

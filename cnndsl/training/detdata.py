@@ -1,7 +1,8 @@
 """Object detection data: images with boxes, each box a class and its corners.
 
 Sources: `shapes` (generated here, no download: squares, discs and triangles on textured
-backgrounds, two to four an image, their boxes known exactly); a folder in YOLO's layout
+backgrounds, two to four an image, their boxes known exactly; 1,000 images, fewer where
+they would pass 2 GiB: 436 at 640 x 640); a folder in YOLO's layout
 (`images/` and `labels/`, one `class cx cy w h` line per object, normalised to 0..1, with
 `train/` and `val/` inside, or `images/train` and `labels/train`, or split by `val_split`;
 class names from `classes.txt`); an Ultralytics data YAML (`path`, `train`, `val`,
@@ -33,11 +34,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .data import CACHE_BYTES, IMAGE_SUFFIXES, Data, DataError, Dataset, _fit
+from .data import CACHE_BYTES, IMAGE_SUFFIXES, Data, DataError, Dataset, _check_size, _fit
 from .images import UnreadableImageError, read_header, read_pixels
 
 SHAPES_CLASSES = ["square", "disc", "triangle"]
 SHAPES_COUNT = 1000
+SHAPES_BYTES = 2 * 2**30  # the generated set's images in memory: fewer past this
+SHAPES_MIN = 64
 MAX_OBJECTS = 1000  # per image: a target is max_boxes x 5 for every image of the set
 LETTERBOX_FILL = 114 / 255  # Ultralytics' grey border
 MAX_LABEL_BYTES = 1 << 20  # one label file
@@ -72,9 +75,9 @@ def generate_shapes(count: int, height: int, width: int, seed: int = 0):
     for n in range(count):
         angle, freq = rng.uniform(0, np.pi), rng.uniform(0.1, 0.6)
         stripes = np.sin(freq * (xx * np.cos(angle) + yy * np.sin(angle)))
-        base = rng.uniform(0.15, 0.85, 3)
+        base = rng.uniform(0.15, 0.85, 3).astype(np.float32)
         image = (base[:, None, None] + 0.12 * stripes
-                 + rng.normal(0, 0.05, (3, height, width)))
+                 + 0.05 * rng.standard_normal((3, height, width), np.float32))
         taken: list[tuple[float, float, float]] = []
         rows = []
         for _ in range(int(rng.integers(2, 5))):
@@ -87,14 +90,19 @@ def generate_shapes(count: int, height: int, width: int, seed: int = 0):
             else:
                 continue
             taken.append((cx, cy, r))
-            region = _shape_region(kind, xx, yy, cx, cy, r)
+            # the shape's window (every shape lies within r of its centre)
+            top, left = max(int(cy - r) - 1, 0), max(int(cx - r) - 1, 0)
+            window = np.s_[top:int(cy + r) + 2, left:int(cx + r) + 2]
+            region = _shape_region(kind, xx[window], yy[window], cx, cy, r)
             if not region.any():
                 continue
             colour = (base + rng.choice([-1, 1], 3) * rng.uniform(0.3, 0.5, 3)) % 1.0
-            image[:, region] = (colour[:, None]
-                                + rng.normal(0, 0.04, (3, int(region.sum()))))
+            patch = image[(slice(None), *window)]
+            patch[:, region] = (colour[:, None] + 0.04 * rng.standard_normal(
+                (3, int(region.sum())), np.float32))
             ys, xs = np.nonzero(region)
-            rows.append([kind, xs.min(), ys.min(), xs.max() + 1, ys.max() + 1])
+            rows.append([kind, left + xs.min(), top + ys.min(), left + xs.max() + 1,
+                         top + ys.max() + 1])
         images[n] = np.clip(image * 255, 0, 255).astype(np.uint8)
         boxes.append(np.asarray(rows, np.float32).reshape(-1, 5))
     return images, boxes
@@ -111,6 +119,9 @@ def _shape_region(kind: int, xx, yy, cx: float, cy: float, r: float):
 
 def _shapes(shape, val_fraction: float, seed: int, max_boxes: int | None,
             count: int = SHAPES_COUNT) -> Data:
+    # held in memory as float32: fewer images where a thousand would pass 2 GiB
+    count = min(count, max(SHAPES_MIN, SHAPES_BYTES // (math.prod(shape) * 4)))
+    _check_size(count, shape, 2 * SHAPES_BYTES, Path("shapes"))
     images, boxes = generate_shapes(count, shape[1], shape[2])
     x = _fit(torch.from_numpy(images).float() / 255.0, shape)
     size = _max_boxes(boxes, max_boxes, "shapes")
@@ -297,8 +308,10 @@ def _parse_line(path: Path, number: int, line: str, classes: int | None) -> list
 
 
 def _image_files(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")
-                  and p.suffix.lower() in IMAGE_SUFFIXES)
+    """The images under `folder`, subfolders too (as Ultralytics finds them), sorted."""
+    return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in
+                  IMAGE_SUFFIXES and not any(part.startswith(".") for part in
+                                             p.relative_to(folder).parts))
 
 
 def label_path(image: Path) -> Path:
@@ -327,12 +340,23 @@ def _check_orphans(images: list[Path], labels_dir: Path) -> None:
     """A label file without its image is a mistake (a renamed or deleted image)."""
     if not labels_dir.is_dir():
         return
-    stems = {p.stem for p in images}
-    for label in sorted(labels_dir.glob("*.txt")):
-        if label.stem not in stems and label.name != "classes.txt":
-            raise DataError(f"{label}: no image {label.stem}.* in "
-                            f"{labels_dir.parent / 'images'}",
+    expected = {label_path(p) for p in images}
+    for label in sorted(labels_dir.rglob("*.txt")):
+        if label not in expected and label != labels_dir / "classes.txt":
+            raise DataError(f"{label}: a label file without an image (no "
+                            f"{label.relative_to(labels_dir).with_suffix('.*')} in "
+                            f"{_images_dir(labels_dir)})",
                             help="every label file names an image with the same stem")
+
+
+def _images_dir(labels_dir: Path) -> Path:
+    """label_path's rule backwards: the folder whose images the labels belong to."""
+    parts = list(labels_dir.parts)
+    for i in range(len(parts) - 1, -1, -1):
+        if parts[i] == "labels":
+            parts[i] = "images"
+            return Path(*parts)
+    return labels_dir
 
 
 def _yolo_folder(root: Path) -> tuple[list[Path], list[Path] | None]:
@@ -393,10 +417,10 @@ def _read_yaml(path: Path) -> dict:
 def _yaml_names(path: Path, spec: dict) -> list[str]:
     names = spec.get("names")
     if isinstance(names, dict):
-        keys = sorted(names)
-        if keys != list(range(len(keys))):
+        keys = sorted(names, key=str)
+        if sorted(k for k in keys if isinstance(k, int)) != list(range(len(keys))):
             raise DataError(f"{path}: `names` must number the classes 0, 1, ... in order")
-        names = [names[k] for k in keys]
+        names = [names[k] for k in range(len(keys))]
     if not isinstance(names, list) or not names:
         raise DataError(f"{path}: `names` lists the classes (a list, or 0: name, ...)")
     names = [str(n) for n in names]
@@ -498,8 +522,9 @@ def _from_coco(path: Path) -> tuple[list[tuple[Path, np.ndarray]], list[str]]:
                path.parent.parent / "images"]
     items = []
     for image_id, (name, _, _) in sorted(images.items()):
-        file = next((d / name for d in folders if (d / name).is_file()), None)
-        if file is None or Path(name).is_absolute() or ".." in Path(name).parts:
+        inside = not Path(name).is_absolute() and ".." not in Path(name).parts
+        file = next((d / name for d in folders if inside and (d / name).is_file()), None)
+        if file is None:
             raise DataError(f"{path}: image {image_id}: no file {name} beside it (nor in "
                             "images/)")
         items.append((file, np.asarray(rows[image_id], np.float32).reshape(-1, 5)))
@@ -579,6 +604,9 @@ def load_detection_data(source: str, shape: tuple[int, int, int], *,
     else:
         raise DataError(f"{path}: not detection data", help="give `shapes`, a folder with "
                         "images/ and labels/, an Ultralytics data .yaml or a COCO .json")
+    if not any(len(rows) for _, rows in train + val):
+        raise DataError(f"{path}: no objects in any image", help="each image's objects are "
+                        "lines `class cx cy w h` in labels/NAME.txt beside images/NAME.jpg")
     _check_images(train + val)
     size = _max_boxes([r for _, r in train + val], max_boxes, str(path))
     parts = BoxFiles(train, classes, shape, size), BoxFiles(val, classes, shape, size)
@@ -618,12 +646,26 @@ def detection_augmenter(config, size) -> Callable | None:
     return box_augmenter([(a.name, a.args) for a in config.augment], size)
 
 
+def visible_boxes(rows: torch.Tensor, size) -> torch.Tensor:
+    """Rows `[class, x1, y1, x2, y2]` moved by a transform, clipped to the image (H, W);
+    kept as Ultralytics' box_candidates keeps them: at least 2 pixels wide and high after
+    clipping, and at least a tenth of the moved box still inside."""
+    height, width = size
+    clipped = rows.clone()
+    clipped[:, 1::2] = rows[:, 1::2].clamp(0, width)
+    clipped[:, 2::2] = rows[:, 2::2].clamp(0, height)
+    w, h = clipped[:, 3] - clipped[:, 1], clipped[:, 4] - clipped[:, 2]
+    whole = (rows[:, 3] - rows[:, 1]) * (rows[:, 4] - rows[:, 2])
+    keep = (w >= 2) & (h >= 2) & (w * h > 0.1 * whole)
+    return clipped[keep]
+
+
 def box_augmenter(ops: list[tuple[str, dict]], size) -> Callable | None:
     """Image and boxes transformed together by torchvision.transforms.v2 (tv_tensors.
     BoundingBoxes): flip, crop with padding (a translation), scale, rotation (a rotated box
     becomes the box around it); colour jitter on the image. Boxes are clipped to the image
-    and those left under one pixel wide or high dropped (class -1); pixels brought in from
-    outside are Ultralytics' grey."""
+    and those mostly pushed out of it dropped (`visible_boxes`: the row becomes class -1);
+    pixels brought in from outside are Ultralytics' grey."""
     from torchvision.transforms import v2
     fill = LETTERBOX_FILL
     steps = []
@@ -643,16 +685,15 @@ def box_augmenter(ops: list[tuple[str, dict]], size) -> Callable | None:
                                         saturation=args["saturation"], hue=args["hue"]))
     if not steps:
         return None
-    pipeline = v2.Compose([*steps, v2.ClampBoundingBoxes(),
-                           v2.SanitizeBoundingBoxes(min_size=1.0)])
+    pipeline = v2.Compose(steps)
 
     def apply(image: torch.Tensor, target: torch.Tensor):
         from torchvision import tv_tensors
         real = target[:, 0] >= 0
-        boxes = tv_tensors.BoundingBoxes(target[real, 1:], format="XYXY",
+        boxes = tv_tensors.BoundingBoxes(target[real, 1:], format="XYXY", clamping_mode=None,
                                          canvas_size=tuple(image.shape[-2:]))
-        out = pipeline({"image": tv_tensors.Image(image), "boxes": boxes,
-                        "labels": target[real, 0]})
-        rows = torch.cat([out["labels"][:, None], out["boxes"].as_subclass(torch.Tensor)], 1)
-        return out["image"].as_subclass(torch.Tensor), pad_boxes(rows, len(target))
+        out = pipeline({"image": tv_tensors.Image(image), "boxes": boxes})
+        rows = torch.cat([target[real, :1], out["boxes"].as_subclass(torch.Tensor)], 1)
+        return out["image"].as_subclass(torch.Tensor), pad_boxes(
+            visible_boxes(rows, image.shape[-2:]), len(target))
     return apply
