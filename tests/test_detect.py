@@ -2,6 +2,7 @@
 Ultralytics' own and by hand, post-processing, training, eval and ONNX export."""
 
 import math
+import sys
 import types
 from pathlib import Path
 
@@ -293,3 +294,125 @@ def test_onnx_detections_equal_torch(small, small_module):
         assert mine["labels"].tolist() == theirs["labels"].tolist()
         torch.testing.assert_close(mine["boxes"], theirs["boxes"], rtol=0, atol=1e-3)
         torch.testing.assert_close(mine["scores"], theirs["scores"], rtol=0, atol=1e-5)
+
+
+# ---- trained: train, eval, predict, export ---------------------------------------------
+
+ONE_THREAD = {"OMP_NUM_THREADS": "1"}  # two threads on a busy two-core machine: far slower
+
+
+def _write_shapes(root: Path, count: int, size: int = 64) -> None:
+    """The bundled shapes as a YOLO folder (images/ and labels/, train/ and val/)."""
+    import numpy as np
+    from PIL import Image
+
+    from cnndsl.training.detdata import SHAPES_CLASSES, generate_shapes
+    images, boxes = generate_shapes(count, size, size, seed=1)
+    for n in range(count):
+        split = "val" if n % 4 == 0 else "train"
+        for kind in ("images", "labels"):
+            (root / kind / split).mkdir(parents=True, exist_ok=True)
+        Image.fromarray(np.ascontiguousarray(images[n].transpose(1, 2, 0))).save(
+            root / "images" / split / f"{n:03d}.png")
+        lines = [f"{int(c)} {(x1 + x2) / 2 / size:.6f} {(y1 + y2) / 2 / size:.6f} "
+                 f"{(x2 - x1) / size:.6f} {(y2 - y1) / size:.6f}"
+                 for c, x1, y1, x2, y2 in boxes[n]]
+        (root / "labels" / split / f"{n:03d}.txt").write_text("\n".join(lines) + "\n")
+    (root / "classes.txt").write_text("\n".join(SHAPES_CLASSES) + "\n")
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """yolo_small trained briefly on 48 generated images (YOLO folder), with --out."""
+    from conftest import run_cli
+    root = tmp_path_factory.mktemp("detect")
+    _write_shapes(root / "data", 64)
+    out = root / "run"
+    result = run_cli("train", str(SMALL), "--data", str(root / "data"), "--epochs", "3",
+                     "--batch", "8", "--lr", "0.004", "--set", "workers=0", "--out", str(out),
+                     "--json", env=ONE_THREAD)
+    assert result.returncode == 0, result.stderr
+    return root, out
+
+
+def test_training_writes_record_and_plots(trained):
+    import json
+    _, out = trained
+    history = json.loads((out / "metrics.json").read_text())
+    assert len(history) == 3
+    assert history[-1]["train_loss"] < history[0]["train_loss"]
+    assert {"val_map", "val_map50", "val_map75"} <= set(history[0])
+    for name in ("best.safetensors", "last.safetensors", "curves.png", "pr.png",
+                 "boxes.png"):
+        assert (out / name).stat().st_size > 0
+
+
+def test_eval_predict_and_onnx_nms(trained):
+    """`eval` prints mAP50/75/50-95; `predict` writes detections as JSON and drawn
+    images; the export with `--nms` predicts the same boxes through onnxruntime."""
+    import json
+
+    from conftest import run_cli
+    root, out = trained
+    weights = str(out / "best.safetensors")
+    data = str(root / "data")
+    result = run_cli("eval", str(SMALL), "--weights", weights, "--data", data, "--json",
+                     env=ONE_THREAD)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["task"] == "detect" and 0 <= report["map"] <= report["map50"] <= 1
+    text = run_cli("eval", str(SMALL), "--weights", weights, "--data", data, env=ONE_THREAD)
+    assert f"mAP50 {report['map50']:.4f}, mAP75 {report['map75']:.4f}, mAP50-95 " \
+        f"{report['map']:.4f}" in text.stdout
+
+    images = root / "data" / "images" / "val"
+    spec_out, onnx_out = root / "predicted", root / "predicted_onnx"
+    result = run_cli("predict", str(SMALL), str(images), "--weights", weights, "--out",
+                     str(spec_out), "--json", env=ONE_THREAD)
+    assert result.returncode == 0, result.stderr
+    spec = json.loads((spec_out / "predictions.json").read_text())
+    assert spec["task"] == "detection" and spec["predicted"] == 16
+    assert len(list(spec_out.glob("*.png"))) == 16
+    exported = root / "small_nms.onnx"
+    result = run_cli("compile", str(SMALL), "--to", "onnx", "--weights", weights, "--nms",
+                     "-o", str(exported))
+    assert result.returncode == 0, result.stderr
+    result = run_cli("predict", str(exported), str(images), "--out", str(onnx_out),
+                     "--json", env=ONE_THREAD)
+    assert result.returncode == 0, result.stderr
+    onnx = json.loads((onnx_out / "predictions.json").read_text())
+    for mine, theirs in zip(spec["predictions"], onnx["predictions"]):
+        assert [d["index"] for d in mine["detections"]] == \
+            [d["index"] for d in theirs["detections"]]
+        for a, b in zip(mine["detections"], theirs["detections"]):
+            assert a["box"] == pytest.approx(b["box"], abs=2e-2)
+
+
+@pytest.mark.skipif(not (Path(sys.executable).parent / "torchrun").exists(),
+                    reason="torchrun not installed")
+def test_two_processes_train_a_detector_as_one(tmp_path):
+    """torchrun with two processes: each takes half of every global batch (its images with
+    their boxes); the tiny detector has no batch norm, so the run equals one process's
+    (the same loss per epoch, the same weights on both ranks)."""
+    import json
+    import os
+    import subprocess
+    _write_shapes(tmp_path / "data", 24, size=32)
+    spec = tmp_path / "tiny.cnn"
+    spec.write_text(TINY)
+    args = ["cnndsl", "train", str(spec), "--data", str(tmp_path / "data"), "--epochs", "2",
+            "--batch", "6", "--set", "classes=3", "workers=0", "--json"]
+    env = {**os.environ, "NO_COLOR": "1", **ONE_THREAD}
+    torchrun = str(Path(sys.executable).parent / "torchrun")
+    runs = [subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True,
+                           timeout=600)
+            for command in ([torchrun, "--nproc_per_node=2", "--master_port=29547", "-m",
+                             *args], [sys.executable, "-m", *args])]
+    for run in runs:
+        assert run.returncode == 0, run.stderr
+    two, one = (json.loads(run.stdout) for run in runs)
+    assert (two["world"], two["rank_divergence"]) == (2, 0.0)
+    for a, b in zip(two["history"], one["history"]):
+        assert a["train_samples"] == b["train_samples"] == 18
+        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-4)
+        assert a["val_map"] == pytest.approx(b["val_map"], abs=1e-4)
