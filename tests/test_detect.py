@@ -289,11 +289,25 @@ def test_onnx_detections_equal_torch(small, small_module):
     expected = detect.postprocess(decoded, conf=0.05)
     assert sum(len(e["labels"]) for e in expected) >= 6
     session = create_session(with_nms(proto, 3, conf=0.05).SerializeToString(), "cpu")
-    got = rows_to_dicts(session.run(x.numpy())[0], 3)
+    rows = session.run(x.numpy())[0]
+    got = rows_to_dicts(rows, 3)
     for mine, theirs in zip(got, expected):
         assert mine["labels"].tolist() == theirs["labels"].tolist()
         torch.testing.assert_close(mine["boxes"], theirs["boxes"], rtol=0, atol=1e-3)
         torch.testing.assert_close(mine["scores"], theirs["scores"], rtol=0, atol=1e-5)
+    # `eval --onnx` of that export scores its rows as training's evaluation scores boxes
+    truth = torch.stack([torch.cat([e["labels"][:1, None].float(), e["boxes"][:1]], 1)
+                         for e in expected])  # each image's best detection, as its object
+    reports = []
+    for output in (torch.from_numpy(rows), detect.postprocess(decoded, conf=0.05)):
+        evaluator = detect.TASK.evaluator(["a", "b", "c"], None)
+        if isinstance(output, list):  # the same detections, through the packed path
+            evaluator.metric.update(output, truth)
+        else:
+            evaluator.update(output, truth)
+        reports.append(evaluator.compute())
+    assert reports[0]["map"] == pytest.approx(reports[1]["map"], abs=1e-6)
+    assert reports[0]["map50"] > 0.3
 
 
 # ---- trained: train, eval, predict, export ---------------------------------------------

@@ -114,9 +114,12 @@ class _Evaluator:
         self.classes = len(classes)
 
     def update(self, packed, targets) -> None:
-        decoded = unpack(packed, self.classes)[0]
-        preds = [{k: v.cpu() for k, v in p.items()}
-                 for p in postprocess(decoded, conf=EVAL_CONF)]
+        if packed.ndim == 2 and packed.shape[-1] == 7:  # an export with --nms: final boxes
+            from ...deploy.detect_onnx import rows_to_dicts
+            preds = rows_to_dicts(packed.cpu().numpy(), len(targets))
+        else:
+            preds = [{k: v.cpu() for k, v in p.items()}
+                     for p in postprocess(unpack(packed, self.classes)[0], conf=EVAL_CONF)]
         self.metric.update(preds, targets.cpu())
 
     def compute(self) -> dict:
