@@ -167,6 +167,8 @@ def cmd_compile(args) -> int:
                          "model.load_state_dict(safetensors.torch.load_file(path))")
     if args.to == "torch" and (args.quantize or args.precision != "fp32" or args.calibrate):
         raise UsageError("--quantize, --precision and --calibrate apply to --to onnx")
+    if args.nms and (args.to != "onnx" or args.quantize or args.precision != "fp32"):
+        raise UsageError("--nms applies to --to onnx at fp32")
     model = _keep_outputs(_load(args, WEIGHT_COPIES["onnx"] if args.to == "onnx" else 1.0),
                           args)
     if args.to == "torch":
@@ -202,11 +204,26 @@ def _described_onnx(model, args):
                                fold_batchnorm=not args.keep_batchnorm, seed=args.seed,
                                weights_from=args.weights_from, reinit=args.reinit or ())
     info = exported_info(model)
+    if getattr(args, "nms", False):
+        from .deploy.detect_onnx import with_nms
+        onnx_model = with_nms(onnx_model, _detector_head(model).classes)
     if info is not None:
         annotate(onnx_model, info)
     if not (args.quantize or args.precision != "fp32"):
         save(onnx_model, args.output)
     return onnx_model
+
+
+def _detector_head(model):
+    """The head of a detector (for --nms); a located error for another network."""
+    from .training.dethead import find_head
+    try:
+        return find_head(model.ir)
+    except CnnError as exc:
+        exc.sources = model.program.sources
+        exc.diagnostics[0] = exc.diagnostics[0].model_copy(update={
+            "message": "--nms: " + exc.diagnostics[0].message})
+        raise
 
 
 def _reduced_onnx(model, fp32, args) -> int:
@@ -613,6 +630,10 @@ def cmd_predict(args) -> int:
         from .atomic import write_text
         Path(args.out).mkdir(parents=True, exist_ok=True)
         write_text(Path(args.out) / "predictions.json", json.dumps(report, indent=2) + "\n")
+        if predictor.info.task == "detection":
+            from .deploy.predict import draw_detections
+            for n, result in enumerate(done.results):
+                draw_detections(result, Path(args.out) / f"{n:05d}_{Path(result['file']).stem}.png")
     if args.json:
         print(json.dumps(report, indent=2))
     else:
@@ -844,6 +865,10 @@ def build_parser() -> argparse.ArgumentParser:
     _outputs_option(comp)
     comp.add_argument("--keep-batchnorm", action="store_true",
                       help="do not fold batch norm into the preceding conv")
+    comp.add_argument("--nms", action="store_true", help="a detector: append ONNX "
+                      "NonMaxSuppression (best class per anchor, score above 0.25, IoU 0.7), "
+                      "so that the output `nms_detections` holds the final boxes (N x 7: "
+                      "image, x1, y1, x2, y2, score, class)")
     _add_reduce_options(comp)
     comp.add_argument("--seed", type=bounded_int(0, 2**32 - 1), default=0,
                       help="seed for fresh weights")

@@ -56,7 +56,8 @@ def from_spec(model, overrides: dict | None = None) -> ModelInfo:
         if op.name == "normalize":
             mean, std = list(op.args["mean"]), list(op.args["std"])
     return ModelInfo(shape=shape, classes=_class_names(model, config), mean=mean, std=std,
-                     val_split=config.val_split, seed=config.seed)
+                     val_split=config.val_split, seed=config.seed,
+                     task="detection" if config.task == "detect" else "classification")
 
 
 def exported_info(model) -> ModelInfo | None:
@@ -77,6 +78,9 @@ def _class_names(model, config) -> list[str] | None:
         return list(config.data_classes)
     if config.data == "digits":
         return [str(i) for i in range(10)]
+    if config.data == "shapes" and config.task == "detect":
+        from ..training.detdata import SHAPES_CLASSES
+        return list(SHAPES_CLASSES)
     if config.data and model.train_def is not None:
         root = Path(model.train_def.span.file).parent / config.data
         if (root / "train").is_dir():

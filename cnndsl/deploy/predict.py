@@ -121,6 +121,8 @@ def predict_files(predictor: Predictor, files: list[Path], *, batch: int = 64, t
     (and listed), as training skips them."""
     from tqdm.auto import tqdm
 
+    if predictor.info.task == "detection":
+        return predict_detections(predictor, files, batch=batch, progress=progress)
     out = Predictions()
     answer = TASKS.get(predictor.info.task)
     if answer is None:
@@ -156,9 +158,82 @@ def classify(logits, info: ModelInfo, top: int) -> dict:
                     for p, i in zip(values.tolist(), indices.tolist())]}
 
 
-TASKS: dict[str, Callable] = {"classification": classify}
+TASKS: dict[str, Callable] = {"classification": classify, "detection": None}
+
+
+def predict_detections(predictor: Predictor, files: list[Path], *, batch: int = 64,
+                       progress: bool | None = None) -> Predictions:
+    """A detector on image files: each letterboxed as training letterboxes it, the
+    detections after threshold and NMS (training's `postprocess`, or the graph's own with
+    an export made with `--nms`), their boxes mapped back to the file's pixels."""
+    import torch
+    from tqdm.auto import tqdm
+
+    from ..training.detdata import letterbox
+    from ..training.images import UnreadableImageError, read_pixels
+    from ..training.tasks.detect import postprocess
+    from .detect_onnx import rows_to_dicts
+    out, info = Predictions(), predictor.info
+    prepare = predictor.prepare()
+    show = sys.stderr.isatty() if progress is None else progress
+    bar = tqdm(total=len(files), disable=not show, unit="image", file=sys.stderr, leave=False)
+    for start in range(0, len(files), batch):
+        images, places = [], []
+        for path in files[start:start + batch]:
+            try:
+                pixels = read_pixels(path, "L" if info.shape[0] == 1 else "RGB")
+            except (UnreadableImageError, OSError) as why:
+                out.skipped.append((str(path), str(why)))
+                continue
+            image = torch.from_numpy(pixels).reshape(pixels.shape[0], pixels.shape[1], -1) \
+                .permute(2, 0, 1).float() / 255.0
+            boxed, scale, corner = letterbox(image, info.shape[1:])
+            images.append(boxed)
+            places.append((path, scale, corner, image.shape[-1], image.shape[-2]))
+        bar.update(len(files[start:start + batch]))
+        if not images:
+            continue
+        result = predictor.forward(prepare(torch.stack(images))).float()
+        found = rows_to_dicts(result.numpy(), len(images)) \
+            if result.ndim == 2 and result.shape[-1] == 7 else postprocess(result)
+        for (path, scale, (left, top), width, height), one in zip(places, found):
+            boxes = one["boxes"].clone()
+            boxes[:, 0::2] = ((boxes[:, 0::2] - left) / scale).clamp(0, width)
+            boxes[:, 1::2] = ((boxes[:, 1::2] - top) / scale).clamp(0, height)
+            out.results.append({"file": str(path), "size": [width, height], "detections": [
+                {"class": info.class_name(int(c)), "index": int(c), "score": float(p),
+                 "box": [round(float(v), 2) for v in box]}
+                for box, p, c in zip(boxes, one["scores"], one["labels"])]})
+    bar.close()
+    return out
+
+
+def draw_detections(result: dict, path: Path) -> None:
+    """The file with its detections drawn (a box, the class and the score each), as PNG."""
+    from PIL import Image, ImageDraw
+
+    from ..atomic import atomic_path
+    from ..training.images import read_pixels
+    from ..training.plots import palette
+    image = Image.fromarray(read_pixels(Path(result["file"]), "RGB"))
+    draw = ImageDraw.Draw(image)
+    colours = palette(256)
+    for found in result["detections"]:
+        colour = tuple(int(v) for v in colours[1 + found["index"] % 255])
+        draw.rectangle(found["box"], outline=colour, width=2)
+        x, y = found["box"][:2]
+        draw.text((x + 2, max(0, y - 11)), f"{found['class']} {found['score']:.2f}",
+                  fill=colour)
+    with atomic_path(path) as tmp:
+        image.save(tmp, format="PNG")
 
 
 def format_result(result: dict) -> str:
+    if "detections" in result:
+        found = ", ".join(f"{d['class']} {d['score']:.2f} at "
+                          f"({', '.join(f'{v:g}' for v in d['box'])})"
+                          for d in result["detections"])
+        return f"{result['file']}: {len(result['detections'])} object(s)" + \
+            (f": {found}" if found else "")
     best = ", ".join(f"{t['class']} {t['probability']:.3f}" for t in result["top"])
     return f"{result['file']}: {best}"

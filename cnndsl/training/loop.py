@@ -594,8 +594,8 @@ class Trainer:
         images = torch.stack([data[i][0] for i in rows])
         truth = torch.stack([torch.as_tensor(data[i][1]) for i in rows])
         with self._autocast():
-            predicted = pick(model(self.prepare(images).to(self.dev)),
-                             self.losses.main).float().argmax(1).cpu()
+            predicted = self.task.predicted(pick(model(self.prepare(images).to(self.dev)),
+                                                 self.losses.main).float().cpu())
         model.train(was_training)
         return images, truth, predicted
 

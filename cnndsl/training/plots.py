@@ -15,7 +15,7 @@ def _pyplot():
 
 
 def plot_history(history: list[dict], path: str | Path,
-                 metric: tuple[str, str] | None = None) -> None:
+                 metric: tuple[str, ...] | None = None) -> None:
     """Loss (train, val) and accuracy (train, val) per epoch, side by side; `metric`
     (title, key): a third curve beside the accuracy (validation mIoU)."""
     plt = _pyplot()
@@ -25,12 +25,13 @@ def plot_history(history: list[dict], path: str | Path,
     loss.plot(epochs, [r["val_loss"] for r in history], "s-", label="validation")
     loss.set(title="loss", xlabel="epoch", ylabel="loss")
     accuracy.plot(epochs, [r["train_accuracy"] for r in history], "o-", label="train")
-    accuracy.plot(epochs, [r["val_accuracy"] for r in history], "s-", label="validation")
     title = "accuracy"
+    if all("val_accuracy" in r for r in history):  # detection has none: its mAP only
+        accuracy.plot(epochs, [r["val_accuracy"] for r in history], "s-", label="validation")
     if metric is not None:
         accuracy.plot(epochs, [r[metric[1]] for r in history], "^-",
                       label=f"validation {metric[0]}")
-        title = f"pixel accuracy and {metric[0]}"
+        title = f"{metric[2] if len(metric) > 2 else 'pixel accuracy'} and {metric[0]}"
     accuracy.set(title=title, xlabel="epoch", ylabel="accuracy")
     for axes in (loss, accuracy):
         axes.grid(alpha=0.3)

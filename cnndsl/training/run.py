@@ -92,6 +92,8 @@ def fit_model(model, data=None, *, out: str | Path | None = None, device: str = 
         raise
     torch.manual_seed(config.seed)
     module = build_module(model, config, weights, weights_from, log)
+    if weights is None and weights_from is None:
+        task.initialise(module, model.ir)
     fingerprint = {"network": model.name, "params": model.params, "data": dataset.source,
                    "classes": dataset.train.classes, "train": len(dataset.train),
                    "config": config.model_dump(mode="json", exclude={
@@ -115,7 +117,11 @@ def fit_model(model, data=None, *, out: str | Path | None = None, device: str = 
         log(f"note: the loss applies to `{names[0]}`, the first of {len(names)} outputs; "
             f"{', '.join(f'`{n}`' for n in names[1:])} get none (a loss per output: "
             f"`loss: {config.loss.name}({names[0]}) + 0.3 * {config.loss.name}({names[1]})`)")
-    summary = trainer.fit(Path(resume) if resume else None)
+    restore = task.adapt(module, model.ir)
+    try:
+        summary = trainer.fit(Path(resume) if resume else None)
+    finally:
+        restore()
     summary["module"] = module
     if model.weights_report is not None and weights is not None:
         summary["weights_report"] = model.weights_report.to_json()
@@ -176,6 +182,7 @@ def evaluate_model(model, data=None, *, weights=None, device: str = "auto",
         module, device = OnnxModule(onnx), "cpu"
     else:
         module = build_module(model, config, weights, weights_from, lambda line: None)
+        task.adapt(module, model.ir)  # a module of its own, used here only
     if predictions is not None and not hasattr(task, "write_predictions"):
         raise CnnError([Diagnostic(code="E-train", message=f"--predictions: {config.task} "
                                    "has no per-sample outputs to write")])

@@ -135,6 +135,10 @@ LOSSES: dict[str, tuple[Arg, ...]] = {
     "dice": (Arg("smooth", _nonnegative_number, 1.0, positional=False),),
     "focal": (Arg("gamma", _nonnegative_number, 2.0, positional=False),
               Arg("weights", _weights, None, positional=False)),
+    # detection: YOLOv8's loss, its three terms' gains (Ultralytics' defaults)
+    "detect": (Arg("box", _nonnegative_number, 7.5, positional=False),
+               Arg("cls", _nonnegative_number, 0.5, positional=False),
+               Arg("dfl", _nonnegative_number, 1.5, positional=False)),
 }
 OPTIMIZERS: dict[str, tuple[Arg, ...]] = {
     "sgd": (Arg("lr", _positive_number, 0.01), Arg("momentum", _fraction, 0.0, False),
@@ -160,7 +164,8 @@ SCHEDULES: dict[str, tuple[Arg, ...]] = {
                   Arg("pct_start", _open_fraction, 0.3, False)),
 }
 EARLY_STOP = (Arg("patience", _positive_int, REQUIRED),
-              Arg("metric", _word("val_loss", "val_accuracy", "val_miou"), None, False),
+              Arg("metric", _word("val_loss", "val_accuracy", "val_miou", "val_map",
+                                   "val_map50"), None, False),
               Arg("min_delta", _nonnegative_number, 0.0, False))
 AUGMENT: dict[str, tuple[Arg, ...]] = {
     name: tuple(Arg(a, _mean_std if a == "mean" else _std if a == "std" else
@@ -181,7 +186,7 @@ SCALARS: dict[str, tuple[Any, Any]] = {
     "data_classes": (_class_names, None),
     "unfreeze_after": (_nonnegative_int, None),
     "backbone_lr_scale": (_positive_number, 1.0),
-    "task": (_word("classify", "segment"), None),  # None: inferred from the network
+    "task": (_word("classify", "segment", "detect"), None),  # None: inferred from the network
     "ignore_index": (_nonnegative_int, 255),  # mask pixels no loss or metric counts
     "workers": (_nonnegative_int, None),  # DataLoader processes; None: by the machine
     "cache": (_word("auto", "memory", "none"), "auto"),  # decoded images held in memory
@@ -244,7 +249,7 @@ class TrainConfig(BaseModel):
     unfreeze_after: int | None = None  # epochs after which the frozen layers train
     backbone_lr_scale: float = 1.0  # the frozen layers' learning rate, once they train
     reinit: Layers | None = None  # layers initialised afresh when --weights are loaded
-    task: str | None = None  # classify | segment; set from the network by tasks.resolve
+    task: str | None = None  # classify | segment | detect; set from the network by tasks.resolve
     ignore_index: int = 255
     workers: int | None = None
     cache: str = "auto"

@@ -55,6 +55,13 @@ class Task(Protocol):
 
     def evaluator(self, classes: list[str], config: TrainConfig) -> Evaluator: ...
 
+    def initialise(self, module, ir) -> None:
+        """A freshly built module's task-specific start (detection: its head's biases)."""
+
+    def predicted(self, logits):
+        """The network's output for a batch -> its answers (classes, masks, boxes), for
+        plots of samples."""
+
     def record(self, report: dict) -> dict:
         """The validation report's figures for the epoch's record in metrics.json."""
 
@@ -67,10 +74,15 @@ class Task(Protocol):
 
     def best_line(self, record: dict) -> str: ...
 
+    def adapt(self, module, ir) -> Callable[[], None]:
+        """Make the spec's module give what this task's losses and metrics take (the same
+        parameters and state_dict; detection adds tensors from inside its head); returns
+        the function that undoes it."""
+
 
 def _tasks() -> dict[str, Task]:
-    from . import classify, segment
-    return {"classify": classify.TASK, "segment": segment.TASK}
+    from . import classify, detect, segment
+    return {"classify": classify.TASK, "segment": segment.TASK, "detect": detect.TASK}
 
 
 def get(name: str) -> Task:
@@ -84,6 +96,11 @@ def resolve(config: TrainConfig, ir) -> TrainConfig:
         config.losses, ir, config.spans.get("loss"))})
     name = config.task or _infer(config, ir)
     task = get(name)
+    default = getattr(task, "default_loss", None)
+    if default is not None and "loss" not in config.spans and config.loss.name != default:
+        from ..spec import LOSSES, Choice
+        config = config.model_copy(update={"loss": Choice(
+            name=default, args={a.name: a.default for a in LOSSES[default]}), "losses": ()})
     stop = config.early_stop
     if stop is not None:
         metric = stop.get("metric") or task.best_metric
@@ -100,11 +117,15 @@ def resolve(config: TrainConfig, ir) -> TrainConfig:
 
 
 def _infer(config: TrainConfig, ir) -> str:
-    """One score per class: classify; a score map (classes x H x W): segment."""
+    """One score per class: classify; a score map (classes x H x W): segment; the loss
+    `detect`, or detections ((4 + classes) x anchors): detect."""
+    shape = ir.shape_of(ir.outputs[config.summed_losses[0].index])
+    if any(t.loss.name == "detect" for t in config.summed_losses) or \
+            len(shape) == 2 and any(n.op == "anchor_points" for n in ir.nodes):
+        return "detect"
     for name, task in _tasks().items():
         if config.data in task.data_words:
             return name
-    shape = ir.shape_of(ir.outputs[config.summed_losses[0].index])
     if len(shape) == 3:
         return "segment"
     if len(shape) == 1:
@@ -115,6 +136,20 @@ def _infer(config: TrainConfig, ir) -> str:
         "one score per class nor a score map", span=node.span if node else None,
         help="say what it learns: `task: classify` (end with `flatten -> linear(classes)`) "
         "or `task: segment` (end with `conv(classes, 1)` at the image's size)")])
+
+
+def unchanged(module, ir) -> None:
+    """`Task.initialise` for a task whose layers start as PyTorch initialises them."""
+
+
+def argmax(logits):
+    """`Task.predicted` for one class per sample or per pixel."""
+    return logits.argmax(1)
+
+
+def keep(module, ir) -> Callable[[], None]:
+    """`Task.adapt` for a task that trains the spec's module as it is."""
+    return lambda: None
 
 
 def output_node(ir):

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from ...diagnostics import CnnError, Diagnostic
 from ..spec import TrainConfig, check_classes, check_loss_fits
-from . import WeightedSum, class_weights, where
+from . import WeightedSum, argmax, class_weights, keep, unchanged, where
 
 LOSSES = ("cross_entropy", "nll", "bce_with_logits", "mse")
 
@@ -89,6 +89,10 @@ class Classify:
                     "network classifies", **where(config, ir),
                     help="classification losses: " + ", ".join(LOSSES))])
         check_loss_fits(config, ir)
+
+    adapt = staticmethod(keep)
+    predicted = staticmethod(argmax)
+    initialise = staticmethod(unchanged)
 
     def check_classes(self, config: TrainConfig, ir, classes: int) -> None:
         check_classes(config, ir, classes)

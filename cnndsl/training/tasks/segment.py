@@ -12,7 +12,7 @@ from pathlib import Path
 from ...diagnostics import CnnError, Diagnostic
 from ...layers import REGISTRY
 from ..spec import TrainConfig, check_count
-from . import WeightedSum, class_weights, output_node, where
+from . import WeightedSum, argmax, class_weights, keep, output_node, unchanged, where
 
 LOSSES = ("cross_entropy", "dice", "focal")
 
@@ -143,6 +143,10 @@ class Segment:
                     code="E-train", message=f"`{term.loss.name}` takes raw scores but the "
                     f"network ends with `{node.op}`", **where(config, ir),
                     help=f"drop the final {node.op} (the loss applies it)")])
+
+    adapt = staticmethod(keep)
+    predicted = staticmethod(argmax)
+    initialise = staticmethod(unchanged)
 
     def check_classes(self, config: TrainConfig, ir, classes: int) -> None:
         check_count(ir, classes)
