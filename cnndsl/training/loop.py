@@ -340,11 +340,13 @@ class Trainer:
             loss = self.losses.combine(terms, self._all_sum, self.ranks.world)
             logits, total, den = pick(outputs, self.losses.main), terms[0].total, terms[0].den
             if not torch.isfinite(loss):
+                # the data (NaN, infinities), class weights and `normalize` were checked
+                # before the run: what is left is the optimisation itself
+                kept = (f"; {self.out} keeps the state of epoch {progress.epoch}"
+                        if self.out is not None and progress.epoch > 0 else "")
                 raise _error(f"the loss became {loss.item()} at epoch {progress.epoch + 1}, "
                              f"step {step + 1}: training stopped",
-                             help="lower the learning rate, add `clip: 1.0`, or check the data;"
-                             " the last good checkpoint is kept" if self.out else
-                             "lower the learning rate or add `clip: 1.0`")
+                             help="lower the learning rate or add `clip: 1.0`" + kept)
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             if config.clip is not None:
