@@ -384,3 +384,11 @@ def test_normalize_with_one_mean_and_a_std_per_channel_applies_every_std():
     apply = eval_transform([("normalize", {"mean": (0.5,), "std": (0.5, 0.25, 0.125)})])
     out = apply(torch.ones(1, 3, 2, 2))
     assert out[0, :, 0, 0].tolist() == [1.0, 2.0, 4.0]
+
+
+def test_a_16_bit_png_is_scaled_by_its_range_not_clipped(tmp_path):
+    pixels = np.array([[0, 257, 32896, 65535]], np.uint16)
+    Image.fromarray(pixels).save(tmp_path / "16.png")
+    assert Image.open(tmp_path / "16.png").mode == "I;16"
+    assert read_pixels(tmp_path / "16.png", "L").tolist() == [[0, 1, 128, 255]]
+    assert read_pixels(tmp_path / "16.png", "RGB")[0, 2].tolist() == [128, 128, 128]

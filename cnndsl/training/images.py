@@ -73,6 +73,10 @@ def read_pixels(path: Path, mode: str | None, max_pixels: int | None = None) -> 
         with _opened(path, max_pixels) as image:
             if mode is None:
                 mode = image.mode if image.mode in ("P", "L") else "L"
+            elif image.mode.startswith("I;16"):  # Pillow clips 16-bit pixels: scale them
+                from PIL import Image
+                wide = np.asarray(image).astype(np.float32)
+                image = Image.fromarray(np.round(wide / 257).astype(np.uint8), "L")
             if image.mode != mode:
                 image = image.convert(mode)
             return np.asarray(image).copy()
