@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 from .checker import WEIGHT_COPIES
-from .diagnostics import CnnError, Diagnostic, printable_text, render_all, use_color
+from .diagnostics import CnnError, Diagnostic, Label, printable_text, render_all, use_color
 from .source import SourceMap
 
 EXIT_OK, EXIT_SPEC, EXIT_USAGE, EXIT_INTERNAL = 0, 1, 2, 3
@@ -63,7 +63,8 @@ COMMAND_LINE = "<command line>"  # the name errors in a --set value are located 
 
 def parse_sets(pairs: list[str], words: list[str] | None = None):
     """The pairs; with the command line's `words` (as `command_line_text` joins them),
-    where each value stands in it, for errors."""
+    where each value stands in it, for errors. A name given twice is refused (the last
+    would silently win)."""
     from .source import Span
     from .training.spec import Overrides
     values = Overrides()
@@ -72,17 +73,33 @@ def parse_sets(pairs: list[str], words: list[str] | None = None):
         name, eq, value = pair.partition("=")
         if not eq or not all(part.isidentifier() for part in name.strip().split(".")):
             raise UsageError(f"--set expects NAME=VALUE, got `{pair}`")
-        values[name.strip()] = parse_value(value.strip())
-        at = text.find(pair, offset)
+        name = name.strip()
+        span = None
+        at = text.find(_one_line(pair), offset)
         if at >= 0:
-            start = at + len(name) + 1
-            offset = at + len(pair)
-            values.spans[name.strip()] = Span(COMMAND_LINE, 1, start + 1, 1, offset + 1)
+            start = at + len(_one_line(pair.partition("=")[0])) + 1
+            offset = at + len(_one_line(pair))
+            span = Span(COMMAND_LINE, 1, start + 1, 1, offset + 1)
+        if name in values:
+            first = values.spans.get(name)
+            raise CnnError([Diagnostic(
+                code="E-arg", message=f"--set {name} is given twice", span=span,
+                related=(Label(span=first, text="first here"),) if first else (),
+                help=f"give `{name}` once")])
+        values[name] = parse_value(value.strip())
+        if span is not None:
+            values.spans[name] = span
     return values
 
 
 def command_line_text(words: list[str]) -> str:
-    return " ".join(["cnndsl", *words])
+    """The command line as one line (a newline in a value shown as `\\n`), where errors in
+    --set values are shown."""
+    return " ".join(["cnndsl", *map(_one_line, words)])
+
+
+def _one_line(word: str) -> str:
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in word)
 
 
 def bounded_int(low: int, high: int):
@@ -504,7 +521,7 @@ def cmd_explain(args) -> int:
 TRAIN_KEYS = ("epochs", "batch", "seed", "clip", "val_split", "data", "amp", "channels_last",
               "loss", "optimizer", "schedule", "early_stop", "data_classes", "freeze",
               "unfreeze_after", "backbone_lr_scale", "reinit", "task", "ignore_index",
-              "workers", "cache")
+              "workers", "cache", "max_image_pixels")
 
 
 def _split_sets(args) -> tuple[dict, dict]:

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from .images import UnreadableImageError, read_pixels, verify
@@ -59,13 +60,14 @@ class ImageFiles:
     files: list[tuple[Path, int]]
     classes: list[str]
     shape: tuple[int, int, int]
+    max_pixels: int | None = None  # images.MAX_PIXELS when None
 
     def __len__(self) -> int:
         return len(self.files)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         path, label = self.files[i]
-        return decode_image(path, self.shape), torch.tensor(label)
+        return decode_image(path, self.shape, self.max_pixels), torch.tensor(label)
 
     @property
     def labels(self) -> torch.Tensor:
@@ -76,12 +78,13 @@ class ImageFiles:
         return [path.stem for path, _ in self.files]
 
     def select(self, rows) -> ImageFiles:
-        return ImageFiles([self.files[i] for i in rows], self.classes, self.shape)
+        return ImageFiles([self.files[i] for i in rows], self.classes, self.shape,
+                          self.max_pixels)
 
 
-def decode_image(path: Path, shape) -> torch.Tensor:
+def decode_image(path: Path, shape, max_pixels: int | None = None) -> torch.Tensor:
     """One image file as C x H x W float32 in [0, 1], at the spec's size."""
-    pixels = read_pixels(path, "L" if shape[0] == 1 else "RGB")
+    pixels = read_pixels(path, "L" if shape[0] == 1 else "RGB", max_pixels)
     tensor = torch.from_numpy(pixels).reshape(pixels.shape[0], pixels.shape[1], -1)
     return _fit(tensor.permute(2, 0, 1)[None].float() / 255.0, shape)[0]
 
@@ -96,6 +99,7 @@ class Data:
     source: str
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (file, why)
     presplit: bool = False  # a folder with train/ and val/: its validation part is its own
+    warnings: list[str] = field(default_factory=list)  # what the data holds that may be wrong
 
     def part(self, split: str):
         """`train`, `val`, or `all` (both together)."""
@@ -132,11 +136,13 @@ class Joined:
 
 def load_data(data: str | Path, shape: tuple[int, int, int], *, val_fraction: float = 0.2,
               seed: int = 0, max_bytes: int = 4 * 2**30,
-              classes: tuple[str, ...] | None = None, cache: str = "auto") -> Data:
+              classes: tuple[str, ...] | None = None, cache: str = "auto",
+              max_pixels: int | None = None) -> Data:
     """The data at the spec's input shape; `classes`: only these, relabelled 0, 1, ... in
     that order (digits 5-9 as five classes). A folder is decoded into memory (`cache:
-    memory`, or `auto` under CACHE_BYTES), else read lazily (`ImageFiles`)."""
-    loaded = _load(data, shape, val_fraction, seed, max_bytes, cache)
+    memory`, or `auto` under CACHE_BYTES), else read lazily (`ImageFiles`); an image
+    over `max_pixels` (images.MAX_PIXELS by default) is skipped, never decoded."""
+    loaded = _load(data, shape, val_fraction, seed, max_bytes, cache, max_pixels)
     return loaded if classes is None else only_classes(loaded, classes)
 
 
@@ -155,14 +161,16 @@ def only_classes(data: Data, classes: tuple[str, ...]) -> Data:
         keep = labels >= 0
         if isinstance(part, ImageFiles):
             return ImageFiles([(path, int(labels[i])) for i, (path, _) in
-                               enumerate(part.files) if keep[i]], list(classes), part.shape)
+                               enumerate(part.files) if keep[i]], list(classes), part.shape,
+                              part.max_pixels)
         return Dataset(part.images[keep], labels[keep], list(classes))
     return Data(select(data.train), select(data.val),
-                f"{data.source} (classes {', '.join(classes)})", data.skipped, data.presplit)
+                f"{data.source} (classes {', '.join(classes)})", data.skipped, data.presplit,
+                data.warnings)
 
 
 def _load(data: str | Path, shape: tuple[int, int, int], val_fraction: float, seed: int,
-          max_bytes: int, cache: str = "auto") -> Data:
+          max_bytes: int, cache: str = "auto", max_pixels: int | None = None) -> Data:
     channels = shape[0]
     if channels not in (1, 3):
         raise DataError(f"images have 1 or 3 channels; the network takes {channels}",
@@ -178,7 +186,7 @@ def _load(data: str | Path, shape: tuple[int, int, int], val_fraction: float, se
     if not path.is_dir():
         raise DataError(f"{path} is not a folder", help="give a folder with one subfolder of "
                         "images per class, or an .npz file")
-    return _folder(path, shape, val_fraction, seed, max_bytes, cache)
+    return _folder(path, shape, val_fraction, seed, max_bytes, cache, max_pixels)
 
 
 # ---- sources ---------------------------------------------------------------------------
@@ -197,12 +205,15 @@ def _digits(shape, val_fraction: float, seed: int) -> Data:
 
 
 def _folder(root: Path, shape, val_fraction: float, seed: int, max_bytes: int,
-            cache: str = "auto") -> Data:
+            cache: str = "auto", max_pixels: int | None = None) -> Data:
     skipped: list[tuple[str, str]] = []
-    decode = _decode
+    reader = _decode
     count = sum(1 for _ in _count_files(root))
     if cache == "none" or cache == "auto" and count * math.prod(shape) * 4 > CACHE_BYTES:
-        decode, max_bytes = _lazy, math.inf  # streamed: memory does not grow with the set
+        reader, max_bytes = _lazy, math.inf  # streamed: memory does not grow with the set
+
+    def decode(files, classes, shape, skipped):
+        return reader(files, classes, shape, skipped, max_pixels)
     if (root / "train").is_dir() and (root / "val").is_dir():
         train_files, classes = _class_files(root / "train")
         val_files, val_classes = _class_files(root / "val")
@@ -231,19 +242,49 @@ def _folder(root: Path, shape, val_fraction: float, seed: int, max_bytes: int,
 
 
 def _class_files(root: Path) -> tuple[list[tuple[Path, int]], list[str]]:
+    from .npzfile import class_names
     folders = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not folders:
         raise DataError(f"{root} has no class folders",
                         help="put each class's images in a subfolder: images/cat/1.png, ...")
+    names = class_names([f.name for f in folders], root)
     files = []
     for label, folder in enumerate(folders):
-        found = sorted(p for p in folder.rglob("*") if p.is_file()
-                       and not any(part.startswith(".") for part in p.relative_to(folder).parts))
+        found = walk_files(folder)
         if not found:
             raise DataError(f"the class folder {folder} is empty",
                             help="add its images, or remove the folder")
         files += [(p, label) for p in found]
-    return files, [f.name for f in folders]
+    return files, names
+
+
+MAX_DEPTH = 32  # folders below a class folder (or predict's folder) that are searched
+
+
+def walk_files(folder: Path, max_depth: int = MAX_DEPTH) -> list[Path]:
+    """The regular files under `folder`, sorted, hidden ones (and those in hidden folders)
+    left out, symbolic links to folders not followed; a folder nested deeper than
+    `max_depth` is an error (a walk as deep as the tree would exhaust the stack)."""
+    found, stack = [], [(folder, 0)]
+    while stack:
+        here, depth = stack.pop()
+        try:
+            entries = list(os.scandir(here))
+        except OSError as exc:
+            raise DataError(f"cannot read the folder {here}: {exc.strerror or exc}") from None
+        for entry in entries:
+            if entry.name.startswith("."):
+                continue
+            path = Path(entry.path)
+            if entry.is_dir(follow_symlinks=False):
+                if depth + 1 > max_depth:
+                    raise DataError(f"{folder} holds folders nested more than {max_depth} "
+                                    f"deep ({here})", help="keep each class's images at most "
+                                    f"{max_depth} folders down")
+                stack.append((path, depth + 1))
+            elif path.is_file():
+                found.append(path)
+    return sorted(found)
 
 
 def _check_size(count: int, shape, max_bytes: int, where: Path) -> None:
@@ -262,13 +303,14 @@ def check_image_input(shape) -> None:
                         help="give an .npy array of the input's shape instead")
 
 
-def _decode(files, classes: list[str], shape, skipped: list) -> Dataset:
+def _decode(files, classes: list[str], shape, skipped: list,
+            max_pixels: int | None = None) -> Dataset:
     check_image_input(shape)
     mode = "L" if shape[0] == 1 else "RGB"
     images, labels = [], []
     for path, label in files:
         try:
-            pixels = torch.from_numpy(read_pixels(path, mode))
+            pixels = torch.from_numpy(read_pixels(path, mode, max_pixels))
         except UnreadableImageError as why:
             skipped.append((str(path), str(why)))
             continue
@@ -283,32 +325,31 @@ def _decode(files, classes: list[str], shape, skipped: list) -> Dataset:
 def _count_files(root: Path):
     for folder in root.iterdir() if root.is_dir() else ():
         if folder.is_dir() and not folder.name.startswith("."):
-            yield from (p for p in folder.rglob("*") if p.is_file())
+            yield from walk_files(folder)
 
 
-def _lazy(files, classes: list[str], shape, skipped: list) -> ImageFiles:
+def _lazy(files, classes: list[str], shape, skipped: list,
+          max_pixels: int | None = None) -> ImageFiles:
     """Files whose header Pillow reads (the rest skipped, as `_decode` does), decoded
     later, one at a time."""
     kept = []
     for path, label in files:
         try:
-            verify(path)
+            verify(path, max_pixels)
         except UnreadableImageError as why:
             skipped.append((str(path), str(why)))
             continue
         kept.append((path, label))
-    return ImageFiles(kept, classes, shape)
+    return ImageFiles(kept, classes, shape, max_pixels)
 
 
-def read_images(path: Path, shape, max_bytes: int = 4 * 2**30
+def read_images(path: Path, shape, max_bytes: int = 4 * 2**30, max_pixels: int | None = None
                 ) -> tuple[torch.Tensor, list[str], list[tuple[str, str]]]:
     """An image, or a folder's images (sorted, subfolders too), as training reads them:
     decoded with Pillow, resized and converted to the input's C x H x W, in 0..1. Returns
     the images, their files and the files skipped (why)."""
     if path.is_dir():
-        files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in
-                       IMAGE_SUFFIXES and not any(part.startswith(".") for part in
-                                                  p.relative_to(path).parts))
+        files = [p for p in walk_files(path) if p.suffix.lower() in IMAGE_SUFFIXES]
         if not files:
             raise DataError(f"{path} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
     elif path.is_file():
@@ -317,7 +358,7 @@ def read_images(path: Path, shape, max_bytes: int = 4 * 2**30
         raise DataError(f"no file or folder {path}")
     _check_size(len(files), shape, max_bytes, path)
     skipped: list[tuple[str, str]] = []
-    data = _decode([(f, 0) for f in files], ["0"], shape, skipped)
+    data = _decode([(f, 0) for f in files], ["0"], shape, skipped, max_pixels)
     if not len(data.labels):
         raise DataError(f"cannot read {path}: {skipped[0][1]}" if len(files) == 1 else
                         f"no readable image in {path}")
@@ -335,43 +376,31 @@ def _check_nonempty(data: Dataset, classes: list[str], where: Path) -> None:
 
 
 def _npz(path: Path, shape, val_fraction: float, seed: int, max_bytes: int) -> Data:
-    import numpy as np
-
-    from ..files import open_regular
-    try:
-        with open_regular(path) as f, np.load(f, allow_pickle=False) as arrays:
-            if "x" not in arrays or "y" not in arrays:
-                raise DataError(f"{path} needs arrays `x` (images) and `y` (labels); it has "
-                                f"{', '.join(arrays.files) or 'none'}")
-            x, y = arrays["x"], arrays["y"]
-            names = [str(c) for c in arrays["classes"]] if "classes" in arrays else None
-    except OSError as exc:
-        raise DataError(f"cannot read {path}: {exc.strerror or exc}") from None
-    except ValueError as exc:
-        raise DataError(f"cannot read {path}: {exc}") from None
-    if x.ndim == 3:
-        x = x[:, None]
-    if x.ndim != 4 or len(x) != len(y) or y.ndim != 1:
-        raise DataError(f"{path}: x must be N x H x W or N x C x H x W and y N labels; found "
-                        f"x {x.shape}, y {y.shape}")
-    if not np.issubdtype(y.dtype, np.integer):
-        raise DataError(f"{path}: labels must be integers, found {y.dtype}")
-    _check_size(len(x), shape, max_bytes, path)
-    top = int(y.max()) if len(y) else -1
-    classes = names or [str(i) for i in range(top + 1)]
-    if len(y) == 0 or y.min() < 0 or top >= len(classes):
-        raise DataError(f"{path}: labels must lie in 0..{len(classes) - 1}; found "
-                        f"{int(y.min()) if len(y) else 'none'}..{top}")
-    images = torch.from_numpy(np.ascontiguousarray(x)).float()
-    if np.issubdtype(x.dtype, np.integer):
-        images = images / 255.0
-    if x.shape[1] not in (1, 3):
-        raise DataError(f"{path}: images have {x.shape[1]} channels; 1 or 3 expected")
+    """`x` (images) and `y` (labels), and optionally `classes` (their names): every
+    header checked before any array is read."""
+    from . import npzfile
+    warnings: list[str] = []
+    with npzfile.NpzFile(path) as npz:
+        npz.need(("x", "y"), "arrays `x` (images) and `y` (labels)")
+        x = npzfile.read_images_header(npz)
+        y = npz.header("y", npzfile.LABEL_KINDS, "labels")
+        if len(y.shape) != 1 or y.shape[0] != x.shape[0]:
+            raise DataError(f"{path}: y must hold one label per image ({x.shape[0]:,}); found "
+                            f"{npzfile._shape(y.shape)}")
+        npzfile.check_memory(path, x.nbytes + x.size * 4 + x.shape[0] * math.prod(shape) * 4
+                             + y.size * 8, max_bytes, f"{x.shape[0]:,} images of "
+                             f"{npzfile._shape(x.shape[1:])} {x.dtype}")
+        names = npzfile.read_class_names(npz)
+        labels = npz.load("y")
+        classes = npzfile.check_labels(labels, names, path)
+        pixels = npz.load("x").reshape(x.shape)
+    images = torch.from_numpy(npzfile.unit_floats(pixels, path, warnings))
+    del pixels
     images = _fit(images, shape)
-    labels = torch.from_numpy(y.astype(np.int64))
+    labels = torch.from_numpy(labels.astype(np.int64))
     train, val = _split(labels, val_fraction, seed)
     return Data(Dataset(images[train], labels[train], classes),
-                Dataset(images[val], labels[val], classes), str(path))
+                Dataset(images[val], labels[val], classes), str(path), warnings=warnings)
 
 
 # ---- shared steps ------------------------------------------------------------------------
@@ -443,13 +472,12 @@ def sample_augmenter(ops: list[tuple[str, dict]], size: tuple[int, int]):
 def eval_transform(ops: list[tuple[str, dict]]) -> Callable[[torch.Tensor], torch.Tensor]:
     """What evaluation applies too: normalisation, if the spec asks for it."""
     for name, args in ops:
-        if name == "normalize":
-            from torchvision.transforms import v2
-            normalize = v2.Normalize(mean=list(args["mean"]), std=list(args["std"]))
+        if name == "normalize":  # one value, or one per channel (the checker saw to it)
+            mean = torch.tensor(args["mean"], dtype=torch.float32).view(-1, 1, 1)
+            std = torch.tensor(args["std"], dtype=torch.float32).view(-1, 1, 1)
 
-            def apply(batch: torch.Tensor, normalize=normalize) -> torch.Tensor:
-                if len(normalize.mean) == 1 and batch.shape[1] > 1:
-                    return (batch - normalize.mean[0]) / normalize.std[0]
-                return normalize(batch)
+            def apply(batch: torch.Tensor, mean=mean, std=std) -> torch.Tensor:
+                return (batch - mean.to(batch.device, batch.dtype)) / \
+                    std.to(batch.device, batch.dtype)
             return apply
     return lambda batch: batch

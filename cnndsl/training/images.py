@@ -3,13 +3,22 @@ Pillow behind one door, and every way a file can fail to decode turned into a re
 
 Pillow's decoders and the plugins other libraries install into `PIL.Image.open` (Ultralytics
 patches it to try a HEIF plugin that may be missing) raise many exception types for a bad
-file; a reader must skip such a file, not stop on it."""
+file; a reader must skip such a file, not stop on it.
+
+Every image's size is read from its header and refused past `max_pixels` (MAX_PIXELS by
+default: 8192 x 8192) before a pixel is decoded: a 140 KB PNG can declare 12000 x 12000
+pixels (2.4 GB once decoded as float). Such a file is skipped like an unreadable one."""
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
+
+MAX_PIXELS = 8192 * 8192  # the default bound on an image's width x height
 
 
 class UnreadableImageError(Exception):
@@ -24,37 +33,77 @@ def _reason(exc: BaseException) -> UnreadableImageError:
     return UnreadableImageError(f"unreadable image ({text})")
 
 
-def read_pixels(path: Path, mode: str | None) -> np.ndarray:
+_PILLOW_LIMIT = threading.Lock()
+
+
+@contextmanager
+def _opened(path: Path, max_pixels: int | None) -> Iterator:
+    """The image, opened (its header read, no pixel decoded) and within `max_pixels`.
+
+    Pillow's own bomb check (a warning past Image.MAX_IMAGE_PIXELS, an error past twice
+    that, without the size) is turned off for the open and replaced by this one (under a
+    lock: Pillow's limit is a module global)."""
+    from PIL import Image
+    limit = MAX_PIXELS if max_pixels is None else max_pixels
+    with _PILLOW_LIMIT:
+        pillow, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
+        try:
+            image = Image.open(path)
+        finally:
+            Image.MAX_IMAGE_PIXELS = pillow
+    with image:
+        width, height = image.size
+        if width * height > limit:
+            raise _too_large(f"{width:,} x {height:,} pixels", limit)
+        if width * height == 0:
+            raise UnreadableImageError("an image of no pixels")
+        yield image
+
+
+def _too_large(size: str, limit: int) -> UnreadableImageError:
+    return UnreadableImageError(f"image too large ({size}; the limit is {limit:,} pixels, "
+                                "raised with the setting `max_image_pixels`)")
+
+
+def read_pixels(path: Path, mode: str | None, max_pixels: int | None = None) -> np.ndarray:
     """The decoded pixels as H x W (x C) uint8: converted to `mode` ("L", "RGB"), or, with
     `mode=None`, kept as they are where they are class indices (palette "P" or grey "L")
     and converted to grey otherwise."""
-    from PIL import Image
     try:
-        with Image.open(path) as image:
+        with _opened(path, max_pixels) as image:
             if mode is None:
                 mode = image.mode if image.mode in ("P", "L") else "L"
+            elif image.mode.startswith("I;16"):  # Pillow clips 16-bit pixels: scale them
+                from PIL import Image
+                wide = np.asarray(image).astype(np.float32)
+                image = Image.fromarray(np.round(wide / 257).astype(np.uint8), "L")
             if image.mode != mode:
                 image = image.convert(mode)
             return np.asarray(image).copy()
+    except UnreadableImageError:
+        raise
     except Exception as exc:  # noqa: BLE001 - any decoder failure is a bad file
         raise _reason(exc) from None
 
 
-def read_header(path: Path) -> tuple[tuple[int, int], str]:
+def read_header(path: Path, max_pixels: int | None = None) -> tuple[tuple[int, int], str]:
     """(width, height) and the mode, from the header alone."""
-    from PIL import Image
     try:
-        with Image.open(path) as image:
+        with _opened(path, max_pixels) as image:
             return image.size, image.mode
+    except UnreadableImageError:
+        raise
     except Exception as exc:  # noqa: BLE001
         raise _reason(exc) from None
 
 
-def verify(path: Path) -> None:
-    """Raises UnreadableImageError unless the file's structure is sound (no pixels decoded)."""
-    from PIL import Image
+def verify(path: Path, max_pixels: int | None = None) -> None:
+    """Raises UnreadableImageError unless the file's structure is sound and its size within
+    `max_pixels` (no pixels decoded)."""
     try:
-        with Image.open(path) as image:
+        with _opened(path, max_pixels) as image:
             image.verify()
+    except UnreadableImageError:
+        raise
     except Exception as exc:  # noqa: BLE001
         raise _reason(exc) from None

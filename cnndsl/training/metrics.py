@@ -47,9 +47,14 @@ def classification_report(logits: torch.Tensor, targets: torch.Tensor,
     return report
 
 
+def one_line(name: str) -> str:
+    """A class name as one table cell: control characters (a newline) written as escapes."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in name)
+
+
 def format_report(report: dict) -> str:
     """Per-class rows, averages, accuracy and the confusion matrix as text tables."""
-    rows = report["per_class"]
+    rows = [{**r, "class": one_line(r["class"])} for r in report["per_class"]]
     width = max(12, *(len(r["class"]) for r in rows))
     lines = [f"{'class':<{width}}  precision  recall     f1  support"]
     for r in rows:

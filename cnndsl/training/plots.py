@@ -99,6 +99,7 @@ def plot_confusion(matrix: list[list[int]], classes: list[str], path: str | Path
     figure, axes = plt.subplots(figsize=(size + 1, size), dpi=100)
     image = axes.imshow(matrix, cmap="Blues")
     figure.colorbar(image, ax=axes, fraction=0.046)
+    classes = [_label(name) for name in classes]
     axes.set(xticks=range(n), yticks=range(n), xticklabels=classes, yticklabels=classes,
              xlabel="predicted", ylabel="true", title="confusion matrix")
     plt.setp(axes.get_xticklabels(), rotation=45 if max(map(len, classes)) > 3 else 0,
@@ -111,6 +112,12 @@ def plot_confusion(matrix: list[list[int]], classes: list[str], path: str | Path
                           color="white" if value > top / 2 else "black")
     figure.tight_layout()
     _save(figure, path)
+
+
+def _label(name: str) -> str:
+    """Text matplotlib draws as written: one line, `$` not read as mathtext."""
+    from .metrics import one_line
+    return one_line(name).replace("$", r"\$")
 
 
 def _save(figure, path: str | Path) -> None:

@@ -75,7 +75,7 @@ def fit_model(model, data=None, *, out: str | Path | None = None, device: str = 
     import torch
 
     from . import folder
-    from .loop import Trainer
+    from .loop import Trainer, resolve_device
     log = log or (lambda line: print(printable_text(line), file=sys.stderr))
     if not is_main_rank():
         log = _quiet
@@ -85,7 +85,10 @@ def fit_model(model, data=None, *, out: str | Path | None = None, device: str = 
     if dataset.skipped:
         log(f"warning: skipped {len(dataset.skipped)} unreadable file(s), e.g. "
             f"{dataset.skipped[0][0]}: {dataset.skipped[0][1]}")
+    for warning in dataset.warnings:
+        log(f"warning: {warning}")
     try:
+        tasks.check_run(config, dataset, resolve_device(device))
         task.check_classes(config, model.ir, len(dataset.train.classes))
     except CnnError as exc:
         exc.sources = model.program.sources

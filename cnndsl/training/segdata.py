@@ -88,13 +88,15 @@ class MaskFiles:
     pairs: list[tuple[Path, Path]]
     classes: list[str]
     shape: tuple[int, int, int]
+    max_pixels: int | None = None  # images.MAX_PIXELS when None
 
     def __len__(self) -> int:
         return len(self.pairs)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         image_path, mask_path = self.pairs[i]
-        return decode_image(image_path, self.shape), decode_mask(mask_path, self.shape[1:])
+        return (decode_image(image_path, self.shape, self.max_pixels),
+                decode_mask(mask_path, self.shape[1:], self.max_pixels))
 
     @property
     def names(self) -> list[str]:
@@ -106,9 +108,9 @@ class MaskFiles:
                        torch.stack([s[1] for s in samples]), self.classes, self.names)
 
 
-def decode_mask(path: Path, size) -> torch.Tensor:
+def decode_mask(path: Path, size, max_pixels: int | None = None) -> torch.Tensor:
     """One mask file as H x W uint8 class indices, resized (nearest) to the spec's size."""
-    tensor = torch.from_numpy(read_pixels(path, None).astype(np.uint8))
+    tensor = torch.from_numpy(read_pixels(path, None, max_pixels).astype(np.uint8))
     if tuple(tensor.shape) != tuple(size):
         from torchvision.transforms.v2 import InterpolationMode
         from torchvision.transforms.v2 import functional as TF
@@ -117,7 +119,7 @@ def decode_mask(path: Path, size) -> torch.Tensor:
 
 
 def _folder(root: Path, shape, val_fraction: float, seed: int, ignore: int,
-            cache: str) -> Data:
+            cache: str, max_pixels: int | None = None) -> Data:
     presplit = (root / "train").is_dir() and (root / "val").is_dir()
     if presplit:
         train, val = _pairs(root / "train"), _pairs(root / "val")
@@ -126,13 +128,14 @@ def _folder(root: Path, shape, val_fraction: float, seed: int, ignore: int,
         train_rows, val_rows = _random_split(len(every), val_fraction, seed)
         train, val = [every[i] for i in train_rows], [every[i] for i in val_rows]
     named = _class_file(root)
-    top = max(_check_masks(train + val, named, ignore), default=0)
+    top = max(_check_masks(train + val, named, ignore, max_pixels), default=0)
     classes = named or [str(i) for i in range(top + 1)]
     if len(classes) < 2:
         raise DataError(f"the masks in {root} hold one class only",
                         help="segmentation needs two classes or more (background too); "
                         "name them in classes.txt")
-    parts = MaskFiles(train, classes, shape), MaskFiles(val, classes, shape)
+    parts = (MaskFiles(train, classes, shape, max_pixels),
+             MaskFiles(val, classes, shape, max_pixels))
     per_sample = math.prod(shape) * 4 + shape[1] * shape[2]
     if cache == "memory" or cache == "auto" and per_sample * (len(train) + len(val)) \
             <= CACHE_BYTES:
@@ -206,20 +209,22 @@ def _yaml_names(path: Path) -> list[str]:
     names = [str(n) for n in names]
     if len(set(names)) != len(names):
         raise DataError(f"{path} names a class twice")
-    return names
+    from .npzfile import class_names
+    return class_names(names, path)
 
 
-def _check_masks(pairs, classes: list[str] | None, ignore: int) -> set[int]:
+def _check_masks(pairs, classes: list[str] | None, ignore: int,
+                 max_pixels: int | None = None) -> set[int]:
     """Every mask: one channel (or a palette), its image's size, values that are classes
     or the ignore index. Returns the values found (the ignore index left out)."""
     found: set[int] = set()
     for image_path, mask_path in pairs:
         try:
-            size, _ = read_header(image_path)
+            size, _ = read_header(image_path, max_pixels)
         except UnreadableImageError as why:
             raise DataError(f"{image_path}: {why}") from None
         try:
-            mask_size, mode = read_header(mask_path)
+            mask_size, mode = read_header(mask_path, max_pixels)
             if mode not in MASK_MODES:
                 raise DataError(f"{mask_path}: a {mode} mask without a palette",
                                 help="save masks as single-channel PNGs of class indices "
@@ -228,7 +233,7 @@ def _check_masks(pairs, classes: list[str] | None, ignore: int) -> set[int]:
                 raise DataError(f"{mask_path}: the mask is {mask_size[0]} x {mask_size[1]}"
                                 f" but its image is {size[0]} x {size[1]}",
                                 help="a mask has its image's size")
-            values = np.unique(read_pixels(mask_path, mode))
+            values = np.unique(read_pixels(mask_path, mode, max_pixels))
         except UnreadableImageError as why:
             raise DataError(f"{mask_path}: not a readable mask ({why})") from None
         values = {int(v) for v in values} - {ignore}
@@ -248,52 +253,54 @@ def _check_masks(pairs, classes: list[str] | None, ignore: int) -> set[int]:
 # ---- .npz ---------------------------------------------------------------------------------
 
 
-def _npz(path: Path, shape, val_fraction: float, seed: int, ignore: int) -> Data:
-    from ..files import open_regular
-    try:
-        with open_regular(path) as f, np.load(f, allow_pickle=False) as arrays:
-            if "x" not in arrays or "masks" not in arrays:
-                raise DataError(f"{path} needs arrays `x` (images) and `masks`; it has "
-                                f"{', '.join(arrays.files) or 'none'}")
-            x, masks = arrays["x"], arrays["masks"]
-            names = [str(c) for c in arrays["classes"]] if "classes" in arrays else None
-    except (OSError, ValueError) as exc:
-        raise DataError(f"cannot read {path}: {exc}") from None
-    if x.ndim == 3:
-        x = x[:, None]
-    if x.ndim != 4 or masks.ndim != 3 or len(x) != len(masks) or \
-            x.shape[2:] != masks.shape[1:]:
-        raise DataError(f"{path}: x must be N x C x H x W and masks N x H x W of the same "
-                        f"size; found x {x.shape}, masks {masks.shape}")
-    if not np.issubdtype(masks.dtype, np.integer):
-        raise DataError(f"{path}: masks must be integers, found {masks.dtype}")
-    if x.shape[1] not in (1, 3):
-        raise DataError(f"{path}: images have {x.shape[1]} channels; 1 or 3 expected")
-    values = set(np.unique(masks).tolist()) - {ignore}
-    classes = names or [str(i) for i in range(max(values, default=0) + 1)]
-    bad = sorted(v for v in values if v < 0 or v >= len(classes))
-    if bad:
-        raise DataError(f"{path}: mask value {bad[0]} is not a class (0..{len(classes) - 1}) "
-                        f"nor the ignore index {ignore}")
-    images = torch.from_numpy(np.ascontiguousarray(x)).float()
-    if np.issubdtype(x.dtype, np.integer):
-        images = images / 255.0
+def _npz(path: Path, shape, val_fraction: float, seed: int, ignore: int,
+         max_bytes: float = 4 * 2**30) -> Data:
+    """`x` (images) and `masks`, and optionally `classes`: every header checked before any
+    array is read."""
+    from . import npzfile
+    warnings: list[str] = []
+    with npzfile.NpzFile(path) as npz:
+        npz.need(("x", "masks"), "arrays `x` (images) and `masks`")
+        x = npzfile.read_images_header(npz)
+        masks = npz.header("masks", npzfile.LABEL_KINDS, "masks")
+        if len(masks.shape) != 3 or masks.shape[0] != x.shape[0] or \
+                masks.shape[1:] != x.shape[2:]:
+            raise DataError(f"{path}: x must be N x C x H x W and masks N x H x W of the same "
+                            f"size; found x {npzfile._shape(x.shape)}, masks "
+                            f"{npzfile._shape(masks.shape)}")
+        npzfile.check_memory(path, x.nbytes + x.size * 4 + masks.nbytes + masks.size
+                             + x.shape[0] * (math.prod(shape) * 4 + shape[1] * shape[2]),
+                             max_bytes, f"{x.shape[0]:,} images of "
+                             f"{npzfile._shape(x.shape[1:])} {x.dtype} with masks")
+        names = npzfile.read_class_names(npz)
+        y = npz.load("masks")
+        values = set(np.unique(y).tolist()) - {ignore}
+        limit = len(names) if names is not None else 255
+        bad = sorted(v for v in values if v < 0 or v >= limit)
+        if bad:
+            raise DataError(f"{path}: mask value {bad[0]} is not a class (0..{limit - 1}) "
+                            f"nor the ignore index {ignore}")
+        classes = names or [str(i) for i in range(max(values, default=0) + 1)]
+        pixels = npz.load("x").reshape(x.shape)
+    images = torch.from_numpy(npzfile.unit_floats(pixels, path, warnings))
+    del pixels
     images = _fit(images, shape)
-    y = torch.from_numpy(masks.astype(np.uint8))
+    y = torch.from_numpy(y.astype(np.uint8))
     if tuple(y.shape[1:]) != tuple(shape[1:]):
         from torchvision.transforms.v2 import InterpolationMode
         from torchvision.transforms.v2 import functional as TF
         y = TF.resize(y[:, None], list(shape[1:]), InterpolationMode.NEAREST)[:, 0]
     train, val = _random_split(len(y), val_fraction, seed)
     return Data(Dataset(images[train], y[train], classes), Dataset(images[val], y[val], classes),
-                str(path))
+                str(path), warnings=warnings)
 
 
 # ---- shared -------------------------------------------------------------------------------
 
 
 def load_masks(data: str | Path, shape, *, val_fraction: float = 0.2, seed: int = 0,
-               ignore_index: int = 255, cache: str = "auto") -> Data:
+               ignore_index: int = 255, cache: str = "auto",
+               max_pixels: int | None = None) -> Data:
     if shape[0] not in (1, 3):
         raise DataError(f"images have 1 or 3 channels; the network takes {shape[0]}")
     if ignore_index > 255:
@@ -311,7 +318,7 @@ def load_masks(data: str | Path, shape, *, val_fraction: float = 0.2, seed: int 
     if not path.is_dir():
         raise DataError(f"no data folder at {path}", help="give `shapes`, a folder with "
                         "images/ and masks/ (or train/ and val/ with both), or an .npz file")
-    return _folder(path, shape, val_fraction, seed, ignore_index, cache)
+    return _folder(path, shape, val_fraction, seed, ignore_index, cache, max_pixels)
 
 
 def _random_split(count: int, val_fraction: float, seed: int):

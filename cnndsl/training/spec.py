@@ -20,7 +20,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from .. import ast
 from ..diagnostics import CnnError, Diagnostic, Label
@@ -28,6 +28,7 @@ from ..layers import REGISTRY, REQUIRED, Arg, LayerError, as_int, boolean, numbe
 from ..source import Span
 from ..suggest import did_you_mean
 from ..values import describe, evaluate
+from .images import MAX_PIXELS
 from .ops import AUGMENT_OPS
 from .outputs import OutputLoss, bind_loss_sum, output_names, resolve_terms
 
@@ -116,11 +117,53 @@ def _mean_std(value):
     return tuple(number(v) for v in items)
 
 
+MIN_STD = 1e-3  # a smaller `normalize` std blows inputs in 0..1 up past 1,000
+
+
+def _mean(value):
+    items = _mean_std(value)
+    if not all(math.isfinite(v) for v in items):
+        raise LayerError(f"a mean must be a finite number, found {describe(value)}",
+                         code="E-arg")
+    return items
+
+
 def _std(value):
     items = _mean_std(value)
-    if any(not v > 0 for v in items):
-        raise LayerError("a standard deviation must be positive", code="E-arg")
+    if any(not (math.isfinite(v) and v >= MIN_STD) for v in items):
+        raise LayerError(f"a standard deviation must be at least {MIN_STD:g} (inputs are in "
+                         f"0..1), found {describe(value)}", code="E-arg")
     return items
+
+
+def _probability(value) -> float:
+    x = number(value)
+    if not 0 <= x <= 1:
+        raise LayerError(f"must be a probability in [0, 1], found {describe(value)}",
+                         code="E-arg")
+    return x
+
+
+def _hue(value) -> float:
+    x = number(value)
+    if not 0 <= x <= 0.5:
+        raise LayerError(f"must be in [0, 0.5] (a fraction of the colour wheel either way), "
+                         f"found {describe(value)}", code="E-arg")
+    return x
+
+
+def _degrees(value) -> float:
+    x = _nonnegative_number(value)
+    if x > 360:
+        raise LayerError(f"must be at most 360 (a rotation of -d..d degrees), found "
+                         f"{describe(value)}", code="E-arg")
+    return x
+
+
+AUGMENT_COERCE = {("random_crop", "padding"): _nonnegative_int, ("flip", "p"): _probability,
+                  ("rotate", "degrees"): _degrees, ("scale", "low"): _positive_number,
+                  ("scale", "high"): _positive_number, ("color_jitter", "hue"): _hue,
+                  ("normalize", "mean"): _mean, ("normalize", "std"): _std}
 
 
 # ---- the tables: setting -> its choices -> their arguments ----------------------------
@@ -168,8 +211,8 @@ EARLY_STOP = (Arg("patience", _positive_int, REQUIRED),
                                    "val_map50"), None, False),
               Arg("min_delta", _nonnegative_number, 0.0, False))
 AUGMENT: dict[str, tuple[Arg, ...]] = {
-    name: tuple(Arg(a, _mean_std if a == "mean" else _std if a == "std" else
-                    _nonnegative_number, d) for a, d in args.items())
+    name: tuple(Arg(a, AUGMENT_COERCE.get((name, a), _nonnegative_number), d)
+                for a, d in args.items())
     for name, args in AUGMENT_OPS.items()
 }
 
@@ -190,6 +233,7 @@ SCALARS: dict[str, tuple[Any, Any]] = {
     "ignore_index": (_nonnegative_int, 255),  # mask pixels no loss or metric counts
     "workers": (_nonnegative_int, None),  # DataLoader processes; None: by the machine
     "cache": (_word("auto", "memory", "none"), "auto"),  # decoded images held in memory
+    "max_image_pixels": (_positive_int, MAX_PIXELS),  # larger images are skipped, not decoded
 }
 # settings that name layers of the network: `freeze: (layer1, layer2)`,
 # `freeze: all_except(fc)`, `reinit: fc`; checked against the network by check_layers
@@ -206,6 +250,11 @@ class Choice(BaseModel):
 
     name: str
     args: dict[str, Any]
+    # where each argument was written, for errors found later (not part of the setting)
+    spans: dict[str, Span] = Field(default_factory=dict, exclude=True)
+
+    def at(self, arg: str, default: Span | None = None) -> Span | None:
+        return self.spans.get(arg, default)
 
 
 class Layers(BaseModel):
@@ -253,6 +302,7 @@ class TrainConfig(BaseModel):
     ignore_index: int = 255
     workers: int | None = None
     cache: str = "auto"
+    max_image_pixels: int = MAX_PIXELS
     # the loss terms, each with its weight and the output it applies to (`loss:
     # cross_entropy(fc) + 0.3 * cross_entropy(aux1)`, or a sum on the one output, `loss:
     # cross_entropy + 0.5 * dice`), the main one first; empty: `loss` on the first output
@@ -435,7 +485,11 @@ def _bind_call(expr: ast.Expr, table: dict[str, tuple[Arg, ...]], what: str,
             code="E-train", message=f"unknown {what} `{expr.name}`", span=expr.span,
             label=f"not a {what}", help=did_you_mean(expr.name, table) or
             f"{_plural(what)}: " + ", ".join(table))])
-    return Choice(name=expr.name, args=_bind_args(expr, table[expr.name], expr.name, params))
+    signature = table[expr.name]
+    spans = {a.name: e.span for a, e in zip([a for a in signature if a.positional], expr.args)}
+    spans.update({kw.name: kw.span for kw in expr.kwargs})
+    return Choice(name=expr.name, args=_bind_args(expr, signature, expr.name, params),
+                  spans={"": expr.span, **spans})
 
 
 def _bind_args(call: ast.Func, signature: tuple[Arg, ...], what: str,
@@ -508,7 +562,8 @@ def _override(values: dict[str, Any], key: str, value: Any) -> None:
         raise LayerError(f"`{name}` has no argument `{arg}`",
                          help=did_you_mean(arg, signature) or _signature(name, table[name]))
     current[arg] = signature[arg].coerce(value)
-    values[setting] = current if setting == "early_stop" else Choice(name=name, args=current)
+    values[setting] = current if setting == "early_stop" else Choice(
+        name=name, args=current, spans={k: v for k, v in choice.spans.items() if k != arg})
 
 
 # ---- the loss against the network's output --------------------------------------------
@@ -648,3 +703,70 @@ def selected_layers(chosen: Layers, ir, span: Span | None = None,
                 "use the names `cnndsl check` lists (labels, blocks, `layer1.0`)")])
         hit |= {layer for layer in layers if layer == name or layer.startswith(name + ".")}
     return set(layers) - hit if chosen.all_except else hit
+
+
+# ---- settings against the network, before anything runs --------------------------------
+
+
+def check_settings(config: TrainConfig, ir) -> None:
+    """What torchvision and the loop would refuse (or silently get wrong) once running,
+    checked against the network: augmentation against the input image, class weights,
+    something to train. Raises CnnError with every problem located at its argument."""
+    errors = _Errors([])
+    _check_augment(config, _image_shape(ir), errors)
+    for term in config.summed_losses:
+        weights = term.loss.args.get("weights")
+        if weights is not None and not any(w > 0 for w in weights):
+            errors.add("E-train", "every class weight is 0: no sample would count in the loss",
+                       term.loss.at("weights", term.span or config.spans.get("loss")),
+                       help="give the classes that matter a weight above 0")
+    trainable = [n.name for n in ir.nodes if n.params]
+    if not trainable:
+        errors.add("E-train", "the network has no weights to train",
+                   config.spans.get("optimizer") or ir.inputs[0].span,
+                   help="add layers with weights (conv, linear, ...)")
+    elif config.freeze is not None and config.unfreeze_after is not None and \
+            config.unfreeze_after >= config.epochs and \
+            set(trainable) <= selected_layers(config.freeze, ir):
+        errors.add("E-train", f"`freeze` leaves nothing to train in {config.epochs} epochs "
+                   f"(the frozen layers train after epoch {config.unfreeze_after})",
+                   config.spans.get("unfreeze_after"),
+                   help=f"use `unfreeze_after` below {config.epochs}")
+    if errors.items:
+        raise CnnError(errors.items)
+
+
+def _image_shape(ir) -> tuple[int, int, int] | None:
+    shape = ir.inputs[0].shape if len(ir.inputs) == 1 else ()
+    return tuple(shape) if len(shape) == 3 and all(isinstance(d, int) for d in shape) \
+        else None
+
+
+def _check_augment(config: TrainConfig, image, errors: _Errors) -> None:
+    where = config.spans.get("augment")
+    normalizes = [op for op in config.augment if op.name == "normalize"]
+    if len(normalizes) > 1:
+        errors.add("E-train", "`normalize` is given twice", normalizes[1].at("", where),
+                   related=(Label(span=normalizes[0].at("", where), text="first here"),)
+                   if normalizes[0].at("") else ())
+    for op in config.augment:
+        args = op.args
+        if op.name == "scale" and args["low"] > args["high"]:
+            errors.add("E-train", f"scale: low {args['low']:g} is above high {args['high']:g}",
+                       op.at("low", where), help="scale(low, high) draws a factor in low..high")
+        if image is None:
+            continue
+        channels, side = image[0], min(image[1:])
+        if op.name == "random_crop" and args["padding"] > side:
+            errors.add("E-train", f"random_crop: padding {args['padding']:,} is over the "
+                       f"image's side ({side}): a crop could hold no image",
+                       op.at("padding", where), help=f"use a padding of at most {side} (a few "
+                       "pixels: 4 at 32 x 32)")
+        if op.name == "normalize":
+            for arg in ("mean", "std"):
+                count = len(args[arg])
+                if count not in (1, channels):
+                    errors.add("E-train", f"normalize: {count} values of `{arg}` for an input "
+                               f"of {channels} channel{'s' if channels > 1 else ''}",
+                               op.at(arg, where), help=f"give one value, or one per channel "
+                               f"({channels})")

@@ -18,7 +18,7 @@ from typing import Any, Protocol
 
 from ...diagnostics import CnnError, Diagnostic, Label
 from ..outputs import resolve_terms
-from ..spec import TrainConfig, check_layers
+from ..spec import TrainConfig, check_layers, check_settings
 
 
 class Evaluator(Protocol):
@@ -113,6 +113,7 @@ def resolve(config: TrainConfig, ir) -> TrainConfig:
     config = config.model_copy(update={"task": name, "early_stop": stop})
     task.check(config, ir)
     check_layers(config, ir)
+    check_settings(config, ir)
     return config
 
 
@@ -150,6 +151,28 @@ def argmax(logits):
 def keep(module, ir) -> Callable[[], None]:
     """`Task.adapt` for a task that trains the spec's module as it is."""
     return lambda: None
+
+
+def check_run(config: TrainConfig, data, device) -> None:
+    """What only the data and the machine tell, checked before the first batch: both parts
+    of the split hold samples; `amp: fp16` has a CUDA device."""
+    empty = [part for part, samples in (("training", data.train), ("validation", data.val))
+             if len(samples) == 0]
+    if empty:
+        total = len(data.train) + len(data.val)
+        how = ("its own val/ folder" if data.presplit else
+               f"`val_split: {config.val_split:g}`")
+        raise CnnError([Diagnostic(
+            code="E-data", message=f"{how} leaves the {empty[0]} part of {data.source} empty "
+            f"({len(data.train)} train / {len(data.val)} val of {total} samples)",
+            span=None if data.presplit else config.spans.get("val_split"),
+            help="training needs samples in both parts: add samples" +
+            ("" if data.presplit else " or change `val_split`"))])
+    if config.amp == "fp16" and device.type != "cuda":
+        raise CnnError([Diagnostic(
+            code="E-train", message=f"`amp: fp16` needs a CUDA device; this run is on "
+            f"{device.type}", span=config.spans.get("amp"),
+            help="use `amp: bf16` (CPUs and recent GPUs) or `amp: none`")])
 
 
 def output_node(ir):

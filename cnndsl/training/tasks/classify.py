@@ -100,7 +100,8 @@ class Classify:
     def load_data(self, source: str, shape, config: TrainConfig):
         from ..data import load_data
         return load_data(source, shape, val_fraction=config.val_split, seed=config.seed,
-                         classes=config.data_classes, cache=config.cache)
+                         classes=config.data_classes, cache=config.cache,
+                         max_pixels=config.max_image_pixels)
 
     def loss(self, config: TrainConfig, classes: int, device) -> Callable:
         return WeightedSum([(t.weight, Objective(t.loss, classes, device,

@@ -158,7 +158,8 @@ class Segment:
                                        "of classification data", span=config.spans.get(
                                            "data_classes"))])
         return load_masks(source, shape, val_fraction=config.val_split, seed=config.seed,
-                          ignore_index=config.ignore_index, cache=config.cache)
+                          ignore_index=config.ignore_index, cache=config.cache,
+                          max_pixels=config.max_image_pixels)
 
     def loss(self, config: TrainConfig, classes: int, device) -> Callable:
         return WeightedSum([(t.weight, PixelLoss(t.loss, classes, config.ignore_index, device,
@@ -193,7 +194,8 @@ class Segment:
         plot_masks(images, truth, predicted, len(report["per_class"]), out / "samples.png")
 
     def format_report(self, report: dict) -> str:
-        rows = report["per_class"]
+        from ..metrics import one_line
+        rows = [{**r, "class": one_line(r["class"])} for r in report["per_class"]]
         width = max(12, *(len(r["class"]) for r in rows))
 
         def cell(x):

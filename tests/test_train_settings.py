@@ -1,0 +1,173 @@
+"""Training settings checked with the network before anything runs (issue 29, item 3), each
+refusal located at the argument that is wrong, in the spec or on the command line; and the
+checks only the data or the machine allow, made before the first batch."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import cnndsl
+from cnndsl.diagnostics import CnnError
+from conftest import run_cli
+
+SPEC = """network tiny(classes: int = 2) {
+    input image: %s
+    conv(4, 3, padding=same) -> relu
+    flatten
+    fc: linear(classes)
+}
+
+train tiny() {
+    data: "d.npz"
+    epochs: 1
+    batch: 4
+    %s
+}
+"""
+
+
+def _spec(tmp_path: Path, setting: str, image: str = "1 x 8 x 8") -> Path:
+    path = tmp_path / "s.cnn"
+    path.write_text(SPEC % (image, setting))
+    return path
+
+
+def _errors(path: Path, **overrides) -> list:
+    with pytest.raises(CnnError) as caught:
+        cnndsl.load(path, train_overrides=overrides or None)
+    return caught.value.diagnostics
+
+
+SETTING_LINE = 12
+
+
+@pytest.mark.parametrize("setting, written, message", [
+    ("augment: flip(p=5)", "5", "`flip` argument `p`: must be a probability in [0, 1], found 5"),
+    ("augment: color_jitter(hue=5)", "5", "argument `hue`: must be in [0, 0.5]"),
+    ("augment: color_jitter(brightness=-1)", "-1", "argument `brightness`: must be 0 or more"),
+    ("augment: rotate(1e9)", "1e9", "argument `degrees`: must be at most 360"),
+    ("augment: scale(low=0, high=1)", "0", "argument `low`: must be a positive number"),
+    ("augment: random_crop(padding=2.5)", "2.5", "argument `padding`"),
+    ("augment: random_crop(padding=100000)", "padding=100000",
+     "random_crop: padding 100,000 is over the image's side (8): a crop could hold no image"),
+    ("augment: scale(low=2, high=1)", "low=2", "scale: low 2 is above high 1"),
+    ("augment: normalize(mean=(0.5, 0.5, 0.5), std=0.5)", "mean=(0.5, 0.5, 0.5)",
+     "normalize: 3 values of `mean` for an input of 1 channel"),
+    ("augment: normalize(mean=0.5, std=1e-9)", "1e-9",
+     "a standard deviation must be at least 0.001"),
+    ("augment: normalize(mean=0.5, std=0.5) -> normalize(mean=0.1, std=0.2)",
+     "normalize(mean=0.1, std=0.2)", "`normalize` is given twice"),
+    ("loss: cross_entropy(weights=(0, 0))", "weights=(0, 0)",
+     "every class weight is 0: no sample would count in the loss"),
+    ("optimizer: sgd(lr=1e999)", "1e999", "number out of range"),
+    ("freeze: (conv1, fc)\n    unfreeze_after: 1", "unfreeze_after: 1",
+     "`freeze` leaves nothing to train in 1 epochs"),
+])
+def test_a_setting_the_run_would_fail_on_is_refused_at_its_argument(tmp_path, setting,
+                                                                    written, message):
+    path = _spec(tmp_path, setting)
+    [error] = _errors(path)
+    assert message in error.message
+    lines = path.read_text().splitlines()
+    line = next(i for i, text in enumerate(lines, 1) if written in text)
+    assert (error.span.file, error.span.line) == (str(path), line)
+    assert lines[line - 1][error.span.column - 1:].startswith(written)
+
+
+def test_a_network_without_weights_has_nothing_to_train(tmp_path):
+    path = tmp_path / "s.cnn"
+    path.write_text("network n() {\n    input image: 1 x 8 x 8\n    flatten\n}\n"
+                    "train n() {\n    optimizer: sgd\n}\n")
+    [error] = _errors(path)
+    assert error.message == "the network has no weights to train"
+    assert error.span.line == 6
+
+
+def test_a_command_line_value_is_checked_as_the_spec_is(tmp_path):
+    path = _spec(tmp_path, "augment: flip")
+    result = run_cli("check", str(path), "--set", "optimizer.lr=nan", "--set",
+                     "loss.weights=0", cwd=tmp_path)
+    assert result.returncode == 1
+    assert "error[E-train]: --set optimizer.lr=nan: must be a positive number" in result.stderr
+    assert "--> <command line>:1:" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_check_shows_the_argument_with_a_caret(tmp_path):
+    path = _spec(tmp_path, "augment: flip -> random_crop(padding=100000)")
+    result = run_cli("check", path.name, cwd=tmp_path)
+    assert result.returncode == 1, result.stderr
+    lines = result.stderr.splitlines()
+    assert lines[0] == ("error[E-train]: random_crop: padding 100,000 is over the image's side "
+                        "(8): a crop could hold no image")
+    assert lines[1] == f"  --> s.cnn:{SETTING_LINE}:34"
+    assert lines[3].endswith("augment: flip -> random_crop(padding=100000)")
+    assert lines[4].endswith(" " * 33 + "^" * 14)
+
+
+def test_a_set_key_given_twice_is_refused_where_it_is_repeated(tmp_path):
+    path = _spec(tmp_path, "augment: flip")
+    result = run_cli("check", path.name, "--set", "epochs=2", "epochs=3", cwd=tmp_path)
+    assert result.returncode == 1
+    lines = result.stderr.splitlines()
+    assert lines[0] == "error[E-arg]: --set epochs is given twice"
+    second = len("cnndsl check s.cnn --set epochs=2 --set epochs=") + 1
+    assert lines[1] == f" --> <command line>:1:{second}"
+
+
+def test_a_set_value_with_a_newline_is_shown_on_one_line(tmp_path):
+    path = _spec(tmp_path, "augment: flip")
+    result = run_cli("check", path.name, "--set", "epochs=2\n", "--set", "loss=nl\nl",
+                     cwd=tmp_path)
+    assert result.returncode == 1
+    lines = result.stderr.splitlines()
+    assert lines[0] == "error[E-train]: --set loss=nl\\nl: unknown loss `nl\\nl`"
+    shown = "cnndsl check s.cnn --set epochs=2\\n --set loss=nl\\nl"
+    assert lines[1] == f" --> <command line>:1:{shown.index('nl') + 1}"
+    assert lines[3] == "1 | cnndsl check s.cnn --set epochs=2\\n --set loss=nl\\nl"
+    assert lines[4].index("^") == lines[3].index("nl\\nl")
+
+
+# ---- before the first batch --------------------------------------------------------------
+
+
+@pytest.fixture
+def one_sample(tmp_path: Path) -> Path:
+    np.savez(tmp_path / "d.npz", x=np.zeros((1, 8, 8), np.uint8), y=np.zeros(1, int))
+    return _spec(tmp_path, "val_split: 0.2")
+
+
+def test_a_split_with_an_empty_part_is_refused_in_json_too(one_sample, tmp_path):
+    out = tmp_path / "run"
+    result = run_cli("train", one_sample.name, "--out", str(out), "--json", cwd=tmp_path)
+    assert result.returncode == 1, result.stderr
+    [error] = json.loads(result.stdout)["errors"]
+    assert error["message"].startswith("`val_split: 0.2` leaves the validation part of ")
+    assert error["message"].endswith("empty (1 train / 0 val of 1 samples)")
+    assert (error["file"], error["line"]) == ("s.cnn", SETTING_LINE)
+    assert not out.exists()
+
+
+def test_fp16_without_cuda_is_refused_before_the_first_batch(one_sample, tmp_path):
+    np.savez(tmp_path / "d.npz", x=np.zeros((8, 8, 8), np.uint8), y=np.arange(8) % 2)
+    out = tmp_path / "run"
+    result = run_cli("train", str(one_sample), "--device", "cpu", "--set", "amp=fp16",
+                     "--out", str(out), cwd=tmp_path)
+    assert result.returncode == 1, result.stderr
+    assert "error[E-train]: `amp: fp16` needs a CUDA device; this run is on cpu" in result.stderr
+    assert "--> <command line>:1:" in result.stderr
+    assert not out.exists()
+
+
+def test_a_loss_that_becomes_nan_in_epoch_1_promises_no_checkpoint(tmp_path):
+    np.savez(tmp_path / "d.npz", x=np.random.default_rng(0).integers(0, 255, (16, 8, 8)),
+             y=np.arange(16) % 2)
+    path = _spec(tmp_path, "optimizer: sgd")
+    result = run_cli("train", path.name, "--lr", "1e30", "--out", str(tmp_path / "run"),
+                     cwd=tmp_path)
+    assert result.returncode == 1, result.stderr
+    assert "the loss became" in result.stderr and "at epoch 1" in result.stderr
+    assert "checkpoint" not in result.stderr and "keeps the state" not in result.stderr
