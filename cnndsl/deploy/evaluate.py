@@ -9,7 +9,8 @@ from ..diagnostics import CnnError, Diagnostic
 
 
 def evaluate_onnx(model: str | bytes, data: str, *, provider: str = "auto",
-                  batch: int = 256, split: str | None = None) -> dict:
+                  batch: int = 256, split: str | None = None, runtime: str = "onnxruntime",
+                  precision: str | None = None) -> dict:
     import torch
 
     from ..training.data import DataError, eval_transform, load_data, only_classes
@@ -17,7 +18,7 @@ def evaluate_onnx(model: str | bytes, data: str, *, provider: str = "auto",
     from ..training.run import default_split
     from .predict import onnx_predictor
     from .quantize import logits_of
-    predictor = onnx_predictor(model, provider)
+    predictor = onnx_predictor(model, provider, runtime=runtime, precision=precision)
     info = predictor.info
     try:
         loaded = load_data(data, info.shape, val_fraction=info.val_split or 0.2,

@@ -64,15 +64,17 @@ def spec_predictor(model, *, weights=None, weights_from=None, device: str = "aut
     return Predictor(info, forward, f"torch on {dev.type}")
 
 
-def onnx_predictor(model: str | bytes, provider: str = "auto",
-                   threads: int | None = None) -> Predictor:
-    """An .onnx file; what it needs to know comes from its cnndsl metadata."""
+def onnx_predictor(model: str | bytes, provider: str = "auto", threads: int | None = None,
+                   *, runtime: str = "onnxruntime",
+                   precision: str | None = None) -> Predictor:
+    """An .onnx file, run by onnxruntime (`provider`) or OpenVINO (`precision`); what it
+    needs to know comes from its cnndsl metadata."""
     import torch
 
-    from ..runtime import create_session
+    from ..runtime import open_session
     from .describe import from_onnx_metadata
-    session = create_session(model, provider, threads)
-    meta = session.session.get_modelmeta().custom_metadata_map
+    session = open_session(model, runtime, provider, threads, precision)
+    meta = session.metadata()
     try:
         info = from_onnx_metadata(meta, session.input_shapes[0])
     except ValueError as exc:
@@ -80,7 +82,7 @@ def onnx_predictor(model: str | bytes, provider: str = "auto",
 
     def forward(x):
         return torch.from_numpy(session.run(x.numpy())[0])
-    return Predictor(info, forward, f"onnxruntime on {session.provider}")
+    return Predictor(info, forward, session.runtime)
 
 
 def image_files(paths: list[str]) -> list[Path]:
