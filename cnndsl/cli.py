@@ -610,8 +610,9 @@ def _predictor(args):
             return spec_predictor(model, weights=args.weights,
                                   weights_from=args.weights_from, device=args.device)
         onnx_model = model.to_onnx(weights=args.weights, weights_from=args.weights_from)
-        from .deploy.describe import annotate, from_spec
-        annotate(onnx_model, from_spec(model))
+        from .deploy.describe import annotate
+        from .deploy.predict import described_spec
+        annotate(onnx_model, described_spec(model, None, args.weights))
         return onnx_predictor(onnx_model.SerializeToString(), args.provider,
                               runtime=args.runtime, precision=args.precision)
     if args.weights or args.set or args.weights_from:

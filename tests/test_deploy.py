@@ -322,3 +322,26 @@ def test_eval_and_predict_under_openvino_match_onnxruntime(project, fp32_onnx):
                      "--precision", "bf16", "--json")
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["runtime"] == "openvino on CPU, bf16"
+
+
+def test_training_writes_what_predict_needs_beside_the_weights(project, tmp_path):
+    import shutil
+
+    from cnndsl.deploy.predict import spec_predictor
+    model = cnndsl.load(project / "tiny.cnn")
+    model.fit(str(project / "images"), epochs=1, out=str(tmp_path / "run"), progress=False)
+    saved = json.loads((tmp_path / "run" / "model.json").read_text())
+    assert saved["classes"] == CLASSES and saved["shape"] == [3, 12, 12]
+    assert saved["mean"] == [0.5, 0.4, 0.3] and saved["std"] == [0.2, 0.25, 0.3]
+    # the spec and the weights elsewhere, the data folder its classes came from gone
+    alone = tmp_path / "alone"
+    (alone / "run").mkdir(parents=True)
+    (alone / "tiny.cnn").write_text(SPEC)
+    shutil.copy(tmp_path / "run" / "best.safetensors", alone / "run")
+    weights = str(alone / "run" / "best.safetensors")
+    bare = spec_predictor(cnndsl.load(alone / "tiny.cnn"), weights=weights, device="cpu")
+    assert bare.info.classes is None  # nothing to name them by
+    shutil.copy(tmp_path / "run" / "model.json", alone / "run")
+    described = spec_predictor(cnndsl.load(alone / "tiny.cnn"), weights=weights, device="cpu")
+    assert described.info.classes == CLASSES
+    assert described.info.mean == [0.5, 0.4, 0.3]

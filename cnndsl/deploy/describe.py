@@ -136,3 +136,34 @@ def _floats(value) -> bool:
     return isinstance(value, list) and bool(value) and all(
         isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
         for v in value)
+
+
+SIDECAR = "model.json"  # beside a run's best/last.safetensors
+
+
+def write_sidecar(folder: Path, info: ModelInfo) -> Path:
+    """What predicting needs, beside the checkpoints training writes into `folder`:
+    the ONNX metadata's keys and values, as one JSON object."""
+    from ..atomic import write_text
+    folder.mkdir(parents=True, exist_ok=True)
+    values = {k[len(PREFIX):]: json.loads(v) for k, v in info.to_metadata().items()}
+    path = folder / SIDECAR
+    write_text(path, json.dumps({"format": "cnndsl.model", **values}, indent=2) + "\n")
+    return path
+
+
+def read_sidecar(weights: str | Path, shape) -> ModelInfo | None:
+    """The description beside a weights file (None where there is none or it is not
+    cnndsl's); its values checked as an ONNX file's metadata is; `shape` (the spec's
+    input) wins."""
+    from ..files import open_regular
+    path = Path(weights).parent / SIDECAR
+    try:
+        with open_regular(path) as f:
+            values = json.loads(f.read(1 << 20))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(values, dict) or values.get("format") != "cnndsl.model":
+        return None
+    props = {PREFIX + k: json.dumps(v) for k, v in values.items()}
+    return from_onnx_metadata(props, [None, *shape])

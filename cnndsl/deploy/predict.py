@@ -44,9 +44,8 @@ def spec_predictor(model, *, weights=None, weights_from=None, device: str = "aut
 
     from ..training.loop import resolve_device
     from ..training.run import build_module
-    from .describe import from_spec
     config = model.train_config(overrides)
-    info = info or from_spec(model, overrides)
+    info = info or described_spec(model, overrides, weights)
     module = build_module(model, config, weights, weights_from, lambda line: None)
     dev = resolve_device(device)
     module = module.to(dev).eval()
@@ -62,6 +61,23 @@ def spec_predictor(model, *, weights=None, weights_from=None, device: str = "aut
         with autocast():  # the first output, as an .onnx export's first output is used
             return pick(module(x.to(dev)), 0).float().cpu()
     return Predictor(info, forward, f"torch on {dev.type}")
+
+
+def described_spec(model, overrides, weights) -> ModelInfo:
+    """The spec's description, with the classes and normalisation training recorded
+    beside the weights (model.json) where it did."""
+    from dataclasses import replace
+
+    from .describe import from_spec, read_sidecar
+    info = from_spec(model, overrides)
+    saved = None
+    if isinstance(weights, (str, Path)) and Path(weights).is_file():
+        saved = read_sidecar(weights, info.shape)
+    if saved is None:
+        return info
+    return replace(info, classes=saved.classes or info.classes, task=saved.task,
+                   mean=saved.mean if saved.mean is not None else info.mean,
+                   std=saved.std if saved.std is not None else info.std)
 
 
 def onnx_predictor(model: str | bytes, provider: str = "auto", threads: int | None = None,

@@ -103,6 +103,12 @@ def fit_model(model, data=None, *, out: str | Path | None = None, device: str = 
         log(f"note: the loss applies to `{names[0]}`, the first of {len(names)} outputs; "
             f"{', '.join(f'`{n}`' for n in names[1:])} get none (a loss per output: "
             f"`loss: {config.loss.name}({names[0]}) + 0.3 * {config.loss.name}({names[1]})`)")
+    if out is not None and is_main_rank():  # predict needs nothing but spec and weights
+        from dataclasses import replace
+
+        from ..deploy.describe import from_spec, write_sidecar
+        write_sidecar(Path(out), replace(from_spec(model, overrides),
+                                         classes=list(dataset.train.classes)))
     summary = trainer.fit(Path(resume) if resume else None)
     summary["module"] = module
     if model.weights_report is not None and weights is not None:
