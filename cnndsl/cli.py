@@ -165,8 +165,10 @@ def cmd_compile(args) -> int:
                          "apply to --to onnx; the "
                          "generated module loads a state_dict as any nn.Module does: "
                          "model.load_state_dict(safetensors.torch.load_file(path))")
-    if args.to == "torch" and (args.quantize or args.precision != "fp32" or args.calibrate):
-        raise UsageError("--quantize, --precision and --calibrate apply to --to onnx")
+    if args.to == "torch" and (args.quantize or args.precision != "fp32" or args.calibrate
+                               or args.preprocess):
+        raise UsageError("--quantize, --precision, --calibrate and --preprocess apply to "
+                         "--to onnx")
     model = _keep_outputs(_load(args, WEIGHT_COPIES["onnx"] if args.to == "onnx" else 1.0),
                           args)
     if args.to == "torch":
@@ -204,6 +206,15 @@ def _described_onnx(model, args):
     info = exported_info(model)
     if info is not None:
         annotate(onnx_model, info)
+    if args.preprocess:
+        from .deploy.describe import with_preprocessing
+        if info is None:
+            raise UsageError("--preprocess needs a network that takes one image "
+                             "(C x H x W, C 1 or 3)")
+        if args.quantize or args.precision != "fp32":
+            raise UsageError("--preprocess applies to fp32 exports, not with --quantize "
+                             "or --precision")
+        with_preprocessing(onnx_model, info)
     if not (args.quantize or args.precision != "fp32"):
         save(onnx_model, args.output)
     return onnx_model
@@ -627,6 +638,8 @@ def _add_reduce_options(p) -> None:
                    "per-channel), calibrated on --calibrate DATA")
     p.add_argument("--precision", choices=["fp32", "fp16"], default="fp32",
                    help="fp16 weights and arithmetic (inputs and outputs stay float32)")
+    p.add_argument("--preprocess", action="store_true", help="the graph takes uint8 "
+                   "N x H x W x C images and scales and normalises them itself")
     p.add_argument("--calibrate", metavar="DATA", help="digits, an image folder or an .npz "
                    "file: calibration images from its train split; the reduced model and "
                    "the fp32 one are then evaluated on its validation split")

@@ -121,8 +121,10 @@ class Session:
         return call_bound
 
     def _feeds(self, inputs) -> dict[str, np.ndarray]:
-        """Inputs by name, as the contiguous float32 arrays the model takes."""
-        return dict(zip(self.input_names, (np.ascontiguousarray(x, np.float32)
+        """Inputs by name, as the contiguous float32 (or uint8 image) arrays the model
+        takes."""
+        return dict(zip(self.input_names, (np.ascontiguousarray(x) if x.dtype == np.uint8
+                                           else np.ascontiguousarray(x, np.float32)
                                            for x in inputs)))
 
     def _bind(self, feeds: dict[str, np.ndarray]):

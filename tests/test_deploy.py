@@ -345,3 +345,34 @@ def test_training_writes_what_predict_needs_beside_the_weights(project, tmp_path
     described = spec_predictor(cnndsl.load(alone / "tiny.cnn"), weights=weights, device="cpu")
     assert described.info.classes == CLASSES
     assert described.info.mean == [0.5, 0.4, 0.3]
+
+
+def test_preprocess_graph_takes_uint8_images_and_equals_the_float_path(project, fp32_onnx,
+                                                                      tmp_path):
+    import onnx
+    from PIL import Image
+
+    from cnndsl.cli import main
+    from cnndsl.deploy.predict import image_files, onnx_predictor, predict_files
+    out = tmp_path / "pre.onnx"
+    assert main(["compile", str(project / "tiny.cnn"), "--to", "onnx", "-o", str(out),
+                 "--weights", str(project / "w.safetensors"), "--preprocess"]) == 0
+    model = onnx.load(str(out))
+    pixels = model.graph.input[0]
+    assert pixels.type.tensor_type.elem_type == onnx.TensorProto.UINT8
+    assert [d.dim_value for d in pixels.type.tensor_type.shape.dim][1:] == [12, 12, 3]
+    assert [n.op_type for n in model.graph.node][:5] == ["Cast", "Transpose", "Div", "Sub",
+                                                         "Div"]
+    # images at the network's size: no resize, so uint8 pixels are exactly what was decoded
+    rng = np.random.default_rng(5)
+    for i in range(4):
+        Image.fromarray(rng.integers(0, 256, (12, 12, 3), dtype=np.uint8)).save(
+            tmp_path / f"{i}.png")
+    files = image_files([str(tmp_path)])
+    logits = []
+    for path in (fp32_onnx, out):
+        predictor = onnx_predictor(str(path), "cpu")
+        logits.append(np.concatenate(predict_files(predictor, files, keep_logits=True,
+                                                   progress=False).logits))
+    assert predictor.info.input_layout == "uint8 NHWC" and predictor.info.shape == (3, 12, 12)
+    assert np.abs(logits[0] - logits[1]).max() <= 1e-5 * max(1, np.abs(logits[0]).max())

@@ -26,8 +26,18 @@ class Predictor:
     runtime: str  # what actually runs it, e.g. "torch on cpu", "onnxruntime on cpu"
 
     def prepare(self):
+        """Decoded images (N x C x H x W in [0, 1]) as the network takes them: normalised,
+        or, for a graph that normalises itself, back to uint8 N x H x W x C."""
         from ..training.data import eval_transform
+        if self.info.input_layout is not None:
+            return to_uint8_nhwc
         return eval_transform(self.info.normalize_ops())
+
+
+def to_uint8_nhwc(images):
+    import torch
+    pixels = (images * 255).round().clamp(0, 255).to(torch.uint8)
+    return pixels.permute(0, 2, 3, 1).contiguous()
 
 
 @dataclass
