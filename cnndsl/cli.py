@@ -182,8 +182,10 @@ def cmd_compile(args) -> int:
                          "apply to --to onnx; the "
                          "generated module loads a state_dict as any nn.Module does: "
                          "model.load_state_dict(safetensors.torch.load_file(path))")
-    if args.to == "torch" and (args.quantize or args.precision != "fp32" or args.calibrate):
-        raise UsageError("--quantize, --precision and --calibrate apply to --to onnx")
+    if args.to == "torch" and (args.quantize or args.precision != "fp32" or args.calibrate
+                               or args.preprocess):
+        raise UsageError("--quantize, --precision, --calibrate and --preprocess apply to "
+                         "--to onnx")
     if args.nms and (args.to != "onnx" or args.quantize or args.precision != "fp32"):
         raise UsageError("--nms applies to --to onnx at fp32")
     model = _keep_outputs(_load(args, WEIGHT_COPIES["onnx"] if args.to == "onnx" else 1.0),
@@ -226,6 +228,15 @@ def _described_onnx(model, args):
         onnx_model = with_nms(onnx_model, _detector_head(model).classes)
     if info is not None:
         annotate(onnx_model, info)
+    if args.preprocess:
+        from .deploy.describe import with_preprocessing
+        if info is None:
+            raise UsageError("--preprocess needs a network that takes one image "
+                             "(C x H x W, C 1 or 3)")
+        if args.quantize or args.precision != "fp32":
+            raise UsageError("--preprocess applies to fp32 exports, not with --quantize "
+                             "or --precision")
+        with_preprocessing(onnx_model, info)
     if not (args.quantize or args.precision != "fp32"):
         save(onnx_model, args.output)
     return onnx_model
@@ -288,7 +299,7 @@ def _reduced_onnx(model, fp32, args) -> int:
 
 
 def cmd_run(args) -> int:
-    from .runtime import create_session, model_inputs, random_inputs
+    from .runtime import model_inputs, open_session, random_inputs
     if args.model.endswith(".cnn"):
         args.spec = args.model
         model = _keep_outputs(_load(args, WEIGHT_COPIES["onnx"]), args)
@@ -305,7 +316,8 @@ def cmd_run(args) -> int:
         model = None
         data, source = _onnx_model(args.model), args.model
         shapes = None
-    session = create_session(data, args.provider, args.threads, benchmark=bool(args.bench))
+    session = open_session(data, args.runtime, args.provider, args.threads, args.precision,
+                           benchmark=bool(args.bench))
     if shapes is None:
         batch = None if args.input else args.batch
         shapes = model_inputs(session, batch, have_input=bool(args.input))
@@ -314,13 +326,12 @@ def cmd_run(args) -> int:
     else:
         inputs = random_inputs(shapes, args.batch, args.seed, args.memory_limit)
     if not args.json:
-        _say(f"{source}: running on {session.provider} "
-             f"({session.session.get_providers()[0]})")
+        _say(f"{source}: running on {session.describe()}")
     outputs = session.run(*inputs)
-    report = {"ok": True, "model": source, "provider": session.provider, "outputs": []}
+    report = {"ok": True, "model": source, **session.report(), "outputs": []}
     if model is not None and model.weights_report is not None:
         report["weights_report"] = model.weights_report.to_json()
-    for name, out in zip([o.name for o in session.session.get_outputs()], outputs):
+    for name, out in zip(session.output_names, outputs):
         entry = {"name": name, "shape": list(out.shape)}
         line = f"output {name}: {' x '.join(map(str, out.shape))}"
         if out.ndim == 2 and out.size:
@@ -339,7 +350,8 @@ def cmd_run(args) -> int:
         stats = session.benchmark(inputs, args.bench)
         report["benchmark"] = stats
         if not args.json:
-            print(f"{stats['runs']} runs, batch {stats['batch']} on {stats['provider']}: "
+            where = stats["provider"] if session.provider != "openvino" else session.runtime
+            print(f"{stats['runs']} runs, batch {stats['batch']} on {where}: "
                   f"p50 {stats['p50_ms']:.2f} ms, p90 {stats['p90_ms']:.2f} ms, "
                   f"p99 {stats['p99_ms']:.2f} ms, {stats['images_per_s']:.1f} images/s")
     if args.json:
@@ -613,6 +625,9 @@ def cmd_eval(args) -> int:
     if args.spec.endswith(".onnx"):
         return _eval_onnx(args)
     from .training.run import evaluate_model
+    if args.runtime != "onnxruntime" or args.precision:
+        raise UsageError("--runtime and --precision apply to eval of an .onnx file: "
+                         "cnndsl eval FILE.onnx --data DATA --runtime openvino")
     if args.onnx is None and not (args.weights or args.weights_from) or \
             args.onnx is not None and args.weights:
         raise UsageError("give the weights to evaluate: --weights FILE (or --weights-from), "
@@ -665,12 +680,20 @@ def _predictor(args):
     if args.model.endswith(".cnn"):
         args.spec = args.model
         model = _load_for_training(args)  # its training description holds the overrides
-        return spec_predictor(model, weights=args.weights, weights_from=args.weights_from,
-                              device=args.device)
+        if args.runtime == "onnxruntime" and args.precision is None:
+            return spec_predictor(model, weights=args.weights,
+                                  weights_from=args.weights_from, device=args.device)
+        onnx_model = model.to_onnx(weights=args.weights, weights_from=args.weights_from)
+        from .deploy.describe import annotate
+        from .deploy.predict import described_spec
+        annotate(onnx_model, described_spec(model, None, args.weights))
+        return onnx_predictor(onnx_model.SerializeToString(), args.provider,
+                              runtime=args.runtime, precision=args.precision)
     if args.weights or args.set or args.weights_from:
         raise UsageError("--weights, --weights-from and --set apply to .cnn specs, not to "
                          ".onnx files")
-    return onnx_predictor(_onnx_model(args.model), args.provider)
+    return onnx_predictor(_onnx_model(args.model), args.provider, runtime=args.runtime,
+                          precision=args.precision)
 
 
 def _add_reduce_options(p) -> None:
@@ -678,6 +701,8 @@ def _add_reduce_options(p) -> None:
                    "per-channel), calibrated on --calibrate DATA")
     p.add_argument("--precision", choices=["fp32", "fp16"], default="fp32",
                    help="fp16 weights and arithmetic (inputs and outputs stay float32)")
+    p.add_argument("--preprocess", action="store_true", help="the graph takes uint8 "
+                   "N x H x W x C images and scales and normalises them itself")
     p.add_argument("--calibrate", metavar="DATA", help="digits, an image folder or an .npz "
                    "file: calibration images from its train split; the reduced model and "
                    "the fp32 one are then evaluated on its validation split")
@@ -733,6 +758,7 @@ def _add_predict(sub, weight_options) -> None:
                    help="torch's device, for a spec")
     p.add_argument("--provider", default="auto", choices=["auto", "cpu", "cuda", "tensorrt"],
                    help="onnxruntime's provider, for a .onnx file")
+    _runtime_options(p)
     p.add_argument("--set", action="append", metavar="NAME=VALUE")
     p.add_argument("--network")
     p.add_argument("--memory-limit", type=parse_size, metavar="SIZE")
@@ -751,7 +777,7 @@ def _eval_onnx(args) -> int:
         raise UsageError("eval of an .onnx file needs --data (digits, an image folder or an "
                          ".npz file)")
     report = evaluate_onnx(_onnx_model(args.spec), args.data, batch=args.batch or 256,
-                           split=args.split)
+                           split=args.split, runtime=args.runtime, precision=args.precision)
     return _show_eval(args, report, f"{args.spec} ({report['model_precision']}, "
                       f"{report['runtime']})", format_report)
 
@@ -940,6 +966,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--predictions", metavar="DIR", help="segmentation: write each "
                           "validation image's predicted mask (colour PNG) and an overlay")
     evaluate.add_argument("--data", help="digits, or an image folder")
+    _runtime_options(evaluate, "for an .onnx file")
     evaluate.add_argument("--batch", type=bounded_int(1, 1_000_000))
     evaluate.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     evaluate.add_argument("--plot", metavar="FILE.png", help="draw the confusion matrix")
@@ -992,6 +1019,7 @@ def build_parser() -> argparse.ArgumentParser:
                          "with onnxruntime.")
     run.add_argument("model", help="a .onnx file or a .cnn spec")
     run.add_argument("--provider", default="auto", choices=["auto", "cpu", "cuda", "tensorrt"])
+    _runtime_options(run)
     run.add_argument("--batch", type=bounded_int(1, 65_536), default=1,
                      help="batch size of the random input")
     run.add_argument("--input", help="a .npy array (N x C x H x W, or C x H x W), an "
@@ -1015,6 +1043,15 @@ def build_parser() -> argparse.ArgumentParser:
     for command in sub.choices.values():  # usage errors show the command's own usage
         command.set_defaults(parser=command)
     return parser
+
+
+def _runtime_options(p, where: str = "") -> None:
+    p.add_argument("--runtime", choices=["onnxruntime", "openvino"], default="onnxruntime",
+                   help="what runs the ONNX model" + (f", {where}" if where else "") +
+                   " (openvino: pip install 'cnndsl[openvino]'; its CPU plugin)")
+    p.add_argument("--precision", choices=["f32", "bf16"], help="OpenVINO's arithmetic "
+                   "(INFERENCE_PRECISION_HINT; default f32, never chosen silently); "
+                   "onnxruntime runs the types the model stores")
 
 
 def _outputs_option(p) -> None:

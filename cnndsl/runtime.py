@@ -75,6 +75,29 @@ class Session:
     def input_shapes(self) -> list[list]:
         return [i.shape for i in self.session.get_inputs()]
 
+    @property
+    def output_names(self) -> list[str]:
+        return [o.name for o in self.session.get_outputs()]
+
+    def inputs_info(self) -> list[tuple[str, str, list]]:
+        """(name, element type as ONNX writes it, shape with None or a name where symbolic)."""
+        return [(i.name, i.type, i.shape) for i in self.session.get_inputs()]
+
+    @property
+    def runtime(self) -> str:
+        """What runs the model, in words: `onnxruntime on cpu`."""
+        return f"onnxruntime on {self.provider}"
+
+    def describe(self) -> str:
+        return f"{self.provider} ({self.session.get_providers()[0]})"
+
+    def report(self) -> dict:
+        """`run --json`'s account of what ran."""
+        return {"runtime": "onnxruntime", "provider": self.provider}
+
+    def metadata(self) -> dict[str, str]:
+        return dict(self.session.get_modelmeta().custom_metadata_map)
+
     def run(self, *inputs: np.ndarray) -> list[np.ndarray]:
         feeds = self._feeds(inputs)
         with _run_errors():
@@ -84,9 +107,24 @@ class Session:
             self.session.run_with_iobinding(binding)
             return binding.copy_outputs_to_cpu()
 
+    def _caller(self, feeds: dict[str, np.ndarray]):
+        """A function that runs the model once on `feeds` (bound on the device)."""
+        if self.provider == "cpu":
+            def call():
+                self.session.run(None, feeds)
+            return call
+        binding = self._bind(feeds)
+
+        def call_bound():
+            self.session.run_with_iobinding(binding)
+            binding.synchronize_outputs()
+        return call_bound
+
     def _feeds(self, inputs) -> dict[str, np.ndarray]:
-        """Inputs by name, as the contiguous float32 arrays the model takes."""
-        return dict(zip(self.input_names, (np.ascontiguousarray(x, np.float32)
+        """Inputs by name, as the contiguous float32 (or uint8 image) arrays the model
+        takes."""
+        return dict(zip(self.input_names, (np.ascontiguousarray(x) if x.dtype == np.uint8
+                                           else np.ascontiguousarray(x, np.float32)
                                            for x in inputs)))
 
     def _bind(self, feeds: dict[str, np.ndarray]):
@@ -101,19 +139,10 @@ class Session:
     def benchmark(self, inputs: list[np.ndarray], runs: int, warmup: int = 3,
                   progress: bool = True) -> dict:
         """Latency percentiles (ms) and images/s; inputs stay on the device between runs."""
-        feeds = self._feeds(inputs)
-        if self.provider == "cpu":
-            def call():
-                self.session.run(None, feeds)
-        else:
-            binding = self._bind(feeds)
-
-            def call():
-                self.session.run_with_iobinding(binding)
-                binding.synchronize_outputs()
+        call = self._caller(self._feeds(inputs))
         times = []
         bar = _Progress(runs, enabled=progress)
-        with _run_errors():
+        with _run_errors(self.runtime.split()[0]):
             for _ in range(warmup):
                 call()
             for _ in range(runs):
@@ -135,19 +164,43 @@ class Session:
 
 
 @contextmanager
-def _run_errors():
+def _run_errors(runtime: str = "onnxruntime"):
     """onnxruntime's failures while running (a shape its kernels refuse, memory it cannot
     have) as located E-run errors, not tracebacks."""
     try:
         yield
     except MemoryError:
-        raise _error("onnxruntime ran out of memory running the model",
+        raise _error(f"{runtime} ran out of memory running the model",
                      help="a smaller --batch, or a machine with more memory") from None
     except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own untyped errors
         if isinstance(exc, CnnError):
             raise
         message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise _error(f"onnxruntime failed running the model: {message}") from None
+        raise _error(f"{runtime} failed running the model: {message}") from None
+
+
+RUNTIMES = ("onnxruntime", "openvino")
+
+
+def open_session(model: bytes | str, runtime: str = "onnxruntime", provider: str = "auto",
+                 threads: int | None = None, precision: str | None = None,
+                 benchmark: bool = False) -> Session:
+    """A session on onnxruntime (`provider`) or OpenVINO's CPU plugin (`precision`, its
+    INFERENCE_PRECISION_HINT: f32 unless asked); both answer `run`, `benchmark`,
+    `runtime` and `report()` alike."""
+    if runtime == "openvino":
+        if provider not in ("auto", "cpu"):
+            raise _error(f"the {provider} provider is onnxruntime's; OpenVINO runs here on "
+                         "the CPU", help="leave out --provider, or use --runtime onnxruntime")
+        from .openvino_runtime import create_openvino_session
+        return create_openvino_session(model, precision or "f32", threads)
+    if runtime != "onnxruntime":
+        raise _error(f"unknown runtime `{runtime}`", help="onnxruntime or openvino")
+    if precision not in (None, "f32"):
+        raise _error(f"onnxruntime has no {precision} precision mode: it runs a model in "
+                     "the types the file stores", help="--runtime openvino --precision "
+                     f"{precision}, or compile --precision fp16 / --quantize int8")
+    return create_session(model, provider, threads, benchmark)
 
 
 def create_session(model: bytes | str, provider: str = "auto", threads: int | None = None,
@@ -184,24 +237,24 @@ def model_inputs(session: Session, batch: int | None, have_input: bool) -> list[
     """Each input's per-sample shape (None where symbolic), refusing what `run` cannot
     feed: no inputs, other element types than float, a size only an array can give, a
     batch the model does not take."""
-    inputs = session.session.get_inputs()
+    inputs = session.inputs_info()
     if not inputs:
         raise _error("the model has no inputs: there is nothing to feed it")
     shapes = []
-    for i in inputs:
-        if i.type != "tensor(float)":
-            raise _error(f"input `{i.name}` takes {i.type}; `cnndsl run` feeds float images",
+    for name, kind, shape in inputs:
+        if kind != "tensor(float)":
+            raise _error(f"input `{name}` takes {kind}; `cnndsl run` feeds float images",
                          help="run it from Python with onnxruntime")
-        first, *rest = i.shape or [None]
+        first, *rest = shape or [None]
         dims = tuple(d if isinstance(d, int) else None for d in rest)
         if 0 in dims or first == 0:
-            raise _error(f"input `{i.name}` has an axis of size 0 "
-                         f"({' x '.join(map(str, i.shape))}): there is nothing to feed it")
+            raise _error(f"input `{name}` has an axis of size 0 "
+                         f"({' x '.join(map(str, shape))}): there is nothing to feed it")
         if None in dims and not have_input:
-            raise _error(f"input `{i.name}` has a symbolic size ({' x '.join(map(str, rest))})",
+            raise _error(f"input `{name}` has a symbolic size ({' x '.join(map(str, rest))})",
                          help="give the data with --input FILE.npy")
         if isinstance(first, int) and batch is not None and first != batch:
-            raise _error(f"input `{i.name}` takes batch {first} only, not {batch}",
+            raise _error(f"input `{name}` takes batch {first} only, not {batch}",
                          help=f"use --batch {first}")
         shapes.append(dims)
     return shapes

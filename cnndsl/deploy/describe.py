@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 PREFIX = "cnndsl."
+UINT8_NHWC = "uint8 NHWC"
 
 
 @dataclass
@@ -23,6 +24,7 @@ class ModelInfo:
     val_split: float | None = None  # how training split its data (eval's validation split)
     seed: int | None = None
     precision: str | None = None  # fp32, int8 (QDQ), fp16
+    input_layout: str | None = None  # "uint8 NHWC": the graph scales and normalises itself
 
     @property
     def channel_order(self) -> str:
@@ -41,10 +43,16 @@ class ModelInfo:
 
     def to_metadata(self) -> dict[str, str]:
         values = {**asdict(self), "channel_order": self.channel_order,
-                  "pixels": "scaled to [0, 1], resized (antialiased) to H x W, then "
+                  "pixels": "uint8 N x H x W x C, resized (antialiased) to H x W; the graph "
+                            "scales to [0, 1] and normalises" if self.input_layout else
+                            "scaled to [0, 1], resized (antialiased) to H x W, then "
                             "(x - mean) / std"}
         return {PREFIX + k: json.dumps(list(v) if isinstance(v, tuple) else v)
                 for k, v in values.items() if v is not None}
+
+
+# the train definition's `task:` as exports and predict name it
+TASK_NAMES = {"classify": "classification", "segment": "segmentation", "detect": "detection"}
 
 
 def from_spec(model, overrides: dict | None = None) -> ModelInfo:
@@ -57,7 +65,7 @@ def from_spec(model, overrides: dict | None = None) -> ModelInfo:
             mean, std = list(op.args["mean"]), list(op.args["std"])
     return ModelInfo(shape=shape, classes=_class_names(model, config), mean=mean, std=std,
                      val_split=config.val_split, seed=config.seed,
-                     task="detection" if config.task == "detect" else "classification")
+                     task=TASK_NAMES.get(config.task or "classify", "classification"))
 
 
 def exported_info(model) -> ModelInfo | None:
@@ -112,7 +120,10 @@ def from_onnx_metadata(props: dict[str, str], input_shape) -> ModelInfo:
         except ValueError:
             return None
     shape = get("shape")
+    layout = get("input_layout") if get("input_layout") == UINT8_NHWC else None
     dims = list(input_shape)[1:]
+    if layout and len(dims) == 3:  # H x W x C as the model takes it; C x H x W here
+        dims = [dims[2], dims[0], dims[1]]
     fixed = len(dims) == 3 and all(isinstance(d, int) and d > 0 for d in dims)
     if fixed:  # the model's own input wins over what its metadata says
         shape = dims
@@ -133,10 +144,77 @@ def from_onnx_metadata(props: dict[str, str], input_shape) -> ModelInfo:
                      val_split=val_split if isinstance(val_split, float)
                      and 0 < val_split < 1 else None,
                      seed=seed if isinstance(seed, int) and seed >= 0 else None,
-                     precision=precision if isinstance(precision, str) else None)
+                     precision=precision if isinstance(precision, str) else None,
+                     input_layout=layout)
 
 
 def _floats(value) -> bool:
     return isinstance(value, list) and bool(value) and all(
         isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
         for v in value)
+
+
+from ..training.folder import SIDECAR  # noqa: E402 - beside a run's best/last.safetensors
+
+
+def sidecar_bytes(info: ModelInfo) -> bytes:
+    """What predicting needs, beside the checkpoints training writes (SIDECAR): the ONNX
+    metadata's keys and values, as one JSON object."""
+    values = {k[len(PREFIX):]: json.loads(v) for k, v in info.to_metadata().items()}
+    return (json.dumps({"format": "cnndsl.model", **values}, indent=2) + "\n").encode()
+
+
+def read_sidecar(weights: str | Path, shape) -> ModelInfo | None:
+    """The description beside a weights file (None where there is none or it is not
+    cnndsl's); its values checked as an ONNX file's metadata is; `shape` (the spec's
+    input) wins."""
+    from ..files import open_regular
+    path = Path(weights).parent / SIDECAR
+    try:
+        with open_regular(path) as f:
+            values = json.loads(f.read(1 << 20))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(values, dict) or values.get("format") != "cnndsl.model":
+        return None
+    props = {PREFIX + k: json.dumps(v) for k, v in values.items()}
+    return from_onnx_metadata(props, [None, *shape])
+
+
+def with_preprocessing(model, info: ModelInfo) -> None:
+    """The graph takes uint8 N x H x W x C images and does what evaluation does to them
+    after resizing, as ONNX nodes: Cast, Transpose to N x C x H x W, Div by 255, then
+    Sub mean and Div std where training normalised. Changes `model` in place and records
+    the input in its metadata (`cnndsl.input_layout`)."""
+    import numpy as np
+    from onnx import TensorProto, helper, numpy_helper
+    graph = model.graph
+    old = graph.input[0]
+    batch = old.type.tensor_type.shape.dim[0]
+    c, h, w = info.shape
+    steps = [("Cast", {"to": TensorProto.FLOAT}, []),
+             ("Transpose", {"perm": [0, 3, 1, 2]}, []),
+             ("Div", {}, [("cnndsl_pre_255", np.array(255, np.float32))])]
+    if info.mean is not None:
+        channels = (1, len(info.mean), 1, 1)
+        steps += [("Sub", {}, [("cnndsl_pre_mean",
+                                np.array(info.mean, np.float32).reshape(channels))]),
+                  ("Div", {}, [("cnndsl_pre_std",
+                                np.array(info.std, np.float32).reshape(channels))])]
+    nodes, previous = [], "pixels"
+    for i, (op, attrs, constants) in enumerate(steps):
+        out = old.name if i == len(steps) - 1 else f"cnndsl_pre_{i}"
+        for name, value in constants:
+            graph.initializer.append(numpy_helper.from_array(value, name))
+        nodes.append(helper.make_node(op, [previous, *(n for n, _ in constants)], [out],
+                                      name=f"cnndsl_pre_{op.lower()}_{i}", **attrs))
+        previous = out
+    for node in reversed(nodes):
+        graph.node.insert(0, node)
+    pixels = helper.make_tensor_value_info(
+        "pixels", TensorProto.UINT8,
+        [batch.dim_param or batch.dim_value or "N", h, w, c])
+    graph.input.remove(old)
+    graph.input.insert(0, pixels)
+    from dataclasses import replace
+    annotate(model, replace(info, input_layout=UINT8_NHWC))

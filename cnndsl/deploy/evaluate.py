@@ -9,15 +9,16 @@ from ..diagnostics import CnnError, Diagnostic
 
 
 def evaluate_onnx(model: str | bytes, data: str, *, provider: str = "auto",
-                  batch: int = 256, split: str | None = None) -> dict:
+                  batch: int = 256, split: str | None = None, runtime: str = "onnxruntime",
+                  precision: str | None = None) -> dict:
     import torch
 
-    from ..training.data import DataError, eval_transform, load_data, only_classes
+    from ..training.data import DataError, load_data, only_classes
     from ..training.metrics import classification_report
     from ..training.run import default_split
     from .predict import onnx_predictor
     from .quantize import logits_of
-    predictor = onnx_predictor(model, provider)
+    predictor = onnx_predictor(model, provider, runtime=runtime, precision=precision)
     info = predictor.info
     try:
         loaded = load_data(data, info.shape, val_fraction=info.val_split or 0.2,
@@ -29,7 +30,7 @@ def evaluate_onnx(model: str | bytes, data: str, *, provider: str = "auto",
                                    help=exc.help or None)]) from None
     chosen, why = (split, None) if split is not None else default_split(loaded)
     val = loaded.part(chosen)
-    prepare = eval_transform(info.normalize_ops())
+    prepare = predictor.prepare()
 
     class Runner:  # logits_of's session: numpy in, outputs out
         @staticmethod

@@ -57,9 +57,9 @@ def inspect_image(model, image: str | Path, layer: str, *, weights=None,
                   weights_from: str | None = None) -> Inspection:
     from ..training.data import eval_transform
     from ..training.run import build_module
-    from .describe import from_spec
+    from .predict import described_spec
     config = model.train_config()
-    info = from_spec(model)
+    info = described_spec(model, None, weights)
     module = build_module(model, config, weights, weights_from, lambda line: None).eval()
     known = layers_with_outputs(module)
     if layer not in known:

@@ -26,8 +26,18 @@ class Predictor:
     runtime: str  # what actually runs it, e.g. "torch on cpu", "onnxruntime on cpu"
 
     def prepare(self):
+        """Decoded images (N x C x H x W in [0, 1]) as the network takes them: normalised,
+        or, for a graph that normalises itself, back to uint8 N x H x W x C."""
         from ..training.data import eval_transform
+        if self.info.input_layout is not None:
+            return to_uint8_nhwc
         return eval_transform(self.info.normalize_ops())
+
+
+def to_uint8_nhwc(images):
+    import torch
+    pixels = (images * 255).round().clamp(0, 255).to(torch.uint8)
+    return pixels.permute(0, 2, 3, 1).contiguous()
 
 
 @dataclass
@@ -44,9 +54,8 @@ def spec_predictor(model, *, weights=None, weights_from=None, device: str = "aut
 
     from ..training.loop import resolve_device
     from ..training.run import build_module
-    from .describe import from_spec
     config = model.train_config(overrides)
-    info = info or from_spec(model, overrides)
+    info = info or described_spec(model, overrides, weights)
     module = build_module(model, config, weights, weights_from, lambda line: None)
     dev = resolve_device(device)
     module = module.to(dev).eval()
@@ -64,15 +73,34 @@ def spec_predictor(model, *, weights=None, weights_from=None, device: str = "aut
     return Predictor(info, forward, f"torch on {dev.type}")
 
 
-def onnx_predictor(model: str | bytes, provider: str = "auto",
-                   threads: int | None = None) -> Predictor:
-    """An .onnx file; what it needs to know comes from its cnndsl metadata."""
+def described_spec(model, overrides, weights) -> ModelInfo:
+    """The spec's description, with the classes and normalisation training recorded
+    beside the weights (model.json) where it did."""
+    from dataclasses import replace
+
+    from .describe import from_spec, read_sidecar
+    info = from_spec(model, overrides)
+    saved = None
+    if isinstance(weights, (str, Path)) and Path(weights).is_file():
+        saved = read_sidecar(weights, info.shape)
+    if saved is None:
+        return info
+    return replace(info, classes=saved.classes or info.classes, task=saved.task,
+                   mean=saved.mean if saved.mean is not None else info.mean,
+                   std=saved.std if saved.std is not None else info.std)
+
+
+def onnx_predictor(model: str | bytes, provider: str = "auto", threads: int | None = None,
+                   *, runtime: str = "onnxruntime",
+                   precision: str | None = None) -> Predictor:
+    """An .onnx file, run by onnxruntime (`provider`) or OpenVINO (`precision`); what it
+    needs to know comes from its cnndsl metadata."""
     import torch
 
-    from ..runtime import create_session
+    from ..runtime import open_session
     from .describe import from_onnx_metadata
-    session = create_session(model, provider, threads)
-    meta = session.session.get_modelmeta().custom_metadata_map
+    session = open_session(model, runtime, provider, threads, precision)
+    meta = session.metadata()
     try:
         info = from_onnx_metadata(meta, session.input_shapes[0])
     except ValueError as exc:
@@ -80,7 +108,7 @@ def onnx_predictor(model: str | bytes, provider: str = "auto",
 
     def forward(x):
         return torch.from_numpy(session.run(x.numpy())[0])
-    return Predictor(info, forward, f"onnxruntime on {session.provider}")
+    return Predictor(info, forward, session.runtime)
 
 
 def image_files(paths: list[str]) -> list[Path]:
@@ -127,7 +155,9 @@ def predict_files(predictor: Predictor, files: list[Path], *, batch: int = 64, t
     answer = TASKS.get(predictor.info.task)
     if answer is None:
         raise CnnError([Diagnostic(code="E-run", message=f"cannot predict for the task "
-                                   f"`{predictor.info.task}`; known: {', '.join(TASKS)}")])
+                                   f"`{predictor.info.task}`; known: {', '.join(TASKS)}",
+                                   help="a segmentation network's masks: `cnndsl eval SPEC "
+                                   "--weights FILE --data DIR --predictions OUT`")])
     prepare = predictor.prepare()
     show = sys.stderr.isatty() if progress is None else progress
     bar = tqdm(total=len(files), disable=not show, unit="image", file=sys.stderr, leave=False)

@@ -29,6 +29,7 @@ except ImportError:  # Windows: runs are not locked there
 
 WEIGHTS = ("best.safetensors", "last.safetensors")
 STATE_FILE = "state.pt"
+SIDECAR = "model.json"  # what predict needs beside the weights (deploy/describe.py)
 METRICS = "metrics.json"
 LOCK_FILE = ".cnndsl.lock"
 MOST_RUNS = 9999  # runs/train .. runs/train9999, as Ultralytics' increment_path
@@ -36,7 +37,7 @@ MOST_RUNS = 9999  # runs/train .. runs/train9999, as Ultralytics' increment_path
 
 def run_files(plots: tuple[str, ...]) -> tuple[str, ...]:
     """Every file a run writes into its folder, in the order the final message lists them."""
-    return (*WEIGHTS, METRICS, *plots, STATE_FILE)
+    return (*WEIGHTS, METRICS, *plots, STATE_FILE, SIDECAR)
 
 
 def io_error(message: str, help: str | None = None) -> CnnError:

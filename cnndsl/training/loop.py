@@ -231,6 +231,7 @@ class Trainer:
     # claims `out` (rank 0, before the first batch): locked, checked writable; its path
     # becomes `out` (a new runs/trainN when it was None)
     claim: Callable[[], RunFolder] | None = None
+    beside: dict[str, bytes] = field(default_factory=dict)  # written with the checkpoints
 
     def __post_init__(self):
         self.dev = resolve_device(self.device)
@@ -310,7 +311,8 @@ class Trainer:
         """The summary; `complete`: the folder of a finished run resumed, nothing done."""
         self.close()
         summary = self._summary(progress)
-        summary["written"] = [n for n in self.written if n != STATE_FILE]
+        summary["written"] = [n for n in self.written if n != STATE_FILE and
+                              n not in self.beside]
         summary["complete"] = complete is not None
         if complete is not None:
             summary["out"] = str(complete)
@@ -518,7 +520,7 @@ class Trainer:
         def files() -> dict[str, bytes]:
             weights = weights_bytes(model, self.out / ("best.safetensors" if improved
                                                        else "last.safetensors"))
-            return {**({"best.safetensors": weights} if improved else {}),
+            return {**self.beside, **({"best.safetensors": weights} if improved else {}),
                     "last.safetensors": weights, METRICS: json.dumps(
                         json_safe(progress.history), indent=2, allow_nan=False).encode()
                     + b"\n", STATE_FILE: self._state_bytes(model, optimizer, schedule, scaler,

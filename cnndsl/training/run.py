@@ -64,6 +64,16 @@ def build_module(model, config: TrainConfig, weights, weights_from: str | None,
     return module
 
 
+def _beside_weights(model, overrides, dataset) -> dict[str, bytes]:
+    """model.json: what `predict` with the spec and weights needs (classes, normalisation)."""
+    from dataclasses import replace
+
+    from ..deploy.describe import from_spec, sidecar_bytes
+    from .folder import SIDECAR
+    info = replace(from_spec(model, overrides), classes=list(dataset.train.classes))
+    return {SIDECAR: sidecar_bytes(info)}
+
+
 def fit_model(model, data=None, *, out: str | Path | None = None, device: str = "auto",
               resume: str | Path | None = None, weights=None, weights_from: str | None = None,
               progress: bool | None = None, log: Callable[[str], None] | None = None,
@@ -111,7 +121,7 @@ def fit_model(model, data=None, *, out: str | Path | None = None, device: str = 
                                 files=folder.run_files(task.outputs))
     trainer = Trainer(config, dataset, module, out=out, device=device, progress_bar=progress,
                       log=log, fingerprint=fingerprint, stop_at=stop_at, frozen=frozen,
-                      claim=claim)
+                      claim=claim, beside=_beside_weights(model, overrides, dataset))
     log(f"training {model.name} on {dataset.source}: {len(dataset.train)} train / "
         f"{len(dataset.val)} val images, {len(dataset.train.classes)} classes, "
         f"{trainer.dev.type}; {config.describe()}")
