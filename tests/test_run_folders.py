@@ -39,7 +39,7 @@ train tiny() {
 }
 """
 RUN_FILES = ("best.safetensors", "last.safetensors", "metrics.json", "curves.png",
-             "confusion.png", "state.pt")
+             "confusion.png", "state.pt", "model.json")
 
 
 def write_data(path: Path, n: int = 40, fill: float | None = None) -> Path:
@@ -112,7 +112,7 @@ def test_an_out_holding_another_run_is_refused_unless_exist_ok(spec, run_copy, c
     code, _, err = train(spec, "--out", run_copy, capsys=capsys)
     assert code == 1
     assert (f"error[E-io]: {run_copy} holds another run (best.safetensors, last.safetensors, "
-            "metrics.json, curves.png, confusion.png, state.pt); not replaced") in err
+            "metrics.json, curves.png, confusion.png, state.pt, model.json); not replaced") in err
     assert "--exist-ok" in err and "epoch 1/1" not in err
     assert hashes(run_copy) == before
     code, out, _ = train(spec, "--out", run_copy, "--exist-ok", capsys=capsys)
@@ -356,3 +356,13 @@ def test_under_torchrun_fewer_training_samples_than_processes_is_one_located_err
             in result.stderr)
     assert "tiny.cnn:7:" in result.stderr  # at `data:`
     assert "internal error" not in result.stderr
+
+
+def test_a_refused_run_writes_not_even_what_predict_needs(spec, run_copy, capsys):
+    """model.json (what `predict` needs beside the weights) is written with the checkpoints,
+    after the folder is claimed: a refused run leaves another run's copy as it was."""
+    (run_copy / "model.json").write_text('{"format": "cnndsl.model", "mark": 1}\n')
+    before = hashes(run_copy)
+    code, _, err = train(spec, "--out", run_copy, capsys=capsys)
+    assert code == 1 and "--exist-ok" in err
+    assert hashes(run_copy) == before
