@@ -519,6 +519,11 @@ class _Search:
                  loose_tail: bool = False):
         self.target, self.source = target, source
         self.by_inputs = by_inputs
+        # a layer the spec applies several times (a head shared by the levels of a
+        # pyramid) has one set of weights: every application must map to the same source
+        # tensors. spec tensor -> (source tensor, how many chosen calls bound it)
+        self.bound: dict[str, tuple[str, int]] = {}
+        self.unshared: dict[int, tuple[str, str]] = {}  # a call refused for that reason
         self.may_differ = may_differ
         self.furthest = (0, None)  # how far any attempt got, and the call it stopped at
         # a module of the user's (`loose_tail`): after the last call with weights, merges
@@ -530,6 +535,10 @@ class _Search:
 
     def differs_ok(self, call: Call) -> bool:
         return bool(call.params) and all(_layer(p) in self.may_differ for p in call.params)
+
+    def fits_bound(self, call: Call, match: Call) -> bool:
+        return all(self.bound.get(mine, (theirs,))[0] == theirs
+                   for mine, theirs in zip(call.params, match.params))
 
     def resolve(self, value: int, values: dict[int, int]) -> int | None:
         """The source's value for one of the spec's: matched, or a concatenation of the
@@ -554,7 +563,10 @@ class _Search:
             return [(None, False)] if self.differs_ok(call) or past_weights else []
         key = (call.kind, call.input_key(inputs))
         same = [c for c in self.by_inputs.get(key, ()) if c.index not in used]
-        exact = [(c, True) for c in same if c.key() == call.key()]
+        fitting = [c for c in same if c.key() == call.key()]
+        exact = [(c, True) for c in fitting if self.fits_bound(call, c)]
+        if fitting and not exact:
+            self.unshared[call.index] = (self.bound[call.params[0]][0], fitting[0].params[0])
         if exact:
             return exact
         if past_weights:
@@ -596,17 +608,29 @@ class _Search:
                 return None
         return chosen
 
-    @staticmethod
-    def _take(call: Call, option, values, used, chosen) -> None:
+    def _take(self, call: Call, option, values, used, chosen) -> None:
         match, exact = option
         chosen.append((call, match, exact))
+        self._bind(call, option, +1)
         if match is not None:
             used.add(match.index)
             values.update(zip(call.outputs, match.outputs))
 
+    def _bind(self, call: Call, option, step: int) -> None:
+        match, exact = option
+        if match is None or not exact:
+            return
+        for mine, theirs in zip(call.params, match.params):
+            count = self.bound.get(mine, (theirs, 0))[1] + step
+            if count:
+                self.bound[mine] = (theirs, count)
+            else:
+                del self.bound[mine]
+
     def _undo(self, position: int, values, used, chosen) -> None:
         while len(chosen) > position:
-            call, match, _ = chosen.pop()
+            call, match, exact = chosen.pop()
+            self._bind(call, (match, exact), -1)
             if match is not None:
                 used.discard(match.index)
                 for v in call.outputs:
@@ -620,9 +644,15 @@ def _trace_failure(state: _Search, arch: str) -> CnnError:
                       "too many equally good ways (the search gave up)")
     layer = _layer(call.params[0]) if call.params else f"a `{call.kind}`"
     shapes = ", ".join(f"{p.rsplit('.', 1)[1]} {state.target.shapes[p]}" for p in call.params)
+    notes = [f"the first {position} calls matched"]
+    if call.index in state.unshared:
+        first, here = (_layer(p) for p in state.unshared[call.index])
+        notes.append(f"the spec applies `{layer}` again here with the same weights; the "
+                     f"source applied `{first}` first and `{here}` here: its layers are "
+                     "not shared")
     return refuse(f"the spec does not have the architecture of {arch}: `{layer}` "
                   f"({call.kind}{', ' + shapes if shapes else ''}) has no counterpart there",
-                  notes=[f"the first {position} calls matched"],
+                  notes=notes,
                   help="check the spec against the model's definition, or load weights "
                   "saved from this spec")
 
