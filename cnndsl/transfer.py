@@ -421,9 +421,22 @@ def trace(module, input_shapes: list[tuple[int, ...]], training: bool = True,
         value_of[id(tensor)] = counter[0]
         return counter[0]
 
+    inside = [0]  # > 0 within a module recorded as one call (a frozen batch norm)
+
+    def frozen_norm(norm, args, out) -> None:
+        inside[0] -= 1
+        if inside[0] or id(args[0]) not in value_of:
+            return
+        params = tuple(names[id(getattr(norm, n))] for n in _NORM_ARGS)
+        calls.append(Call(len(calls), "batch_norm", params,
+                          tuple(_squeezed(shapes[p]) for p in params),
+                          (value_of[id(args[0])],), (new_value(out),), (_per_sample(out),)))
+
     class Recorder(TorchFunctionMode):
         def __torch_function__(self, func, types, args=(), kwargs=None):
             out = func(*args, **(kwargs or {}))
+            if inside[0]:
+                return out
             tensors = list(_tensors((args, kwargs or {})))
             params = [names[id(t)] for t in tensors if id(t) in names]
             inputs = list(dict.fromkeys(value_of[id(t)] for t in tensors
@@ -454,12 +467,33 @@ def trace(module, input_shapes: list[tuple[int, ...]], training: bool = True,
                     value_of[id(t)] = inputs[0]
             return out
 
+    hooks = [handle for m in module.modules() if _is_frozen_norm(m) for handle in (
+        m.register_forward_pre_hook(lambda m, args: inside.__setitem__(0, inside[0] + 1)),
+        m.register_forward_hook(frozen_norm))]
     xs = [torch.zeros((2, *s), device=device) for s in input_shapes]
     ids = tuple(new_value(x) for x in xs)
     module.train(training)
-    with torch.no_grad(), Recorder():
-        module(*xs)
+    try:
+        with torch.no_grad(), Recorder():
+            module(*xs)
+    finally:
+        for handle in hooks:
+            handle.remove()
     return Graph(calls, ids, shapes, joined, sliced=sliced)
+
+
+_NORM_ARGS = ("running_mean", "running_var", "weight", "bias")  # F.batch_norm's order
+
+
+def _is_frozen_norm(module) -> bool:
+    """A batch norm whose statistics and affine are all buffers (torchvision's
+    FrozenBatchNorm2d, as its detectors build their backbones): it computes with
+    arithmetic of its own, recorded as the one batch norm it is."""
+    import torch
+    buffers = dict(module.named_buffers(recurse=False))
+    return not any(True for _ in module.parameters(recurse=False)) and all(
+        isinstance(buffers.get(n), torch.Tensor) for n in _NORM_ARGS) and \
+        "BatchNorm" in type(module).__name__
 
 
 def _tensors(obj):
@@ -493,6 +527,9 @@ class Match:
     ignored: list[str]
     counterparts: dict[str, str] = field(default_factory=dict)  # reinitialised layer ->
     # the source's layer in its place (the old head), where there is one
+    # batch-norm step counters the source does not keep (a frozen batch norm): they start
+    # at 0 and change nothing the module computes
+    counters: list[str] = field(default_factory=list)
 
 
 def match_traces(target: Graph, source: Graph, may_differ: set[str], arch: str,
@@ -677,17 +714,18 @@ def _pairs(target: Graph, source: Graph, chosen: list, may_differ: set[str]) -> 
                 reinit[mine] = (f"shape {target.shapes[mine]} here, "
                                 f"{source.shapes[theirs]} in the source")
                 counterparts[_layer(mine)] = _layer(theirs)
-    _pair_leftovers(target, source, pairs, reinit)
+    counters = _pair_leftovers(target, source, pairs, reinit)
     used = set(pairs.values())
     ignored = [n for n in source.shapes if n not in used]
-    return Match(pairs, reinit, ignored, counterparts)
+    return Match(pairs, reinit, ignored, counterparts, counters)
 
 
-def _pair_leftovers(target: Graph, source: Graph, pairs: dict, reinit: dict) -> None:
+def _pair_leftovers(target: Graph, source: Graph, pairs: dict, reinit: dict) -> list[str]:
     """Tensors no call used (batch norm's num_batches_tracked): matched by suffix within
-    the layers already matched."""
+    the layers already matched. Returns the step counters the source's layer lacks."""
     layers = {_layer(m): _layer(t) for m, t in pairs.items()}
     reinit_layers = {_layer(m) for m in reinit}
+    counters = []
     for name in target.shapes:
         if name in pairs or name in reinit:
             continue
@@ -697,8 +735,11 @@ def _pair_leftovers(target: Graph, source: Graph, pairs: dict, reinit: dict) -> 
             pairs[name] = theirs
         elif layer in reinit_layers:
             reinit[name] = "its layer is reinitialised"
+        elif suffix == "num_batches_tracked" and layer in layers:
+            counters.append(name)
         else:
             raise refuse(f"`{name}` has no counterpart in the source")
+    return counters
 
 
 # ---- matching by the file's own order ----------------------------------------------------
@@ -899,6 +940,9 @@ def import_weights(source: Source, ir, build_module, may_differ: set[str]):
         method = "the file's order"
     report = ImportReport(source.label, method, found.pairs, found.reinit, found.ignored,
                           notes=list(source.notes))
+    if found.counters:
+        report.notes.append(f"{len(found.counters)} batch norms are frozen in the source "
+                            "(no num_batches_tracked): their step counters start at 0")
     arrays = {mine: source.state[theirs].reshape(target_shapes[mine])
               for mine, theirs in found.pairs.items()}
     return arrays, found, report

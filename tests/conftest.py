@@ -47,6 +47,9 @@ REFERENCE = {
     "shufflenet_v2_x1_0": (2_278_604, 144_907_992),
     "convnext_tiny": (28_589_128, 4_455_531_264),
     "yolov8n": (3_157_200, None),  # Ultralytics' count (tests/test_yolov8.py runs it)
+    # torchvision 0.29.1 with weights=None (tests/test_detection_heads.py runs them)
+    "retinanet_resnet50_fpn": (34_068_119, None),
+    "fcos_resnet50_fpn": (32_322_720, None),
 }
 
 

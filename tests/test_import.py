@@ -250,6 +250,8 @@ NOT_EXPRESSED = {
     "googlenet_aux": "(MatMul)",  # adaptive_avgpool(4) on 14 x 14 is written as MatMuls
     "shufflenet_v2_x1_0": "(Transpose)",  # channel_shuffle: Reshape/Transpose/Reshape
     "yolov8n": "(Slice)",  # C2f's split in two halves along the channels
+    "retinanet_resnet50_fpn": "(Reshape)",  # the head's predictions per anchor
+    "fcos_resnet50_fpn": "(Reshape)",
 }
 # The hand-written spec's lines, at most doubled by the import (README: "cnndsl import")
 REPEATS_FOUND = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "vgg11",
