@@ -79,7 +79,8 @@ class TensorChecks:
             raise self.fail("E-name", f"`{name.id}` is not the label of a repeat or group",
                             name.span, label="not a labelled repeat",
                             help=did_you_mean(name.id, frame.collections) or
-                            "label the repeat: `m: bottleneck(64) * n`, then `each(m)`")
+                            "label the repeat, `m: bottleneck(64) * n`, or name its output, "
+                            "`m = x -> bottleneck(64) * n`; then `each(m)`")
         frame.used.add(name.id)
         return list(frame.collections[name.id])
 

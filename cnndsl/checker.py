@@ -152,6 +152,8 @@ class Checker(TensorChecks, SharedChecks):
         self.residuals_that_add: set[Span] = set()
         self.residuals_never_adding: dict[Span, Diagnostic] = {}  # in blocks, so far
         self.main_file = ""
+        # the last unlabelled repeat's output and every step's: (output, outputs)
+        self.last_repeat: tuple[Tensor, list[Tensor]] | None = None
 
     # ---- entry point ----------------------------------------------------------------
 
@@ -342,8 +344,12 @@ class Checker(TensorChecks, SharedChecks):
                 self.bind_tensor(name, span, tensor, frame)
             return results[-1]
         if isinstance(stmt, ast.Assign):
+            self.last_repeat = None
             result = self.chain(stmt.chain, current, frame)
             self.bind_tensor(stmt.target, stmt.target_span, result, frame)
+            if self.last_repeat is not None and self.last_repeat[0] is result:
+                # `y = x -> bottleneck(c) * n`: each(y) is every step's output
+                frame.collections.setdefault(stmt.target, self.last_repeat[1])
             return result
         return self.chain(stmt, current, frame)
 
@@ -628,6 +634,8 @@ class Checker(TensorChecks, SharedChecks):
         is: each name it would refuse, reported now rather than after a rename."""
         if likely in REGISTRY and REGISTRY[likely].many_inputs:
             return  # merges take tensor names
+        if likely not in REGISTRY and likely not in self.definitions:
+            return  # a form of the language's own (`split`): no signature to compare
         if likely in REGISTRY:
             signature = REGISTRY[likely].args
         else:
@@ -654,10 +662,13 @@ class Checker(TensorChecks, SharedChecks):
                             step.count.span)
         inner = step.step
         if inner.label is None:
+            collected = []
             for _ in range(count):
                 x = self.layer(inner, x, frame)
                 if x.shape is None:  # failed once: it fails the same way N times
                     break
+                collected.append(x)
+            self.last_repeat = (x, collected)
             return x
         unlabeled = ast.Layer(inner.name, inner.args, inner.kwargs, inner.has_call, None,
                               inner.span, inner.name_span)

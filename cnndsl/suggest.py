@@ -28,6 +28,9 @@ LAYER_HABITS = {
     "Identity": "identity", "LocalResponseNorm": "lrn", "Upsample": "upsample",
     "ZeroPad2d": "pad", "ConstantPad2d": "pad", "cat": "concat", "Concatenate": "concat",
     "interpolate": "upsample", "Softmax2d": "softmax",
+    # tensor methods: reshape is PyTorch's view (and reshape); one name for each operation
+    "view": "reshape", "swapaxes": "transpose", "chunk": "split", "subtract": "sub",
+    "divide": "div",
 }
 # other functions whose names read like one of ours once the dimension is dropped
 NOT_LAYERS = {"dropout1d", "dropout2d", "dropout3d", "conv1d", "conv3d", "maxpool1d",

@@ -440,9 +440,22 @@ def trace(module, input_shapes: list[tuple[int, ...]], training: bool = True,
         first[counter[0]] = tensor if device == "meta" else tensor.detach().clone()
         return counter[0]
 
+    inside = [0]  # > 0 within a module recorded as one call (a frozen batch norm)
+
+    def frozen_norm(norm, args, out) -> None:
+        inside[0] -= 1
+        if inside[0] or id(args[0]) not in value_of:
+            return
+        params = tuple(names[id(getattr(norm, n))] for n in _NORM_ARGS)
+        calls.append(Call(len(calls), "batch_norm", params,
+                          tuple(_squeezed(shapes[p]) for p in params),
+                          (value_of[id(args[0])],), (new_value(out),), (_per_sample(out),)))
+
     class Recorder(TorchFunctionMode):
         def __torch_function__(self, func, types, args=(), kwargs=None):
             out = func(*args, **(kwargs or {}))
+            if inside[0]:
+                return out
             tensors = list(_tensors((args, kwargs or {})))
             params = [names[id(t)] for t in tensors if id(t) in names]
             inputs = list(dict.fromkeys(value_of[id(t)] for t in tensors
@@ -473,14 +486,35 @@ def trace(module, input_shapes: list[tuple[int, ...]], training: bool = True,
                     value_of[id(t)] = inputs[0]
             return out
 
+    hooks = [handle for m in module.modules() if _is_frozen_norm(m) for handle in (
+        m.register_forward_pre_hook(lambda m, args: inside.__setitem__(0, inside[0] + 1)),
+        m.register_forward_hook(frozen_norm))]
     if xs is None:
         xs = [torch.zeros((2, *s), device=device) for s in input_shapes]
     ids = tuple(new_value(x) for x in xs)
     module.train(training)
-    with torch.no_grad(), Recorder():
-        out = module(*xs)
+    try:
+        with torch.no_grad(), Recorder():
+            out = module(*xs)
+    finally:
+        for handle in hooks:
+            handle.remove()
     ranks = tuple(t.dim() - 1 for t in _tensors(out))
     return Graph(calls, ids, shapes, joined, sliced=sliced, output_ranks=ranks, first=first)
+
+
+_NORM_ARGS = ("running_mean", "running_var", "weight", "bias")  # F.batch_norm's order
+
+
+def _is_frozen_norm(module) -> bool:
+    """A batch norm whose statistics and affine are all buffers (torchvision's
+    FrozenBatchNorm2d, as its detectors build their backbones): it computes with
+    arithmetic of its own, recorded as the one batch norm it is."""
+    import torch
+    buffers = dict(module.named_buffers(recurse=False))
+    return not any(True for _ in module.parameters(recurse=False)) and all(
+        isinstance(buffers.get(n), torch.Tensor) for n in _NORM_ARGS) and \
+        "BatchNorm" in type(module).__name__
 
 
 def _tensors(obj):
@@ -516,6 +550,9 @@ class Match:
     # the source's layer in its place (the old head), where there is one
     encoder: int | None = None  # into an encoder: how many of the spec's calls it makes
     may_differ: set[str] = field(default_factory=set)
+    # batch-norm step counters the source does not keep (a frozen batch norm): they start
+    # at 0 and change nothing the module computes
+    counters: list[str] = field(default_factory=list)
 
 
 def match_traces(target: Graph, source: Graph, may_differ: set[str], arch: str,
@@ -577,6 +614,11 @@ class _Search:
                  loose_tail: bool = False):
         self.target, self.source = target, source
         self.by_inputs = by_inputs
+        # a layer the spec applies several times (a head shared by the levels of a
+        # pyramid) has one set of weights: every application must map to the same source
+        # tensors. spec tensor -> (source tensor, how many chosen calls bound it)
+        self.bound: dict[str, tuple[str, int]] = {}
+        self.unshared: dict[int, tuple[str, str]] = {}  # a call refused for that reason
         self.may_differ = may_differ
         self.furthest = (0, None)  # how far any attempt got, and the call it stopped at
         # a module of the user's (`loose_tail`): after the last call with weights, merges
@@ -588,6 +630,10 @@ class _Search:
 
     def differs_ok(self, call: Call) -> bool:
         return bool(call.params) and all(_layer(p) in self.may_differ for p in call.params)
+
+    def fits_bound(self, call: Call, match: Call) -> bool:
+        return all(self.bound.get(mine, (theirs,))[0] == theirs
+                   for mine, theirs in zip(call.params, match.params))
 
     def resolve(self, value: int, values: dict[int, int]) -> int | None:
         """The source's value for one of the spec's: matched, or a concatenation of the
@@ -612,7 +658,10 @@ class _Search:
             return [(None, False)] if self.differs_ok(call) or past_weights else []
         key = (call.kind, call.input_key(inputs))
         same = [c for c in self.by_inputs.get(key, ()) if c.index not in used]
-        exact = [(c, True) for c in same if c.key() == call.key()]
+        fitting = [c for c in same if c.key() == call.key()]
+        exact = [(c, True) for c in fitting if self.fits_bound(call, c)]
+        if fitting and not exact:
+            self.unshared[call.index] = (self.bound[call.params[0]][0], fitting[0].params[0])
         if exact:
             return exact
         if past_weights:
@@ -654,17 +703,29 @@ class _Search:
                 return None
         return chosen
 
-    @staticmethod
-    def _take(call: Call, option, values, used, chosen) -> None:
+    def _take(self, call: Call, option, values, used, chosen) -> None:
         match, exact = option
         chosen.append((call, match, exact))
+        self._bind(call, option, +1)
         if match is not None:
             used.add(match.index)
             values.update(zip(call.outputs, match.outputs))
 
+    def _bind(self, call: Call, option, step: int) -> None:
+        match, exact = option
+        if match is None or not exact:
+            return
+        for mine, theirs in zip(call.params, match.params):
+            count = self.bound.get(mine, (theirs, 0))[1] + step
+            if count:
+                self.bound[mine] = (theirs, count)
+            else:
+                del self.bound[mine]
+
     def _undo(self, position: int, values, used, chosen) -> None:
         while len(chosen) > position:
-            call, match, _ = chosen.pop()
+            call, match, exact = chosen.pop()
+            self._bind(call, (match, exact), -1)
             if match is not None:
                 used.discard(match.index)
                 for v in call.outputs:
@@ -678,9 +739,15 @@ def _trace_failure(state: _Search, arch: str) -> CnnError:
                       "too many equally good ways (the search gave up)")
     layer = _layer(call.params[0]) if call.params else f"a `{call.kind}`"
     shapes = ", ".join(f"{p.rsplit('.', 1)[1]} {state.target.shapes[p]}" for p in call.params)
+    notes = [f"the first {position} calls matched"]
+    if call.index in state.unshared:
+        first, here = (_layer(p) for p in state.unshared[call.index])
+        notes.append(f"the spec applies `{layer}` again here with the same weights; the "
+                     f"source applied `{first}` first and `{here}` here: its layers are "
+                     "not shared")
     return refuse(f"the spec does not have the architecture of {arch}: `{layer}` "
                   f"({call.kind}{', ' + shapes if shapes else ''}) has no counterpart there",
-                  notes=[f"the first {position} calls matched"],
+                  notes=notes,
                   help="check the spec against the model's definition, or load weights "
                   "saved from this spec")
 
@@ -706,17 +773,18 @@ def _pairs(target: Graph, source: Graph, chosen: list, may_differ: set[str],
                 reinit[mine] = (f"shape {target.shapes[mine]} here, "
                                 f"{source.shapes[theirs]} in the source")
                 counterparts[_layer(mine)] = _layer(theirs)
-    _pair_leftovers(target, source, pairs, reinit)
+    counters = _pair_leftovers(target, source, pairs, reinit)
     used = set(pairs.values())
     ignored = [n for n in source.shapes if n not in used]
-    return Match(pairs, reinit, ignored, counterparts)
+    return Match(pairs, reinit, ignored, counterparts, counters)
 
 
-def _pair_leftovers(target: Graph, source: Graph, pairs: dict, reinit: dict) -> None:
+def _pair_leftovers(target: Graph, source: Graph, pairs: dict, reinit: dict) -> list[str]:
     """Tensors no call used (batch norm's num_batches_tracked): matched by suffix within
-    the layers already matched."""
+    the layers already matched. Returns the step counters the source's layer lacks."""
     layers = {_layer(m): _layer(t) for m, t in pairs.items()}
     reinit_layers = {_layer(m) for m in reinit}
+    counters = []
     for name in target.shapes:
         if name in pairs or name in reinit:
             continue
@@ -726,8 +794,11 @@ def _pair_leftovers(target: Graph, source: Graph, pairs: dict, reinit: dict) -> 
             pairs[name] = theirs
         elif layer in reinit_layers:
             reinit[name] = "its layer is reinitialised"
+        elif suffix == "num_batches_tracked" and layer in layers:
+            counters.append(name)
         else:
             raise refuse(f"`{name}` has no counterpart in the source")
+    return counters
 
 
 # ---- matching by the file's own order ----------------------------------------------------
@@ -933,6 +1004,9 @@ def import_weights(source: Source, ir, build_module, may_differ: set[str]):
                           notes=list(source.notes))
     if found.encoder is not None:
         report.notes.append(_encoder_note(found, source.described))
+    if found.counters:
+        report.notes.append(f"{len(found.counters)} batch norms are frozen in the source "
+                            "(no num_batches_tracked): their step counters start at 0")
     arrays = {mine: source.state[theirs].reshape(target_shapes[mine])
               for mine, theirs in found.pairs.items()}
     return arrays, found, report

@@ -304,7 +304,7 @@ def resolve_weights(ir: Network, weights, *, seed: int = 0, weights_from: str | 
         raise CnnError([Diagnostic(code="E-weights", message=f"the weights in "
                                    f"{source.label} cannot be used", notes=tuple(problems[:8]))])
     state = {k: np.asarray(arrays[k], types[k]) for k in expected if k in arrays}
-    state.update(initial_weights(ir, seed, only=set(found.reinit)))
+    state.update(initial_weights(ir, seed, only={*found.reinit, *found.counters}))
     state = {k: state[k] for k in expected}
     if source.arch is not None:
         report.verified = transfer.verify(source, ir, build_module(state), found)

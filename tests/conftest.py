@@ -51,6 +51,9 @@ REFERENCE = {
     "fcn_resnet50": (32_957_013, None),
     "deeplabv3_resnet50": (39_638_869, None),
     "lraspp_mobilenet_v3_large": (3_221_538, None),
+    # torchvision 0.29.1 with weights=None (tests/test_detection_heads.py runs them)
+    "retinanet_resnet50_fpn": (34_068_119, None),
+    "fcos_resnet50_fpn": (32_322_720, None),
 }
 
 

@@ -131,3 +131,36 @@ def test_each_names_a_labelled_repeat():
 def test_a_repeat_that_feeds_nothing_else_stays_one_sequential_call():
     model = cnndsl.load(cnndsl.__path__[0] + "/../specs/resnet18.cnn")
     assert "self.layer1(" in model.to_torch_source()
+
+
+def test_each_of_an_unlabelled_repeat_named_by_its_output(tmp_path):
+    """`y = x -> unit(4) * 3` collects too: each(y) is the three steps' outputs, the same
+    network as with a label (the module names stay those of an unlabelled chain)."""
+    body = ("block unit(c: int) {\n    conv(c, 3, padding=1) -> relu\n}\n\n"
+            "network t() {\n    input x: 4 x 6 x 6\n    {repeat}\n"
+            "    concat(x, each(y))\n}\n")
+    unlabelled = cnndsl.loads(body.replace("{repeat}", "y = x -> unit(4) * 3"), name="u.cnn")
+    labelled = cnndsl.loads(body.replace("{repeat}", "y: unit(4) * 3"), name="l.cnn")
+    concat = [node for node in unlabelled.layers if node.op == "concat"][0]
+    assert concat.shape == (16, 6, 6) and len(concat.inputs) == 4
+    assert unlabelled.params == labelled.params == 3 * (4 * 4 * 9 + 4)
+    module, reference = unlabelled.to_torch().eval(), labelled.to_torch().eval()
+    reference.load_state_dict(dict(zip(reference.state_dict(),
+                                       module.state_dict().values())))
+    x = torch.randn(2, 4, 6, 6)
+    with torch.no_grad():
+        expected = reference(x)
+        torch.testing.assert_close(module(x), expected)
+    proto = unlabelled.to_onnx(weights=module.state_dict())
+    got = create_session(proto.SerializeToString(), "cpu").run(x.numpy())[0]
+    np.testing.assert_allclose(got, expected.numpy(), rtol=1e-5, atol=1e-5)
+
+
+def test_each_of_a_chain_that_goes_on_after_the_repeat_is_refused():
+    text = ("network n() {\n    input x: 4 x 8 x 8\n    y = x -> relu * 2 -> sigmoid\n"
+            "    concat(x, each(y))\n}\n")
+    with pytest.raises(cnndsl.CnnError) as info:
+        cnndsl.loads(text)
+    (d,) = [d for d in info.value.diagnostics if d.severity == "error"]
+    assert (d.code, d.span.line, d.span.column) == ("E-name", 4, 20)
+    assert d.help.startswith("label the repeat, `m: bottleneck(64) * n`, or name its output")

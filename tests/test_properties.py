@@ -120,6 +120,11 @@ def step(draw, channels: int, index: int) -> tuple[str, int]:
         return draw(st.sampled_from([
             (f"k{index}: conv({channels}, 3, padding=1) -> relu -> k{index}", channels),
             (f"m{index}: conv({channels}, 1) * 2\n    concat(each(m{index}))", 2 * channels),
+            (f"k{index}: identity\n    m{index} = k{index} -> conv({channels}, 1) * 2\n"
+             f"    concat(k{index}, each(m{index}))", 3 * channels),
+            # fixed weights given in the spec, not trained
+            (f"conv({channels}, 1, bias=false, weight=range({channels * channels}), "
+             "trainable=false) -> mul(0.01)", channels),
         ]))
     if kind == "halves" and channels % 2 == 0:
         return (f"k{index}: identity\n    p{index}, q{index} = k{index} -> split(2)\n"
@@ -156,7 +161,10 @@ def networks(draw) -> str:
     head = draw(st.sampled_from([
         "", "global_avgpool -> flatten -> linear(5) -> softmax",
         f"global_avgpool -> reshape(({channels}, 1)) -> transpose(0, 1) -> flatten -> "
-        "linear(6) -> reshape((2, -1)) -> log_softmax(1)"]))
+        "linear(6) -> reshape((2, -1)) -> log_softmax(1)",
+        # constants from the checked shape: every cell's centre and stride, per pixel
+        "kh: identity\n    ah = kh -> anchor_points(offset=0.25)\n"
+        "    sh = kh -> anchor_strides(8)\n    kh -> flatten(1) -> concat(ah, sh, axis=0)"]))
     body = "\n    ".join(lines + ([head] if head else []))
     return f"{BLOCKS}\nnetwork random() {{\n    input x: {c0} x {h} x {w}\n" \
            f"    {body}\n}}\n"

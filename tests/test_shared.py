@@ -152,3 +152,44 @@ def test_a_plain_tensor_still_only_starts_a_chain():
     with pytest.raises(cnndsl.CnnError) as info:
         cnndsl.loads(text)
     assert info.value.diagnostics[0].message == "tensor `e` can only start a chain"
+
+
+class LevelHeads(Reference):
+    """The same data flow with a head of its own per level: not the spec's architecture."""
+
+    def __init__(self):
+        super().__init__()
+        self.heads = nn.ModuleList(Reference().head for _ in range(3))
+
+    def forward(self, p3, p4, p5):
+        cls = torch.cat([h(p).flatten(2) for h, p in zip(self.heads, (p3, p4, p5))], 2)
+        box = torch.cat([self.reg(p).flatten(2) for p in (p3, p4)], 2)
+        return cls, box
+
+
+def test_a_module_applied_on_every_level_maps_onto_the_shared_layer_once(model, trained):
+    _, reference = trained
+    module = model.to_torch(weights=reference).eval()
+    report = model.weights_report
+    assert len(report.loaded) == len(reference.state_dict()) and not report.ignored
+    assert report.loaded["head.conv3.weight"] == "head.5.weight"
+    xs = [torch.randn(1, 8, 16, 16), torch.randn(1, 8, 8, 8), torch.randn(1, 8, 4, 4)]
+    with torch.no_grad():
+        for ours, theirs in zip(module(*xs), reference(*xs)):
+            torch.testing.assert_close(ours, theirs)
+
+
+def test_a_head_per_level_is_not_mapped_onto_a_shared_one(model):
+    """Refused where the search fails, with the reason (it was mapped from the last level
+    and refused only by the numeric check, blamed on something without weights)."""
+    torch.manual_seed(4)
+    with pytest.raises(cnndsl.CnnError) as info:
+        model.to_torch(weights=LevelHeads().eval())
+    (d,) = info.value.diagnostics
+    assert d.message == "the weights in the given LevelHeads do not fit fpn_heads"
+    assert d.notes == (
+        "the spec does not have the architecture of the given LevelHeads: `head.conv1` "
+        "(conv2d, weight (8, 8, 3, 3), bias (8,)) has no counterpart there",
+        "the first 4 calls matched",
+        "the spec applies `head.conv1` again here with the same weights; the source applied "
+        "`heads.0.0` first and `heads.1.0` here: its layers are not shared")

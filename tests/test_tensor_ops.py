@@ -207,6 +207,19 @@ def test_errors_point_at_the_argument(line, code, column, message):
     assert errors[0] == (code, 3, column, message)
 
 
+@pytest.mark.parametrize("habit, ours", [
+    ("view((4, -1))", "reshape"), ("swapaxes(0, 1)", "transpose"), ("chunk(2)", "split"),
+    ("subtract(x)", "sub"), ("divide(2)", "div")])
+def test_pytorchs_names_for_tensor_operations_say_ours(habit, ours):
+    """One name per operation: `view` is reshape (which keeps the values in order, as
+    PyTorch's view does); the help says so where the name is written."""
+    with pytest.raises(cnndsl.CnnError) as info:
+        cnndsl.loads(_net(f"x -> {habit}"), name="t.cnn")
+    (d,) = info.value.diagnostics
+    assert (d.code, d.span.line, d.span.column) == ("E-name", 3, 10)
+    assert d.help == f"in cnndsl it is `{ours}`"
+
+
 def test_concat_along_an_axis_names_both_shapes():
     text = ("network t() {\n    input x: 4 x 6 x 5\n    y = x -> slice(0, 2)\n"
             "    concat(x, y, axis=width)\n}\n")

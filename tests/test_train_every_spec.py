@@ -87,6 +87,11 @@ REFUSED = {
     "input's size)",
     # a detector's decoded boxes and scores: detection is not a training task yet
     "yolov8n.cnn": "the network gives 6 x 21: neither one score per class nor a score map",
+    # a detector's raw head outputs (anchors x classes, anchors x 4, ...)
+    "retinanet_resnet50_fpn.cnn": "the network gives 207 x 2: neither one score per class "
+    "nor a score map",
+    "fcos_resnet50_fpn.cnn": "the network gives 23 x 2: neither one score per class nor a "
+    "score map",
 }
 
 

@@ -40,14 +40,15 @@ def _random_input(model, batch=2):
 
 
 def _hooked_shapes(module: torch.nn.Module, model, inputs) -> dict[str, tuple]:
-    """Per-layer output shapes seen by forward hooks (batch axis dropped)."""
+    """Per-layer output shapes seen by forward hooks (batch axis dropped). A shared
+    layer's module runs once per application: its node is the first."""
     seen: dict[str, tuple] = {}
     modules = dict(module.named_modules())
     handles = []
     for node in model.layers:
         if node.name in modules:
             def hook(mod, args, out, name=node.name):
-                seen[name] = tuple(out.shape[1:])
+                seen.setdefault(name, tuple(out.shape[1:]))
             handles.append(modules[node.name].register_forward_hook(hook))
     with torch.no_grad():
         module.eval()(*inputs)
