@@ -248,7 +248,10 @@ def test_not_an_onnx_file(tmp_path, capsys):
 NOT_EXPRESSED = {  # bilinear upsampling (a Resize other than nearest by a whole factor)
     "fcn_resnet50": "(Resize)", "deeplabv3_resnet50": "(Resize)",
     "lraspp_mobilenet_v3_large": "(Resize)",
-    "retinanet_resnet50_fpn": "(Reshape)", "fcos_resnet50_fpn": "(Reshape)",
+    "fcos_resnet50_fpn": "(ReduceMean)",  # group norm, as the exporter writes it
+    # one head applied to five levels: the import writes a head per level, which the
+    # verification refuses (shared weights are not found in a graph yet)
+    "retinanet_resnet50_fpn": "the spec has 52,432,054 parameters, the source 32,387,774",
 }
 # The hand-written spec's lines, at most doubled by the import (README: "cnndsl import")
 REPEATS_FOUND = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "vgg11",
