@@ -23,8 +23,9 @@ demo: $(VENV)/.installed
 	$(CNNDSL) summary $(SPEC) --depth 1
 	$(CNNDSL) run $(OUT)/model.onnx --batch 1 --bench 20
 
+# on every core (pytest-xdist), a test file to a worker: its module fixtures are made once
 test: $(VENV)/.installed
-	$(PY) -m pytest
+	$(PY) -m pytest -n auto --dist loadfile
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check cnndsl tests tools benchmarks
