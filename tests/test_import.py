@@ -245,9 +245,7 @@ def test_not_an_onnx_file(tmp_path, capsys):
 
 # Specs whose ONNX holds ops the importer does not express (yet): each is refused with
 # every such node named, which is what this asserts for them.
-NOT_EXPRESSED = {  # bilinear upsampling (a Resize other than nearest by a whole factor)
-    "fcn_resnet50": "(Resize)", "deeplabv3_resnet50": "(Resize)",
-    "lraspp_mobilenet_v3_large": "(Resize)",
+NOT_EXPRESSED = {
     "fcos_resnet50_fpn": "(ReduceMean)",  # group norm, as the exporter writes it
     # one head applied to five levels: the import writes a head per level, which the
     # verification refuses (shared weights are not found in a graph yet)
@@ -262,7 +260,7 @@ REPEATS_FOUND = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "
 # take over a minute a spec on 2 cores. CNNDSL_IMPORT_HEAVY=1 runs them (README figures);
 # their layers (conv -> relu runs, pools, adaptive pool, linear) are all in lighter specs.
 HEAVY = {"alexnet", "vgg11", "vgg16", "vgg16_bn", "vgg19", "wide_resnet50_2",
-         "fcn_resnet50", "deeplabv3_resnet50"}  # these two: 33M and 40M, and not expressed
+         "fcn_resnet50", "deeplabv3_resnet50"}  # these two: 33M and 40M parameters
 ZOO = sorted(p.stem for p in SPECS.glob("*.cnn"))
 
 
@@ -506,6 +504,32 @@ def test_split_pad_and_an_upsample_are_written_as_layers():
     assert "pad((2, 1), value=0.5)" in text and "upsample(2)" in text
     assert "slice(2, 8, axis=1)" in text and "slice(1, 7, axis=2)" in text
     assert "reshape((8, 144))" in text and spec.params == 8 * 27 + 8
+    assert _same_function(reference, built, (3, 8, 8)) <= 1e-4
+
+
+@pytest.mark.parametrize("align", [False, True])
+def test_bilinear_resizing_is_written_as_upsample_to_a_size(align):
+    """F.interpolate(mode=bilinear) by a factor and to a size that is not a whole factor
+    (ONNX Resize, mode linear): `upsample(size=..., mode=bilinear)`, align_corners kept."""
+    torch = pytest.importorskip("torch")
+
+    class Up(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv2d(3, 4, 3)
+
+        def forward(self, x):
+            y = torch.nn.functional.interpolate(self.conv(x), scale_factor=2.0,
+                                                mode="bilinear", align_corners=align)
+            return torch.nn.functional.interpolate(y, size=(9, 7), mode="bilinear",
+                                                   align_corners=align)
+
+    torch.manual_seed(0)
+    reference = Up()
+    result, spec, built = _import_module(reference, (3, 8, 8))
+    corners = ", align_corners=true" if align else ""
+    assert f"upsample(size=(12, 12), mode=bilinear{corners})" in result.text, result.text
+    assert f"upsample(size=(9, 7), mode=bilinear{corners})" in result.text
     assert _same_function(reference, built, (3, 8, 8)) <= 1e-4
 
 

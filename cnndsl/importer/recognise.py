@@ -389,6 +389,8 @@ def _spread(r: Recogniser, n: OnnxNode, given, target) -> bool:
 def resize(r: Recogniser, n: OnnxNode) -> None:
     scales = r.const(n, 2, "scales")
     a = n.attrs
+    if a.get("mode", "nearest") == "linear":
+        return _bilinear(r, n)
     if a.get("mode", "nearest") != "nearest" or scales is None or scales.size != 4 or \
             list(scales[:2]) != [1, 1] or scales[2] != scales[3] or \
             not float(scales[2]).is_integer() or len(n.inputs) > 3 and n.inputs[3]:
@@ -399,6 +401,24 @@ def resize(r: Recogniser, n: OnnxNode) -> None:
                                                                 "round_prefer_floor"):
         raise Inexpressible("a nearest Resize that does not repeat each pixel")
     r.add(n, "upsample", [str(int(scales[2]))])
+
+
+# how PyTorch's align_corners reads in ONNX (F.interpolate's export)
+ALIGN_CORNERS = {"half_pixel": False, "pytorch_half_pixel": False, "align_corners": True}
+
+
+def _bilinear(r: Recogniser, n: OnnxNode) -> None:
+    """A linear Resize of a C x H x W map to a known size: `upsample(size=..., mode=bilinear)`,
+    the size taken from the shapes (the checker derives the same from the spec)."""
+    given, made = r.shape(n.inputs[0]), r.shape(n.outputs[0])
+    align = ALIGN_CORNERS.get(n.attrs.get("coordinate_transformation_mode", "half_pixel"))
+    if given is None or made is None or len(given) != 3 or len(made) != 3 or \
+            made[0] != given[0] or align is None or n.attrs.get("antialias", 0):
+        raise Inexpressible("a linear Resize other than bilinear resizing of a C x H x W map")
+    kwargs = {"size": f"({made[1]}, {made[2]})", "mode": "bilinear"}
+    if align:
+        kwargs["align_corners"] = "true"
+    r.add(n, "upsample", kwargs=kwargs)
 
 
 def _anchors(r: Recogniser, n: OnnxNode) -> bool:
