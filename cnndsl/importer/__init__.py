@@ -54,7 +54,29 @@ def source_params(graph: Graph, layers: list[Layer]) -> int:
     for n in graph.nodes:
         if n.op_type == "Mul" and n.name in scales:
             names.update(x for x in n.inputs if x in graph.constants)
+    names.update(_group_norm_affine(graph))
     return sum(int(graph.constants[k].size) for k in names)
+
+
+def _group_norm_affine(graph: Graph) -> set[str]:
+    """A group norm written out (Div, Reshape back, then Mul and Add by constants): its
+    scale and shift per channel."""
+    made_by = {out: n for n in graph.nodes for out in n.outputs}
+    used_by: dict[str, list] = {}
+    for n in graph.nodes:
+        for x in n.inputs:
+            used_by.setdefault(x, []).append(n)
+    names = set()
+    for n in graph.nodes:
+        back = made_by.get(n.inputs[0]) if n.op_type == "Mul" and n.inputs else None
+        divide = made_by.get(back.inputs[0]) if back is not None and \
+            back.op_type == "Reshape" else None
+        shift = used_by.get(n.outputs[0], [])
+        if divide is None or divide.op_type != "Div" or len(shift) != 1 or \
+                shift[0].op_type != "Add":
+            continue
+        names.update(x for x in (*n.inputs, *shift[0].inputs) if x in graph.constants)
+    return names
 
 
 def import_graph(graph: Graph, name: str, partial: bool = False,

@@ -337,7 +337,8 @@ def reshape(r: Recogniser, n: OnnxNode) -> None:
     if len(target) == 1 and given is not None and len(given) == 3:
         r.add(n, "flatten", rank=2)
         return
-    if _channel_shuffle(r, n, given, target) or _spread(r, n, given, target):
+    if _channel_shuffle(r, n, given, target) or _spread(r, n, given, target) or \
+            _group_norm(r, n, given, target):
         return
     r.add(n, "reshape", [_tuple(target)], rank=len(target) + 1)
 
@@ -362,6 +363,67 @@ def _channel_shuffle(r: Recogniser, n: OnnxNode, given, target) -> bool:
     r.absorbed.update((id(swap), id(back)))
     r.add(n, "channel_shuffle", [str(target[0])], output=back.outputs[0])
     return True
+
+
+def _group_norm(r: Recogniser, n: OnnxNode, given, target) -> bool:
+    """Reshape to G x C/G*H*W, (x - mean) / sqrt(var + eps) over the last axis, reshape
+    back, times a weight plus a bias per channel: groupnorm(G), as cnndsl writes it out."""
+    if given is None or len(given) != 3 or len(target) != 2 or \
+            target[0] * target[1] != given[0] * given[1] * given[2]:
+        return False
+    grouped = n.outputs[0]
+    users = {u.op_type: u for u in r.consumers.get(grouped, [])}
+    mean, centred = users.get("ReduceMean"), users.get("Sub")
+    if len(users) != 2 or mean is None or centred is None or not _over_last(r, mean) or \
+            list(centred.inputs) != [grouped, mean.outputs[0]]:
+        return False
+    users = {u.op_type: u for u in r.consumers.get(centred.outputs[0], [])}
+    square, divide = users.get("Mul"), users.get("Div")
+    if len(users) != 2 or square is None or divide is None or \
+            list(square.inputs) != [centred.outputs[0]] * 2:
+        return False
+    chain, x = [], square
+    for op in ("ReduceMean", "Add", "Sqrt"):
+        x = r.only_user(x.outputs[0])
+        if x is None or x.op_type != op:
+            return False
+        chain.append(x)
+    var, shift, root = chain
+    eps = next((r.g.constants[v] for v in shift.inputs if v in r.g.constants), None)
+    if not _over_last(r, var) or eps is None or eps.size != 1 or \
+            list(divide.inputs) != [centred.outputs[0], root.outputs[0]]:
+        return False
+    back = r.only_user(divide.outputs[0])
+    if back is None or back.op_type != "Reshape" or r.shape(back.outputs[0]) != given:
+        return False
+    fused = [mean, centred, square, var, shift, root, divide, back]
+    output, weights = back.outputs[0], {}
+    scale = r.only_user(output)
+    bias = r.only_user(scale.outputs[0]) if scale is not None else None
+    if scale is not None and bias is not None and (scale.op_type, bias.op_type) == (
+            "Mul", "Add"):
+        w = next((r.g.constants[v] for v in scale.inputs if v in r.g.constants), None)
+        b = next((r.g.constants[v] for v in bias.inputs if v in r.g.constants), None)
+        if w is not None and b is not None and w.size == b.size == given[0]:
+            weights = {"weight": w.reshape(-1), "bias": b.reshape(-1)}
+            fused += [scale, bias]
+            output = bias.outputs[0]
+    kw = {} if np.float32(eps.reshape(-1)[0]) == np.float32(1e-5) else {
+        "eps": num(float(eps.reshape(-1)[0]))}
+    if not weights:
+        kw["affine"] = "false"
+    r.absorbed.update(id(f) for f in fused)
+    r.add(n, "groupnorm", [str(int(target[0]))], kw, weights=weights, output=output)
+    return True
+
+
+def _over_last(r: Recogniser, n: OnnxNode) -> bool:
+    """A ReduceMean over the last axis of a 3-axis value, keeping it."""
+    axes = n.attrs.get("axes")
+    if axes is None and len(n.inputs) > 1 and n.inputs[1] in r.g.constants:
+        axes = list(r.g.constants[n.inputs[1]])
+    return axes is not None and [int(a) % 3 for a in axes] == [2] and \
+        n.attrs.get("keepdims", 1) == 1
 
 
 def _spread(r: Recogniser, n: OnnxNode, given, target) -> bool:
