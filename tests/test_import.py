@@ -247,8 +247,7 @@ def test_not_an_onnx_file(tmp_path, capsys):
 # every such node named, which is what this asserts for them.
 NOT_EXPRESSED = {
     # one head applied to five levels (FCOS: with group norms): the import writes a head
-    # per level, which the
-    # verification refuses (weights shared in a graph are not found yet)
+    # per level, which the verification refuses (weights shared in a graph: not found yet)
     "retinanet_resnet50_fpn": "the spec has 52,432,054 parameters, the source 32,387,774",
     "fcos_resnet50_fpn": "the spec has 51,173,259 parameters, the source 32,136,015",
 }
