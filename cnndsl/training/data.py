@@ -438,31 +438,14 @@ def _split(labels: torch.Tensor, val_fraction: float, seed: int):
 # ---- augmentation ------------------------------------------------------------------------
 
 
-def _transform(name: str, args: dict, size: tuple[int, int]):
-    from torchvision.transforms import v2
-    if name == "random_crop":
-        return v2.RandomCrop(size, padding=int(args["padding"]))
-    if name == "flip":
-        return v2.RandomHorizontalFlip(p=args["p"])
-    if name == "rotate":
-        return v2.RandomRotation(args["degrees"])
-    if name == "scale":
-        return v2.RandomAffine(degrees=0, scale=(args["low"], args["high"]))
-    if name == "color_jitter":
-        return v2.ColorJitter(brightness=args["brightness"], contrast=args["contrast"],
-                              saturation=args["saturation"], hue=args["hue"])
-    if name == "normalize":
-        return None  # deterministic: applied by eval_transform, train and eval alike
-    raise ValueError(f"unknown augmentation {name}")
-
-
 def sample_augmenter(ops: list[tuple[str, dict]], size: tuple[int, int]):
     """One image's random augmentation (its label untouched), or None without any."""
-    randoms = [op for op in ops if op[0] != "normalize"]
-    if not randoms:
+    from .ops import v2_transforms
+    steps = v2_transforms(ops, size)
+    if not steps:
         return None
     from torchvision.transforms import v2
-    pipeline = v2.Compose([_transform(n, a, size) for n, a in randoms])
+    pipeline = v2.Compose(steps)
 
     def apply(image: torch.Tensor, label: torch.Tensor):
         return pipeline(image), label

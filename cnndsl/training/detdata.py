@@ -36,6 +36,7 @@ import torch
 
 from .data import CACHE_BYTES, IMAGE_SUFFIXES, Data, DataError, Dataset, _check_size, _fit
 from .images import UnreadableImageError, read_header, read_pixels
+from .ops import v2_transforms
 
 SHAPES_CLASSES = ["square", "disc", "triangle"]
 SHAPES_COUNT = 1000
@@ -668,21 +669,7 @@ def box_augmenter(ops: list[tuple[str, dict]], size) -> Callable | None:
     pixels brought in from outside are Ultralytics' grey."""
     from torchvision.transforms import v2
     fill = LETTERBOX_FILL
-    steps = []
-    for name, args in ops:
-        if name == "random_crop":
-            steps.append(v2.RandomCrop(list(size), padding=int(args["padding"]), fill=fill))
-        elif name == "flip":
-            steps.append(v2.RandomHorizontalFlip(p=args["p"]))
-        elif name == "rotate":
-            steps.append(v2.RandomRotation(args["degrees"], fill=fill))
-        elif name == "scale":
-            steps.append(v2.RandomAffine(degrees=0, scale=(args["low"], args["high"]),
-                                         fill=fill))
-        elif name == "color_jitter":
-            steps.append(v2.ColorJitter(brightness=args["brightness"],
-                                        contrast=args["contrast"],
-                                        saturation=args["saturation"], hue=args["hue"]))
+    steps = v2_transforms(ops, size, fill)
     if not steps:
         return None
     pipeline = v2.Compose(steps)

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from ...diagnostics import CnnError, Diagnostic
 from ...layers import REGISTRY
+from ..ops import v2_transforms
 from ..spec import TrainConfig, check_count
 from . import WeightedSum, argmax, class_weights, keep, output_node, unchanged, where
 
@@ -245,21 +246,7 @@ def joint_augmenter(ops: list[tuple[str, dict]], size, ignore: int):
     from torchvision import tv_tensors
     from torchvision.transforms import v2
     fill = {tv_tensors.Image: 0.0, tv_tensors.Mask: ignore}
-    steps = []
-    for name, args in ops:
-        if name == "random_crop":
-            steps.append(v2.RandomCrop(list(size), padding=int(args["padding"]), fill=fill))
-        elif name == "flip":
-            steps.append(v2.RandomHorizontalFlip(p=args["p"]))
-        elif name == "rotate":
-            steps.append(v2.RandomRotation(args["degrees"], fill=fill))
-        elif name == "scale":
-            steps.append(v2.RandomAffine(degrees=0, scale=(args["low"], args["high"]),
-                                         fill=fill))
-        elif name == "color_jitter":
-            steps.append(v2.ColorJitter(brightness=args["brightness"],
-                                        contrast=args["contrast"],
-                                        saturation=args["saturation"], hue=args["hue"]))
+    steps = v2_transforms(ops, size, fill)
     if not steps:
         return None
     pipeline = v2.Compose(steps)
