@@ -46,7 +46,8 @@ def test_a_decompression_bomb_is_skipped_and_named_not_an_internal_error(tmp_pat
     data = decode_images([tmp_path / "bomb.png", tmp_path / "ok.png"], (1, 8, 8), skipped)
     assert data.images.shape == (1, 1, 8, 8)
     assert len(skipped) == 1 and skipped[0][0] == str(tmp_path / "bomb.png")
-    assert "exceeds limit" in skipped[0][1]
+    assert skipped[0][1].startswith("image too large (60,000 x 60,000 pixels; the limit is "
+                                    "67,108,864 pixels")
 
 
 def test_predict_of_a_network_images_cannot_feed_is_a_data_error(tmp_path):
