@@ -776,7 +776,7 @@ def _pairs(target: Graph, source: Graph, chosen: list, may_differ: set[str],
     counters = _pair_leftovers(target, source, pairs, reinit)
     used = set(pairs.values())
     ignored = [n for n in source.shapes if n not in used]
-    return Match(pairs, reinit, ignored, counterparts, counters)
+    return Match(pairs, reinit, ignored, counterparts, counters=counters)
 
 
 def _pair_leftovers(target: Graph, source: Graph, pairs: dict, reinit: dict) -> list[str]:
