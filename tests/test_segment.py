@@ -334,7 +334,8 @@ def test_class_names_from_an_ultralytics_style_data_yaml(tmp_path):
     yaml_file.write_text("names: [bg, a, b, c]\n")
     assert load_masks(folder, (3, 16, 16), val_fraction=0.5).val.classes == ["bg", "a", "b", "c"]
     for text, message in (("names: !!python/object/apply:os.getcwd []\n", "not valid YAML"),
-                          ("names: {1: a, 2: b}\n", "`names:` must list the class names"),
+                          ("names: {1: a, 2: b}\n",
+                           "`names` must number the classes 0, 1, ... in order"),
                           ("names: [bg, a]\n", "value 2 is not a class (0...1)"),
                           ("names: [a, a, b, c]\n", "names a class twice")):
         yaml_file.write_text(text)

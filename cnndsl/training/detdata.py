@@ -35,6 +35,7 @@ import numpy as np
 import torch
 
 from .data import CACHE_BYTES, IMAGE_SUFFIXES, Data, DataError, Dataset, _check_size, _fit
+from .datafiles import class_file, read_bounded, read_data_yaml, yaml_class_names
 from .images import UnreadableImageError, read_header, read_pixels
 from .ops import v2_transforms
 
@@ -44,7 +45,6 @@ SHAPES_BYTES = 2 * 2**30  # the generated set's images in memory: fewer past thi
 SHAPES_MIN = 64
 MAX_OBJECTS = 1000  # per image: a target is max_boxes x 5 for every image of the set
 LETTERBOX_FILL = 114 / 255  # Ultralytics' grey border
-MAX_LABEL_BYTES = 1 << 20  # one label file
 MAX_JSON_BYTES = 1 << 30  # a COCO annotation file
 EDGE_SLACK = 0.01  # a normalised box edge this far past the image is rounding: clipped
 
@@ -234,14 +234,7 @@ def parse_label_file(path: Path, classes: int | None) -> np.ndarray:
     """A YOLO label file's rows `[class, cx, cy, w, h]` (normalised), every line checked:
     five numbers, a whole class in 0..classes-1, a box inside the image and not empty.
     Box edges up to EDGE_SLACK past the border (annotation rounding) are clipped."""
-    from ..files import open_regular
-    try:
-        with open_regular(path) as f:
-            raw = f.read(MAX_LABEL_BYTES + 1)
-    except OSError as exc:
-        raise DataError(f"cannot read {path}: {exc.strerror or exc}") from None
-    if len(raw) > MAX_LABEL_BYTES:
-        raise DataError(f"{path}: over {MAX_LABEL_BYTES // 2**20} MiB, not a label file")
+    raw = read_bounded(path, what="a label file")
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -382,53 +375,9 @@ def _images_in(folder: Path) -> list[Path]:
     return images
 
 
-def _class_file(root: Path) -> list[str] | None:
-    from .segdata import _class_file
-    return _class_file(root)
 
 
 # ---- an Ultralytics data YAML -------------------------------------------------------------
-
-
-def _read_yaml(path: Path) -> dict:
-    import yaml
-
-    from ..files import open_regular
-    try:
-        with open_regular(path) as f:
-            raw = f.read(MAX_LABEL_BYTES + 1)
-    except OSError as exc:
-        raise DataError(f"cannot read {path}: {exc.strerror or exc}") from None
-    if len(raw) > MAX_LABEL_BYTES:
-        raise DataError(f"{path}: over 1 MiB, not a data YAML")
-    try:
-        loaded = yaml.safe_load(raw)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        if mark is not None:
-            raise LabelError(path, mark.line + 1, mark.column + 1,
-                             f"not valid YAML ({getattr(exc, 'problem', '') or exc})") \
-                from None
-        raise DataError(f"{path}: not valid YAML ({exc})") from None
-    if not isinstance(loaded, dict):
-        raise DataError(f"{path}: a data YAML is a mapping with `train`, `val` and `names`")
-    return loaded
-
-
-def _yaml_names(path: Path, spec: dict) -> list[str]:
-    names = spec.get("names")
-    if isinstance(names, dict):
-        keys = sorted(names, key=str)
-        if sorted(k for k in keys if isinstance(k, int)) != list(range(len(keys))):
-            raise DataError(f"{path}: `names` must number the classes 0, 1, ... in order")
-        names = [names[k] for k in range(len(keys))]
-    if not isinstance(names, list) or not names:
-        raise DataError(f"{path}: `names` lists the classes (a list, or 0: name, ...)")
-    names = [str(n) for n in names]
-    count = spec.get("nc")
-    if count is not None and count != len(names):
-        raise DataError(f"{path}: `nc` is {count} but `names` has {len(names)} classes")
-    return names
 
 
 def _yaml_images(path: Path, base: Path, value, key: str) -> list[Path]:
@@ -455,11 +404,7 @@ def _yaml_images(path: Path, base: Path, value, key: str) -> list[Path]:
 
 def _listed_images(listing: Path, base: Path) -> list[Path]:
     """A .txt list of images, one a line: `./x` beside the list, others under the root."""
-    from ..files import open_regular
-    with open_regular(listing) as f:
-        raw = f.read(MAX_JSON_BYTES + 1)
-    if len(raw) > MAX_JSON_BYTES:
-        raise DataError(f"{listing}: over 1 GiB")
+    raw = read_bounded(listing, MAX_JSON_BYTES, "a list of images")
     images = []
     for line in raw.decode("utf-8", "replace").splitlines():
         line = line.strip()
@@ -470,8 +415,8 @@ def _listed_images(listing: Path, base: Path) -> list[Path]:
 
 
 def _from_yaml(path: Path) -> tuple[list[Path], list[Path], list[str]]:
-    spec = _read_yaml(path)
-    names = _yaml_names(path, spec)
+    spec = read_data_yaml(path)
+    names = yaml_class_names(path, spec)
     root = spec.get("path")
     base = path.parent if root is None else (path.parent / str(root))
     for key in ("train", "val"):
@@ -486,14 +431,7 @@ def _from_yaml(path: Path) -> tuple[list[Path], list[Path], list[str]]:
 
 
 def _from_coco(path: Path) -> tuple[list[tuple[Path, np.ndarray]], list[str]]:
-    from ..files import open_regular
-    try:
-        with open_regular(path) as f:
-            raw = f.read(MAX_JSON_BYTES + 1)
-    except OSError as exc:
-        raise DataError(f"cannot read {path}: {exc.strerror or exc}") from None
-    if len(raw) > MAX_JSON_BYTES:
-        raise DataError(f"{path}: over 1 GiB")
+    raw = read_bounded(path, MAX_JSON_BYTES, "a COCO annotation file")
     try:
         coco = json.loads(raw)
     except json.JSONDecodeError as exc:
@@ -592,7 +530,7 @@ def load_detection_data(source: str, shape: tuple[int, int, int], *,
         presplit = False
     elif path.is_dir():
         train_images, val_images = _yolo_folder(path)
-        named = _class_file(path)
+        named = class_file(path)
         count = len(named) if named is not None else None
         train = yolo_items(train_images, count)
         if val_images is None:

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from .data import CACHE_BYTES, IMAGE_SUFFIXES, Data, DataError, Dataset, _fit, decode_image
+from .datafiles import class_file
 from .images import UnreadableImageError, read_header, read_pixels
 
 SHAPES_CLASSES = ["background", "circle", "square", "triangle"]
@@ -127,7 +128,7 @@ def _folder(root: Path, shape, val_fraction: float, seed: int, ignore: int,
         every = _pairs(root)
         train_rows, val_rows = _random_split(len(every), val_fraction, seed)
         train, val = [every[i] for i in train_rows], [every[i] for i in val_rows]
-    named = _class_file(root)
+    named = class_file(root)
     top = max(_check_masks(train + val, named, ignore, max_pixels), default=0)
     classes = named or [str(i) for i in range(top + 1)]
     if len(classes) < 2:
@@ -165,52 +166,6 @@ def _pairs(folder: Path) -> list[tuple[Path, Path]]:
 def _files(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")
                   and p.suffix.lower() in IMAGE_SUFFIXES)
-
-
-DATA_YAML = ("data.yaml", "data.yml")
-
-
-def _class_file(root: Path) -> list[str] | None:
-    """Class names from `classes.txt` (one a line, from class 0), else from the `names:`
-    of an Ultralytics-style `data.yaml` (a list, or a mapping from 0, 1, ...)."""
-    path = root / "classes.txt"
-    yaml_path = next((root / n for n in DATA_YAML if (root / n).is_file()), None)
-    if not path.is_file():
-        return _yaml_names(yaml_path) if yaml_path is not None else None
-    names = [line.strip() for line in _read_text(path).splitlines() if line.strip()]
-    if len(set(names)) != len(names):
-        raise DataError(f"{path} names a class twice")
-    return names
-
-
-def _read_text(path: Path) -> str:
-    from ..files import open_regular
-    with open_regular(path) as f:
-        return f.read(1 << 20).decode("utf-8", "replace")
-
-
-def _yaml_names(path: Path) -> list[str]:
-    import yaml  # safe_load only: plain data, no Python objects
-    try:
-        data = yaml.safe_load(_read_text(path))
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f":{mark.line + 1}:{mark.column + 1}" if mark is not None else ""
-        raise DataError(f"{path}{where}: not valid YAML ({getattr(exc, 'problem', exc)})") \
-            from None
-    names = data.get("names") if isinstance(data, dict) else None
-    if isinstance(names, dict) and sorted(names) == list(range(len(names))):
-        names = [names[i] for i in range(len(names))]
-    if not isinstance(names, list) or not names or not all(
-            isinstance(n, (str, int)) and not isinstance(n, bool) for n in names):
-        raise DataError(f"{path}: `names:` must list the class names",
-                        help="names: [background, circle, ...] or names: {0: background, "
-                        "1: circle, ...}, from class 0")
-    names = [str(n) for n in names]
-    if len(set(names)) != len(names):
-        raise DataError(f"{path} names a class twice")
-    from .npzfile import class_names
-    return class_names(names, path)
 
 
 def _check_masks(pairs, classes: list[str] | None, ignore: int,
