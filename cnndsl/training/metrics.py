@@ -71,10 +71,15 @@ def format_report(report: dict) -> str:
         f", top-5 {report['top5']:.4f}" if "top5" in report else ""))
     lines.append("")
     lines.append("confusion matrix (rows: true class, columns: predicted)")
-    names = [r["class"] for r in rows]
-    cell = max(5, *(len(str(v)) for row in report["confusion_matrix"] for v in row),
-               *(len(n) for n in names))
-    lines.append(" " * width + "  " + " ".join(f"{n:>{cell}}" for n in names))
-    for name, row in zip(names, report["confusion_matrix"]):
-        lines.append(f"{name:<{width}}  " + " ".join(f"{v:>{cell}}" for v in row))
+    lines += confusion_table([r["class"] for r in rows], report["confusion_matrix"], width)
     return "\n".join(lines)
+
+
+def confusion_table(names: list[str], matrix: list[list[int]], width: int) -> list[str]:
+    """A confusion matrix as text: a header of class names, a row a true class, the names
+    (already one line each) in a column `width` wide."""
+    cell = max(5, *(len(str(v)) for row in matrix for v in row), *(len(n) for n in names))
+    lines = [" " * width + "  " + " ".join(f"{n:>{cell}}" for n in names)]
+    for name, row in zip(names, matrix):
+        lines.append(f"{name:<{width}}  " + " ".join(f"{v:>{cell}}" for v in row))
+    return lines

@@ -195,7 +195,7 @@ class Segment:
         plot_masks(images, truth, predicted, len(report["per_class"]), out / "samples.png")
 
     def format_report(self, report: dict) -> str:
-        from ..metrics import one_line
+        from ..metrics import confusion_table, one_line
         rows = [{**r, "class": one_line(r["class"])} for r in report["per_class"]]
         width = max(12, *(len(r["class"]) for r in rows))
 
@@ -207,12 +207,8 @@ class Segment:
         lines += ["", f"mIoU {report['miou']:.4f}, mean Dice {report['dice']:.4f}, pixel "
                   f"accuracy {report['pixel_accuracy']:.4f} ({report['pixels']:,} pixels)", "",
                   "confusion matrix in pixels (rows: true class, columns: predicted)"]
-        names = [r["class"] for r in rows]
-        size = max(5, *(len(str(v)) for row in report["confusion_matrix"] for v in row),
-                   *(len(n) for n in names))
-        lines.append(" " * width + "  " + " ".join(f"{n:>{size}}" for n in names))
-        for name, row in zip(names, report["confusion_matrix"]):
-            lines.append(f"{name:<{width}}  " + " ".join(f"{v:>{size}}" for v in row))
+        lines += confusion_table([r["class"] for r in rows], report["confusion_matrix"],
+                                 width)
         return "\n".join(lines)
 
     def best_line(self, record: dict) -> str:
