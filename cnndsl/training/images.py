@@ -38,26 +38,32 @@ _PILLOW_LIMIT = threading.Lock()
 
 @contextmanager
 def _opened(path: Path, max_pixels: int | None) -> Iterator:
-    """The image, opened (its header read, no pixel decoded) and within `max_pixels`.
+    """The image, opened (its header read, no pixel decoded) and within `max_pixels`; any
+    failure, at the open or while the caller decodes it, an UnreadableImageError.
 
     Pillow's own bomb check (a warning past Image.MAX_IMAGE_PIXELS, an error past twice
     that, without the size) is turned off for the open and replaced by this one (under a
     lock: Pillow's limit is a module global)."""
     from PIL import Image
     limit = MAX_PIXELS if max_pixels is None else max_pixels
-    with _PILLOW_LIMIT:
-        pillow, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
-        try:
-            image = Image.open(path)
-        finally:
-            Image.MAX_IMAGE_PIXELS = pillow
-    with image:
-        width, height = image.size
-        if width * height > limit:
-            raise _too_large(f"{width:,} x {height:,} pixels", limit)
-        if width * height == 0:
-            raise UnreadableImageError("an image of no pixels")
-        yield image
+    try:
+        with _PILLOW_LIMIT:
+            pillow, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
+            try:
+                image = Image.open(path)
+            finally:
+                Image.MAX_IMAGE_PIXELS = pillow
+        with image:
+            width, height = image.size
+            if width * height > limit:
+                raise _too_large(f"{width:,} x {height:,} pixels", limit)
+            if width * height == 0:
+                raise UnreadableImageError("an image of no pixels")
+            yield image
+    except UnreadableImageError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - any decoder failure is a bad file
+        raise _reason(exc) from None
 
 
 def _too_large(size: str, limit: int) -> UnreadableImageError:
@@ -69,41 +75,26 @@ def read_pixels(path: Path, mode: str | None, max_pixels: int | None = None) -> 
     """The decoded pixels as H x W (x C) uint8: converted to `mode` ("L", "RGB"), or, with
     `mode=None`, kept as they are where they are class indices (palette "P" or grey "L")
     and converted to grey otherwise."""
-    try:
-        with _opened(path, max_pixels) as image:
-            if mode is None:
-                mode = image.mode if image.mode in ("P", "L") else "L"
-            elif image.mode.startswith("I;16"):  # Pillow clips 16-bit pixels: scale them
-                from PIL import Image
-                wide = np.asarray(image).astype(np.float32)
-                image = Image.fromarray(np.round(wide / 257).astype(np.uint8), "L")
-            if image.mode != mode:
-                image = image.convert(mode)
-            return np.asarray(image).copy()
-    except UnreadableImageError:
-        raise
-    except Exception as exc:  # noqa: BLE001 - any decoder failure is a bad file
-        raise _reason(exc) from None
+    with _opened(path, max_pixels) as image:
+        if mode is None:
+            mode = image.mode if image.mode in ("P", "L") else "L"
+        elif image.mode.startswith("I;16"):  # Pillow clips 16-bit pixels: scale them
+            from PIL import Image
+            wide = np.asarray(image).astype(np.float32)
+            image = Image.fromarray(np.round(wide / 257).astype(np.uint8), "L")
+        if image.mode != mode:
+            image = image.convert(mode)
+        return np.asarray(image).copy()
 
 
 def read_header(path: Path, max_pixels: int | None = None) -> tuple[tuple[int, int], str]:
     """(width, height) and the mode, from the header alone."""
-    try:
-        with _opened(path, max_pixels) as image:
-            return image.size, image.mode
-    except UnreadableImageError:
-        raise
-    except Exception as exc:  # noqa: BLE001
-        raise _reason(exc) from None
+    with _opened(path, max_pixels) as image:
+        return image.size, image.mode
 
 
 def verify(path: Path, max_pixels: int | None = None) -> None:
     """Raises UnreadableImageError unless the file's structure is sound and its size within
     `max_pixels` (no pixels decoded)."""
-    try:
-        with _opened(path, max_pixels) as image:
-            image.verify()
-    except UnreadableImageError:
-        raise
-    except Exception as exc:  # noqa: BLE001
-        raise _reason(exc) from None
+    with _opened(path, max_pixels) as image:
+        image.verify()
