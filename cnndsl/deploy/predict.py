@@ -199,8 +199,8 @@ def predict_detections(predictor: Predictor, files: list[Path], *, batch: int = 
     import torch
     from tqdm.auto import tqdm
 
-    from ..training.detdata import letterbox
-    from ..training.images import UnreadableImageError, read_pixels
+    from ..training.detdata import letterboxed_file
+    from ..training.images import UnreadableImageError
     from ..training.tasks.detect import postprocess
     from .detect_onnx import rows_to_dicts
     out, info = Predictions(), predictor.info
@@ -211,15 +211,12 @@ def predict_detections(predictor: Predictor, files: list[Path], *, batch: int = 
         images, places = [], []
         for path in files[start:start + batch]:
             try:
-                pixels = read_pixels(path, "L" if info.shape[0] == 1 else "RGB")
+                boxed, scale, corner, (width, height) = letterboxed_file(path, info.shape)
             except (UnreadableImageError, OSError) as why:
                 out.skipped.append((str(path), str(why)))
                 continue
-            image = torch.from_numpy(pixels).reshape(pixels.shape[0], pixels.shape[1], -1) \
-                .permute(2, 0, 1).float() / 255.0
-            boxed, scale, corner = letterbox(image, info.shape[1:])
             images.append(boxed)
-            places.append((path, scale, corner, image.shape[-1], image.shape[-2]))
+            places.append((path, scale, corner, width, height))
         bar.update(len(files[start:start + batch]))
         if not images:
             continue

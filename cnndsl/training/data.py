@@ -82,11 +82,17 @@ class ImageFiles:
                           self.max_pixels)
 
 
+def image_tensor(path: Path, channels: int, max_pixels: int | None = None) -> torch.Tensor:
+    """One image file as C x h x w float32 in [0, 1] at its own size: grey for one
+    channel, RGB for three."""
+    pixels = torch.from_numpy(read_pixels(path, "L" if channels == 1 else "RGB", max_pixels))
+    return pixels.reshape(pixels.shape[0], pixels.shape[1], -1).permute(2, 0, 1) \
+        .float() / 255.0
+
+
 def decode_image(path: Path, shape, max_pixels: int | None = None) -> torch.Tensor:
     """One image file as C x H x W float32 in [0, 1], at the spec's size."""
-    pixels = read_pixels(path, "L" if shape[0] == 1 else "RGB", max_pixels)
-    tensor = torch.from_numpy(pixels).reshape(pixels.shape[0], pixels.shape[1], -1)
-    return _fit(tensor.permute(2, 0, 1)[None].float() / 255.0, shape)[0]
+    return _fit(image_tensor(path, shape[0], max_pixels)[None], shape)[0]
 
 
 CACHE_BYTES = 256 * 2**20  # `cache: auto` holds a folder decoded in memory below this
@@ -306,16 +312,13 @@ def check_image_input(shape) -> None:
 def _decode(files, classes: list[str], shape, skipped: list,
             max_pixels: int | None = None) -> Dataset:
     check_image_input(shape)
-    mode = "L" if shape[0] == 1 else "RGB"
     images, labels = [], []
     for path, label in files:
         try:
-            pixels = torch.from_numpy(read_pixels(path, mode, max_pixels))
+            images.append(decode_image(path, shape, max_pixels))
         except UnreadableImageError as why:
             skipped.append((str(path), str(why)))
             continue
-        tensor = pixels.view(pixels.shape[0], pixels.shape[1], shape[0]).permute(2, 0, 1)
-        images.append(_fit(tensor[None].float() / 255.0, shape)[0])
         labels.append(label)
     if not images:
         return Dataset(torch.zeros(0, *shape), torch.zeros(0, dtype=torch.int64), classes)

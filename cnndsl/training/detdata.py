@@ -34,9 +34,18 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .data import CACHE_BYTES, IMAGE_SUFFIXES, Data, DataError, Dataset, _check_size, _fit
+from .data import (
+    CACHE_BYTES,
+    IMAGE_SUFFIXES,
+    Data,
+    DataError,
+    Dataset,
+    _check_size,
+    _fit,
+    image_tensor,
+)
 from .datafiles import class_file, read_bounded, read_data_yaml, yaml_class_names
-from .images import UnreadableImageError, read_header, read_pixels
+from .images import UnreadableImageError, read_header
 from .ops import v2_transforms
 
 SHAPES_CLASSES = ["square", "disc", "triangle"]
@@ -175,14 +184,19 @@ def letterbox(image: torch.Tensor, size) -> tuple[torch.Tensor, float, tuple[int
     return out, scale, (left, top)
 
 
+def letterboxed_file(path: Path, shape):
+    """An image file letterboxed to the spec's shape, as training and predict read it:
+    (the image, the scale, the (left, top) padding, the file's (width, height))."""
+    image = image_tensor(path, shape[0])
+    h, w = image.shape[-2:]
+    boxed, scale, corner = letterbox(image, shape[1:])
+    return boxed, scale, corner, (w, h)
+
+
 def read_letterboxed(path: Path, shape, normalised: np.ndarray, max_boxes: int):
     """An image file letterboxed to the spec's shape and its boxes (n x 5 `[class, cx, cy,
     w, h]` normalised to the original image) in input pixels, padded to `max_boxes`."""
-    pixels = read_pixels(path, "L" if shape[0] == 1 else "RGB")
-    tensor = torch.from_numpy(pixels).reshape(pixels.shape[0], pixels.shape[1], -1)
-    image = tensor.permute(2, 0, 1).float() / 255.0
-    h, w = image.shape[-2:]
-    image, scale, (left, top) = letterbox(image, shape[1:])
+    image, scale, (left, top), (w, h) = letterboxed_file(path, shape)
     rows = torch.from_numpy(np.asarray(normalised, np.float32).reshape(-1, 5))
     boxes = torch.empty_like(rows)
     boxes[:, 0] = rows[:, 0]
