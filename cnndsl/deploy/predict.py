@@ -147,7 +147,6 @@ def predict_files(predictor: Predictor, files: list[Path], *, batch: int = 64, t
                   progress: bool | None = None, keep_logits: bool = False) -> Predictions:
     """Every file through the network, `batch` at a time; unreadable files are skipped
     (and listed), as training skips them."""
-    from tqdm.auto import tqdm
 
     if predictor.info.task == "detection":
         return predict_detections(predictor, files, batch=batch, progress=progress)
@@ -159,10 +158,7 @@ def predict_files(predictor: Predictor, files: list[Path], *, batch: int = 64, t
                                    help="a segmentation network's masks: `cnndsl eval SPEC "
                                    "--weights FILE --data DIR --predictions OUT`")])
     prepare = predictor.prepare()
-    show = sys.stderr.isatty() if progress is None else progress
-    bar = tqdm(total=len(files), disable=not show, unit="image", file=sys.stderr, leave=False)
-    for start in range(0, len(files), batch):
-        chunk = files[start:start + batch]
+    for chunk in _chunks(files, batch, progress):
         skipped_before = len(out.skipped)
         decoded = decode_images(chunk, predictor.info.shape, out.skipped)
         bad = {f for f, _ in out.skipped[skipped_before:]}
@@ -173,9 +169,19 @@ def predict_files(predictor: Predictor, files: list[Path], *, batch: int = 64, t
                 out.logits.append(logits.numpy())
             for path, row in zip(good, logits):
                 out.results.append({"file": str(path), **answer(row, predictor.info, top)})
-        bar.update(len(chunk))
-    bar.close()
     return out
+
+
+def _chunks(files: list[Path], batch: int, progress: bool | None):
+    """`files`, `batch` at a time, with a progress bar (tqdm) on a terminal."""
+    from tqdm.auto import tqdm
+    show = sys.stderr.isatty() if progress is None else progress
+    with tqdm(total=len(files), disable=not show, unit="image", file=sys.stderr,
+              leave=False) as bar:
+        for start in range(0, len(files), batch):
+            chunk = files[start:start + batch]
+            yield chunk
+            bar.update(len(chunk))
 
 
 def classify(logits, info: ModelInfo, top: int) -> dict:
@@ -197,7 +203,6 @@ def predict_detections(predictor: Predictor, files: list[Path], *, batch: int = 
     detections after threshold and NMS (training's `postprocess`, or the graph's own with
     an export made with `--nms`), their boxes mapped back to the file's pixels."""
     import torch
-    from tqdm.auto import tqdm
 
     from ..training.detdata import letterboxed_file
     from ..training.images import UnreadableImageError
@@ -205,11 +210,9 @@ def predict_detections(predictor: Predictor, files: list[Path], *, batch: int = 
     from .detect_onnx import rows_to_dicts
     out, info = Predictions(), predictor.info
     prepare = predictor.prepare()
-    show = sys.stderr.isatty() if progress is None else progress
-    bar = tqdm(total=len(files), disable=not show, unit="image", file=sys.stderr, leave=False)
-    for start in range(0, len(files), batch):
+    for chunk in _chunks(files, batch, progress):
         images, places = [], []
-        for path in files[start:start + batch]:
+        for path in chunk:
             try:
                 boxed, scale, corner, (width, height) = letterboxed_file(path, info.shape)
             except (UnreadableImageError, OSError) as why:
@@ -217,7 +220,6 @@ def predict_detections(predictor: Predictor, files: list[Path], *, batch: int = 
                 continue
             images.append(boxed)
             places.append((path, scale, corner, width, height))
-        bar.update(len(files[start:start + batch]))
         if not images:
             continue
         result = predictor.forward(prepare(torch.stack(images))).float()
@@ -231,7 +233,6 @@ def predict_detections(predictor: Predictor, files: list[Path], *, batch: int = 
                 {"class": info.class_name(int(c)), "index": int(c), "score": float(p),
                  "box": [round(float(v), 2) for v in box]}
                 for box, p, c in zip(boxes, one["scores"], one["labels"])]})
-    bar.close()
     return out
 
 
