@@ -114,7 +114,7 @@ CATALOGUE: tuple[Entry, ...] = (
           argv=("import", "example.cnn", "-o", "out.cnn")),
     Entry("E-limit", "a network or file beyond what cnndsl will process",
           "Parameters or activations per image over the memory limit (default half this "
-          "machine's memory; --memory-limit), more than 200,000 layers, more than 1,000,000 "
+          "machine's memory; --memory-limit), more than 100,000 layers, more than 1,000,000 "
           "expansion steps, repeats over 10,000, blocks nested over 32 deep, parentheses or "
           "braces nested over 64, expressions too deep, files over 4 MiB. Refused before "
           "any tensor is allocated.",

@@ -45,7 +45,7 @@ from .values import Symbol, describe, evaluate, render_expr, word_help
 
 SHAPE_CODES = ("E-shape", "E-groups")
 MAX_REPEAT = 10_000
-MAX_NODES = 200_000
+MAX_NODES = 100_000  # ~80 us each to check: a bound of seconds, 20x the largest zoo spec
 MAX_STEPS = 1_000_000  # layers and block calls expanded, failed ones included
 MAX_BLOCK_DEPTH = 32
 DEFAULT_MEMORY_FRACTION = 0.5  # of this machine's memory, for parameters or activations
@@ -663,22 +663,34 @@ class Checker(TensorChecks, SharedChecks):
         inner = step.step
         if inner.label is None:
             collected = []
-            for _ in range(count):
+            for i in range(count):
+                before = len(self.nodes)
                 x = self.layer(inner, x, frame)
                 if x.shape is None:  # failed once: it fails the same way N times
                     break
                 collected.append(x)
+                if i == 0:
+                    self.check_repeat_size(len(self.nodes) - before, count, step.count.span)
             self.last_repeat = (x, collected)
             return x
         unlabeled = ast.Layer(inner.name, inner.args, inner.kwargs, inner.has_call, None,
                               inner.span, inner.name_span)
-        return self.container(inner.label, [unlabeled] * count, x, frame, step.span)
+        return self.container(inner.label, [unlabeled] * count, x, frame, step.span,
+                              repeat_span=step.count.span)
+
+    def check_repeat_size(self, per_copy: int, count: int, span: Span) -> None:
+        """Refuse a repeat that will pass the layer bound as soon as its first copy shows
+        its size, not seconds later when the bound is reached."""
+        if len(self.nodes) + per_copy * (count - 1) > MAX_NODES:
+            self.fail("E-limit", f"{count:,} copies of {per_copy:,} layers: the network would "
+                      f"have more than {MAX_NODES:,} layers", span, label="repeat count")
+            raise _FatalError()
 
     def group(self, step: ast.Group, x: Tensor | None, frame: Frame) -> Tensor:
         return self.container(step.label, list(step.steps), x, frame, step.span)
 
     def container(self, label: str, steps: list[ast.Layer], x: Tensor | None, frame: Frame,
-                  span: Span) -> Tensor:
+                  span: Span, repeat_span: Span | None = None) -> Tensor:
         """A labelled repeat or group: one module `label` whose children are 0, 1, ... (as
         torchvision's `layer1.0`); the label also names the output tensor."""
         container = frame.path + (self.claim(label, span, frame),)
@@ -689,10 +701,13 @@ class Checker(TensorChecks, SharedChecks):
                     defaults=frame.defaults)
         collected = []
         for i, inner in enumerate(steps):
+            before = len(self.nodes)
             x = self.layer(inner, x, sub, name=str(i))
             if x.shape is None:
                 break
             collected.append(x)
+            if i == 0 and repeat_span is not None:
+                self.check_repeat_size(len(self.nodes) - before, len(steps), repeat_span)
         self.scopes[index] = self.scopes[index].model_copy(update={
             "output": x.name, "collected": tuple(t.name for t in collected)})
         frame.tensors.setdefault(label, x)

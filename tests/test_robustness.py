@@ -34,8 +34,18 @@ REGRESSIONS = {
     "deep_block_calls": ("\n".join(f"block b{i}() {{\n    b{i + 1}\n}}" for i in range(400))
                          + "\nblock b400() {\n    relu\n}\n" + BODY % "b0",
                          ("E-limit", 95, 5)),
+    # the repeat whose first copy shows it passes the layer bound, at once (it was the
+    # layer that reached the bound, seconds later)
     "nested_huge_repeats": ("block r() {\n    relu * 10000\n}\n" + BODY % "r * 10000",
-                            ("E-limit", 2, 5)),
+                            ("E-limit", 6, 9)),
+    "labelled_huge_repeat": (BODY % "stage: (conv(3, 1) -> relu) * 2\n    s: r * 10000"
+                             .replace("(conv(3, 1) -> relu) * 2", "relu * 2")
+                             + "block r() {\n    relu * 100\n}\n", ("E-limit", 4, 12)),
+    # found by `tools/fuzz.py` (seed 11, case 403): FCOS's shared head with a 10,000-layer
+    # tower took 11 s to reach the layer bound
+    "fuzz_11_403_shared_head_tower_10000": (
+        (ROOT / "specs" / "fcos_resnet50_fpn.cnn").read_text().replace(
+            "conv_gn_relu(c) * 4", "conv_gn_relu(c) * 10000"), ("E-limit", 15, 29)),
     "huge_channels": (BODY % "conv(2000000000, 3)", ("E-limit", 1, 9)),
     "channels_past_32_bits": (BODY % "conv(4000000000, 3)", ("E-arg", 3, 10)),
     "huge_input": ("network n() {\n    input x: 3 x 100000 x 100000\n    conv(8, 3)\n}\n",

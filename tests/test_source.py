@@ -38,15 +38,15 @@ def test_bottleneck_classes_compute_their_sizes_from_their_arguments(tmp_path):
     assert "nn.Conv2d(c * base_width // 64 * groups, c * expansion, kernel_size=1, " \
         "bias=False)" in source
     assert "nn.BatchNorm2d(c * expansion)" in source
-    for in_channels, c, stride, expansion, groups, width in [
-            (64, 16, 2, 2, 1, 64), (96, 24, 1, 2, 4, 32), (40, 10, 1, 4, 1, 64),
-            (32, 8, 2, 4, 2, 128)]:
+    for in_channels, c, stride, expansion, groups, width, dilation in [
+            (64, 16, 2, 2, 1, 64, 1), (96, 24, 1, 2, 4, 32, 2), (40, 10, 1, 4, 1, 64, 1),
+            (32, 8, 2, 4, 2, 128, 1), (40, 10, 1, 4, 1, 64, 3)]:
         cls = (module.Bottleneck3 if stride == 2 else module.Bottleneck
                if in_channels != c * expansion else module.Bottleneck2)
-        block = cls(in_channels, c, stride, expansion, groups, width)
+        block = cls(in_channels, c, stride, expansion, groups, width, dilation)
         model = cnndsl.loads(f"network n() {{\n input x: {in_channels} x 8 x 8\n"
                              f" bottleneck({c}, {stride}, {expansion}, groups={groups}, "
-                             f"base_width={width})\n}}")
+                             f"base_width={width}, dilation={dilation})\n}}")
         assert _params(block) == model.params
         y = block.eval()(torch.randn(2, in_channels, 8, 8))
         assert tuple(y.shape[1:]) == model.ir.shape_of(model.ir.outputs[0])

@@ -126,8 +126,11 @@ def check_case(text: str, time_bound: float) -> tuple[str, str | None]:
     signal.signal(signal.SIGALRM, _alarm)
     signal.setitimer(signal.ITIMER_REAL, time_bound)
     try:
-        model = cnndsl.loads(text, name="fuzz.cnn")
-        layer_table(model.ir), to_dot(model.ir), summary_table(model.ir)
+        try:
+            model = cnndsl.loads(text, name="fuzz.cnn")
+            layer_table(model.ir), to_dot(model.ir), summary_table(model.ir)
+        finally:  # before any handler runs: an alarm inside one would escape the campaign
+            signal.setitimer(signal.ITIMER_REAL, 0)
     except cnndsl.CnnError as exc:
         unlocated = [d for d in exc.diagnostics if d.severity == "error" and d.span is None]
         if unlocated or not exc.diagnostics:
@@ -139,8 +142,6 @@ def check_case(text: str, time_bound: float) -> tuple[str, str | None]:
         return "failure", f"took longer than {time_bound} s"
     except Exception as exc:  # noqa: BLE001 - any other exception is a finding
         return "failure", f"crash: {type(exc).__name__}: {exc}"
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
     return "checked", None
 
 
