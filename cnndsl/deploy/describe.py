@@ -37,7 +37,7 @@ class ModelInfo:
         return [("normalize", {"mean": tuple(self.mean), "std": tuple(self.std)})]
 
     def class_name(self, index: int) -> str:
-        if self.classes is not None and index < len(self.classes):
+        if self.classes is not None and 0 <= index < len(self.classes):
             return self.classes[index]
         return str(index)
 

@@ -1,0 +1,68 @@
+"""Hostile models and specs (second adversarial pass): ONNX files whose cnndsl metadata
+lies about the task or the input, imports of odd graphs, the detector-head language
+features. Each is a clear error, never an internal error, a hang or an unbounded
+allocation."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cnndsl.diagnostics import CnnError
+
+TINY = """
+network tiny() {
+    input image: 3 x 16 x 16
+    conv(4, 3, padding=1) -> relu -> global_avgpool -> flatten -> linear(3)
+}
+"""
+
+
+def onnx_with(meta: dict[str, str], *, dynamic: bool = False) -> bytes:
+    """The tiny classifier as ONNX, its cnndsl metadata replaced by `meta`; with `dynamic`
+    its input's H and W are not fixed (so the metadata's shape is used)."""
+    import cnndsl
+    from cnndsl.deploy.describe import PREFIX
+    model = cnndsl.loads(TINY).to_onnx()
+    keep = [p for p in model.metadata_props if not p.key.startswith(PREFIX)]
+    del model.metadata_props[:]
+    for prop in keep:
+        model.metadata_props.add(key=prop.key, value=prop.value)
+    for key, value in meta.items():
+        model.metadata_props.add(key=PREFIX + key, value=value)
+    if dynamic:
+        dims = model.graph.input[0].type.tensor_type.shape.dim
+        dims[2].dim_param, dims[3].dim_param = "H", "W"
+    return model.SerializeToString()
+
+
+@pytest.fixture(scope="module")
+def picture(tmp_path_factory) -> Path:
+    from PIL import Image
+    path = tmp_path_factory.mktemp("pictures") / "a.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (20, 20, 3), np.uint8)).save(path)
+    return path
+
+
+def test_a_classifier_whose_metadata_says_detection_is_an_error_not_a_crash(picture):
+    from cnndsl.deploy.predict import onnx_predictor, predict_files
+    predictor = onnx_predictor(onnx_with({"task": '"detection"'}))
+    with pytest.raises(CnnError, match=r"described as `detection`, but its output is 1 x 3, "
+                       r"not a detector's"):
+        predict_files(predictor, [picture])
+
+
+def test_a_detectors_batch_at_a_huge_metadata_shape_is_refused_before_allocating(picture):
+    from cnndsl.deploy.predict import onnx_predictor, predict_files
+    predictor = onnx_predictor(onnx_with({"task": '"detection"',
+                                          "shape": "[3, 60000, 60000]"}, dynamic=True))
+    with pytest.raises(CnnError, match=r"1 images at 3 x 60000 x 60000 need 40.2 GiB"):
+        predict_files(predictor, [picture])
+
+
+def test_a_negative_class_index_is_not_named_from_the_end_of_the_list():
+    from cnndsl.deploy.describe import ModelInfo
+    info = ModelInfo(shape=(3, 8, 8), classes=["cat", "dog"])
+    assert info.class_name(-1) == "-1" and info.class_name(1) == "dog"
