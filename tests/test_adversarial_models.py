@@ -66,3 +66,30 @@ def test_a_negative_class_index_is_not_named_from_the_end_of_the_list():
     from cnndsl.deploy.describe import ModelInfo
     info = ModelInfo(shape=(3, 8, 8), classes=["cat", "dog"])
     assert info.class_name(-1) == "-1" and info.class_name(1) == "dog"
+
+
+DEEP = "[" * 100_000  # a few bytes that nest past Python's recursion limit
+
+
+def test_json_nested_past_the_recursion_limit_is_bad_json_wherever_cnndsl_reads_json(
+        tmp_path, picture):
+    import struct
+
+    import cnndsl
+    from cnndsl.deploy.describe import from_onnx_metadata, read_sidecar
+    from cnndsl.training.data import DataError
+    from cnndsl.training.detdata import _from_coco
+    from cnndsl.training.state import NotAStateError, _json_dict
+    info = from_onnx_metadata({"cnndsl.classes": DEEP}, [None, 3, 16, 16])  # ONNX metadata
+    assert info.classes is None
+    (tmp_path / "model.json").write_text(DEEP)  # beside a run's weights
+    assert read_sidecar(tmp_path / "best.safetensors", (3, 16, 16)) is None
+    (tmp_path / "coco.json").write_text('{"images": ' + DEEP)
+    with pytest.raises(DataError, match=r"coco.json.*not valid JSON \(nested too deeply\)"):
+        _from_coco(tmp_path / "coco.json")
+    with pytest.raises(NotAStateError, match="`progress` is not valid JSON"):
+        _json_dict({"progress": DEEP}, "progress")  # a training state's progress
+    header = b'{"a": ' + DEEP.encode()
+    (tmp_path / "deep.safetensors").write_bytes(struct.pack("<Q", len(header)) + header)
+    with pytest.raises(CnnError):
+        cnndsl.loads(TINY).weights(str(tmp_path / "deep.safetensors"))

@@ -486,7 +486,7 @@ def _from_yaml(path: Path) -> tuple[list[Path], list[Path], list[str]]:
 
 
 def _from_coco(path: Path) -> tuple[list[tuple[Path, np.ndarray]], list[str]]:
-    from ..files import open_regular
+    from ..files import load_json, open_regular
     try:
         with open_regular(path) as f:
             raw = f.read(MAX_JSON_BYTES + 1)
@@ -495,7 +495,7 @@ def _from_coco(path: Path) -> tuple[list[tuple[Path, np.ndarray]], list[str]]:
     if len(raw) > MAX_JSON_BYTES:
         raise DataError(f"{path}: over 1 GiB")
     try:
-        coco = json.loads(raw)
+        coco = load_json(raw)
     except json.JSONDecodeError as exc:
         raise LabelError(path, exc.lineno, exc.colno, f"not valid JSON ({exc.msg})") from None
     except UnicodeDecodeError:
