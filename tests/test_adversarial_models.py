@@ -93,3 +93,61 @@ def test_json_nested_past_the_recursion_limit_is_bad_json_wherever_cnndsl_reads_
     (tmp_path / "deep.safetensors").write_bytes(struct.pack("<Q", len(header)) + header)
     with pytest.raises(CnnError):
         cnndsl.loads(TINY).weights(str(tmp_path / "deep.safetensors"))
+
+
+# ---- cnndsl import of odd graphs: refused by name (E-onnx), never "does not check" -------
+
+
+def _graph_file(folder: Path, name: str, nodes: list, constants: dict) -> Path:
+    """x (1 x 2 x 4 x 4) -> a 1x1 conv `c` -> `nodes` -> y, as an .onnx file."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+    conv = helper.make_node("Conv", ["x", "w"], ["c"], name="conv")
+    constants = {"w": np.ones((2, 2, 1, 1), np.float32), **constants}
+    graph = helper.make_graph(
+        [conv, *nodes], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT,
+                                                            [1, 2, 4, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        [numpy_helper.from_array(v, k) for k, v in constants.items()])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 8
+    path = folder / f"{name}.onnx"
+    onnx.save(model, path)
+    return path
+
+
+def _layer_norm(eps: float) -> tuple[list, dict]:
+    from onnx import helper
+    return ([helper.make_node("Transpose", ["c"], ["t"], perm=[0, 2, 3, 1]),
+             helper.make_node("LayerNormalization", ["t", "g", "b"], ["l"], axis=-1,
+                              epsilon=eps, name="ln"),
+             helper.make_node("Transpose", ["l"], ["y"], perm=[0, 3, 1, 2])],
+            {"g": np.ones(2, np.float32), "b": np.zeros(2, np.float32)})
+
+
+def _split(sizes: list[int]) -> tuple[list, dict]:
+    from onnx import helper
+    return ([helper.make_node("Split", ["c", "s"], ["y", "z"], axis=1, name="split")],
+            {"s": np.array(sizes, np.int64)})
+
+
+def _pad(pads: list[int]) -> tuple[list, dict]:
+    from onnx import helper
+    return ([helper.make_node("Pad", ["c", "p"], ["y"], name="pad")],
+            {"p": np.array(pads, np.int64)})
+
+
+@pytest.mark.parametrize("case, why", [
+    (lambda: _layer_norm(float("nan")), r"node 'ln' \(LayerNormalization\): the number nan"),
+    (lambda: _layer_norm(1e40), r"node 'ln' \(LayerNormalization\): the number inf"),
+    (lambda: _split([2, 0]), r"node 'split' \(Split\): a Split into \[2, 0\] of an axis of 2"),
+    (lambda: _split([2, 2]), r"node 'split' \(Split\): a Split into \[2, 2\] of an axis of 2"),
+    (lambda: _pad([0, 0, -1, -1, 0, 0, -1, -1]), r"node 'pad' \(Pad\): padding \[0, 0, -1"),
+], ids=["eps-nan", "eps-inf", "split-empty", "split-too-long", "pad-negative"])
+def test_import_refuses_what_the_language_cannot_write_instead_of_writing_a_bad_spec(
+        tmp_path, case, why):
+    from cnndsl.importer import import_file
+    nodes, constants = case()
+    path = _graph_file(tmp_path, "odd", nodes, constants)
+    with pytest.raises(CnnError, match=why):
+        import_file(path)
