@@ -30,3 +30,15 @@ def open_regular(path: str | bytes | Path) -> BinaryIO:
     except BaseException:
         os.close(fd)
         raise
+
+
+def load_json(text: str | bytes):
+    """`json.loads`, but a document nested past Python's recursion limit (a few bytes of
+    `[[[[...` in a user's file) is a `json.JSONDecodeError` like any other bad JSON, not
+    a RecursionError."""
+    import json
+    try:
+        return json.loads(text)
+    except RecursionError:
+        doc = text.decode("utf-8", "replace") if isinstance(text, bytes) else text
+        raise json.JSONDecodeError("nested too deeply", doc, 0) from None

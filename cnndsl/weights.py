@@ -123,11 +123,11 @@ def _read_safetensors(path: Path, refuse) -> Weights:
 def _safetensors_types_numpy_lacks(path: Path) -> bool:
     """Whether the header names a type numpy cannot hold (bfloat16, float8): those are
     read through torch, which names each tensor it cannot use."""
-    import json
+    from .files import load_json
     try:
         with open(path, "rb") as f:
             size = int.from_bytes(f.read(8), "little")
-            header = json.loads(f.read(min(size, 100_000_000)))
+            header = load_json(f.read(min(size, 100_000_000)))
     except (OSError, ValueError):
         return False  # safe_open says what is wrong with it
     return isinstance(header, dict) and any(

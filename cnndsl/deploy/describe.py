@@ -37,7 +37,7 @@ class ModelInfo:
         return [("normalize", {"mean": tuple(self.mean), "std": tuple(self.std)})]
 
     def class_name(self, index: int) -> str:
-        if self.classes is not None and index < len(self.classes):
+        if self.classes is not None and 0 <= index < len(self.classes):
             return self.classes[index]
         return str(index)
 
@@ -116,7 +116,7 @@ def from_onnx_metadata(props: dict[str, str], input_shape) -> ModelInfo:
         if text is None:
             return None
         try:
-            return json.loads(text)
+            return load_json(text)
         except ValueError:
             return None
     shape = get("shape")
@@ -154,6 +154,7 @@ def _floats(value) -> bool:
         for v in value)
 
 
+from ..files import load_json  # noqa: E402
 from ..training.folder import SIDECAR  # noqa: E402 - beside a run's best/last.safetensors
 
 
@@ -172,7 +173,7 @@ def read_sidecar(weights: str | Path, shape) -> ModelInfo | None:
     path = Path(weights).parent / SIDECAR
     try:
         with open_regular(path) as f:
-            values = json.loads(f.read(1 << 20))
+            values = load_json(f.read(1 << 20))
     except (OSError, ValueError):
         return None
     if not isinstance(values, dict) or values.get("format") != "cnndsl.model":

@@ -134,13 +134,37 @@ def image_files(paths: list[str]) -> list[Path]:
 
 def decode_images(files: list[Path], shape, skipped: list):
     """Files decoded as training decodes them; a shape images cannot feed is an error."""
-    from ..training.data import DataError, _check_size, _decode
+    from ..training.data import DataError, _decode
+    check_batch_size(files, shape)
     try:
-        _check_size(len(files), shape, 4 * 2**30, files[0])
         return _decode([(p, 0) for p in files], ["?"], shape, skipped)
     except DataError as exc:
         raise CnnError([Diagnostic(code="E-data", message=exc.message,
                                    help=exc.help or None)]) from None
+
+
+def check_batch_size(files: list[Path], shape) -> None:
+    """A batch of `files` at the network's input `shape` (from an ONNX file's metadata
+    where its input's size is not fixed) must fit in memory."""
+    from ..training.data import DataError, _check_size
+    try:
+        _check_size(len(files), shape, 4 * 2**30, files[0])
+    except DataError as exc:
+        raise CnnError([Diagnostic(code="E-data", message=exc.message,
+                                   help=exc.help or None)]) from None
+
+
+def detector_output(result, task: str) -> None:
+    """What a detector gives: decoded boxes and class scores (N x (4 + classes) x anchors)
+    or, exported with --nms, final boxes (N x 7); anything else is not a detector's."""
+    if (result.ndim == 2 and result.shape[-1] == 7) or (result.ndim == 3
+                                                         and result.shape[1] > 4):
+        return
+    raise CnnError([Diagnostic(
+        code="E-run", message=f"the model is described as `{task}`, but its output is "
+        f"{' x '.join(map(str, result.shape))}, not a detector's N x (4 + classes) x anchors "
+        "(or N x 7 from an export with --nms)",
+        help="export the detector again with `cnndsl compile --to onnx`")])
 
 
 def predict_files(predictor: Predictor, files: list[Path], *, batch: int = 64, top: int = 5,
@@ -212,6 +236,7 @@ def predict_detections(predictor: Predictor, files: list[Path], *, batch: int = 
     prepare = predictor.prepare()
     for chunk in _chunks(files, batch, progress):
         images, places = [], []
+        check_batch_size(chunk, info.shape)
         for path in chunk:
             try:
                 boxed, scale, corner, (width, height) = letterboxed_file(path, info.shape)
@@ -223,6 +248,7 @@ def predict_detections(predictor: Predictor, files: list[Path], *, batch: int = 
         if not images:
             continue
         result = predictor.forward(prepare(torch.stack(images))).float()
+        detector_output(result, info.task)
         found = rows_to_dicts(result.numpy(), len(images)) \
             if result.ndim == 2 and result.shape[-1] == 7 else postprocess(result)
         for (path, scale, (left, top), width, height), one in zip(places, found):

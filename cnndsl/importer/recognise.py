@@ -55,7 +55,10 @@ class Inexpressible(Exception):  # noqa: N818 - a reason, not a failure
 
 
 def num(value) -> str:
-    """A number as the language writes it: ints plain, floats by float32's shortest form."""
+    """A number as the language writes it: ints plain, floats by float32's shortest form;
+    the language has no NaN or infinity (an epsilon, a slope or a pad value of NaN)."""
+    if not np.isfinite(np.float32(value)):
+        raise Inexpressible(f"the number {float(value)} (as float32, not finite)")
     if isinstance(value, (int, np.integer)) or float(value).is_integer() and abs(value) < 2**31:
         return str(int(value))
     return str(np.float32(value))
@@ -582,6 +585,9 @@ def split(r: Recogniser, n: OnnxNode) -> None:
         parts = len(n.outputs)
         size = -(-given[axis] // parts)
         sizes = [min(size, given[axis] - k * size) for k in range(parts)]
+    sizes = [int(s) for s in np.asarray(sizes).reshape(-1)]
+    if len(sizes) != len(n.outputs) or min(sizes) < 1 or sum(sizes) != given[axis]:
+        raise Inexpressible(f"a Split into {sizes} of an axis of {given[axis]}")
     start = 0
     for size, output in zip(sizes, n.outputs, strict=True):
         if output:
@@ -595,8 +601,8 @@ def pad(r: Recogniser, n: OnnxNode) -> None:
     if n.attrs.get("mode", "constant") != "constant" or len(n.inputs) > 3 and n.inputs[3]:
         raise Inexpressible("a Pad other than constant padding of all axes")
     pads = [int(p) for p in pads]
-    if r.in_rank(n) != 4 or pads[:2] != [0, 0] or pads[4:6] != [0, 0] or \
-            pads[2:4] != pads[6:8]:
+    if r.in_rank(n) != 4 or len(pads) != 8 or pads[:2] != [0, 0] or pads[4:6] != [0, 0] \
+            or pads[2:4] != pads[6:8] or min(pads) < 0:
         raise Inexpressible(f"padding {pads} (cnndsl pads rows and columns evenly)")
     value = 0.0 if value is None or value.size == 0 else float(value.reshape(-1)[0])
     r.add(n, "pad", [pair(pads[2:4])], {"value": num(value)} if value else {})

@@ -34,6 +34,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..files import load_json
 from .data import (
     CACHE_BYTES,
     IMAGE_SUFFIXES,
@@ -447,7 +448,7 @@ def _from_yaml(path: Path) -> tuple[list[Path], list[Path], list[str]]:
 def _from_coco(path: Path) -> tuple[list[tuple[Path, np.ndarray]], list[str]]:
     raw = read_bounded(path, MAX_JSON_BYTES, "a COCO annotation file")
     try:
-        coco = json.loads(raw)
+        coco = load_json(raw)
     except json.JSONDecodeError as exc:
         raise LabelError(path, exc.lineno, exc.colno, f"not valid JSON ({exc.msg})") from None
     except UnicodeDecodeError:

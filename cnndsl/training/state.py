@@ -22,6 +22,7 @@ from typing import Any
 import torch
 
 from ..diagnostics import CnnError, Diagnostic
+from ..files import load_json
 
 KEYS = ("model", "optimizer", "schedule", "scaler", "rng", "progress", "fingerprint")
 COUNTERS = ("epoch", "step", "correct", "seen", "samples", "best_epoch", "bad_epochs")
@@ -81,7 +82,7 @@ def _json_dict(state: dict, key: str) -> dict:
     if not isinstance(text, str):
         raise NotAStateError(f"`{key}` is a {type(text).__name__}, not JSON text")
     try:
-        value = json.loads(text)
+        value = load_json(text)
     except ValueError:
         raise NotAStateError(f"`{key}` is not valid JSON") from None
     if not isinstance(value, dict):
