@@ -36,6 +36,7 @@ import torch
 
 from .data import CACHE_BYTES, IMAGE_SUFFIXES, Data, DataError, Dataset, _check_size, _fit
 from .images import UnreadableImageError, read_header, read_pixels
+from .npzfile import MAX_CLASSES
 from .ops import v2_transforms
 
 SHAPES_CLASSES = ["square", "disc", "triangle"]
@@ -243,7 +244,7 @@ def parse_label_file(path: Path, classes: int | None) -> np.ndarray:
     if len(raw) > MAX_LABEL_BYTES:
         raise DataError(f"{path}: over {MAX_LABEL_BYTES // 2**20} MiB, not a label file")
     try:
-        text = raw.decode("utf-8")
+        text = raw.decode("utf-8-sig")  # a byte order mark, as Windows editors write
     except UnicodeDecodeError as exc:
         line = raw[:exc.start].count(b"\n") + 1
         raise LabelError(path, line, 0, "not UTF-8 text") from None
@@ -293,8 +294,11 @@ def _parse_line(path: Path, number: int, line: str, classes: int | None) -> list
             raise fail(column, f"`{field[:20]}` is not a finite number")
         values.append(value)
     label, cx, cy, w, h = values
-    if label != int(label) or label < 0 or classes is not None and label >= classes:
-        known = f"0..{classes - 1}" if classes is not None else "0, 1, ..."
+    # without class names the largest index makes the classes: bounded as for .npz labels
+    limit = classes if classes is not None else MAX_CLASSES
+    if label != int(label) or label < 0 or label >= limit:
+        known = f"0..{classes - 1}" if classes is not None else \
+            f"at most {MAX_CLASSES:,} classes, from 0"
         raise fail(fields[0][0], f"class {fields[0][1]} is not a class ({known})")
     for (column, field), value in zip(fields[1:], values[1:]):
         if not 0 <= value <= 1:
@@ -331,7 +335,9 @@ def yolo_items(images: list[Path], classes: int | None) -> list[tuple[Path, np.n
     items = []
     for image in images:
         labels = label_path(image)
-        rows = parse_label_file(labels, classes) if labels.is_file() else \
+        # a label that is there but no file (a folder, a FIFO, a link loop) is refused by
+        # parse_label_file, not taken for an image without objects
+        rows = parse_label_file(labels, classes) if os.path.lexists(labels) else \
             np.zeros((0, 5), np.float32)
         items.append((image, rows))
     return items
@@ -410,6 +416,8 @@ def _read_yaml(path: Path) -> dict:
                              f"not valid YAML ({getattr(exc, 'problem', '') or exc})") \
                 from None
         raise DataError(f"{path}: not valid YAML ({exc})") from None
+    except RecursionError:
+        raise DataError(f"{path}: not a data YAML (nested too deeply)") from None
     if not isinstance(loaded, dict):
         raise DataError(f"{path}: a data YAML is a mapping with `train`, `val` and `names`")
     return loaded
@@ -422,13 +430,22 @@ def _yaml_names(path: Path, spec: dict) -> list[str]:
         if sorted(k for k in keys if isinstance(k, int)) != list(range(len(keys))):
             raise DataError(f"{path}: `names` must number the classes 0, 1, ... in order")
         names = [names[k] for k in range(len(keys))]
-    if not isinstance(names, list) or not names:
+    if not isinstance(names, list) or not names or not all(_plain(n) for n in names):
         raise DataError(f"{path}: `names` lists the classes (a list, or 0: name, ...)")
-    names = [str(n) for n in names]
+    from .npzfile import class_names
+    names = class_names([str(n) for n in names], path)
     count = spec.get("nc")
+    if count is not None and (not _plain(count) or not isinstance(count, int)):
+        raise DataError(f"{path}: `nc` is not a whole number")
     if count is not None and count != len(names):
         raise DataError(f"{path}: `nc` is {count} but `names` has {len(names)} classes")
     return names
+
+
+def _plain(value) -> bool:
+    """A name or a number as YAML gives it (not a list, a mapping, a bool or null: an
+    alias to a nested list can stand for billions of items)."""
+    return isinstance(value, (str, int)) and not isinstance(value, bool)
 
 
 def _yaml_images(path: Path, base: Path, value, key: str) -> list[Path]:
@@ -473,7 +490,9 @@ def _from_yaml(path: Path) -> tuple[list[Path], list[Path], list[str]]:
     spec = _read_yaml(path)
     names = _yaml_names(path, spec)
     root = spec.get("path")
-    base = path.parent if root is None else (path.parent / str(root))
+    if root is not None and not isinstance(root, str):
+        raise DataError(f"{path}: `path` names a folder (the dataset's root)")
+    base = path.parent if root is None else path.parent / root
     for key in ("train", "val"):
         if key not in spec:
             raise DataError(f"{path}: no `{key}`", help="an Ultralytics data YAML names "
@@ -500,17 +519,27 @@ def _from_coco(path: Path) -> tuple[list[tuple[Path, np.ndarray]], list[str]]:
         raise LabelError(path, exc.lineno, exc.colno, f"not valid JSON ({exc.msg})") from None
     except UnicodeDecodeError:
         raise DataError(f"{path}: not UTF-8 text") from None
+    except RecursionError:
+        raise DataError(f"{path}: not a COCO file (nested too deeply)") from None
+    except ValueError as exc:  # a number of over 4,300 digits
+        raise DataError(f"{path}: not valid JSON ({exc})") from None
     if not isinstance(coco, dict) or not all(isinstance(coco.get(k), list)
                                              for k in ("images", "annotations", "categories")):
         raise DataError(f"{path}: a COCO file holds lists `images`, `annotations` and "
                         "`categories`")
     try:
-        categories = sorted((int(c["id"]), str(c["name"])) for c in coco["categories"])
-        images = {int(i["id"]): (str(i["file_name"]), float(i["width"]), float(i["height"]))
-                  for i in coco["images"]}
+        categories = sorted((_whole(c["id"]), _text(c["name"])) for c in coco["categories"])
+        images: dict[int, tuple[str, float, float]] = {}
+        for i in coco["images"]:
+            image_id = _whole(i["id"])
+            if image_id in images:
+                raise DataError(f"{path}: image id {image_id} twice")
+            images[image_id] = (_text(i["file_name"]), _size(i["width"]),
+                                _size(i["height"]))
     except (KeyError, TypeError, ValueError) as exc:
         raise DataError(f"{path}: a category needs `id` and `name`, an image `id`, "
-                        f"`file_name`, `width` and `height` ({exc})") from None
+                        f"`file_name`, `width` and `height` (a size over 0) ({exc})") \
+            from None
     index = {cid: i for i, (cid, _) in enumerate(categories)}
     rows: dict[int, list] = {i: [] for i in images}
     for n, ann in enumerate(coco["annotations"]):
@@ -534,11 +563,13 @@ def _from_coco(path: Path) -> tuple[list[tuple[Path, np.ndarray]], list[str]]:
 
 def _coco_annotation(path: Path, n: int, ann, images: dict, index: dict):
     """(image id, normalised `[class, cx, cy, w, h]`), or None for a crowd region."""
-    where = f"{path}: annotation {n}" + (f" (id {ann.get('id')})"
+    where = f"{path}: annotation {n}" + (f" (id {str(ann.get('id'))[:20]})"
                                          if isinstance(ann, dict) and "id" in ann else "")
     try:
-        image_id, category = int(ann["image_id"]), int(ann["category_id"])
-        x, y, w, h = (float(v) for v in ann["bbox"])
+        image_id, category = _whole(ann["image_id"]), _whole(ann["category_id"])
+        if not isinstance(ann["bbox"], list):
+            raise TypeError("bbox")
+        x, y, w, h = (_number(v) for v in ann["bbox"])
     except (KeyError, TypeError, ValueError):
         raise DataError(f"{where}: needs `image_id`, `category_id` and `bbox` [x, y, w, h]") \
             from None
@@ -558,6 +589,32 @@ def _coco_annotation(path: Path, n: int, ann, images: dict, index: dict):
     x2, y2 = min(x + w, width), min(y + h, height)
     return image_id, [index[category], (x1 + x2) / 2 / width, (y1 + y2) / 2 / height,
                       (x2 - x1) / width, (y2 - y1) / height]
+
+
+def _number(value) -> float:
+    """A finite JSON number (not a bool, a string or NaN), else ValueError."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or \
+            not math.isfinite(value):
+        raise ValueError(f"{str(value)[:20]!r} is not a number")
+    return float(value)
+
+
+def _whole(value) -> int:
+    if _number(value) != int(value):
+        raise ValueError(f"{value!r} is not a whole number")
+    return int(value)
+
+
+def _size(value) -> float:
+    if _number(value) <= 0:
+        raise ValueError(f"{value!r} is not a size")
+    return float(value)
+
+
+def _text(value) -> str:
+    if not isinstance(value, (str, int)) or isinstance(value, bool):
+        raise ValueError(f"{str(value)[:20]!r} is not a name")
+    return str(value)
 
 
 # ---- loading ------------------------------------------------------------------------------

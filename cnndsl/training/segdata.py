@@ -198,8 +198,10 @@ def _yaml_names(path: Path) -> list[str]:
         where = f":{mark.line + 1}:{mark.column + 1}" if mark is not None else ""
         raise DataError(f"{path}{where}: not valid YAML ({getattr(exc, 'problem', exc)})") \
             from None
+    except RecursionError:
+        raise DataError(f"{path}: not a data YAML (nested too deeply)") from None
     names = data.get("names") if isinstance(data, dict) else None
-    if isinstance(names, dict) and sorted(names) == list(range(len(names))):
+    if isinstance(names, dict) and set(names) == set(range(len(names))):
         names = [names[i] for i in range(len(names))]
     if not isinstance(names, list) or not names or not all(
             isinstance(n, (str, int)) and not isinstance(n, bool) for n in names):
