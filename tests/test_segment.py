@@ -337,7 +337,7 @@ def test_class_names_from_an_ultralytics_style_data_yaml(tmp_path):
                           ("names: {1: a, 2: b}\n",
                            "`names` must number the classes 0, 1, ... in order"),
                           ("names: [bg, a]\n", "value 2 is not a class (0...1)"),
-                          ("names: [a, a, b, c]\n", "names a class twice")):
+                          ("names: [a, a, b, c]\n", "names the class 'a' twice")):
         yaml_file.write_text(text)
         with pytest.raises(DataError) as refused:
             load_masks(folder, (3, 16, 16), val_fraction=0.5)

@@ -41,6 +41,8 @@ def read_data_yaml(path: Path) -> dict:
                              f"not valid YAML ({getattr(exc, 'problem', '') or exc})") \
                 from None
         raise DataError(f"{path}: not valid YAML ({exc})") from None
+    except RecursionError:
+        raise DataError(f"{path}: not a data YAML (nested too deeply)") from None
     if not isinstance(loaded, dict):
         raise DataError(f"{path}: a data YAML is a mapping (`names`, and `train` and `val` "
                         "for detection)")
@@ -64,10 +66,10 @@ def yaml_class_names(path: Path, spec: dict) -> list[str]:
                         "1: circle, ...}, from class 0")
     names = [str(n) for n in names]
     count = spec.get("nc")
+    if count is not None and (isinstance(count, bool) or not isinstance(count, int)):
+        raise DataError(f"{path}: `nc` is not a whole number")
     if count is not None and count != len(names):
         raise DataError(f"{path}: `nc` is {count} but `names` has {len(names)} classes")
-    if len(set(names)) != len(names):
-        raise DataError(f"{path} names a class twice")
     return class_names(names, path)
 
 
@@ -81,7 +83,5 @@ def class_file(root: Path) -> list[str] | None:
             return None
         return yaml_class_names(yaml_path, read_data_yaml(yaml_path))
     text = read_bounded(path, what="a list of class names").decode("utf-8", "replace")
-    names = [line.strip() for line in text.splitlines() if line.strip()]
-    if len(set(names)) != len(names):
-        raise DataError(f"{path} names a class twice")
-    return names
+    from .npzfile import class_names
+    return class_names([line.strip() for line in text.splitlines() if line.strip()], path)

@@ -47,6 +47,7 @@ from .data import (
 )
 from .datafiles import class_file, read_bounded, read_data_yaml, yaml_class_names
 from .images import UnreadableImageError, read_header
+from .npzfile import MAX_CLASSES
 from .ops import v2_transforms
 
 SHAPES_CLASSES = ["square", "disc", "triangle"]
@@ -251,7 +252,7 @@ def parse_label_file(path: Path, classes: int | None) -> np.ndarray:
     Box edges up to EDGE_SLACK past the border (annotation rounding) are clipped."""
     raw = read_bounded(path, what="a label file")
     try:
-        text = raw.decode("utf-8")
+        text = raw.decode("utf-8-sig")  # a byte order mark, as Windows editors write
     except UnicodeDecodeError as exc:
         line = raw[:exc.start].count(b"\n") + 1
         raise LabelError(path, line, 0, "not UTF-8 text") from None
@@ -301,8 +302,11 @@ def _parse_line(path: Path, number: int, line: str, classes: int | None) -> list
             raise fail(column, f"`{field[:20]}` is not a finite number")
         values.append(value)
     label, cx, cy, w, h = values
-    if label != int(label) or label < 0 or classes is not None and label >= classes:
-        known = f"0..{classes - 1}" if classes is not None else "0, 1, ..."
+    # without class names the largest index makes the classes: bounded as for .npz labels
+    limit = classes if classes is not None else MAX_CLASSES
+    if label != int(label) or label < 0 or label >= limit:
+        known = f"0..{classes - 1}" if classes is not None else \
+            f"at most {MAX_CLASSES:,} classes, from 0"
         raise fail(fields[0][0], f"class {fields[0][1]} is not a class ({known})")
     for (column, field), value in zip(fields[1:], values[1:]):
         if not 0 <= value <= 1:
@@ -339,7 +343,9 @@ def yolo_items(images: list[Path], classes: int | None) -> list[tuple[Path, np.n
     items = []
     for image in images:
         labels = label_path(image)
-        rows = parse_label_file(labels, classes) if labels.is_file() else \
+        # a label that is there but no file (a folder, a FIFO, a link loop) is refused by
+        # parse_label_file, not taken for an image without objects
+        rows = parse_label_file(labels, classes) if os.path.lexists(labels) else \
             np.zeros((0, 5), np.float32)
         items.append((image, rows))
     return items
@@ -433,7 +439,9 @@ def _from_yaml(path: Path) -> tuple[list[Path], list[Path], list[str]]:
     spec = read_data_yaml(path)
     names = yaml_class_names(path, spec)
     root = spec.get("path")
-    base = path.parent if root is None else (path.parent / str(root))
+    if root is not None and not isinstance(root, str):
+        raise DataError(f"{path}: `path` names a folder (the dataset's root)")
+    base = path.parent if root is None else path.parent / root
     for key in ("train", "val"):
         if key not in spec:
             raise DataError(f"{path}: no `{key}`", help="an Ultralytics data YAML names "
@@ -453,17 +461,27 @@ def _from_coco(path: Path) -> tuple[list[tuple[Path, np.ndarray]], list[str]]:
         raise LabelError(path, exc.lineno, exc.colno, f"not valid JSON ({exc.msg})") from None
     except UnicodeDecodeError:
         raise DataError(f"{path}: not UTF-8 text") from None
+    except RecursionError:
+        raise DataError(f"{path}: not a COCO file (nested too deeply)") from None
+    except ValueError as exc:  # a number of over 4,300 digits
+        raise DataError(f"{path}: not valid JSON ({exc})") from None
     if not isinstance(coco, dict) or not all(isinstance(coco.get(k), list)
                                              for k in ("images", "annotations", "categories")):
         raise DataError(f"{path}: a COCO file holds lists `images`, `annotations` and "
                         "`categories`")
     try:
-        categories = sorted((int(c["id"]), str(c["name"])) for c in coco["categories"])
-        images = {int(i["id"]): (str(i["file_name"]), float(i["width"]), float(i["height"]))
-                  for i in coco["images"]}
+        categories = sorted((_whole(c["id"]), _text(c["name"])) for c in coco["categories"])
+        images: dict[int, tuple[str, float, float]] = {}
+        for i in coco["images"]:
+            image_id = _whole(i["id"])
+            if image_id in images:
+                raise DataError(f"{path}: image id {image_id} twice")
+            images[image_id] = (_text(i["file_name"]), _size(i["width"]),
+                                _size(i["height"]))
     except (KeyError, TypeError, ValueError) as exc:
         raise DataError(f"{path}: a category needs `id` and `name`, an image `id`, "
-                        f"`file_name`, `width` and `height` ({exc})") from None
+                        f"`file_name`, `width` and `height` (a size over 0) ({exc})") \
+            from None
     index = {cid: i for i, (cid, _) in enumerate(categories)}
     rows: dict[int, list] = {i: [] for i in images}
     for n, ann in enumerate(coco["annotations"]):
@@ -487,11 +505,13 @@ def _from_coco(path: Path) -> tuple[list[tuple[Path, np.ndarray]], list[str]]:
 
 def _coco_annotation(path: Path, n: int, ann, images: dict, index: dict):
     """(image id, normalised `[class, cx, cy, w, h]`), or None for a crowd region."""
-    where = f"{path}: annotation {n}" + (f" (id {ann.get('id')})"
+    where = f"{path}: annotation {n}" + (f" (id {str(ann.get('id'))[:20]})"
                                          if isinstance(ann, dict) and "id" in ann else "")
     try:
-        image_id, category = int(ann["image_id"]), int(ann["category_id"])
-        x, y, w, h = (float(v) for v in ann["bbox"])
+        image_id, category = _whole(ann["image_id"]), _whole(ann["category_id"])
+        if not isinstance(ann["bbox"], list):
+            raise TypeError("bbox")
+        x, y, w, h = (_number(v) for v in ann["bbox"])
     except (KeyError, TypeError, ValueError):
         raise DataError(f"{where}: needs `image_id`, `category_id` and `bbox` [x, y, w, h]") \
             from None
@@ -511,6 +531,32 @@ def _coco_annotation(path: Path, n: int, ann, images: dict, index: dict):
     x2, y2 = min(x + w, width), min(y + h, height)
     return image_id, [index[category], (x1 + x2) / 2 / width, (y1 + y2) / 2 / height,
                       (x2 - x1) / width, (y2 - y1) / height]
+
+
+def _number(value) -> float:
+    """A finite JSON number (not a bool, a string or NaN), else ValueError."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or \
+            not math.isfinite(value):
+        raise ValueError(f"{str(value)[:20]!r} is not a number")
+    return float(value)
+
+
+def _whole(value) -> int:
+    if _number(value) != int(value):
+        raise ValueError(f"{value!r} is not a whole number")
+    return int(value)
+
+
+def _size(value) -> float:
+    if _number(value) <= 0:
+        raise ValueError(f"{value!r} is not a size")
+    return float(value)
+
+
+def _text(value) -> str:
+    if not isinstance(value, (str, int)) or isinstance(value, bool):
+        raise ValueError(f"{str(value)[:20]!r} is not a name")
+    return str(value)
 
 
 # ---- loading ------------------------------------------------------------------------------

@@ -45,21 +45,25 @@ def _opened(path: Path, max_pixels: int | None) -> Iterator:
     that, without the size) is turned off for the open and replaced by this one (under a
     lock: Pillow's limit is a module global)."""
     from PIL import Image
+
+    from ..files import open_regular
     limit = MAX_PIXELS if max_pixels is None else max_pixels
+    # opened here, not by Pillow: a FIFO or a device listed as an image would block its open
     try:
-        with _PILLOW_LIMIT:
-            pillow, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
-            try:
-                image = Image.open(path)
-            finally:
-                Image.MAX_IMAGE_PIXELS = pillow
-        with image:
-            width, height = image.size
-            if width * height > limit:
-                raise _too_large(f"{width:,} x {height:,} pixels", limit)
-            if width * height == 0:
-                raise UnreadableImageError("an image of no pixels")
-            yield image
+        with open_regular(path) as file:
+            with _PILLOW_LIMIT:
+                pillow, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
+                try:
+                    image = Image.open(file)
+                finally:
+                    Image.MAX_IMAGE_PIXELS = pillow
+            with image:
+                width, height = image.size
+                if width * height > limit:
+                    raise _too_large(f"{width:,} x {height:,} pixels", limit)
+                if width * height == 0:
+                    raise UnreadableImageError("an image of no pixels")
+                yield image
     except UnreadableImageError:
         raise
     except Exception as exc:  # noqa: BLE001 - any decoder failure is a bad file
