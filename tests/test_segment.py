@@ -500,6 +500,9 @@ def test_predict_gives_evals_masks_image_for_image(seg_project, tmp_path):
     for path, classes in zip(files, argmax):
         assert np.array_equal(classes, expected[path.stem]), path.stem
     check_predicted_masks(done.results, expected)
+    unwritten = predict_files(predictor, files[:1], progress=False).results[0]
+    assert unwritten["mask"] is None and unwritten["overlay"] is None
+    assert unwritten["pixels"] == done.results[0]["pixels"]
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted(
         f"{n:05d}_s{n}{suffix}.png" for n in range(4) for suffix in ("", "_overlay"))
 

@@ -367,7 +367,7 @@ class Segmentation:
             indices = TF.resize(indices[None], list(size), InterpolationMode.NEAREST)[0]
         mask = indices.numpy()
         counts = np.bincount(mask.ravel(), minlength=classes)
-        result = {"file": str(path), "size": [size[1], size[0]], "mask": None,
+        result = {"file": str(path), "size": [size[1], size[0]], "mask": None, "overlay": None,
                   "pixels": [{"class": info.class_name(i), "index": i,
                               "fraction": round(float(counts[i]) / mask.size, 6)}
                              for i in range(classes)]}
