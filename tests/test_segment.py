@@ -570,3 +570,16 @@ def test_output_names_stay_in_the_folder_and_a_wrong_output_is_refused():
     for shape in ((2, 5), (2, 5, 8, 8), (2, 300, 16, 16)):
         with pytest.raises(cnndsl.CnnError, match="not N x classes x 16 x 16"):
             segmentation_output(torch.zeros(shape), info)
+
+
+def test_an_overlay_blended_in_strips_is_the_whole_image_blended(tmp_path):
+    from cnndsl.training.images import read_pixels
+    from cnndsl.training.plots import overlay
+    from cnndsl.training.tasks.segment import write_overlay
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, (3, 10, 7), dtype=np.uint8)
+    mask = rng.integers(0, 4, (10, 7)).astype(np.uint8)
+    mask[0, 0] = 255
+    write_overlay(image, mask, tmp_path / "strips.png", rows=3)
+    whole = (overlay(image.astype(np.float32) / 255, mask) * 255).round().astype(np.uint8)
+    assert np.array_equal(read_pixels(tmp_path / "strips.png", "RGB"), whole)
