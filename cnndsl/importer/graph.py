@@ -215,10 +215,93 @@ def _shapes(model) -> dict[str, tuple]:
                                    for d in t.shape.dim[1:])
     missing = [o for n in g.node for o in n.output
                if o and (o not in shapes or None in shapes[o]) and types.get(o) == 1]
+    if missing:  # a size computed from the batch's (x.view(b, c, -1)): inferred at batch 1
+        shapes.update(_at_batch_one(model, missing))
+        missing = [o for o in missing if o not in shapes or None in shapes[o]]
     if missing and _bounded(g, full):  # inference stops at a Reshape whose shape is computed
         # (Div): measured
         shapes.update(_measured(model, missing))
     return shapes
+
+
+MAX_ROUNDS = 64
+
+
+def _at_batch_one(model, names: list[str]) -> dict[str, tuple]:
+    """Sizes per sample that ONNX's inference leaves open, without running the file:
+    inferred with the batch set to 1, and again after each round of size arithmetic it
+    does not follow (Ultralytics' chunk: Slice ends from Shape -> Gather -> Add -> Div)
+    is computed here (fold.py) and written into the inputs that read it."""
+    import onnx
+    from onnx import numpy_helper
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    for v in probe.graph.input:
+        dims = v.type.tensor_type.shape.dim
+        if dims and not dims[0].HasField("dim_value"):
+            dims[0].dim_value = 1
+    del probe.graph.value_info[:]
+    for v in probe.graph.output:
+        v.type.tensor_type.ClearField("shape")
+    small = {t.name: numpy_helper.to_array(t) for t in probe.graph.initializer
+             if _elements(t, "") <= 64}
+    full: dict[str, tuple] = {}
+    for _ in range(MAX_ROUNDS):
+        try:
+            inferred = onnx.shape_inference.infer_shapes(probe, data_prop=True)
+        except Exception:  # noqa: BLE001 - inference is a help here, not a check
+            break
+        full = _dims(inferred.graph)
+        if not _write_sizes(probe.graph, small, full):
+            break
+    return {x: full[x][1:] for x in names if full.get(x) and None not in full[x] and
+            full[x][0] == 1}
+
+
+def _dims(graph) -> dict[str, tuple]:
+    out = {}
+    for v in [*graph.input, *graph.value_info, *graph.output]:
+        t = v.type.tensor_type
+        if v.type.HasField("tensor_type") and t.HasField("shape"):
+            out[v.name] = tuple(d.dim_value if d.HasField("dim_value") else None
+                                for d in t.shape.dim)
+    return out
+
+
+def _write_sizes(graph, small: dict, full: dict) -> bool:
+    """Fold the size arithmetic the inference reached (at batch 1); each integer value so
+    computed that a node reads becomes a stored tensor there. Whether any did."""
+    from onnx import helper, numpy_helper
+
+    from .fold import BATCH, fold, is_numbers
+    known = dict(small)
+    for n in graph.node:
+        attrs = {a.name: numpy_helper.to_array(a.t) if a.type == a.TENSOR else
+                 helper.get_attribute_value(a) for a in n.attribute}
+        if n.op_type == "Constant" and "value" in attrs:
+            known[n.output[0]] = attrs["value"]
+            continue
+        ins = [known.get(x) for x in n.input]
+        shape = full.get(n.input[0]) if n.input else None
+        out = fold(n.op_type, attrs, ins, lambda s=shape: None if s is None else s[1:])
+        if out is not None and n.op_type == "Shape" and shape is not None:
+            out = np.array([1 if v is BATCH else v for v in out], dtype=object)
+        if out is not None and is_numbers(out) and out.size <= 64:
+            known[n.output[0]] = out
+    written = False
+    for n in graph.node:
+        for i, x in enumerate(n.input):
+            value = known.get(x)
+            if value is None or x in small or n.op_type == "Constant" or \
+                    value.dtype.kind not in "iuO":
+                continue
+            name = f"{x}#size"
+            if name not in small:
+                small[name] = np.asarray(value, np.int64)
+                graph.initializer.append(numpy_helper.from_array(small[name], name))
+            n.input[i] = name
+            written = True
+    return written
 
 
 MAX_MEASURED_INPUT = 2**24  # values per sample: a larger input is not run to measure
