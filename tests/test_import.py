@@ -681,6 +681,24 @@ def test_a_computed_constant_that_is_no_anchor_grid_is_refused_by_name(tmp_path,
     assert err.count("error[E-onnx]") == 1
 
 
+def test_a_grid_too_large_to_compute_is_refused_before_allocation(tmp_path, capsys):
+    """The grids folded at import are sized first: a Range to 10^12 or a ConstantOfShape
+    of 10^6 x 10^6 is not computed (the node is named), nothing is allocated for it."""
+    limit = helper.make_tensor("limit", TensorProto.INT64, [], [10**12])
+    zero = helper.make_tensor("zero", TensorProto.INT64, [], [0])
+    one = helper.make_tensor("one", TensorProto.INT64, [], [1])
+    size = helper.make_tensor("size", TensorProto.INT64, [2], [10**6, 10**6])
+    model = _graph([helper.make_node("Range", ["zero", "limit", "one"], ["r"], name="ramp"),
+                    helper.make_node("Cast", ["r"], ["f"], to=1, name="cast"),
+                    helper.make_node("Add", ["x", "f"], ["y"], name="add"),
+                    helper.make_node("ConstantOfShape", ["size"], ["c"], name="fill"),
+                    helper.make_node("Add", ["x", "c"], ["z"], name="add2")],
+                   [limit, zero, one, size], outputs=("y", "z"))
+    path = tmp_path / "ramp.onnx"
+    path.write_bytes(model.SerializeToString())
+    _refused(tmp_path, capsys, path, "'ramp' (Range)", "'fill' (ConstantOfShape)")
+
+
 @pytest.mark.skipif(not os.environ.get("CNNDSL_IMPORT_HEAVY"),
                     reason="heavy: CNNDSL_IMPORT_HEAVY=1 (about 25 s on 2 cores)")
 def test_ultralytics_yolov8n_imports_equal_in_function():
