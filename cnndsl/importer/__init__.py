@@ -141,9 +141,9 @@ def _map_weights(model, layers: list[Layer]) -> dict[str, np.ndarray]:
     from ..weights import tensors
     state = {name: np.zeros(w.shape, w.dtype) for name, w in tensors(model.ir)
              if not w.shape or name.endswith("num_batches_tracked")}
-    nodes = [n for n in model.ir.nodes if REGISTRY[n.op].weights(n.attrs)]
+    nodes = [n for n in model.ir.nodes if REGISTRY[n.op].weights(n.attrs) and not n.shares]
     shapes = {name: tuple(w.shape) for name, w in tensors(model.ir)}
-    weighted = [layer for layer in layers if layer.weights]
+    weighted = [layer for layer in layers if layer.weights and not layer.shared]
     if len(nodes) != len(weighted):
         raise RuntimeError(f"{len(nodes)} layers with weights in the spec, "
                            f"{len(weighted)} in the source")

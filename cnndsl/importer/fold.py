@@ -6,9 +6,15 @@ so that the Reshape (Slice, Split ...) reads numbers. The batch size stays a sym
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 
-MAX_ELEMENTS = 64  # shape tensors are short; anything longer is not folded
+MAX_ELEMENTS = 64  # shape tensors are short; a longer stored tensor is not folded
+# a grid the file computes from sizes (Ultralytics' anchors: Range, Expand, ConstantOfShape
+# over each level's height and width) may be longer; every output is sized before it is made
+MAX_GRID = 2**21
+MAX_FOLDED = 2**24  # all such grids of one file together
 
 
 class Symbol:
@@ -32,6 +38,13 @@ BATCH = Symbol("batch")
 UNKNOWN = Symbol("?")
 
 
+def _size(shape) -> int:
+    size = 1
+    for d in shape:
+        size *= int(d)
+    return size
+
+
 def is_numbers(array: np.ndarray) -> bool:
     return array.dtype != object or not any(isinstance(v, Symbol) for v in array.flat)
 
@@ -47,7 +60,10 @@ def _div(a, b):
 
 
 def fold(op: str, attrs: dict, ins: list, shape_of) -> np.ndarray | None:
-    out = _fold(op, attrs, ins, shape_of)
+    try:  # a file's numbers that do not fit the op (a Reshape to another size): not folded
+        out = _fold(op, attrs, ins, shape_of)
+    except (ValueError, IndexError, TypeError, OverflowError):
+        return None
     return out if out is None or isinstance(out, np.ndarray) else np.asarray(out, object)
 
 
@@ -61,14 +77,36 @@ def _fold(op: str, attrs: dict, ins: list, shape_of) -> np.ndarray | None:
         dims = np.array([BATCH, *(UNKNOWN if d is None else d for d in shape)], dtype=object)
         start, end = attrs.get("start", 0), attrs.get("end", len(dims))
         return dims[start:end]
-    if any(x is None or x.size > MAX_ELEMENTS for x in ins):
+    if any(x is None or x.size > MAX_GRID for x in ins):
         return None
-    if op in ("Add", "Sub", "Mul", "Div") and all(x.dtype == object or x.dtype.kind in "iu"
-                                                  for x in ins):
-        a, b = (_ints(x) for x in ins)
-        if op == "Div":
-            return np.asarray(np.frompyfunc(_div, 2, 1)(a, b), dtype=object)
-        return {"Add": np.add, "Sub": np.subtract, "Mul": np.multiply}[op](a, b)
+    if op in ("Add", "Sub", "Mul", "Div") and len(ins) == 2:
+        if _size(np.broadcast_shapes(ins[0].shape, ins[1].shape)) > MAX_GRID:
+            return None
+        if all(x.dtype == object or x.dtype.kind in "iu" for x in ins):
+            a, b = (_ints(x) for x in ins)
+            if op == "Div":
+                return np.asarray(np.frompyfunc(_div, 2, 1)(a, b), dtype=object)
+            return {"Add": np.add, "Sub": np.subtract, "Mul": np.multiply}[op](a, b)
+        if all(is_numbers(x) and x.dtype.kind in "iufO" for x in ins):  # a grid's numbers
+            a, b = (np.asarray(x, np.float32) for x in ins)
+            return {"Add": np.add, "Sub": np.subtract, "Mul": np.multiply,
+                    "Div": np.divide}[op](a, b)
+        return None
+    if op == "Range" and all(x.size == 1 and is_numbers(x) for x in ins):
+        start, limit, delta = (x.reshape(-1)[0] for x in ins)
+        count = int(np.ceil((float(limit) - float(start)) / float(delta))) if delta else -1
+        if not 0 <= count <= MAX_GRID:
+            return None
+        dtype = np.float32 if any(x.dtype.kind == "f" for x in ins) else np.int64
+        return (start + delta * np.arange(count)).astype(dtype)
+    if op == "Expand" and is_numbers(ins[1]):
+        with contextlib.suppress(ValueError):
+            shape = np.broadcast_shapes(ins[0].shape, tuple(int(v) for v in ins[1]))
+            if _size(shape) <= MAX_GRID:
+                return np.broadcast_to(ins[0], shape).copy()
+        return None
+    if op == "Cast" and attrs.get("to") == 1 and is_numbers(ins[0]):
+        return ins[0].astype(np.float32)
     if op == "Gather" and attrs.get("axis", 0) == 0 and ins[0].ndim == 1:
         return ins[0][np.asarray(ins[1], dtype=np.int64)]
     if op == "Unsqueeze":
@@ -84,8 +122,9 @@ def _fold(op: str, attrs: dict, ins: list, shape_of) -> np.ndarray | None:
         return np.concatenate([_ints(x) for x in ins], axis=attrs.get("axis", 0))
     if op == "ConstantOfShape" and is_numbers(ins[0]):
         value = attrs.get("value", np.zeros(1, np.float32)).reshape(-1)
-        size = int(np.prod([int(v) for v in ins[0]]))
-        return np.full([int(v) for v in ins[0]], value[0]) if size <= MAX_ELEMENTS else None
+        shape = [int(v) for v in ins[0]]
+        return np.full(shape, value[0]) if min(shape, default=1) >= 0 and \
+            _size(shape) <= MAX_GRID else None
     if op == "Slice" and all(is_numbers(x) and x.size == 1 for x in ins[1:]):
         axis = int(ins[3][0]) if len(ins) > 3 else 0
         step = int(ins[4][0]) if len(ins) > 4 else 1

@@ -199,11 +199,14 @@ def _shapes(model) -> dict[str, tuple]:
     """Sizes by ONNX's own shape inference (with its propagation of shape arithmetic);
     a model it cannot infer keeps what its file declares."""
     import onnx
+    source, (model, ranges) = model, _without_ranges(model)
     with contextlib.suppress(Exception):  # inference is a help here, not a check
         model = onnx.shape_inference.infer_shapes(model, data_prop=True)
     shapes, types, full = {}, {}, {}
     g = model.graph
     for v in [*g.input, *g.value_info, *g.output]:
+        if v.name in ranges:
+            continue
         t = v.type.tensor_type
         if v.type.HasField("tensor_type"):
             types[v.name] = t.elem_type
@@ -215,10 +218,126 @@ def _shapes(model) -> dict[str, tuple]:
                                    for d in t.shape.dim[1:])
     missing = [o for n in g.node for o in n.output
                if o and (o not in shapes or None in shapes[o]) and types.get(o) == 1]
-    if missing and _bounded(g, full):  # inference stops at a Reshape whose shape is computed
-        # (Div): measured
-        shapes.update(_measured(model, missing))
+    if missing:  # a size computed from the batch's (x.view(b, c, -1)): inferred at batch 1
+        shapes.update(_at_batch_one(model, missing, ranges))
+        missing = [o for o in missing if o not in shapes or None in shapes[o]]
+    if missing and _bounded(source.graph, full):  # inference stops at a Reshape whose
+        # shape is computed (Div): measured
+        shapes.update(_measured(source, missing))
     return shapes
+
+
+def _without_ranges(model):
+    """The model for inference: ONNX's propagation of values makes a Range's whole output
+    (10^12 numbers from a hostile file: memory until the process dies), so each Range is
+    taken out and its output is an input of unknown length. With the names so made."""
+    import onnx
+    from onnx import TensorProto, helper
+    ranges = [n for n in model.graph.node if n.op_type == "Range"]
+    if not ranges:
+        return model, set()
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    kept = [n for n in probe.graph.node if n.op_type != "Range"]
+    del probe.graph.node[:]
+    probe.graph.node.extend(kept)
+    types = {t.name: t.data_type for t in model.graph.initializer}
+    types.update({n.output[0]: a.t.data_type for n in model.graph.node
+                  if n.op_type == "Constant" for a in n.attribute if a.name == "value"})
+    made = set()
+    for k, n in enumerate(ranges):
+        for o in n.output:
+            made.add(o)
+            probe.graph.input.append(helper.make_tensor_value_info(
+                o, types.get(n.input[0], TensorProto.INT64), [f"range{k}"]))
+    return probe, made
+
+
+MAX_ROUNDS = 32  # a round per chain of sizes inference cannot follow (YOLOv8n at 64 x 64: 7)
+
+
+def _at_batch_one(model, names: list[str], ranges: set[str]) -> dict[str, tuple]:
+    """Sizes per sample that ONNX's inference leaves open, without running the file:
+    inferred with the batch set to 1, and again after each round of size arithmetic it
+    does not follow (Ultralytics' chunk: Slice ends from Shape -> Gather -> Add -> Div)
+    is computed here (fold.py) and written into the inputs that read it."""
+    import onnx
+    from onnx import helper, numpy_helper
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    for v in probe.graph.input:
+        dims = v.type.tensor_type.shape.dim
+        if dims and not dims[0].HasField("dim_value") and v.name not in ranges:
+            dims[0].dim_value = 1
+    del probe.graph.value_info[:]
+    for v in probe.graph.output:
+        v.type.tensor_type.ClearField("shape")
+    # the weights as inputs of their sizes: inference reads no values of theirs, and each
+    # round copies the model
+    weights = [t for t in probe.graph.initializer if _elements(t, "") > 64]
+    probe.graph.input.extend(helper.make_tensor_value_info(t.name, t.data_type, list(t.dims))
+                             for t in weights)
+    small = {t.name: numpy_helper.to_array(t) for t in probe.graph.initializer
+             if _elements(t, "") <= 64}
+    del probe.graph.initializer[:]
+    probe.graph.initializer.extend(numpy_helper.from_array(v, k) for k, v in small.items())
+    full: dict[str, tuple] = {}
+    for _ in range(MAX_ROUNDS):
+        try:
+            inferred = onnx.shape_inference.infer_shapes(probe, data_prop=True)
+        except Exception:  # noqa: BLE001 - inference is a help here, not a check
+            break
+        full = _dims(inferred.graph)
+        if not _write_sizes(probe.graph, small, full):
+            break
+    return {x: full[x][1:] for x in names if full.get(x) and None not in full[x] and
+            full[x][0] == 1}
+
+
+def _dims(graph) -> dict[str, tuple]:
+    out = {}
+    for v in [*graph.input, *graph.value_info, *graph.output]:
+        t = v.type.tensor_type
+        if v.type.HasField("tensor_type") and t.HasField("shape"):
+            out[v.name] = tuple(d.dim_value if d.HasField("dim_value") else None
+                                for d in t.shape.dim)
+    return out
+
+
+def _write_sizes(graph, small: dict, full: dict) -> bool:
+    """Fold the size arithmetic the inference reached (at batch 1); each integer value so
+    computed that a node reads becomes a stored tensor there. Whether any did."""
+    from onnx import helper, numpy_helper
+
+    from .fold import BATCH, fold, is_numbers
+    known = dict(small)
+    for n in graph.node:
+        attrs = {a.name: numpy_helper.to_array(a.t) if a.type == a.TENSOR else
+                 helper.get_attribute_value(a) for a in n.attribute}
+        if n.op_type == "Constant" and "value" in attrs:
+            known[n.output[0]] = attrs["value"]
+            continue
+        ins = [known.get(x) for x in n.input]
+        shape = full.get(n.input[0]) if n.input else None
+        out = fold(n.op_type, attrs, ins, lambda s=shape: None if s is None else s[1:])
+        if out is not None and n.op_type == "Shape" and shape is not None:
+            out = np.array([1 if v is BATCH else v for v in out], dtype=object)
+        if out is not None and is_numbers(out) and out.size <= 64:
+            known[n.output[0]] = out
+    written = False
+    for n in graph.node:
+        for i, x in enumerate(n.input):
+            value = known.get(x)
+            if value is None or x in small or n.op_type == "Constant" or \
+                    value.dtype.kind not in "iuO":
+                continue
+            name = f"{x}#size"
+            if name not in small:
+                small[name] = np.asarray(value, np.int64)
+                graph.initializer.append(numpy_helper.from_array(small[name], name))
+            n.input[i] = name
+            written = True
+    return written
 
 
 MAX_MEASURED_INPUT = 2**24  # values per sample: a larger input is not run to measure

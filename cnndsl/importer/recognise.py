@@ -27,7 +27,11 @@ class Layer:
     count: int = 1  # `* count`
     implicit_shortcut: bool = False  # a residual whose shortcut the checker would write
     inner: list[Layer] = field(default_factory=list)  # a library block's layers, written
-    # as one call (squeeze_excite), the join it ends in last
+    # as one call (squeeze_excite), the join it ends in last; or a shared module's layers
+    # where a label applies it again
+    tensors: tuple[str, ...] = ()  # the initializers its weights are (shared.py)
+    label: str | None = None  # a label to write, set where the spec applies it again
+    shared: bool = False  # an application again: its weights are an earlier layer's
 
     def flat(self) -> list[Layer]:
         """The source layers this step stands for, in the order the spec's IR has them."""
@@ -89,10 +93,15 @@ class Recogniser:
         # our layer holds as C x H x W: per-pixel ops on them are written on channels
         self.nhwc: dict[str, str] = {}  # value -> the Transpose node that made it
         self.fused: dict[int, tuple[str, str, str]] = {}  # first node -> (op, input, output)
+        self._at: dict | None = None  # a stored tensor's memory address -> its name
+        # a folded value -> the network tensors whose sizes it was computed from, in order
+        self.measured: dict[str, list[str]] = {}
+        self.grids: dict[str, str] = {}  # a folded grid -> the network tensor written for it
+        self.grid_elements = 0
         _find_gelus(self)
 
     def run(self) -> tuple[list[Layer], list[Unsupported]]:
-        from .fold import fold
+        from .fold import MAX_ELEMENTS, MAX_FOLDED, fold
         for n in self.g.nodes:
             if id(n) in self.absorbed:
                 continue
@@ -102,11 +111,17 @@ class Recogniser:
                     ins = [np.array(ins[0].shape, np.int64)]
                     out = fold("Gather", {}, [ins[0], np.arange(len(ins[0]))], None)
                     out = out[n.attrs.get("start", 0):n.attrs.get("end", len(out))]
-                else:
+                else:  # a long stored tensor (a weight) is not arithmetic on sizes
+                    ins = [None if x in self.g.constants and self.g.constants[x].size >
+                           MAX_ELEMENTS else v for x, v in zip(n.inputs, ins, strict=True)]
                     out = fold(n.op_type, n.attrs, ins,
                                lambda n=n: self.g.shapes.get(n.inputs[0]))
+                if out is not None and out.size > MAX_ELEMENTS:  # a grid: bounded in all
+                    self.grid_elements += out.size
+                    out = out if self.grid_elements <= MAX_FOLDED else None
                 if out is not None:
                     self.folded[n.outputs[0]] = out
+                    self.measured[n.outputs[0]] = self._measured_from(n)
                     continue
             handler = HANDLERS.get(n.op_type)
             try:
@@ -150,7 +165,8 @@ class Recogniser:
         if name in self.folded:
             if not is_numbers(self.folded[name]):
                 raise Inexpressible(f"its {what} depends on the batch size")
-            return self.folded[name].astype(np.int64)
+            folded = self.folded[name]
+            return folded if folded.dtype.kind == "f" else folded.astype(np.int64)
         if name not in self.g.constants:
             raise Inexpressible(f"its {what} is computed, not a stored tensor")
         return self.g.constants[name]
@@ -182,19 +198,42 @@ class Recogniser:
             rank: int | None = None, output: str | None = None) -> None:
         inputs = [self.value(x) for x in (inputs or n.inputs[:1])]
         output = output or n.outputs[0]
+        weights = weights or {}
         self.layers.append(Layer(op, list(args), dict(kwargs or {}), inputs, output, n.name,
                                  {k: np.ascontiguousarray(v, np.float32)
-                                  for k, v in (weights or {}).items()}))
+                                  for k, v in weights.items()},
+                                 tensors=self._initializers(weights.values())))
         self.rank[output] = rank if rank is not None else self.rank.get(inputs[0], 4)
         if op in ("global_avgpool", "global_maxpool") or (
                 inputs[0] in self.pooled and len(inputs) == 1 and op != "flatten"):
             self.pooled.add(output)  # 1 x 1 per channel: a gate
+
+    def _measured_from(self, n: OnnxNode) -> list[str]:
+        if n.op_type == "Shape" and self.value(n.inputs[0]) is not None:
+            return [self.value(n.inputs[0])]
+        return list(dict.fromkeys(t for x in n.inputs for t in self.measured.get(x, [])))
+
+    def _initializers(self, arrays) -> tuple[str, ...]:
+        """The stored tensors these weights are views of (found by their memory: a
+        transposed or reshaped view starts where its tensor does); () where one is not."""
+        if self._at is None:  # one array under two names (torch's Identity copies of
+            # equal initializers, which are separate parameters): not known as either
+            self._at = {}
+            for k, a in self.g.constants.items():
+                if a.size:
+                    self._at[_address(a)] = None if _address(a) in self._at else k
+        names = tuple(self._at.get(_address(a)) for a in arrays if a.size)
+        return names if names and None not in names else ()
 
     def in_rank(self, n: OnnxNode) -> int:
         shape = self.g.shapes.get(n.inputs[0])
         if shape is not None and n.inputs[0] not in self.nhwc:
             return len(shape) + 1
         return self.rank.get(self.value(n.inputs[0]), 4)
+
+
+def _address(array: np.ndarray) -> tuple:
+    return (array.__array_interface__["data"][0], array.dtype.str)
 
 
 def _window(n: OnnxNode, kernel_dims: int = 2) -> dict:
@@ -519,6 +558,58 @@ def _anchors(r: Recogniser, n: OnnxNode) -> bool:
     return True
 
 
+def _grid(r: Recogniser, n: OnnxNode, name: str, other: str) -> str:
+    """A constant the file computes from feature maps' sizes (Ultralytics' make_anchors:
+    Range, Expand, ConstantOfShape), as the language writes it: each map's
+    `anchor_points(offset)` (2 x H*W, cells' centres) or `anchor_strides(s)` (1 x H*W),
+    joined along the cells. The tensor written for it; Inexpressible where the numbers
+    are not that grid of the maps they were measured from."""
+    if name in r.grids:
+        return r.grids[name]
+    grid = r.folded[name]
+    rank = r.in_rank(OnnxNode(n.name, n.op_type, [other], [], {}))
+    maps = [m for m in r.measured.get(name, []) if r.shape(m) is not None and
+            len(r.shape(m)) == 3]
+    cells = [r.shape(m)[1] * r.shape(m)[2] for m in maps]
+    per_sample = grid.shape[1:] if grid.ndim == rank else (1,) * (rank - 1 - grid.ndim) + \
+        grid.shape
+    what = f"a {' x '.join(map(str, grid.shape))} constant computed from the sizes of " \
+        f"{len(maps)} feature map(s)"
+    if grid.dtype.kind != "f" or grid.ndim > rank or (grid.ndim == rank and grid.shape[0] != 1) \
+            or len(per_sample) != 2 or not maps or per_sample[1] != sum(cells):
+        raise Inexpressible(f"{what}, not a grid of their cells")
+    values = grid.reshape(per_sample).astype(np.float64)
+    layers = []
+    if per_sample[0] == 2:  # the cells' centres, (x, y) on each map in turn
+        offset = float(values[0, 0])
+        expected = []
+        for m in maps:
+            h, w = r.shape(m)[1:]
+            cols, rows = np.meshgrid(np.arange(w), np.arange(h))
+            expected.append(np.stack([cols.ravel(), rows.ravel()]) + offset)
+        if not np.array_equal(values, np.concatenate(expected, axis=1)):
+            raise Inexpressible(f"{what}, not the centres of their cells")
+        layers = [("anchor_points", [], {} if offset == 0.5 else {"offset": num(offset)})
+                  for _ in maps]
+    elif per_sample[0] == 1:  # one number per map: its stride
+        starts = np.cumsum([0, *cells])
+        parts = [values[0, a:b] for a, b in zip(starts[:-1], starts[1:], strict=True)]
+        if not all(p.size and np.all(p == p[0]) and p[0] > 0 for p in parts):
+            raise Inexpressible(f"{what}, not one stride per map")
+        layers = [("anchor_strides", [num(p[0])], {}) for p in parts]
+    else:
+        raise Inexpressible(f"{what}, not a grid of their cells")
+    made = []
+    for k, (m, (op, args, kwargs)) in enumerate(zip(maps, layers, strict=True)):
+        made.append(f"{name}#grid{k}")
+        r.add(n, op, args, kwargs, inputs=[m], output=made[-1], rank=3)
+    if len(made) > 1:
+        r.add(n, "concat", [], {"axis": "1"}, inputs=made, output=f"{name}#grid", rank=3)
+        made.append(f"{name}#grid")
+    r.grids[name] = made[-1]
+    return made[-1]
+
+
 def transpose(r: Recogniser, n: OnnxNode) -> None:
     perm = [int(p) for p in n.attrs.get("perm", [])]
     x = n.inputs[0]
@@ -723,6 +814,12 @@ def arithmetic(op: str):
                 r.add(n, op, [num(number)], inputs=[n.inputs[i]])
                 return
             if op == "mul" and _scale(r, n, n.inputs[i], r.g.constants.get(n.inputs[1 - i])):
+                return
+            if n.inputs[1 - i] in r.folded:  # a grid computed from the maps' sizes
+                inputs = list(n.inputs)
+                inputs[1 - i] = _grid(r, n, n.inputs[1 - i], n.inputs[i])
+                n = OnnxNode(n.name, n.op_type, inputs, n.outputs, n.attrs)
+                (mul if op == "mul" else _join(op))(r, n)
                 return
             raise Inexpressible(f"a {n.op_type} with a stored tensor that is not a number or "
                                 "one factor per channel")
@@ -937,6 +1034,7 @@ HANDLERS: dict[str, Callable[[Recogniser, OnnxNode], None]] = {
 
 
 FOLDED = frozenset({"Shape", "Gather", "Unsqueeze", "Squeeze", "Concat", "Cast", "Add", "Sub",
+                    "Range", "Expand",
                     "Mul", "Div", "ConstantOfShape", "Slice", "Transpose", "Reshape"})
 # ops that read a channels-last value as they are (per pixel, or the way back)
 ELEMENTWISE = frozenset({"Relu", "Sigmoid", "Tanh", "HardSigmoid", "HardSwish", "Clip",

@@ -19,6 +19,13 @@ MAX_WINDOW = 16
 
 def fold_joins(layers: list[Layer], outputs: list[str]) -> list[Layer]:
     layers = list(layers)
+    # a layer whose weights another layer reads too stays in a chain, where shared.py
+    # writes it as a module applied again
+    seen: dict[tuple, int] = {}
+    for layer in layers:
+        if layer.tensors:
+            seen[layer.tensors] = seen.get(layer.tensors, 0) + 1
+    shared = {k for k, n in seen.items() if n > 1}
     changed = True
     while changed:
         changed = False
@@ -31,7 +38,8 @@ def fold_joins(layers: list[Layer], outputs: list[str]) -> list[Layer]:
             if join.op not in ("add", "concat") or len(join.inputs) != 2 or join.kwargs:
                 continue
             (sa, pa), (sb, pb) = (_path_back(x, made, readers) for x in join.inputs)
-            if sa != sb or readers.get(sa, 0) != 2 or not (pa or pb):
+            if sa != sb or readers.get(sa, 0) != 2 or not (pa or pb) or any(
+                    layer.tensors in shared for layer in pa + pb):
                 continue
             folded = _compound(join, sa, pa, pb)
             gone = {id(layer) for layer in pa + pb}

@@ -107,6 +107,10 @@ def write_network(name: str, layers: list[Layer], inputs: dict[str, tuple],
     lines: list[Line] = []
     if simple:
         blocks, steps = find_blocks(groups[0].layers, names)
+    else:
+        from .shared import share
+        blocks = share(groups, names)
+    if blocks:
         for block in blocks:
             params = ", ".join(f"{p}: int" for p in block.params)
             lines.append(Line(f"block {block.name}({params}) {{", indent=0))
@@ -114,6 +118,7 @@ def write_network(name: str, layers: list[Layer], inputs: dict[str, tuple],
                 line.layers = []  # the calls stand for the source's layers
                 lines.append(line)
             lines.append(Line("}", indent=0))
+    if simple:
         groups[0].layers = steps
     lines.append(Line(f"network {name}() {{" + "".join(f"  # {h}" for h in header[:1]),
                       indent=0))
@@ -137,7 +142,12 @@ def write_network(name: str, layers: list[Layer], inputs: dict[str, tuple],
 def _call(layer: Layer, names: Names, labels: bool, tensor=None) -> str:
     if layer.block is not None:
         args = f"({', '.join(layer.args)})" if layer.args else ""
-        return f"{layer.op}{args}" + (f" * {layer.count}" if layer.count > 1 else "")
+        call = f"{layer.op}{args}" + (f" * {layer.count}" if layer.count > 1 else "")
+        return f"{layer.label}: {call}" if layer.label else call
+    if layer.shared:  # a shared module applied again: its label
+        return layer.op
+    if layer.label:  # a shared layer's first application
+        return f"{layer.label}: {layer.call()}"
     if len(layer.inputs) > 1:
         kw = [f"{k}={v}" for k, v in layer.kwargs.items()]
         return f"{layer.op}({', '.join([*(tensor[x] for x in layer.inputs), *kw])})"
@@ -210,7 +220,7 @@ def _chain_lines(chain: Chain, steps: list[Layer], tensor, names: Names) -> list
     lines: list[Line] = []
     closed = False
     for layer in steps:
-        if layer.parts:  # `t = x -> residual {` ... `}`: continued by `->` lines
+        if layer.parts and layer.block is None:  # `t = x -> residual {` ... `}`
             compound = _compound_lines(layer, 2 if lines else 1, names, True)
             if lines:
                 compound[0].text = f"-> {compound[0].text}"
