@@ -665,7 +665,8 @@ def cmd_predict(args) -> int:
         if predictor.info.task == "detection":
             from .deploy.predict import draw_detections
             for n, result in enumerate(done.results):
-                draw_detections(result, Path(args.out) / f"{n:05d}_{Path(result['file']).stem}.png")
+                draw_detections(result, Path(args.out) / f"{n:05d}_{Path(result['file']).stem}.png",
+                                predictor.info.max_pixels)
     if args.json:
         print(json.dumps(report, indent=2))
     else:

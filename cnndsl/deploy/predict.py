@@ -132,12 +132,13 @@ def image_files(paths: list[str]) -> list[Path]:
     return found
 
 
-def decode_images(files: list[Path], shape, skipped: list):
-    """Files decoded as training decodes them; a shape images cannot feed is an error."""
+def decode_images(files: list[Path], shape, skipped: list, max_pixels: int | None = None):
+    """Files decoded as training decodes them (an image over `max_pixels`, by default
+    images.MAX_PIXELS, skipped); a shape images cannot feed is an error."""
     from ..training.data import DataError, _decode
     check_batch_size(files, shape)
     try:
-        return _decode([(p, 0) for p in files], ["?"], shape, skipped)
+        return _decode([(p, 0) for p in files], ["?"], shape, skipped, max_pixels)
     except DataError as exc:
         raise CnnError([Diagnostic(code="E-data", message=exc.message,
                                    help=exc.help or None)]) from None
@@ -184,7 +185,8 @@ def predict_files(predictor: Predictor, files: list[Path], *, batch: int = 64, t
     prepare = predictor.prepare()
     for chunk in _chunks(files, batch, progress):
         skipped_before = len(out.skipped)
-        decoded = decode_images(chunk, predictor.info.shape, out.skipped)
+        decoded = decode_images(chunk, predictor.info.shape, out.skipped,
+                                predictor.info.max_pixels)
         bad = {f for f, _ in out.skipped[skipped_before:]}
         good = [p for p in chunk if str(p) not in bad]
         if good:
@@ -239,7 +241,8 @@ def predict_detections(predictor: Predictor, files: list[Path], *, batch: int = 
         check_batch_size(chunk, info.shape)
         for path in chunk:
             try:
-                boxed, scale, corner, (width, height) = letterboxed_file(path, info.shape)
+                boxed, scale, corner, (width, height) = letterboxed_file(path, info.shape,
+                                                                         info.max_pixels)
             except (UnreadableImageError, OSError) as why:
                 out.skipped.append((str(path), str(why)))
                 continue
@@ -262,14 +265,14 @@ def predict_detections(predictor: Predictor, files: list[Path], *, batch: int = 
     return out
 
 
-def draw_detections(result: dict, path: Path) -> None:
+def draw_detections(result: dict, path: Path, max_pixels: int | None = None) -> None:
     """The file with its detections drawn (a box, the class and the score each), as PNG."""
     from PIL import Image, ImageDraw
 
     from ..atomic import atomic_path
     from ..training.images import read_pixels
     from ..training.plots import palette
-    image = Image.fromarray(read_pixels(Path(result["file"]), "RGB"))
+    image = Image.fromarray(read_pixels(Path(result["file"]), "RGB", max_pixels))
     draw = ImageDraw.Draw(image)
     colours = palette(256)
     for found in result["detections"]:
