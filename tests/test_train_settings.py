@@ -242,6 +242,7 @@ def test_a_batch_of_one_for_a_norm_over_one_value_is_refused_at_batch(one_value_
     assert ("error[E-train]: batch 1 gives each step 1 sample, but `pool_bn` normalises one "
             "value per channel (a 1 x 1 map) and needs 2 or more to train") in err, err
     assert "--> <command line>:1:" in err and "internal error" not in err
+    assert "pooled.cnn:4:" in err and "pool_bn: batchnorm" in err.split("pooled.cnn:4:")[1]
     assert not out.exists()
 
 
@@ -252,3 +253,36 @@ def test_only_a_norm_over_one_value_changes_the_batches():
     assert global_batches(list(range(6)), 4, 1, least=2) == [[0, 1, 2, 3], [4, 5]]
     assert global_batches(list(range(11)), 4, 2, least=2) == [[0, 1, 2, 3], [4, 5, 6, 7, 8,
                                                                               9, 10]]
+
+
+def test_a_class_only_in_validation_masks_or_boxes_is_warned_about(tmp_path):
+    """Segmentation and detection: a class that only validation images hold is said (the
+    other classes still train: a warning, not a refusal), by name."""
+    from PIL import Image
+
+    from cnndsl.training.detdata import load_detection_data
+    from cnndsl.training.segdata import _random_split, load_masks
+    _, (held, *_) = _random_split(6, 0.2, 0)  # the one validation sample
+    masks = np.zeros((6, 8, 8), np.uint8)
+    masks[:, :4] = 1
+    masks[held, 0, 0] = 2
+    np.savez(tmp_path / "s.npz", x=np.zeros((6, 1, 8, 8), np.float32), masks=masks,
+             classes=np.array(["sky", "road", "deer"]))
+    data = load_masks(tmp_path / "s.npz", (1, 8, 8))
+    assert data.warnings == [
+        "class `deer` appears only in the validation part: no training mask holds it, so "
+        "the network cannot learn it (add such masks, or change `val_split`)"]
+    (tmp_path / "d" / "images").mkdir(parents=True)
+    (tmp_path / "d" / "labels").mkdir()
+    for i in range(6):
+        Image.new("L", (8, 8)).save(tmp_path / "d" / "images" / f"{i}.png")
+        (tmp_path / "d" / "labels" / f"{i}.txt").write_text(
+            f"{2 if i == held else 0} 0.5 0.5 0.5 0.5\n1 0.2 0.2 0.1 0.1\n")
+    (tmp_path / "d" / "classes.txt").write_text("cat\ndog\nowl\n")
+    data = load_detection_data(str(tmp_path / "d"), (1, 8, 8))
+    assert [len(data.train), len(data.val)] == [5, 1]
+    assert data.warnings[0].startswith("class `owl` appears only in the validation part: "
+                                       "no training image holds it")
+    masks[held, 0, 0] = 1  # every class trains: nothing said
+    np.savez(tmp_path / "s.npz", x=np.zeros((6, 1, 8, 8), np.float32), masks=masks)
+    assert load_masks(tmp_path / "s.npz", (1, 8, 8)).warnings == []

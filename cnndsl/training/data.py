@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..diagnostics import printable_text
 from .images import UnreadableImageError, read_pixels, verify
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm",
@@ -310,6 +311,22 @@ def over_limit(where, what: str, need: float, max_bytes: float, streams: bool = 
                f"--memory-limit (default {human_bytes(DATA_BYTES)}) to raise the limit")
     return DataError(f"{where}: {what} need {human_bytes(need)} in memory, over "
                      f"{human_bytes(max_bytes)}", help=f"{fix}or {setting}")
+
+
+def untrained_classes(train: set[int], val: set[int], classes: list[str],
+                      what: str) -> list[str]:
+    """Segmentation and detection: a warning naming the classes found only in the
+    validation part (the network never learns them; the other classes still train, and a
+    rare class is common in real sets, so this is said, not refused)."""
+    missing = [printable_text(classes[v]) for v in sorted(val - train)
+               if 0 <= v < len(classes)]
+    if not missing:
+        return []
+    many = len(missing) > 1
+    return [f"class{'es' if many else ''} {', '.join(f'`{n}`' for n in missing)} "
+            f"appear{'' if many else 's'} only in the validation part: no training {what} "
+            f"holds {'them' if many else 'it'}, so the network cannot learn "
+            f"{'them' if many else 'it'} (add such {what}s, or change `val_split`)"]
 
 
 def _check_size(count: int, shape, max_bytes: float, where: Path,

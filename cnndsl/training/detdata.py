@@ -46,6 +46,7 @@ from .data import (
     image_tensor,
     in_memory,
     over_limit,
+    untrained_classes,
 )
 from .datafiles import class_file, read_bounded, read_data_yaml, yaml_class_names
 from .images import UnreadableImageError, read_header
@@ -626,7 +627,9 @@ def load_detection_data(source: str, shape: tuple[int, int, int], *,
             raise over_limit(path, f"{count:,} images at {' x '.join(map(str, shape))} with "
                              "their boxes", need, max_bytes, True)
         parts = tuple(p.in_memory() for p in parts)
-    return Data(parts[0], parts[1], str(path), presplit=presplit)
+    trained, held = ({int(c) for _, rows in part for c in rows[:, 0]} for part in (train, val))
+    return Data(parts[0], parts[1], str(path), presplit=presplit,
+                warnings=untrained_classes(trained, held, classes, "image"))
 
 
 def _check_images(items, max_pixels: int | None = None) -> None:

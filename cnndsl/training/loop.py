@@ -29,7 +29,7 @@ import torch.distributed as dist
 from torch import nn
 
 from .. import atomic
-from ..diagnostics import CnnError, Diagnostic, printable_text
+from ..diagnostics import CnnError, Diagnostic, Label, printable_text
 from . import state as saved_state
 from . import tasks
 from .combine import OutputLosses, pick
@@ -236,7 +236,7 @@ class Trainer:
     beside: dict[str, bytes] = field(default_factory=dict)  # written with the checkpoints
     # a batch norm over one value per channel (after global pooling): PyTorch trains it
     # on 2 samples or more, so every rank's batch holds 2 at least
-    one_value_norm: str | None = None
+    one_value_norm: tuple[str, Any] | None = None  # its name and span
 
     def __post_init__(self):
         self.dev = resolve_device(self.device)
@@ -278,17 +278,19 @@ class Trainer:
         if self.least == 1:
             return
         world, batch, train = self.ranks.world, self.config.batch, len(self.data.train)
-        need = f"`{self.one_value_norm}` normalises one value per channel (a 1 x 1 map) " \
-               "and needs 2 or more to train"
+        name, span = self.one_value_norm
+        need = f"`{name}` normalises one value per channel (a 1 x 1 map) and needs 2 or " \
+               "more to train"
+        related = (Label(span=span, text="one value per channel"),) if span else ()
         each = f" per process ({world} processes)" if world > 1 else ""
         if batch < 2 * world:
             raise _error(f"batch {batch} gives each step {batch // world} sample{each}, but "
                          f"{need}", span=self.config.spans.get("batch"),
-                         help=f"use batch {2 * world} or more")
+                         help=f"use batch {2 * world} or more", related=related)
         if train < 2 * world:
             raise _error(f"{train} training sample(s) give each step {train // world} "
                          f"sample{each}, but {need}", span=self.config.spans.get("data"),
-                         help=f"train on {2 * world} samples or more")
+                         help=f"train on {2 * world} samples or more", related=related)
 
     # -- public --------------------------------------------------------------------------
 

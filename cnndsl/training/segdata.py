@@ -33,6 +33,7 @@ from .data import (
     decode_image,
     in_memory,
     over_limit,
+    untrained_classes,
 )
 from .datafiles import class_file
 from .images import UnreadableImageError, read_header, read_pixels
@@ -139,7 +140,9 @@ def _folder(root: Path, shape, val_fraction: float, seed: int, ignore: int,
         train_rows, val_rows = _random_split(len(every), val_fraction, seed)
         train, val = [every[i] for i in train_rows], [every[i] for i in val_rows]
     named = class_file(root)
-    top = max(_check_masks(train + val, named, ignore, max_pixels), default=0)
+    trained = _check_masks(train, named, ignore, max_pixels)
+    held = _check_masks(val, named, ignore, max_pixels)
+    top = max(trained | held, default=0)
     classes = named or [str(i) for i in range(top + 1)]
     if len(classes) < 2:
         raise DataError(f"the masks in {root} hold one class only",
@@ -153,7 +156,8 @@ def _folder(root: Path, shape, val_fraction: float, seed: int, ignore: int,
             raise over_limit(root, f"{len(train) + len(val):,} images at "
                              f"{' x '.join(map(str, shape))} with masks", need, max_bytes, True)
         parts = tuple(p.in_memory() for p in parts)
-    return Data(parts[0], parts[1], str(root), presplit=presplit)
+    return Data(parts[0], parts[1], str(root), presplit=presplit,
+                warnings=untrained_classes(trained, held, classes, "mask"))
 
 
 def _pairs(folder: Path) -> list[tuple[Path, Path]]:
@@ -258,6 +262,9 @@ def _npz(path: Path, shape, val_fraction: float, seed: int, ignore: int,
         from torchvision.transforms.v2 import functional as TF
         y = TF.resize(y[:, None], list(shape[1:]), InterpolationMode.NEAREST)[:, 0]
     train, val = _random_split(len(y), val_fraction, seed)
+    warnings += untrained_classes(set(torch.unique(y[train]).tolist()) - {ignore},
+                                  set(torch.unique(y[val]).tolist()) - {ignore}, classes,
+                                  "mask")
     return Data(Dataset(images[train], y[train], classes), Dataset(images[val], y[val], classes),
                 str(path), warnings=warnings)
 
