@@ -643,35 +643,33 @@ def cmd_eval(args) -> int:
 
 
 def cmd_predict(args) -> int:
-    from .deploy.predict import format_result, image_files, predict_files
+    from .deploy.predict import image_files, predict_files, task_of
     files = image_files(args.inputs)
     predictor = _predictor(args)
+    task = task_of(predictor.info)
     if not args.json:
         _say(f"{args.model}: {len(files)} image(s), {predictor.info.task}, "
              f"running on {predictor.runtime}")
+    out = Path(args.out) if args.out else None
+    if out is not None:  # a task writes its images as it goes
+        out.mkdir(parents=True, exist_ok=True)
     folders = any(Path(p).is_dir() for p in args.inputs)
     done = predict_files(predictor, files, batch=args.batch, top=args.top,
-                         progress=None if folders and not args.json else False)
+                         progress=None if folders and not args.json else False, out=out)
     for path, why in done.skipped:
         _say(f"warning: skipped {path}: {why}")
     report = {"ok": bool(done.results), "model": args.model, "runtime": predictor.runtime,
               "task": predictor.info.task, "predicted": len(done.results),
               "skipped": [{"file": f, "why": w} for f, w in done.skipped],
               "predictions": done.results}
-    if args.out:
+    if out is not None:
         from .atomic import write_text
-        Path(args.out).mkdir(parents=True, exist_ok=True)
-        write_text(Path(args.out) / "predictions.json", json.dumps(report, indent=2) + "\n")
-        if predictor.info.task == "detection":
-            from .deploy.predict import draw_detections
-            for n, result in enumerate(done.results):
-                draw_detections(result, Path(args.out) / f"{n:05d}_{Path(result['file']).stem}.png",
-                                predictor.info.max_pixels)
+        write_text(out / "predictions.json", json.dumps(report, indent=2) + "\n")
     if args.json:
         print(json.dumps(report, indent=2))
     else:
         for result in done.results:
-            _show(format_result(result))
+            _show(task.line(result))
         _say(f"predicted {len(done.results)} image(s), skipped {len(done.skipped)}")
     return EXIT_OK if done.results else EXIT_SPEC
 
@@ -745,16 +743,18 @@ def _add_inspect(spec_command, weight_options) -> None:
 
 
 def _add_predict(sub, weight_options) -> None:
-    p = sub.add_parser("predict", help="classify images with a spec and its weights, or an "
-                       ".onnx file", description="Run a trained network on image files and "
-                       "folders, preprocessed as evaluation preprocesses them.")
+    p = sub.add_parser("predict", help="classify, segment or detect images with a spec and "
+                       "its weights, or an .onnx file", description="Run a trained network "
+                       "on image files and folders, preprocessed as evaluation preprocesses "
+                       "them.")
     p.add_argument("model", help="a .cnn spec (with --weights) or a .onnx file")
     p.add_argument("inputs", nargs="+", metavar="IMAGE", help="image files or folders")
     weight_options(p)
     p.add_argument("--top", type=bounded_int(1, 1000), default=5, help="classes shown per "
                    "image (default 5)")
     p.add_argument("--batch", type=bounded_int(1, 65_536), default=64)
-    p.add_argument("--out", metavar="DIR", help="write DIR/predictions.json")
+    p.add_argument("--out", metavar="DIR", help="write DIR/predictions.json, and each image's "
+                   "mask and overlay (segmentation) or boxes drawn (detection)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
                    help="torch's device, for a spec")
     p.add_argument("--provider", default="auto", choices=["auto", "cpu", "cuda", "tensorrt"],

@@ -71,13 +71,8 @@ def test_onnxruntime_agrees_with_torch(pair, batch):
 # A known defect found with the segmentation specs (not fixed yet): after a bilinear Resize
 # by scales fed from a 1 x 1 map (ASPP's image pooling) or a gated product (LR-ASPP), ONNX
 # shape inference names the batch `unk__0` instead of `batch`; onnxruntime's outputs agree.
-BATCH_NAME_LOST = {"deeplabv3_resnet50", "lraspp_mobilenet_v3_large"}
-
-
 def test_full_check_and_inferred_shapes_are_the_checkers(pair):
     model, _, proto, _ = pair
-    if model.name in BATCH_NAME_LOST:
-        pytest.xfail("ONNX shape inference loses the batch's name after a Resize (known)")
     onnx.checker.check_model(proto, full_check=True)
     _, value_of = to_onnx(model.ir, model.weights(), fold_batchnorm=True)
     inferred = onnx.shape_inference.infer_shapes(proto, strict_mode=True)

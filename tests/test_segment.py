@@ -289,9 +289,10 @@ def test_workers_and_resume_change_nothing(shapes_npz, tmp_path):
 # ---- mask folders ---------------------------------------------------------------------------
 
 
-def mask_folder(root: Path, count: int = 6, size: int = 16, palette: bool = False) -> Path:
+def mask_folder(root: Path, count: int = 6, size: int = 16, palette: bool = False,
+                width: int | None = None) -> Path:
     from PIL import Image
-    images, masks = generate_shapes(count, size, size, seed=2)
+    images, masks = generate_shapes(count, size, width or size, seed=2)
     for part in ("images", "masks"):
         (root / part).mkdir(parents=True, exist_ok=True)
     for i in range(count):
@@ -398,3 +399,187 @@ def test_onnx_eval_gives_pytorchs_miou_and_predictions_are_written(trained, smal
     neither = run_cli("eval", str(EXAMPLE), "--data", str(small_shapes), *SHORT[:3])
     assert neither.returncode == 2 and "--weights FILE (or --weights-from), or --onnx" \
         in neither.stderr
+
+
+# ---- predict ------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def seg_project(tmp_path_factory) -> Path:
+    """A mask folder of 20 x 28 images (train/, val/, classes.txt) for a 16 x 16 U-Net that
+    normalises, and random weights with batch-norm statistics that are not the identity."""
+    from safetensors.torch import save_file
+    root = tmp_path_factory.mktemp("segpredict")
+    for part in ("train", "val"):
+        mask_folder(root / "data" / part, count=4, size=20, width=28)
+    (root / "data" / "classes.txt").write_text("background\ncircle\nsquare\ntriangle\n")
+    spec = spec_in(root, TINY_UNET.replace("3 x 24 x 24", "3 x 16 x 16")
+                   .replace('"shapes.npz"', '"data"')
+                   .replace("flip -> random_crop(padding=2)",
+                            "flip -> normalize(mean=(0.5, 0.4, 0.3), std=(0.2, 0.25, 0.3))"))
+    torch.manual_seed(3)
+    module = cnndsl.load(spec).to_torch()
+    with torch.no_grad():
+        for m in module.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.5, 0.5)
+                m.running_var.uniform_(0.5, 2.0)
+    save_file({k: v.contiguous() for k, v in module.state_dict().items()},
+              str(root / "w.safetensors"))
+    return root
+
+
+def cnndsl_main(capsys, *args: str):
+    """The command line in this process (no interpreter to start): its exit code, stdout
+    and stderr."""
+    from types import SimpleNamespace
+
+    from cnndsl import cli
+    code = cli.main(list(args))
+    out, err = capsys.readouterr()
+    return SimpleNamespace(returncode=code, stdout=out, stderr=err)
+
+
+def eval_masks(root: Path, folder: Path, onnx: Path | None = None) -> dict[str, np.ndarray]:
+    """`eval --predictions`'s masks (at the network's size) of the validation images."""
+    from cnndsl.training.images import read_pixels
+    from cnndsl.training.run import evaluate_model
+    evaluate_model(cnndsl.load(root / "net.cnn"), device="cpu", split="val",
+                   weights=None if onnx else str(root / "w.safetensors"),
+                   onnx=str(onnx) if onnx else None, predictions=folder)
+    return {p.stem: read_pixels(p, None) for p in folder.glob("s?.png")}
+
+
+def nearest(mask: np.ndarray, height: int, width: int) -> np.ndarray:
+    """A mask brought to another size as training brings masks to the network's."""
+    import tempfile
+
+    from cnndsl.training.segdata import decode_mask
+    from cnndsl.training.tasks.segment import write_mask
+    with tempfile.TemporaryDirectory() as scratch:
+        write_mask(mask, Path(scratch) / "m.png")
+        return decode_mask(Path(scratch) / "m.png", (height, width)).numpy()
+
+
+def check_predicted_masks(report: list[dict], expected: dict[str, np.ndarray]) -> None:
+    """Each written mask is a palette PNG of the file's size whose classes are eval's,
+    brought back to that size by nearest neighbour; its fractions count its pixels."""
+    from PIL import Image
+
+    from cnndsl.training.images import read_header, read_pixels
+    assert [Path(r["file"]).stem for r in report] == sorted(expected)
+    for n, result in enumerate(report):
+        stem = Path(result["file"]).stem
+        assert Path(result["mask"]).name == f"{n:05d}_{stem}.png"
+        assert read_header(Path(result["mask"])) == ((28, 20), "P")
+        mask = read_pixels(Path(result["mask"]), None)
+        assert np.array_equal(mask, nearest(expected[stem], 20, 28)), stem
+        counts = np.bincount(mask.ravel(), minlength=4)
+        assert [p["class"] for p in result["pixels"]] == ["background", "circle", "square",
+                                                          "triangle"]
+        assert [p["fraction"] for p in result["pixels"]] == \
+            pytest.approx((counts / mask.size).tolist(), abs=1e-6)
+        with Image.open(result["overlay"]) as picture:
+            assert picture.mode == "RGB" and picture.size == (28, 20)
+    assert any(len(np.unique(m)) > 1 for m in expected.values())  # not one class all over
+
+
+def test_predict_gives_evals_masks_image_for_image(seg_project, tmp_path):
+    """The spec with weights: predict's classes at the network's size are eval's, pixel
+    for pixel; the files written are those classes at each image's own size."""
+    from cnndsl.deploy.predict import image_files, predict_files, spec_predictor
+    expected = eval_masks(seg_project, tmp_path / "eval")
+    model = cnndsl.load(seg_project / "net.cnn")
+    predictor = spec_predictor(model, weights=str(seg_project / "w.safetensors"), device="cpu")
+    assert predictor.info.task == "segmentation"
+    assert predictor.info.classes == ["background", "circle", "square", "triangle"]
+    files = image_files([str(seg_project / "data" / "val" / "images")])
+    done = predict_files(predictor, files, batch=3, keep_logits=True, progress=False,
+                         out=tmp_path / "out")
+    argmax = np.concatenate(done.logits).argmax(1)
+    for path, classes in zip(files, argmax):
+        assert np.array_equal(classes, expected[path.stem]), path.stem
+    check_predicted_masks(done.results, expected)
+    unwritten = predict_files(predictor, files[:1], progress=False).results[0]
+    assert unwritten["mask"] is None and unwritten["overlay"] is None
+    assert unwritten["pixels"] == done.results[0]["pixels"]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted(
+        f"{n:05d}_s{n}{suffix}.png" for n in range(4) for suffix in ("", "_overlay"))
+
+
+def test_a_self_describing_onnx_file_predicts_evals_masks(seg_project, tmp_path, capsys):
+    """The .onnx file alone (task and classes in its metadata), run by onnxruntime:
+    the masks `eval --onnx --predictions` writes, image for image."""
+    import onnx
+    exported = tmp_path / "net.onnx"
+    result = cnndsl_main(capsys, "compile", str(seg_project / "net.cnn"), "--to", "onnx", "-o",
+                     str(exported), "--weights", str(seg_project / "w.safetensors"))
+    assert result.returncode == 0, result.stderr
+    meta = {p.key: json.loads(p.value) for p in onnx.load(str(exported)).metadata_props}
+    assert meta["cnndsl.task"] == "segmentation"
+    assert meta["cnndsl.classes"] == ["background", "circle", "square", "triangle"]
+    expected = eval_masks(seg_project, tmp_path / "eval", onnx=exported)
+    out = tmp_path / "out"
+    images = seg_project / "data" / "val" / "images"
+    result = cnndsl_main(capsys, "predict", str(exported), str(images), "--json", "--out",
+                         str(out))
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["task"] == "segmentation" and report["predicted"] == 4
+    assert report["runtime"] == "onnxruntime on cpu" and report["skipped"] == []
+    check_predicted_masks(report["predictions"], expected)
+    assert json.loads((out / "predictions.json").read_text()) == report
+
+
+def test_predict_skips_a_corrupt_image_and_writes_only_regular_files(seg_project, tmp_path,
+                                                                      capsys):
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    (folder / "broken.png").write_bytes(b"\x89PNG but not really")
+    (folder / "good.png").write_bytes((seg_project / "data" / "val" / "images" / "s0.png")
+                                      .read_bytes())
+    common = ("predict", str(seg_project / "net.cnn"), "--weights",
+              str(seg_project / "w.safetensors"))
+    result = cnndsl_main(capsys, *common, str(folder))
+    assert result.returncode == 0, result.stderr
+    assert f"warning: skipped {folder / 'broken.png'}: not an image" in result.stderr
+    assert "predicted 1 image(s), skipped 1" in result.stderr
+    line = result.stdout.strip()
+    assert line.startswith(f"{folder / 'good.png'}: ") and "\n" not in line
+    shares = [float(word.rstrip(",")) for word in line.split()[2::2]]
+    assert sum(shares) == pytest.approx(1.0, abs=2e-3) and shares == sorted(shares)[::-1]
+    only_bad = cnndsl_main(capsys, *common, str(folder / "broken.png"))
+    assert only_bad.returncode == 1 and "predicted 0 image(s), skipped 1" in only_bad.stderr
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "00000_good.png").symlink_to(tmp_path / "elsewhere.png")
+    linked = cnndsl_main(capsys, *common, str(folder / "good.png"), "--out", str(out))
+    assert linked.returncode == 1 and "a symbolic link" in linked.stderr, linked.stderr
+    assert "Traceback" not in linked.stderr and not (tmp_path / "elsewhere.png").exists()
+
+
+def test_output_names_stay_in_the_folder_and_a_wrong_output_is_refused():
+    from cnndsl.deploy.describe import ModelInfo
+    from cnndsl.deploy.predict import output_name, segmentation_output
+    for image in ("a/../b/..png", "x/" + "é" * 300 + ".png", ".png", "a\\b.png"):
+        name = output_name(7, Path(image), "_overlay")
+        assert Path(name).name == name and name.startswith("00007_")
+        assert name.endswith("_overlay.png") and len(name.encode()) < 255
+    info = ModelInfo(shape=(3, 16, 16), task="segmentation")
+    assert segmentation_output(torch.zeros(2, 5, 16, 16), info) == 5
+    for shape in ((2, 5), (2, 5, 8, 8), (2, 300, 16, 16)):
+        with pytest.raises(cnndsl.CnnError, match="not N x classes x 16 x 16"):
+            segmentation_output(torch.zeros(shape), info)
+
+
+def test_an_overlay_blended_in_strips_is_the_whole_image_blended(tmp_path):
+    from cnndsl.training.images import read_pixels
+    from cnndsl.training.plots import overlay
+    from cnndsl.training.tasks.segment import write_overlay
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, (3, 10, 7), dtype=np.uint8)
+    mask = rng.integers(0, 4, (10, 7)).astype(np.uint8)
+    mask[0, 0] = 255
+    write_overlay(image, mask, tmp_path / "strips.png", rows=3)
+    whole = (overlay(image.astype(np.float32) / 255, mask) * 255).round().astype(np.uint8)
+    assert np.array_equal(read_pixels(tmp_path / "strips.png", "RGB"), whole)

@@ -37,6 +37,7 @@ class GraphBuilder:
         self.nodes: list[onnx.NodeProto] = []
         self.initializers: dict[str, onnx.TensorProto] = {}
         self.value_of: dict[str, str] = {i.name: i.name for i in ir.inputs}
+        self.known_shapes: list[onnx.ValueInfoProto] = []
 
     # ---- used by handlers -----------------------------------------------------------------
 
@@ -45,6 +46,14 @@ class GraphBuilder:
         output = output or node.name
         self.nodes.append(helper.make_node(op_type, inputs, [output], name=output, **attrs))
         return output
+
+    def declare_shape(self, value: str, node: Node) -> str:
+        """Give `value` the checked shape of `node` (batch first) in the graph, for ops
+        whose output ONNX shape inference cannot name (a Resize to computed sizes loses
+        the batch's name)."""
+        self.known_shapes.append(helper.make_tensor_value_info(
+            value, TensorProto.FLOAT, ["batch", *node.shape]))
+        return value
 
     def alias(self, node: Node, value: str) -> str:
         return value
@@ -116,7 +125,8 @@ class GraphBuilder:
             outputs.append(helper.make_tensor_value_info(
                 name, TensorProto.FLOAT, ["batch", *self.ir.shape_of(node_name)]))
         graph = helper.make_graph(self.nodes + renames, self.ir.name, inputs, outputs,
-                                  list(self.initializers.values()))
+                                  list(self.initializers.values()),
+                                  value_info=self.known_shapes)
         opsets = [helper.make_opsetid("", self.opset)]
         model = helper.make_model(graph, opset_imports=opsets, producer_name="cnndsl",
                                   producer_version=__version__,

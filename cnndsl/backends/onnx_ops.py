@@ -166,7 +166,7 @@ def upsample(g: GraphBuilder, node: Node, xs: list[str]) -> str:
         return _repeat_pixels(g, node, xs[0])
     if a.scale is not None:
         scales = g.constant(f"{node.name}.scales", np.array([1, 1, *a.scale], np.float32))
-        return g.op("Resize", [xs[0], "", scales], node, **mode)
+        return g.declare_shape(g.op("Resize", [xs[0], "", scales], node, **mode), node)
     if a.mode == "nearest":  # Resize divides by out/in in float: 2/14 gives 6.99.. for 7
         return _nearest_to_size(g, node, xs[0])
     # to a size: the batch and channels as they come, then H x W (the batch is dynamic)
@@ -176,7 +176,7 @@ def upsample(g: GraphBuilder, node: Node, xs: list[str]) -> str:
     kept = g.op("Slice", [shape, start, stop], node, output=f"{node.name}.batch_channels")
     hw = g.constant(f"{node.name}.size", np.array(a.size, np.int64))
     sizes = g.op("Concat", [kept, hw], node, output=f"{node.name}.sizes", axis=0)
-    return g.op("Resize", [xs[0], "", "", sizes], node, **mode)
+    return g.declare_shape(g.op("Resize", [xs[0], "", "", sizes], node, **mode), node)
 
 
 def _repeat_pixels(g: GraphBuilder, node: Node, x: str) -> str:

@@ -93,6 +93,8 @@ def _class_names(model, config) -> list[str] | None:
     if config.data == "shapes" and config.task == "detect":
         from ..training.detdata import SHAPES_CLASSES
         return list(SHAPES_CLASSES)
+    if config.task == "segment":
+        return _mask_class_names(model, config)
     if config.data and model.train_def is not None:
         root = Path(model.train_def.span.file).parent / config.data
         if (root / "train").is_dir():
@@ -101,6 +103,25 @@ def _class_names(model, config) -> list[str] | None:
             return sorted(p.name for p in root.iterdir()
                           if p.is_dir() and not p.name.startswith("."))
     return None
+
+
+def _mask_class_names(model, config) -> list[str] | None:
+    """A segmentation set's classes: the bundled shapes', or a mask folder's classes.txt or
+    data.yaml (its subfolders are images/ and masks/, not classes)."""
+    if config.data == "shapes":
+        from ..training.segdata import SHAPES_CLASSES
+        return list(SHAPES_CLASSES)
+    if not config.data or model.train_def is None:
+        return None
+    root = Path(model.train_def.span.file).parent / config.data
+    if not root.is_dir():
+        return None
+    from ..training.data import DataError
+    from ..training.datafiles import class_file
+    try:
+        return class_file(root)
+    except DataError:  # training names what is wrong with it
+        return None
 
 
 def annotate(onnx_model, info: ModelInfo) -> None:

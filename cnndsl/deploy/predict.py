@@ -2,8 +2,8 @@
 
 Images are decoded, resized and normalised by the very code evaluation uses
 (training.data's decoder and `eval_transform`), so a folder gives the logits `eval` gives.
-Each task turns logits into its own answer; `TASKS` maps a task's name to that function
-(classification today; segmentation and detection plug in beside it)."""
+Each task turns logits into its own answers, lines and images: `TASKS` maps a task's
+name to its class (Classification, Segmentation, Detection)."""
 
 from __future__ import annotations
 
@@ -168,22 +168,38 @@ def detector_output(result, task: str) -> None:
         help="export the detector again with `cnndsl compile --to onnx`")])
 
 
-def predict_files(predictor: Predictor, files: list[Path], *, batch: int = 64, top: int = 5,
-                  progress: bool | None = None, keep_logits: bool = False) -> Predictions:
-    """Every file through the network, `batch` at a time; unreadable files are skipped
-    (and listed), as training skips them."""
+@dataclass
+class Options:
+    batch: int = 64
+    top: int = 5  # classes per image (classification)
+    progress: bool | None = None  # a progress bar; None: on a terminal
+    keep_logits: bool = False
+    out: Path | None = None  # where a task writes its images (boxes drawn, masks)
 
-    if predictor.info.task == "detection":
-        return predict_detections(predictor, files, batch=batch, progress=progress)
-    out = Predictions()
-    answer = TASKS.get(predictor.info.task)
-    if answer is None:
+
+def predict_files(predictor: Predictor, files: list[Path], *, batch: int = 64, top: int = 5,
+                  progress: bool | None = None, keep_logits: bool = False,
+                  out: Path | None = None) -> Predictions:
+    """Every file through the network, `batch` at a time; unreadable files are skipped
+    (and listed), as training skips them. The task's outputs (results, and images in
+    `out`) come from its entry in TASKS."""
+    return task_of(predictor.info).predict(predictor, files, Options(batch, top, progress,
+                                                                     keep_logits, out))
+
+
+def task_of(info: ModelInfo):
+    task = TASKS.get(info.task)
+    if task is None:
         raise CnnError([Diagnostic(code="E-run", message=f"cannot predict for the task "
-                                   f"`{predictor.info.task}`; known: {', '.join(TASKS)}",
-                                   help="a segmentation network's masks: `cnndsl eval SPEC "
-                                   "--weights FILE --data DIR --predictions OUT`")])
+                                   f"`{info.task}`; known: {', '.join(TASKS)}")])
+    return task
+
+
+def _batches(predictor: Predictor, files: list[Path], options: Options, out: Predictions):
+    """(the files read, their logits), a batch at a time: decoded, resized and normalised
+    as evaluation does it; unreadable files skipped into `out.skipped`."""
     prepare = predictor.prepare()
-    for chunk in _chunks(files, batch, progress):
+    for chunk in _chunks(files, options.batch, options.progress):
         skipped_before = len(out.skipped)
         decoded = decode_images(chunk, predictor.info.shape, out.skipped,
                                 predictor.info.max_pixels)
@@ -191,11 +207,9 @@ def predict_files(predictor: Predictor, files: list[Path], *, batch: int = 64, t
         good = [p for p in chunk if str(p) not in bad]
         if good:
             logits = predictor.forward(prepare(decoded.images)).float()
-            if keep_logits:
+            if options.keep_logits:
                 out.logits.append(logits.numpy())
-            for path, row in zip(good, logits):
-                out.results.append({"file": str(path), **answer(row, predictor.info, top)})
-    return out
+            yield good, logits
 
 
 def _chunks(files: list[Path], batch: int, progress: bool | None):
@@ -210,8 +224,24 @@ def _chunks(files: list[Path], batch: int, progress: bool | None):
             bar.update(len(chunk))
 
 
-def classify(logits, info: ModelInfo, top: int) -> dict:
+class Classification:
     """Top-k classes with their softmax probabilities."""
+
+    def predict(self, predictor: Predictor, files: list[Path], options: Options) -> Predictions:
+        out = Predictions()
+        for good, logits in _batches(predictor, files, options, out):
+            for path, row in zip(good, logits):
+                out.results.append({"file": str(path),
+                                    **classify(row, predictor.info, options.top)})
+        return out
+
+    @staticmethod
+    def line(result: dict) -> str:
+        best = ", ".join(f"{t['class']} {t['probability']:.3f}" for t in result["top"])
+        return f"{result['file']}: {best}"
+
+
+def classify(logits, info: ModelInfo, top: int) -> dict:
     import torch
     probs = torch.softmax(logits.double(), dim=-1).flatten()
     k = min(top, len(probs))
@@ -220,49 +250,60 @@ def classify(logits, info: ModelInfo, top: int) -> dict:
                     for p, i in zip(values.tolist(), indices.tolist())]}
 
 
-TASKS: dict[str, Callable] = {"classification": classify, "detection": None}
-
-
-def predict_detections(predictor: Predictor, files: list[Path], *, batch: int = 64,
-                       progress: bool | None = None) -> Predictions:
+class Detection:
     """A detector on image files: each letterboxed as training letterboxes it, the
     detections after threshold and NMS (training's `postprocess`, or the graph's own with
-    an export made with `--nms`), their boxes mapped back to the file's pixels."""
-    import torch
+    an export made with `--nms`), their boxes mapped back to the file's pixels; with
+    `out`, each file with its boxes drawn (NNNNN_STEM.png)."""
 
-    from ..training.detdata import letterboxed_file
-    from ..training.images import UnreadableImageError
-    from ..training.tasks.detect import postprocess
-    from .detect_onnx import rows_to_dicts
-    out, info = Predictions(), predictor.info
-    prepare = predictor.prepare()
-    for chunk in _chunks(files, batch, progress):
-        images, places = [], []
-        check_batch_size(chunk, info.shape)
-        for path in chunk:
-            try:
-                boxed, scale, corner, (width, height) = letterboxed_file(path, info.shape,
-                                                                         info.max_pixels)
-            except (UnreadableImageError, OSError) as why:
-                out.skipped.append((str(path), str(why)))
+    def predict(self, predictor: Predictor, files: list[Path], options: Options) -> Predictions:
+        import torch
+
+        from ..training.detdata import letterboxed_file
+        from ..training.images import UnreadableImageError
+        from ..training.tasks.detect import postprocess
+        from .detect_onnx import rows_to_dicts
+        out, info = Predictions(), predictor.info
+        prepare = predictor.prepare()
+        for chunk in _chunks(files, options.batch, options.progress):
+            images, places = [], []
+            check_batch_size(chunk, info.shape)
+            for path in chunk:
+                try:
+                    boxed, scale, corner, (width, height) = letterboxed_file(
+                        path, info.shape, info.max_pixels)
+                except (UnreadableImageError, OSError) as why:
+                    out.skipped.append((str(path), str(why)))
+                    continue
+                images.append(boxed)
+                places.append((path, scale, corner, width, height))
+            if not images:
                 continue
-            images.append(boxed)
-            places.append((path, scale, corner, width, height))
-        if not images:
-            continue
-        result = predictor.forward(prepare(torch.stack(images))).float()
-        detector_output(result, info.task)
-        found = rows_to_dicts(result.numpy(), len(images)) \
-            if result.ndim == 2 and result.shape[-1] == 7 else postprocess(result)
-        for (path, scale, (left, top), width, height), one in zip(places, found):
-            boxes = one["boxes"].clone()
-            boxes[:, 0::2] = ((boxes[:, 0::2] - left) / scale).clamp(0, width)
-            boxes[:, 1::2] = ((boxes[:, 1::2] - top) / scale).clamp(0, height)
-            out.results.append({"file": str(path), "size": [width, height], "detections": [
-                {"class": info.class_name(int(c)), "index": int(c), "score": float(p),
-                 "box": [round(float(v), 2) for v in box]}
-                for box, p, c in zip(boxes, one["scores"], one["labels"])]})
-    return out
+            result = predictor.forward(prepare(torch.stack(images))).float()
+            detector_output(result, info.task)
+            found = rows_to_dicts(result.numpy(), len(images)) \
+                if result.ndim == 2 and result.shape[-1] == 7 else postprocess(result)
+            for (path, scale, (left, top), width, height), one in zip(places, found):
+                boxes = one["boxes"].clone()
+                boxes[:, 0::2] = ((boxes[:, 0::2] - left) / scale).clamp(0, width)
+                boxes[:, 1::2] = ((boxes[:, 1::2] - top) / scale).clamp(0, height)
+                answer = {"file": str(path), "size": [width, height], "detections": [
+                    {"class": info.class_name(int(c)), "index": int(c), "score": float(p),
+                     "box": [round(float(v), 2) for v in box]}
+                    for box, p, c in zip(boxes, one["scores"], one["labels"])]}
+                if options.out is not None:
+                    draw_detections(answer, options.out / output_name(len(out.results), path),
+                                    info.max_pixels)
+                out.results.append(answer)
+        return out
+
+    @staticmethod
+    def line(result: dict) -> str:
+        found = ", ".join(f"{d['class']} {d['score']:.2f} at "
+                          f"({', '.join(f'{v:g}' for v in d['box'])})"
+                          for d in result["detections"])
+        return f"{result['file']}: {len(result['detections'])} object(s)" + \
+            (f": {found}" if found else "")
 
 
 def draw_detections(result: dict, path: Path, max_pixels: int | None = None) -> None:
@@ -285,12 +326,86 @@ def draw_detections(result: dict, path: Path, max_pixels: int | None = None) -> 
         image.save(tmp, format="PNG")
 
 
-def format_result(result: dict) -> str:
-    if "detections" in result:
-        found = ", ".join(f"{d['class']} {d['score']:.2f} at "
-                          f"({', '.join(f'{v:g}' for v in d['box'])})"
-                          for d in result["detections"])
-        return f"{result['file']}: {len(result['detections'])} object(s)" + \
-            (f": {found}" if found else "")
-    best = ", ".join(f"{t['class']} {t['probability']:.3f}" for t in result["top"])
-    return f"{result['file']}: {best}"
+def output_name(n: int, image: Path, suffix: str = "") -> str:
+    """NNNNN_STEM{suffix}.png for the n-th image predicted: one name in the output folder
+    (never a path out of it: a stem has no separator), unique by its number however
+    many folders hold the same name, and short enough for any file system."""
+    stem = image.stem[:64].replace("\\", "_") or "image"
+    return f"{n:05d}_{stem}{suffix}.png"
+
+
+class Segmentation:
+    """A class per pixel. The network's classes x H x W scores are taken as evaluation
+    takes them (argmax at the network's size: `eval --predictions` writes that mask), then
+    brought to the file's own size by nearest neighbour, as training brings masks to the
+    network's size: a pixel's class is always one the network gave. (Bilinear logits
+    before the argmax would smooth edges, but differ from `eval`'s classes and cost
+    classes x the image's pixels in floats.) With `out`, each mask is written as a
+    palette PNG of class indices (NNNNN_STEM.png) with an overlay
+    (NNNNN_STEM_overlay.png), as `eval --predictions` writes them."""
+
+    def predict(self, predictor: Predictor, files: list[Path], options: Options) -> Predictions:
+        import torch
+
+        from ..training.images import UnreadableImageError, read_header
+        out, info = Predictions(), predictor.info
+        for good, logits in _batches(predictor, files, options, out):
+            classes = segmentation_output(logits, info)
+            for path, indices in zip(good, logits.argmax(1).to(torch.uint8)):
+                try:
+                    (width, height), _ = read_header(path, info.max_pixels)
+                except UnreadableImageError as why:  # read a moment ago: changed since
+                    out.skipped.append((str(path), str(why)))
+                    continue
+                out.results.append(self.answer(path, indices, (height, width), classes,
+                                               info, options.out, len(out.results)))
+        return out
+
+    @staticmethod
+    def answer(path: Path, indices, size, classes: int, info: ModelInfo,
+               folder: Path | None, n: int) -> dict:
+        import numpy as np
+        from torchvision.transforms.v2 import InterpolationMode
+        from torchvision.transforms.v2 import functional as TF
+        if tuple(indices.shape) != size:
+            indices = TF.resize(indices[None], list(size), InterpolationMode.NEAREST)[0]
+        mask = indices.numpy()
+        counts = np.bincount(mask.ravel(), minlength=classes)
+        result = {"file": str(path), "size": [size[1], size[0]], "mask": None, "overlay": None,
+                  "pixels": [{"class": info.class_name(i), "index": i,
+                              "fraction": round(float(counts[i]) / mask.size, 6)}
+                             for i in range(classes)]}
+        if folder is not None:
+            from ..training.images import read_pixels
+            from ..training.tasks.segment import write_mask, write_overlay
+            result["mask"] = str(folder / output_name(n, path))
+            result["overlay"] = str(folder / output_name(n, path, "_overlay"))
+            write_mask(mask, Path(result["mask"]))
+            write_overlay(read_pixels(path, "RGB", info.max_pixels).transpose(2, 0, 1), mask,
+                          Path(result["overlay"]))
+        return result
+
+    @staticmethod
+    def line(result: dict) -> str:
+        shares = sorted((p for p in result["pixels"] if p["fraction"] > 0),
+                        key=lambda p: -p["fraction"])
+        text = f"{result['file']}: " + ", ".join(f"{p['class']} {p['fraction']:.3f}"
+                                                 for p in shares)
+        return text + (f" -> {result['mask']}" if result["mask"] else "")
+
+
+def segmentation_output(logits, info: ModelInfo) -> int:
+    """The class count of a segmentation network's N x classes x H x W scores at its
+    input's H x W; anything else is not a segmentation network's."""
+    shape = tuple(logits.shape)
+    if len(shape) == 4 and shape[2:] == tuple(info.shape[1:]) and 2 <= shape[1] <= 256:
+        return shape[1]
+    raise CnnError([Diagnostic(
+        code="E-run", message=f"the model is described as `{info.task}`, but its output is "
+        f"{' x '.join(map(str, shape))}, not N x classes x {info.shape[1]} x {info.shape[2]} "
+        "(2 to 256 classes, at the input's size)",
+        help="a segmentation network ends in `conv(classes, 1)` at the image's size")])
+
+
+TASKS = {"classification": Classification(), "segmentation": Segmentation(),
+         "detection": Detection()}

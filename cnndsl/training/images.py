@@ -5,6 +5,10 @@ Pillow's decoders and the plugins other libraries install into `PIL.Image.open` 
 patches it to try a HEIF plugin that may be missing) raise many exception types for a bad
 file; a reader must skip such a file, not stop on it.
 
+Pictures are read upright: a camera's EXIF orientation tag is applied to the pixels and
+to the size read from the header (as viewers, annotation tools and Ultralytics' OpenCV
+reader show them), so that boxes and masks drawn on the upright picture fit it.
+
 Every image's size is read from its header and refused past `max_pixels` (MAX_PIXELS by
 default: 8192 x 8192) before a pixel is decoded: a 140 KB PNG can declare 12000 x 12000
 pixels (2.4 GB once decoded as float). Such a file is skipped like an unreadable one."""
@@ -75,11 +79,37 @@ def _too_large(size: str, limit: int) -> UnreadableImageError:
                                 "raised with the setting `max_image_pixels`)")
 
 
+ORIENTATION_TAG = 0x0112
+TURNED = (5, 6, 7, 8)  # orientations whose upright picture is the stored one turned 90
+
+
+def _orientation(image) -> int:
+    """The EXIF orientation (1: as stored). A PNG's eXIf chunk after its pixels is not
+    read: finding it would decode them."""
+    if image.format == "PNG" and "exif" not in image.info:
+        return 1
+    try:
+        value = image.getexif().get(ORIENTATION_TAG, 1)
+    except Exception:  # noqa: BLE001 - a corrupt EXIF block is no orientation
+        return 1
+    return value if value in range(1, 9) else 1
+
+
+def _upright(image, orientation: int):
+    from PIL import Image
+    method = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180,
+              4: Image.Transpose.FLIP_TOP_BOTTOM, 5: Image.Transpose.TRANSPOSE,
+              6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
+              8: Image.Transpose.ROTATE_90}.get(orientation)
+    return image if method is None else image.transpose(method)
+
+
 def read_pixels(path: Path, mode: str | None, max_pixels: int | None = None) -> np.ndarray:
-    """The decoded pixels as H x W (x C) uint8: converted to `mode` ("L", "RGB"), or, with
-    `mode=None`, kept as they are where they are class indices (palette "P" or grey "L")
-    and converted to grey otherwise."""
+    """The decoded pixels, upright, as H x W (x C) uint8: converted to `mode` ("L", "RGB"),
+    or, with `mode=None`, kept as they are where they are class indices (palette "P" or
+    grey "L") and converted to grey otherwise."""
     with _opened(path, max_pixels) as image:
+        orientation = _orientation(image)
         if mode is None:
             mode = image.mode if image.mode in ("P", "L") else "L"
         elif image.mode.startswith("I;16"):  # Pillow clips 16-bit pixels: scale them
@@ -88,13 +118,16 @@ def read_pixels(path: Path, mode: str | None, max_pixels: int | None = None) -> 
             image = Image.fromarray(np.round(wide / 257).astype(np.uint8), "L")
         if image.mode != mode:
             image = image.convert(mode)
-        return np.asarray(image).copy()
+        return np.asarray(_upright(image, orientation)).copy()
 
 
 def read_header(path: Path, max_pixels: int | None = None) -> tuple[tuple[int, int], str]:
-    """(width, height) and the mode, from the header alone."""
+    """(width, height) of the upright picture and the mode, from the header alone."""
     with _opened(path, max_pixels) as image:
-        return image.size, image.mode
+        width, height = image.size
+        if _orientation(image) in TURNED:
+            width, height = height, width
+        return (width, height), image.mode
 
 
 def verify(path: Path, max_pixels: int | None = None) -> None:

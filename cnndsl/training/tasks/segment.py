@@ -221,21 +221,42 @@ class Segment:
         """NAME.png: the predicted mask as a palette PNG (class indices, VOC's colours);
         NAME_overlay.png: the image with the predicted classes coloured over it."""
         import numpy as np
-        from PIL import Image
-
-        from ...atomic import atomic_path
-        from ..plots import overlay, palette
-        colours = palette(256).reshape(-1).tolist()
         for name, image, scores in zip(names, images, logits):
             predicted = scores.argmax(0).numpy().astype(np.uint8)
-            mask = Image.fromarray(predicted, mode="P")
-            mask.putpalette(colours)
-            mixed = Image.fromarray((overlay(image.numpy(), predicted) * 255).round()
-                                    .astype(np.uint8))
-            for picture, path in ((mask, folder / f"{name}.png"),
-                                  (mixed, folder / f"{name}_overlay.png")):
-                with atomic_path(path) as tmp:
-                    picture.save(tmp, format="PNG")
+            write_mask(predicted, folder / f"{name}.png")
+            write_overlay(image.numpy(), predicted, folder / f"{name}_overlay.png")
+
+
+def write_mask(mask, path: Path) -> None:
+    """H x W class indices (uint8) as a palette PNG with Pascal VOC's colours."""
+    from PIL import Image
+
+    from ...atomic import atomic_path
+    from ..plots import palette
+    picture = Image.fromarray(mask, mode="P")
+    picture.putpalette(palette(256).reshape(-1).tolist())
+    with atomic_path(path) as tmp:
+        picture.save(tmp, format="PNG")
+
+
+def write_overlay(image, mask, path: Path, rows: int = 1024) -> None:
+    """`image` (C x H x W: floats in [0, 1], or uint8) with `mask`'s classes coloured over
+    it (plots.overlay), as an RGB PNG; blended `rows` rows at a time, so that a large
+    image costs a few bytes a pixel, not overlay's float arrays for all of it."""
+    import numpy as np
+    from PIL import Image
+
+    from ...atomic import atomic_path
+    from ..plots import overlay
+    height = mask.shape[0]
+    mixed = np.empty((height, mask.shape[1], 3), np.uint8)
+    for top in range(0, height, rows):
+        strip = image[:, top:top + rows]
+        if strip.dtype == np.uint8:
+            strip = strip.astype(np.float32) / 255
+        mixed[top:top + rows] = (overlay(strip, mask[top:top + rows]) * 255).round()
+    with atomic_path(path) as tmp:
+        Image.fromarray(mixed).save(tmp, format="PNG")
 
 
 def joint_augmenter(ops: list[tuple[str, dict]], size, ignore: int):
