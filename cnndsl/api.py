@@ -42,6 +42,7 @@ class Model:
         self.weights_report = None  # what the last weight import did (ImportReport)
         self._training = training  # the checked training description (TrainConfig), if made
         self._whole: Model | None = None  # the model this one keeps some outputs of
+        self.memory_limit: int | None = None  # given at load time: also bounds the data
 
     def train_config(self, overrides: dict[str, Any] | None = None):
         """The `train` definition (or the defaults) with `overrides`, checked with the
@@ -136,6 +137,7 @@ class Model:
             ir = keep_outputs(self.ir, names)
         kept = Model(ir, self.program, self.train_def, self.overrides, self.train_overrides)
         kept._whole = self._whole or self
+        kept.memory_limit = self.memory_limit
         return kept
 
     @_without_gc
@@ -370,7 +372,9 @@ def _load(program: Program, source, network, strict, memory, params,
     except CnnError as exc:
         exc.sources = program.sources
         raise
-    return Model(ir, program, train, params, train_overrides, training=config)
+    model = Model(ir, program, train, params, train_overrides, training=config)
+    model.memory_limit = memory[0]
+    return model
 
 
 def _check_training(train: ast.TrainDef | None, network: str, ir: Network,

@@ -1092,12 +1092,12 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as exc:
         return _usage(exc, exc.parser or args.parser, getattr(args, "json", False))
     except CnnError as exc:
-        if _main_process():  # under torchrun every process finds it; one says it
+        if _reports():  # under torchrun one process says it
             _report(exc, args)
         return EXIT_SPEC
     except OSError as exc:  # reading or writing a file the user named
         where = f" {exc.filename}" if exc.filename else ""
-        if _main_process():
+        if _reports():
             _report(CnnError([Diagnostic(code="E-io", message=f"cannot access{where}: "
                                          f"{exc.strerror or exc}")]), args)
         return EXIT_SPEC
@@ -1109,15 +1109,39 @@ def main(argv: list[str] | None = None) -> int:
             return EXIT_SPEC  # another process reports why
         if os.environ.get("CNNDSL_DEBUG"):
             raise
-        rank = "" if _main_process() else f"process {os.environ.get('RANK')}: "
-        _say(f"{rank}internal error: {type(exc).__name__}: {exc}\n(this is a bug in cnndsl; "
-             "CNNDSL_DEBUG=1 shows the traceback)")
+        if _reports():
+            rank = "" if _main_process() else f"process {os.environ.get('RANK')}: "
+            _say(f"{rank}internal error: {type(exc).__name__}: {exc}\n(this is a bug in "
+                 "cnndsl; CNNDSL_DEBUG=1 shows the traceback)")
         return EXIT_INTERNAL
 
 
 def _main_process() -> bool:
     """Not one of torchrun's other processes (RANK 1, 2, ...)."""
     return os.environ.get("RANK", "0") == "0"
+
+
+ERROR_KEY = "cnndsl/error_reported"  # counts the processes that had an error to report
+
+
+def _reports() -> bool:
+    """Whether this process prints its error: alone, always; under torchrun, once the
+    processes have joined, the first of them to have one (they count in torchrun's
+    store, which outlives them; the others stop quietly: a rank waiting for one that
+    failed would else report the lost connection too), before that rank 0 (every
+    process reads the same spec and data and finds the same error)."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return True
+    dist = sys.modules.get("torch.distributed")
+    if dist is not None and dist.is_available() and dist.is_initialized():
+        try:
+            store = dist.distributed_c10d._get_default_store()
+            # a key per attempt: torchrun --max-restarts starts the processes again
+            attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+            return store.add(f"{ERROR_KEY}/{attempt}", 1) == 1
+        except Exception:  # noqa: BLE001 - the store gone too: rank 0 says what it has
+            pass
+    return _main_process()
 
 
 def _stopped_elsewhere(exc: Exception) -> bool:

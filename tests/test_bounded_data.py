@@ -392,3 +392,159 @@ def test_a_16_bit_png_is_scaled_by_its_range_not_clipped(tmp_path):
     assert Image.open(tmp_path / "16.png").mode == "I;16"
     assert read_pixels(tmp_path / "16.png", "L").tolist() == [[0, 1, 128, 255]]
     assert read_pixels(tmp_path / "16.png", "RGB")[0, 2].tolist() == [128, 128, 128]
+
+
+# ---- --memory-limit reaches the data readers ----------------------------------------------
+
+LIMITED = """network n(classes: int = 2) {
+    input image: 1 x 8 x 8
+    conv(4, 3, padding=same) -> relu -> maxpool(2)
+    flatten -> linear(classes)
+}
+train n() {
+    task: TASK
+    cache: CACHE
+    epochs: 1
+}
+"""
+
+
+def _limited_model(tmp_path: Path, task: str, cache: str, limit: int | None):
+    import cnndsl
+    spec = tmp_path / "n.cnn"
+    text = LIMITED.replace("TASK", task).replace("CACHE", cache)
+    if task == "segment":
+        text = text.replace(" -> maxpool(2)", "").replace("flatten -> linear(classes)",
+                                                          "conv(classes, 1)")
+    spec.write_text(text)
+    return cnndsl.load(spec, memory_limit=limit)
+
+
+def _data_kinds(tmp_path: Path) -> dict[str, Path]:
+    """40 samples of 1 x 8 x 8 (about 10 KiB decoded) of every kind of data."""
+    kinds = {"npz": _npz(tmp_path / "c.npz", x=np.zeros((40, 1, 8, 8), np.float32),
+                         y=np.arange(40) % 2),
+             "seg_npz": _npz(tmp_path / "s.npz", x=np.zeros((40, 1, 8, 8), np.float32),
+                             masks=np.tile(np.arange(8, dtype=np.uint8) % 2, (40, 8, 1)))}
+    for i in range(40):
+        png(tmp_path / "folder" / "ab"[i % 2] / f"{i}.png", 3 * i)
+        png(tmp_path / "seg" / "images" / f"{i}.png", 3 * i)
+        png(tmp_path / "seg" / "masks" / f"{i}.png", i % 2)
+        png(tmp_path / "det" / "images" / f"{i}.png", 3 * i)
+        (tmp_path / "det" / "labels").mkdir(exist_ok=True)
+        (tmp_path / "det" / "labels" / f"{i}.txt").write_text("0 0.5 0.5 0.5 0.5\n")
+    return {**kinds, "folder": tmp_path / "folder", "seg": tmp_path / "seg",
+            "det": tmp_path / "det"}
+
+
+@pytest.mark.parametrize("kind, task, cache", [
+    ("npz", "classify", "auto"), ("folder", "classify", "memory"),
+    ("seg_npz", "segment", "auto"), ("seg", "segment", "memory")])
+def test_memory_limit_bounds_the_data_held_in_memory(tmp_path, kind, task, cache):
+    """A set far under the 4 GiB default but over `--memory-limit 8KiB` is refused in one
+    line naming the setting; the same set loads without the limit."""
+    from cnndsl.diagnostics import CnnError
+    from cnndsl.training.run import load_dataset
+    data = _data_kinds(tmp_path)[kind]
+    model = _limited_model(tmp_path, task, cache, 8 * 1024)
+    with pytest.raises(CnnError) as caught:
+        load_dataset(model, model.train_config(), data)
+    (d,) = caught.value.diagnostics
+    assert "\n" not in d.message
+    assert "in memory, over 8.00 KiB" in d.message, d.message
+    assert "--memory-limit" in d.help
+    unlimited = _limited_model(tmp_path, task, cache, None)
+    loaded = load_dataset(unlimited, unlimited.train_config(), data)
+    assert len(loaded.train) + len(loaded.val) == 40
+
+
+@pytest.mark.parametrize("kind, task", [("folder", "classify"), ("seg", "segment")])
+def test_cache_auto_streams_a_folder_over_the_memory_limit(tmp_path, kind, task):
+    from cnndsl.training.run import load_dataset
+    data = _data_kinds(tmp_path)[kind]
+    model = _limited_model(tmp_path, task, "auto", 8 * 1024)
+    loaded = load_dataset(model, model.train_config(), data)
+    assert not hasattr(loaded.train, "images")  # read from disk as needed
+    assert len(loaded.train) + len(loaded.val) == 40
+
+
+def test_memory_limit_reaches_the_detection_reader(tmp_path):
+    from cnndsl.training.detdata import load_detection_data
+    data = _data_kinds(tmp_path)["det"]
+    with pytest.raises(DataError, match="over 8.00 KiB") as caught:
+        load_detection_data(str(data), SHAPE, cache="memory", max_bytes=8 * 1024)
+    assert "--memory-limit" in caught.value.help
+    assert not hasattr(load_detection_data(str(data), SHAPE, cache="auto",
+                                           max_bytes=8 * 1024).train, "images")
+    assert len(load_detection_data(str(data), SHAPE, cache="memory").train.images) == 32
+
+
+def test_train_memory_limit_refuses_data_under_4_gib_and_the_default_stays(tmp_path, capsys):
+    from cnndsl.cli import main
+    npz = _npz(tmp_path / "c.npz", x=np.zeros((40, 1, 8, 8), np.float32), y=np.arange(40) % 2)
+    _limited_model(tmp_path, "classify", "auto", None)
+    spec = tmp_path / "n.cnn"
+    code = main(["train", str(spec), "--data", str(npz), "--memory-limit", "8KiB",
+                 "--out", str(tmp_path / "run")])
+    err = capsys.readouterr().err
+    assert code == 1 and "error[E-data]" in err and "over 8.00 KiB" in err
+    assert "--memory-limit" in err and not (tmp_path / "run").exists()
+    huge = _declaring(tmp_path / "d.npz", (100_000, 1, 100, 1000))
+    assert main(["train", str(spec), "--data", str(huge), "--out", str(tmp_path / "r")]) == 1
+    assert "over 4.00 GiB" in capsys.readouterr().err
+
+
+# ---- predict and detection honour `max_image_pixels` -------------------------------------
+
+PIXELS_SPEC = """network n(classes: int = 2) {
+    input image: 1 x 8 x 8
+    flatten -> linear(classes)
+}
+train n() {
+    max_image_pixels: LIMIT
+}
+"""
+
+
+@pytest.mark.parametrize("limit, why", [(63, "8 x 8 pixels; the limit is 63"),
+                                        (10**8, "truncated")])
+def test_predict_honours_the_specs_max_image_pixels(tmp_path, capsys, limit, why):
+    """Lowered, an 8 x 8 image is skipped; raised, a 9000 x 9000 header is decoded (and
+    found truncated) instead of refused at the default bound."""
+    from cnndsl.cli import main
+    spec = tmp_path / "n.cnn"
+    spec.write_text(PIXELS_SPEC.replace("LIMIT", str(limit)))
+    image = png(tmp_path / "i.png") if limit == 63 else bomb_png(tmp_path / "i.png", 9000, 9000)
+    assert main(["predict", str(spec), str(image)]) == 1  # nothing predicted
+    err = capsys.readouterr().err
+    assert f"warning: skipped {image}: " in err and why in err, err
+    assert "image too large" not in err or limit == 63
+
+
+def test_the_bound_travels_with_an_export():
+    import cnndsl
+    from cnndsl.deploy.describe import from_onnx_metadata, from_spec
+    info = from_spec(cnndsl.loads(PIXELS_SPEC.replace("LIMIT", "63")))
+    assert info.max_pixels == 63
+    assert from_onnx_metadata(info.to_metadata(), [1, 1, 8, 8]).max_pixels == 63
+    default = from_spec(cnndsl.loads(PIXELS_SPEC.replace("LIMIT", str(MAX_PIXELS))))
+    assert "cnndsl.max_pixels" not in default.to_metadata()  # exports as before
+
+
+def test_detection_data_and_predict_honour_max_image_pixels(tmp_path):
+    from cnndsl.deploy.describe import ModelInfo
+    from cnndsl.deploy.predict import Predictor, predict_files
+    from cnndsl.training.detdata import BoxFiles, load_detection_data
+    data = _data_kinds(tmp_path)["det"]
+    with pytest.raises(DataError, match="0.png: image too large \\(8 x 8 pixels; the limit "
+                       "is 63"):
+        load_detection_data(str(data), SHAPE, max_pixels=63)
+    files = load_detection_data(str(data), SHAPE, cache="none")
+    assert isinstance(files.train, BoxFiles)
+    files.train.max_pixels = 63
+    with pytest.raises(DataError, match="image too large"):
+        files.train[0]
+    info = ModelInfo(shape=SHAPE, task="detection", max_pixels=63)
+    done = predict_files(Predictor(info, lambda x: None, "none"),
+                         [data / "images" / "0.png"], progress=False)
+    assert not done.results and "the limit is 63" in done.skipped[0][1]

@@ -292,7 +292,7 @@ def test_streamed_files_give_the_samples_held_in_memory(tmp_path):
 
 
 def test_shapes_too_large_for_memory_is_refused():
-    with pytest.raises(DataError, match=r"shapes: 64 images at 3 x 4096 x 4096 need 12\.0 GiB"):
+    with pytest.raises(DataError, match=r"shapes: 64 images at 3 x 4096 x 4096 need 12\.00 GiB"):
         load_detection_data("shapes", (3, 4096, 4096), val_fraction=0.2, seed=0)
 
 

@@ -346,7 +346,9 @@ def test_under_torchrun_a_refusal_is_printed_once_and_every_process_stops(
 def test_under_torchrun_fewer_training_samples_than_processes_is_one_located_error(
         tmp_path):
     x = np.random.default_rng(0).random((3, 1, 8, 8), dtype=np.float32)
-    np.savez(tmp_path / "data.npz", x=x, y=np.array([0, 1, 1]))  # 1 train, 2 val samples
+    # 1 train, 2 val samples (of class a: labels [0, 1, 1] would leave class 0 without a
+    # training sample, refused before the processes are counted)
+    np.savez(tmp_path / "data.npz", x=x, y=np.array([0, 0, 0]), classes=np.array(["a", "b"]))
     (tmp_path / "tiny.cnn").write_text(SPEC.replace("batch: 16", "batch: 16\n    "
                                                     "val_split: 0.9"))
     result = torchrun("tiny.cnn", "--out", "run", cwd=tmp_path)
@@ -366,3 +368,42 @@ def test_a_refused_run_writes_not_even_what_predict_needs(spec, run_copy, capsys
     code, _, err = train(spec, "--out", run_copy, capsys=capsys)
     assert code == 1 and "--exist-ok" in err
     assert hashes(run_copy) == before
+
+
+FAULT = """import os, sys
+from cnndsl.cli import main
+from cnndsl.diagnostics import CnnError, Diagnostic
+from cnndsl.training import loop
+
+original = loop.Trainer._train_epoch
+
+
+def fault(self, *args, **kwargs):  # a fault in the ranks named, at the first batch
+    if os.environ["RANK"] in sys.argv[1].split(","):
+        if sys.argv[2] == "user":
+            raise CnnError([Diagnostic(code="E-data", message="rank-only data fault")])
+        raise RuntimeError("rank-only fault")
+    return original(self, *args, **kwargs)
+
+
+loop.Trainer._train_epoch = fault
+sys.exit(main(sys.argv[3:]))
+"""
+
+
+@pytest.mark.skipif(not TORCHRUN.exists(), reason="torchrun not installed")
+@pytest.mark.parametrize("ranks, kind", [("0,1", "internal"), ("1", "user")])
+def test_under_torchrun_any_error_is_printed_once_whichever_rank_has_it(
+        spec, tmp_path, ranks, kind):
+    """An unexpected exception on every rank, or an error on rank 1 alone (rank 0 waits for
+    it in the first batch): one process prints it, the others stop quietly, non-zero."""
+    (tmp_path / "fault.py").write_text(FAULT)
+    env = {**os.environ, "NO_COLOR": "1", "OMP_NUM_THREADS": "1"}
+    result = subprocess.run([str(TORCHRUN), "--nproc_per_node=2", "--standalone", "fault.py",
+                             ranks, kind, "train", str(spec), "--out", "run"], cwd=tmp_path,
+                            env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode != 0
+    said = "internal error: RuntimeError: rank-only fault" if kind == "internal" else \
+        "error[E-data]: rank-only data fault"
+    assert result.stderr.count(said) == 1, result.stderr
+    assert result.stderr.count("internal error") == (kind == "internal"), result.stderr

@@ -171,3 +171,118 @@ def test_a_loss_that_becomes_nan_in_epoch_1_promises_no_checkpoint(tmp_path):
     assert result.returncode == 1, result.stderr
     assert "the loss became" in result.stderr and "at epoch 1" in result.stderr
     assert "checkpoint" not in result.stderr and "keeps the state" not in result.stderr
+
+
+def test_a_class_the_split_leaves_without_a_training_sample_is_refused(tmp_path, capsys):
+    """A class of one sample goes to validation whole at `val_split` > 0.5: the network
+    could never learn it. Refused before the first batch, at the setting, naming the class."""
+    from cnndsl.cli import main
+    np.savez(tmp_path / "d.npz", x=np.zeros((11, 8, 8), np.uint8), y=np.array([0] * 10 + [1]),
+             classes=np.array(["cat", "dog"]))
+    spec = _spec(tmp_path, "val_split: 0.6")
+    out = tmp_path / "run"
+    assert main(["train", str(spec), "--out", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert ("error[E-data]: `val_split: 0.6` leaves class `dog` without a training sample "
+            "(its 1 sample is in the validation part)") in err, err
+    assert f"--> {spec}:{SETTING_LINE}:" in err and "val_split" in err.split("help:")[1]
+    assert err.count("\n1 error\n") == 1 and not out.exists()
+    assert main(["train", str(spec), "--out", str(out), "--set", "val_split=0.4"]) == 0
+
+
+ONE_VALUE_NORM = """network pooled(classes: int = 2) {
+    input image: 1 x 8 x 8
+    x = image -> conv(4, 3, padding=same) -> relu
+    context = x -> global_avgpool -> conv(4, 1, bias=false) -> pool_bn: batchnorm -> relu
+              -> upsample(like=image)
+    scores = add(x, context) -> conv(classes, 1)
+    output scores
+}
+
+train pooled() {
+    task: segment
+    data: "seg.npz"
+    epochs: 1
+    batch: 4
+    val_split: 0.2
+}
+"""
+
+
+@pytest.fixture
+def one_value_norm(tmp_path: Path) -> Path:
+    """DeepLabV3's ASPP pooling branch in small: a batch norm over a 1 x 1 map, on 6
+    samples of which 5 train, so that `batch: 4` leaves a last batch of one."""
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "seg.npz", x=rng.random((6, 1, 8, 8), np.float32),
+             masks=(rng.random((6, 8, 8)) > 0.5).astype(np.uint8))
+    path = tmp_path / "pooled.cnn"
+    path.write_text(ONE_VALUE_NORM)
+    return path
+
+
+def test_a_last_batch_of_one_joins_the_one_before_for_a_norm_over_one_value(
+        one_value_norm, tmp_path, capsys):
+    """PyTorch refuses to train a batch norm on one value per channel ("Expected more than
+    1 value per channel"): the last batch of one is merged into the one before, as a last
+    batch too small for the processes is, so every sample still trains once an epoch."""
+    from cnndsl.cli import main
+    out = tmp_path / "run"
+    assert main(["train", str(one_value_norm), "--out", str(out), "--json"]) == 0, \
+        capsys.readouterr().err
+    summary = json.loads(capsys.readouterr().out)
+    assert len(summary["history"]) == 1
+
+
+def test_a_batch_of_one_for_a_norm_over_one_value_is_refused_at_batch(one_value_norm, capsys):
+    from cnndsl.cli import main
+    out = one_value_norm.parent / "run"
+    assert main(["train", str(one_value_norm), "--set", "batch=1", "--out", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert ("error[E-train]: batch 1 gives each step 1 sample, but `pool_bn` normalises one "
+            "value per channel (a 1 x 1 map) and needs 2 or more to train") in err, err
+    assert "--> <command line>:1:" in err and "internal error" not in err
+    assert "pooled.cnn:4:" in err and "pool_bn: batchnorm" in err.split("pooled.cnn:4:")[1]
+    assert not out.exists()
+
+
+def test_only_a_norm_over_one_value_changes_the_batches():
+    from cnndsl.training.loop import global_batches
+    assert global_batches(list(range(5)), 4, 1) == [[0, 1, 2, 3], [4]]
+    assert global_batches(list(range(5)), 4, 1, least=2) == [[0, 1, 2, 3, 4]]
+    assert global_batches(list(range(6)), 4, 1, least=2) == [[0, 1, 2, 3], [4, 5]]
+    assert global_batches(list(range(11)), 4, 2, least=2) == [[0, 1, 2, 3], [4, 5, 6, 7, 8,
+                                                                              9, 10]]
+
+
+def test_a_class_only_in_validation_masks_or_boxes_is_warned_about(tmp_path):
+    """Segmentation and detection: a class that only validation images hold is said (the
+    other classes still train: a warning, not a refusal), by name."""
+    from PIL import Image
+
+    from cnndsl.training.detdata import load_detection_data
+    from cnndsl.training.segdata import _random_split, load_masks
+    _, (held, *_) = _random_split(6, 0.2, 0)  # the one validation sample
+    masks = np.zeros((6, 8, 8), np.uint8)
+    masks[:, :4] = 1
+    masks[held, 0, 0] = 2
+    np.savez(tmp_path / "s.npz", x=np.zeros((6, 1, 8, 8), np.float32), masks=masks,
+             classes=np.array(["sky", "road", "deer"]))
+    data = load_masks(tmp_path / "s.npz", (1, 8, 8))
+    assert data.warnings == [
+        "class `deer` appears only in the validation part: no training mask holds it, so "
+        "the network cannot learn it (add such masks, or change `val_split`)"]
+    (tmp_path / "d" / "images").mkdir(parents=True)
+    (tmp_path / "d" / "labels").mkdir()
+    for i in range(6):
+        Image.new("L", (8, 8)).save(tmp_path / "d" / "images" / f"{i}.png")
+        (tmp_path / "d" / "labels" / f"{i}.txt").write_text(
+            f"{2 if i == held else 0} 0.5 0.5 0.5 0.5\n1 0.2 0.2 0.1 0.1\n")
+    (tmp_path / "d" / "classes.txt").write_text("cat\ndog\nowl\n")
+    data = load_detection_data(str(tmp_path / "d"), (1, 8, 8))
+    assert [len(data.train), len(data.val)] == [5, 1]
+    assert data.warnings[0].startswith("class `owl` appears only in the validation part: "
+                                       "no training image holds it")
+    masks[held, 0, 0] = 1  # every class trains: nothing said
+    np.savez(tmp_path / "s.npz", x=np.zeros((6, 1, 8, 8), np.float32), masks=masks)
+    assert load_masks(tmp_path / "s.npz", (1, 8, 8)).warnings == []

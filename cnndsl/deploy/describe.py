@@ -25,6 +25,7 @@ class ModelInfo:
     seed: int | None = None
     precision: str | None = None  # fp32, int8 (QDQ), fp16
     input_layout: str | None = None  # "uint8 NHWC": the graph scales and normalises itself
+    max_pixels: int | None = None  # `max_image_pixels` where not the default (MAX_PIXELS)
 
     @property
     def channel_order(self) -> str:
@@ -63,9 +64,12 @@ def from_spec(model, overrides: dict | None = None) -> ModelInfo:
     for op in config.augment:
         if op.name == "normalize":
             mean, std = list(op.args["mean"]), list(op.args["std"])
+    from ..training.images import MAX_PIXELS
     return ModelInfo(shape=shape, classes=_class_names(model, config), mean=mean, std=std,
                      val_split=config.val_split, seed=config.seed,
-                     task=TASK_NAMES.get(config.task or "classify", "classification"))
+                     task=TASK_NAMES.get(config.task or "classify", "classification"),
+                     max_pixels=None if config.max_image_pixels == MAX_PIXELS
+                     else config.max_image_pixels)
 
 
 def exported_info(model) -> ModelInfo | None:
@@ -160,13 +164,16 @@ def from_onnx_metadata(props: dict[str, str], input_shape) -> ModelInfo:
             and len(mean) in (1, shape[0]) and all(v != 0 for v in std)):
         mean = std = None
     val_split, seed, precision = get("val_split"), get("seed"), get("precision")
+    max_pixels = get("max_pixels")
     return ModelInfo(shape=tuple(shape), task=str(get("task") or "classification"),
                      classes=classes, mean=mean, std=std,
                      val_split=val_split if isinstance(val_split, float)
                      and 0 < val_split < 1 else None,
                      seed=seed if isinstance(seed, int) and seed >= 0 else None,
                      precision=precision if isinstance(precision, str) else None,
-                     input_layout=layout)
+                     input_layout=layout,
+                     max_pixels=max_pixels if isinstance(max_pixels, int)
+                     and not isinstance(max_pixels, bool) and max_pixels > 0 else None)
 
 
 def _floats(value) -> bool:

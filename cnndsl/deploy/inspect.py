@@ -72,7 +72,7 @@ def inspect_image(model, image: str | Path, layer: str, *, weights=None,
     if not Path(image).is_file():  # a folder, a FIFO or a device: one image file only
         raise CnnError([Diagnostic(code="E-data", message=f"{image} is not an image file")])
     skipped: list = []
-    decoded = decode_images([Path(image)], info.shape, skipped)
+    decoded = decode_images([Path(image)], info.shape, skipped, info.max_pixels)
     if skipped:
         raise CnnError([Diagnostic(code="E-data", message=f"cannot read {skipped[0][0]}: "
                                    f"{skipped[0][1]}")])

@@ -132,12 +132,13 @@ def image_files(paths: list[str]) -> list[Path]:
     return found
 
 
-def decode_images(files: list[Path], shape, skipped: list):
-    """Files decoded as training decodes them; a shape images cannot feed is an error."""
+def decode_images(files: list[Path], shape, skipped: list, max_pixels: int | None = None):
+    """Files decoded as training decodes them (an image over `max_pixels`, by default
+    images.MAX_PIXELS, skipped); a shape images cannot feed is an error."""
     from ..training.data import DataError, _decode
     check_batch_size(files, shape)
     try:
-        return _decode([(p, 0) for p in files], ["?"], shape, skipped)
+        return _decode([(p, 0) for p in files], ["?"], shape, skipped, max_pixels)
     except DataError as exc:
         raise CnnError([Diagnostic(code="E-data", message=exc.message,
                                    help=exc.help or None)]) from None
@@ -200,7 +201,8 @@ def _batches(predictor: Predictor, files: list[Path], options: Options, out: Pre
     prepare = predictor.prepare()
     for chunk in _chunks(files, options.batch, options.progress):
         skipped_before = len(out.skipped)
-        decoded = decode_images(chunk, predictor.info.shape, out.skipped)
+        decoded = decode_images(chunk, predictor.info.shape, out.skipped,
+                                predictor.info.max_pixels)
         bad = {f for f, _ in out.skipped[skipped_before:]}
         good = [p for p in chunk if str(p) not in bad]
         if good:
@@ -268,7 +270,8 @@ class Detection:
             check_batch_size(chunk, info.shape)
             for path in chunk:
                 try:
-                    boxed, scale, corner, (width, height) = letterboxed_file(path, info.shape)
+                    boxed, scale, corner, (width, height) = letterboxed_file(
+                        path, info.shape, info.max_pixels)
                 except (UnreadableImageError, OSError) as why:
                     out.skipped.append((str(path), str(why)))
                     continue
@@ -289,7 +292,8 @@ class Detection:
                      "box": [round(float(v), 2) for v in box]}
                     for box, p, c in zip(boxes, one["scores"], one["labels"])]}
                 if options.out is not None:
-                    draw_detections(answer, options.out / output_name(len(out.results), path))
+                    draw_detections(answer, options.out / output_name(len(out.results), path),
+                                    info.max_pixels)
                 out.results.append(answer)
         return out
 
@@ -302,14 +306,14 @@ class Detection:
             (f": {found}" if found else "")
 
 
-def draw_detections(result: dict, path: Path) -> None:
+def draw_detections(result: dict, path: Path, max_pixels: int | None = None) -> None:
     """The file with its detections drawn (a box, the class and the score each), as PNG."""
     from PIL import Image, ImageDraw
 
     from ..atomic import atomic_path
     from ..training.images import read_pixels
     from ..training.plots import palette
-    image = Image.fromarray(read_pixels(Path(result["file"]), "RGB"))
+    image = Image.fromarray(read_pixels(Path(result["file"]), "RGB", max_pixels))
     draw = ImageDraw.Draw(image)
     colours = palette(256)
     for found in result["detections"]:
@@ -349,7 +353,7 @@ class Segmentation:
             classes = segmentation_output(logits, info)
             for path, indices in zip(good, logits.argmax(1).to(torch.uint8)):
                 try:
-                    (width, height), _ = read_header(path)
+                    (width, height), _ = read_header(path, info.max_pixels)
                 except UnreadableImageError as why:  # read a moment ago: changed since
                     out.skipped.append((str(path), str(why)))
                     continue
@@ -377,7 +381,7 @@ class Segmentation:
             result["mask"] = str(folder / output_name(n, path))
             result["overlay"] = str(folder / output_name(n, path, "_overlay"))
             write_mask(mask, Path(result["mask"]))
-            write_overlay(read_pixels(path, "RGB").transpose(2, 0, 1), mask,
+            write_overlay(read_pixels(path, "RGB", info.max_pixels).transpose(2, 0, 1), mask,
                           Path(result["overlay"]))
         return result
 

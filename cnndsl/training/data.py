@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..diagnostics import printable_text
 from .images import UnreadableImageError, read_pixels, verify
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm",
@@ -96,6 +97,7 @@ def decode_image(path: Path, shape, max_pixels: int | None = None) -> torch.Tens
 
 
 CACHE_BYTES = 256 * 2**20  # `cache: auto` holds a folder decoded in memory below this
+DATA_BYTES = 4 * 2**30  # data held in memory, without --memory-limit
 
 
 @dataclass
@@ -141,7 +143,7 @@ class Joined:
 
 
 def load_data(data: str | Path, shape: tuple[int, int, int], *, val_fraction: float = 0.2,
-              seed: int = 0, max_bytes: int = 4 * 2**30,
+              seed: int = 0, max_bytes: float = DATA_BYTES,
               classes: tuple[str, ...] | None = None, cache: str = "auto",
               max_pixels: int | None = None) -> Data:
     """The data at the spec's input shape; `classes`: only these, relabelled 0, 1, ... in
@@ -215,7 +217,7 @@ def _folder(root: Path, shape, val_fraction: float, seed: int, max_bytes: int,
     skipped: list[tuple[str, str]] = []
     reader = _decode
     count = sum(1 for _ in _count_files(root))
-    if cache == "none" or cache == "auto" and count * math.prod(shape) * 4 > CACHE_BYTES:
+    if not in_memory(cache, count * math.prod(shape) * 4, max_bytes):
         reader, max_bytes = _lazy, math.inf  # streamed: memory does not grow with the set
 
     def decode(files, classes, shape, skipped):
@@ -229,14 +231,14 @@ def _folder(root: Path, shape, val_fraction: float, seed: int, max_bytes: int,
             raise DataError(f"train/ and val/ in {root} have different classes: "
                             f"only in train/: {', '.join(only_train) or '-'}; only in val/: "
                             f"{', '.join(only_val) or '-'}")
-        _check_size(len(train_files) + len(val_files), shape, max_bytes, root)
+        _check_size(len(train_files) + len(val_files), shape, max_bytes, root, True)
         train = decode(train_files, classes, shape, skipped)
         val = decode(val_files, classes, shape, skipped)
         _check_nonempty(train, classes, root / "train")
         _check_nonempty(val, classes, root / "val")
         return Data(train, val, str(root), skipped, presplit=True)
     files, classes = _class_files(root)
-    _check_size(len(files), shape, max_bytes, root)
+    _check_size(len(files), shape, max_bytes, root, True)
     every = decode(files, classes, shape, skipped)
     _check_nonempty(every, classes, root)
     train, val = _split(every.labels, val_fraction, seed)
@@ -293,12 +295,46 @@ def walk_files(folder: Path, max_depth: int = MAX_DEPTH) -> list[Path]:
     return sorted(found)
 
 
-def _check_size(count: int, shape, max_bytes: int, where: Path) -> None:
+def in_memory(cache: str, need: float, max_bytes: float) -> bool:
+    """Whether a folder is decoded into memory: `cache: memory` always (refused over the
+    limit), `auto` when it is small and within the limit, else it is read as needed."""
+    return cache == "memory" or cache == "auto" and need <= min(CACHE_BYTES, max_bytes)
+
+
+def over_limit(where, what: str, need: float, max_bytes: float, streams: bool = False):
+    """The one-line refusal of data that would need more memory than allowed."""
+    from ..report import human_bytes
+    fix = "use fewer or smaller images, "
+    if streams:
+        fix += "`cache: none` to read them from disk as needed, "
+    setting = ("raise --memory-limit" if max_bytes != DATA_BYTES else
+               f"--memory-limit (default {human_bytes(DATA_BYTES)}) to raise the limit")
+    return DataError(f"{where}: {what} need {human_bytes(need)} in memory, over "
+                     f"{human_bytes(max_bytes)}", help=f"{fix}or {setting}")
+
+
+def untrained_classes(train: set[int], val: set[int], classes: list[str],
+                      what: str) -> list[str]:
+    """Segmentation and detection: a warning naming the classes found only in the
+    validation part (the network never learns them; the other classes still train, and a
+    rare class is common in real sets, so this is said, not refused)."""
+    missing = [printable_text(classes[v]) for v in sorted(val - train)
+               if 0 <= v < len(classes)]
+    if not missing:
+        return []
+    many = len(missing) > 1
+    return [f"class{'es' if many else ''} {', '.join(f'`{n}`' for n in missing)} "
+            f"appear{'' if many else 's'} only in the validation part: no training {what} "
+            f"holds {'them' if many else 'it'}, so the network cannot learn "
+            f"{'them' if many else 'it'} (add such {what}s, or change `val_split`)"]
+
+
+def _check_size(count: int, shape, max_bytes: float, where: Path,
+                streams: bool = False) -> None:
     need = count * math.prod(shape) * 4
     if need > max_bytes:
-        raise DataError(f"{where}: {count:,} images at {' x '.join(map(str, shape))} need "
-                        f"{need / 2**30:.1f} GiB in memory, over {max_bytes / 2**30:.1f} GiB",
-                        help="use fewer or smaller images")
+        raise over_limit(where, f"{count:,} images at {' x '.join(map(str, shape))}", need,
+                         max_bytes, streams)
 
 
 def check_image_input(shape) -> None:
@@ -346,7 +382,7 @@ def _lazy(files, classes: list[str], shape, skipped: list,
     return ImageFiles(kept, classes, shape, max_pixels)
 
 
-def read_images(path: Path, shape, max_bytes: int = 4 * 2**30, max_pixels: int | None = None
+def read_images(path: Path, shape, max_bytes: float = DATA_BYTES, max_pixels: int | None = None
                 ) -> tuple[torch.Tensor, list[str], list[tuple[str, str]]]:
     """An image, or a folder's images (sorted, subfolders too), as training reads them:
     decoded with Pillow, resized and converted to the input's C x H x W, in 0..1. Returns

@@ -36,7 +36,7 @@ import torch
 
 from ..files import load_json
 from .data import (
-    CACHE_BYTES,
+    DATA_BYTES,
     IMAGE_SUFFIXES,
     Data,
     DataError,
@@ -44,6 +44,9 @@ from .data import (
     _check_size,
     _fit,
     image_tensor,
+    in_memory,
+    over_limit,
+    untrained_classes,
 )
 from .datafiles import class_file, read_bounded, read_data_yaml, yaml_class_names
 from .images import UnreadableImageError, read_header
@@ -186,19 +189,21 @@ def letterbox(image: torch.Tensor, size) -> tuple[torch.Tensor, float, tuple[int
     return out, scale, (left, top)
 
 
-def letterboxed_file(path: Path, shape):
+def letterboxed_file(path: Path, shape, max_pixels: int | None = None):
     """An image file letterboxed to the spec's shape, as training and predict read it:
-    (the image, the scale, the (left, top) padding, the file's (width, height))."""
-    image = image_tensor(path, shape[0])
+    (the image, the scale, the (left, top) padding, the file's (width, height)); an image
+    over `max_pixels` (images.MAX_PIXELS by default) is refused, never decoded."""
+    image = image_tensor(path, shape[0], max_pixels)
     h, w = image.shape[-2:]
     boxed, scale, corner = letterbox(image, shape[1:])
     return boxed, scale, corner, (w, h)
 
 
-def read_letterboxed(path: Path, shape, normalised: np.ndarray, max_boxes: int):
+def read_letterboxed(path: Path, shape, normalised: np.ndarray, max_boxes: int,
+                     max_pixels: int | None = None):
     """An image file letterboxed to the spec's shape and its boxes (n x 5 `[class, cx, cy,
     w, h]` normalised to the original image) in input pixels, padded to `max_boxes`."""
-    image, scale, (left, top), (w, h) = letterboxed_file(path, shape)
+    image, scale, (left, top), (w, h) = letterboxed_file(path, shape, max_pixels)
     rows = torch.from_numpy(np.asarray(normalised, np.float32).reshape(-1, 5))
     boxes = torch.empty_like(rows)
     boxes[:, 0] = rows[:, 0]
@@ -218,6 +223,7 @@ class BoxFiles:
     classes: list[str]
     shape: tuple[int, int, int]
     max_boxes: int
+    max_pixels: int | None = None  # images.MAX_PIXELS when None
 
     def __len__(self) -> int:
         return len(self.items)
@@ -225,7 +231,8 @@ class BoxFiles:
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         path, rows = self.items[i]
         try:
-            image, target = read_letterboxed(path, self.shape, rows, self.max_boxes)
+            image, target = read_letterboxed(path, self.shape, rows, self.max_boxes,
+                                             self.max_pixels)
         except UnreadableImageError as why:  # checked at load; changed since
             raise DataError(f"{path}: {why}") from None
         return _fit(image[None], self.shape)[0], target
@@ -565,9 +572,11 @@ def _text(value) -> str:
 def load_detection_data(source: str, shape: tuple[int, int, int], *,
                         val_fraction: float = 0.2, seed: int = 0,
                         max_boxes: int | None = None, cache: str = "auto",
-                        shapes_count: int = SHAPES_COUNT) -> Data:
+                        shapes_count: int = SHAPES_COUNT, max_pixels: int | None = None,
+                        max_bytes: float = DATA_BYTES) -> Data:
     """Detection data at the spec's input shape (see the module's note); `max_boxes`: the
-    targets' rows (default: the most objects in one image of the set)."""
+    targets' rows (default: the most objects in one image of the set); an image over
+    `max_pixels` is refused from its header; `max_bytes`: the most held in memory."""
     if shape[0] not in (1, 3):
         raise DataError(f"images have 1 or 3 channels; the network takes {shape[0]}")
     if str(source) == "shapes":
@@ -607,20 +616,26 @@ def load_detection_data(source: str, shape: tuple[int, int, int], *,
     if not any(len(rows) for _, rows in train + val):
         raise DataError(f"{path}: no objects in any image", help="each image's objects are "
                         "lines `class cx cy w h` in labels/NAME.txt beside images/NAME.jpg")
-    _check_images(train + val)
+    _check_images(train + val, max_pixels)
     size = _max_boxes([r for _, r in train + val], max_boxes, str(path))
-    parts = BoxFiles(train, classes, shape, size), BoxFiles(val, classes, shape, size)
-    per_sample = math.prod(shape) * 4 + size * 20
-    if cache == "memory" or cache == "auto" and per_sample * (len(train) + len(val)) \
-            <= CACHE_BYTES:
+    parts = (BoxFiles(train, classes, shape, size, max_pixels),
+             BoxFiles(val, classes, shape, size, max_pixels))
+    count = len(train) + len(val)
+    need = (math.prod(shape) * 4 + size * 20) * count
+    if in_memory(cache, need, max_bytes):
+        if need > max_bytes:
+            raise over_limit(path, f"{count:,} images at {' x '.join(map(str, shape))} with "
+                             "their boxes", need, max_bytes, True)
         parts = tuple(p.in_memory() for p in parts)
-    return Data(parts[0], parts[1], str(path), presplit=presplit)
+    trained, held = ({int(c) for _, rows in part for c in rows[:, 0]} for part in (train, val))
+    return Data(parts[0], parts[1], str(path), presplit=presplit,
+                warnings=untrained_classes(trained, held, classes, "image"))
 
 
-def _check_images(items) -> None:
+def _check_images(items, max_pixels: int | None = None) -> None:
     for image, _ in items:
         try:
-            read_header(image)
+            read_header(image, max_pixels)
         except UnreadableImageError as why:
             raise DataError(f"{image}: {why}") from None
         except OSError as exc:

@@ -29,7 +29,7 @@ import torch.distributed as dist
 from torch import nn
 
 from .. import atomic
-from ..diagnostics import CnnError, Diagnostic, printable_text
+from ..diagnostics import CnnError, Diagnostic, Label, printable_text
 from . import state as saved_state
 from . import tasks
 from .combine import OutputLosses, pick
@@ -91,11 +91,13 @@ def shard(batch: list[int], ranks: Ranks) -> list[int]:
     return batch[ranks.rank::ranks.world]
 
 
-def global_batches(order: list[int], size: int, world: int) -> list[list[int]]:
-    """The epoch's global batches; a last batch too small to give every rank a sample is
-    merged into the one before it, so every sample is still seen once per epoch."""
+def global_batches(order: list[int], size: int, world: int,
+                   least: int = 1) -> list[list[int]]:
+    """The epoch's global batches; a last batch too small to give every rank `least`
+    samples is merged into the one before it, so every sample is still seen once per
+    epoch."""
     batches = [order[i:i + size] for i in range(0, len(order), size)]
-    if len(batches) > 1 and len(batches[-1]) < world:
+    if len(batches) > 1 and len(batches[-1]) < world * least:
         last = batches.pop()
         batches[-1] = batches[-1] + last
     return batches
@@ -232,6 +234,9 @@ class Trainer:
     # becomes `out` (a new runs/trainN when it was None)
     claim: Callable[[], RunFolder] | None = None
     beside: dict[str, bytes] = field(default_factory=dict)  # written with the checkpoints
+    # a batch norm over one value per channel (after global pooling): PyTorch trains it
+    # on 2 samples or more, so every rank's batch holds 2 at least
+    one_value_norm: tuple[str, Any] | None = None  # its name and span
 
     def __post_init__(self):
         self.dev = resolve_device(self.device)
@@ -247,6 +252,8 @@ class Trainer:
                          span=self.config.spans.get("data"),
                          help=f"train with at most {max(len(self.data.train), 1)} processes "
                          "(--nproc_per_node), or on more data")
+        self.least = 1 if self.one_value_norm is None else 2  # samples a rank's batch needs
+        self._check_one_value_norm()
         self.folder: RunFolder | None = None
         self.written: list[str] = []  # the files this run wrote, in order, once each
         self.resumed = False
@@ -265,6 +272,26 @@ class Trainer:
         self._backbone: list[nn.Parameter] = []  # frozen parameters, until they train
         self._frozen_norms: list[nn.Module] = []  # batch norms kept in eval mode
 
+    def _check_one_value_norm(self) -> None:
+        """Batches that would give a rank one sample for a batch norm over one value per
+        channel: refused at `batch` (or `data`), instead of PyTorch's error mid-epoch."""
+        if self.least == 1:
+            return
+        world, batch, train = self.ranks.world, self.config.batch, len(self.data.train)
+        name, span = self.one_value_norm
+        need = f"`{name}` normalises one value per channel (a 1 x 1 map) and needs 2 or " \
+               "more to train"
+        related = (Label(span=span, text="one value per channel"),) if span else ()
+        each = f" per process ({world} processes)" if world > 1 else ""
+        if batch < 2 * world:
+            raise _error(f"batch {batch} gives each step {batch // world} sample{each}, but "
+                         f"{need}", span=self.config.spans.get("batch"),
+                         help=f"use batch {2 * world} or more", related=related)
+        if train < 2 * world:
+            raise _error(f"{train} training sample(s) give each step {train // world} "
+                         f"sample{each}, but {need}", span=self.config.spans.get("data"),
+                         help=f"train on {2 * world} samples or more", related=related)
+
     # -- public --------------------------------------------------------------------------
 
     def fit(self, resume: Path | None = None) -> dict:
@@ -274,7 +301,7 @@ class Trainer:
             model = model.to(memory_format=torch.channels_last)
         self._freeze(model)
         steps = len(global_batches(list(range(len(self.data.train))), config.batch,
-                                   self.ranks.world))
+                                   self.ranks.world, self.least))
         optimizer = build_optimizer(config, [p for p in model.parameters() if p.requires_grad])
         schedule = build_schedule(config, optimizer, steps)
         scaler = torch.amp.GradScaler(enabled=config.amp == "fp16")
@@ -392,7 +419,7 @@ class Trainer:
         for norm in self._frozen_norms:
             norm.eval()
         batches = global_batches(epoch_order(len(data), config.seed, progress.epoch),
-                                 config.batch, self.ranks.world)
+                                 config.batch, self.ranks.world, self.least)
         bar = self._bar(steps, progress)
         autocast = self._autocast()
         if progress.step == 0:

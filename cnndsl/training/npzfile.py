@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .data import DataError
+from .data import DataError, over_limit
 
 MAX_CLASSES = 100_000  # labels without class names: at most this many classes
 MAX_CLASS_NAME = 200  # characters in one class name
@@ -108,10 +108,8 @@ class NpzFile:
 def check_memory(path: Path, need: int, max_bytes: float, detail: str) -> None:
     """What the arrays the headers declare need once read and converted, against the
     limit, before any is read."""
-    from ..report import human_bytes
     if need > max_bytes:
-        raise DataError(f"{path}: {detail} need {human_bytes(need)} in memory, over "
-                        f"{human_bytes(max_bytes)}", help="use fewer or smaller images")
+        raise over_limit(path, detail, need, max_bytes)
 
 
 def read_images_header(npz: NpzFile, name: str = "x") -> Header:

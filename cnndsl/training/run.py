@@ -45,7 +45,7 @@ def load_dataset(model, config: TrainConfig, data: str | Path | None):
         raise CnnError([Diagnostic(code="E-train", message="training needs one image input "
                                    "(C x H x W)", span=model.inputs[0].span)])
     try:
-        return task.load_data(str(source), shape, config)
+        return task.load_data(str(source), shape, config, getattr(model, "memory_limit", None))
     except DataError as exc:
         raise CnnError([Diagnostic(code="E-data", message=str(exc.message),
                                    help=exc.help or None)]) from None
@@ -119,9 +119,15 @@ def fit_model(model, data=None, *, out: str | Path | None = None, device: str = 
             return folder.claim(out, default=Path(new_folder) if new_folder else None,
                                 resume=Path(resume) if resume else None, exist_ok=exist_ok,
                                 files=folder.run_files(task.outputs))
-    trainer = Trainer(config, dataset, module, out=out, device=device, progress_bar=progress,
-                      log=log, fingerprint=fingerprint, stop_at=stop_at, frozen=frozen,
-                      claim=claim, beside=_beside_weights(model, overrides, dataset))
+    try:
+        trainer = Trainer(config, dataset, module, out=out, device=device,
+                          progress_bar=progress, log=log, fingerprint=fingerprint,
+                          stop_at=stop_at, frozen=frozen, claim=claim,
+                          beside=_beside_weights(model, overrides, dataset),
+                          one_value_norm=one_value_norm(model.ir))
+    except CnnError as exc:  # shown with the spec's lines
+        exc.sources = model.program.sources
+        raise
     log(f"training {model.name} on {dataset.source}: {len(dataset.train)} train / "
         f"{len(dataset.val)} val images, {len(dataset.train.classes)} classes, "
         f"{trainer.dev.type}; {config.describe()}")
@@ -139,6 +145,17 @@ def fit_model(model, data=None, *, out: str | Path | None = None, device: str = 
     if model.weights_report is not None and weights is not None:
         summary["weights_report"] = model.weights_report.to_json()
     return summary
+
+
+def one_value_norm(ir) -> tuple[str, Any] | None:
+    """The first batch norm that normalises one value per channel (a 1 x 1 map, as after
+    global pooling in DeepLabV3's ASPP), its name and span: it trains on 2 samples or
+    more."""
+    import math
+    for node in ir.nodes:
+        if node.op == "batchnorm" and math.prod(node.in_shapes[0][1:]) == 1:
+            return ".".join(node.path), node.span
+    return None
 
 
 def is_main_rank() -> bool:

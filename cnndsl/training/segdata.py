@@ -23,7 +23,18 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .data import CACHE_BYTES, IMAGE_SUFFIXES, Data, DataError, Dataset, _fit, decode_image
+from .data import (
+    DATA_BYTES,
+    IMAGE_SUFFIXES,
+    Data,
+    DataError,
+    Dataset,
+    _fit,
+    decode_image,
+    in_memory,
+    over_limit,
+    untrained_classes,
+)
 from .datafiles import class_file
 from .images import UnreadableImageError, read_header, read_pixels
 
@@ -120,7 +131,7 @@ def decode_mask(path: Path, size, max_pixels: int | None = None) -> torch.Tensor
 
 
 def _folder(root: Path, shape, val_fraction: float, seed: int, ignore: int,
-            cache: str, max_pixels: int | None = None) -> Data:
+            cache: str, max_pixels: int | None = None, max_bytes: float = DATA_BYTES) -> Data:
     presplit = (root / "train").is_dir() and (root / "val").is_dir()
     if presplit:
         train, val = _pairs(root / "train"), _pairs(root / "val")
@@ -129,7 +140,9 @@ def _folder(root: Path, shape, val_fraction: float, seed: int, ignore: int,
         train_rows, val_rows = _random_split(len(every), val_fraction, seed)
         train, val = [every[i] for i in train_rows], [every[i] for i in val_rows]
     named = class_file(root)
-    top = max(_check_masks(train + val, named, ignore, max_pixels), default=0)
+    trained = _check_masks(train, named, ignore, max_pixels)
+    held = _check_masks(val, named, ignore, max_pixels)
+    top = max(trained | held, default=0)
     classes = named or [str(i) for i in range(top + 1)]
     if len(classes) < 2:
         raise DataError(f"the masks in {root} hold one class only",
@@ -137,11 +150,14 @@ def _folder(root: Path, shape, val_fraction: float, seed: int, ignore: int,
                         "name them in classes.txt")
     parts = (MaskFiles(train, classes, shape, max_pixels),
              MaskFiles(val, classes, shape, max_pixels))
-    per_sample = math.prod(shape) * 4 + shape[1] * shape[2]
-    if cache == "memory" or cache == "auto" and per_sample * (len(train) + len(val)) \
-            <= CACHE_BYTES:
+    need = (math.prod(shape) * 4 + shape[1] * shape[2]) * (len(train) + len(val))
+    if in_memory(cache, need, max_bytes):
+        if need > max_bytes:
+            raise over_limit(root, f"{len(train) + len(val):,} images at "
+                             f"{' x '.join(map(str, shape))} with masks", need, max_bytes, True)
         parts = tuple(p.in_memory() for p in parts)
-    return Data(parts[0], parts[1], str(root), presplit=presplit)
+    return Data(parts[0], parts[1], str(root), presplit=presplit,
+                warnings=untrained_classes(trained, held, classes, "mask"))
 
 
 def _pairs(folder: Path) -> list[tuple[Path, Path]]:
@@ -209,7 +225,7 @@ def _check_masks(pairs, classes: list[str] | None, ignore: int,
 
 
 def _npz(path: Path, shape, val_fraction: float, seed: int, ignore: int,
-         max_bytes: float = 4 * 2**30) -> Data:
+         max_bytes: float = DATA_BYTES) -> Data:
     """`x` (images) and `masks`, and optionally `classes`: every header checked before any
     array is read."""
     from . import npzfile
@@ -246,6 +262,9 @@ def _npz(path: Path, shape, val_fraction: float, seed: int, ignore: int,
         from torchvision.transforms.v2 import functional as TF
         y = TF.resize(y[:, None], list(shape[1:]), InterpolationMode.NEAREST)[:, 0]
     train, val = _random_split(len(y), val_fraction, seed)
+    warnings += untrained_classes(set(torch.unique(y[train]).tolist()) - {ignore},
+                                  set(torch.unique(y[val]).tolist()) - {ignore}, classes,
+                                  "mask")
     return Data(Dataset(images[train], y[train], classes), Dataset(images[val], y[val], classes),
                 str(path), warnings=warnings)
 
@@ -255,7 +274,7 @@ def _npz(path: Path, shape, val_fraction: float, seed: int, ignore: int,
 
 def load_masks(data: str | Path, shape, *, val_fraction: float = 0.2, seed: int = 0,
                ignore_index: int = 255, cache: str = "auto",
-               max_pixels: int | None = None) -> Data:
+               max_pixels: int | None = None, max_bytes: float = DATA_BYTES) -> Data:
     if shape[0] not in (1, 3):
         raise DataError(f"images have 1 or 3 channels; the network takes {shape[0]}")
     if ignore_index > 255:
@@ -269,11 +288,12 @@ def load_masks(data: str | Path, shape, *, val_fraction: float = 0.2, seed: int 
                         "images/ and masks/, or an .npz with x and masks")
     path = Path(data)
     if path.suffix == ".npz" and os.path.lexists(path) and not path.is_dir():
-        return _npz(path, shape, val_fraction, seed, ignore_index)
+        return _npz(path, shape, val_fraction, seed, ignore_index, max_bytes)
     if not path.is_dir():
         raise DataError(f"no data folder at {path}", help="give `shapes`, a folder with "
                         "images/ and masks/ (or train/ and val/ with both), or an .npz file")
-    return _folder(path, shape, val_fraction, seed, ignore_index, cache, max_pixels)
+    return _folder(path, shape, val_fraction, seed, ignore_index, cache, max_pixels,
+                   max_bytes)
 
 
 def _random_split(count: int, val_fraction: float, seed: int):

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
-from ...diagnostics import CnnError, Diagnostic, Label
+from ...diagnostics import CnnError, Diagnostic, Label, printable_text
 from ..outputs import resolve_terms
 from ..spec import TrainConfig, check_layers, check_settings
 
@@ -41,8 +41,10 @@ class Task(Protocol):
     def check_classes(self, config: TrainConfig, ir, classes: int) -> None:
         """The network's output against the data's class count."""
 
-    def load_data(self, source: str, shape: tuple[int, int, int], config: TrainConfig):
-        """`Data` (training/data.py) with `train` and `val` sample sets."""
+    def load_data(self, source: str, shape: tuple[int, int, int], config: TrainConfig,
+                  max_bytes: float | None = None):
+        """`Data` (training/data.py) with `train` and `val` sample sets; `max_bytes`: the
+        most data held in memory (--memory-limit; data.DATA_BYTES by default)."""
 
     def loss(self, config: TrainConfig, classes: int, device) -> Callable:
         """(logits, targets) -> (sum over this rank's samples, its denominator)."""
@@ -168,11 +170,35 @@ def check_run(config: TrainConfig, data, device) -> None:
             span=None if data.presplit else config.spans.get("val_split"),
             help="training needs samples in both parts: add samples" +
             ("" if data.presplit else " or change `val_split`"))])
+    _check_every_class_trains(config, data)
     if config.amp == "fp16" and device.type != "cuda":
         raise CnnError([Diagnostic(
             code="E-train", message=f"`amp: fp16` needs a CUDA device; this run is on "
             f"{device.type}", span=config.spans.get("amp"),
             help="use `amp: bf16` (CPUs and recent GPUs) or `amp: none`")])
+
+
+def _check_every_class_trains(config: TrainConfig, data) -> None:
+    """Classification: a class whose samples all went to validation (one sample at a
+    `val_split` over 0.5) could never be learned, and would score 0 however well the rest
+    trains. A folder with its own val/ is checked where it is read."""
+    labels = getattr(data.train, "labels", None)
+    val_labels = getattr(data.val, "labels", None)
+    if config.task != "classify" or data.presplit or labels is None or val_labels is None:
+        return
+    import torch
+    classes = data.train.classes
+    trained = torch.bincount(torch.as_tensor(labels), minlength=len(classes))
+    held = torch.bincount(torch.as_tensor(val_labels), minlength=len(classes))
+    for index in torch.nonzero((trained == 0) & (held > 0)).flatten().tolist():
+        count = int(held[index])
+        raise CnnError([Diagnostic(
+            code="E-data", message=f"`val_split: {config.val_split:g}` leaves class "
+            f"`{printable_text(classes[index])}` without a training sample (its {count} "
+            f"sample{'s are' if count != 1 else ' is'} in the validation part)",
+            span=config.spans.get("val_split"),
+            help="add samples of the class, or lower `val_split` (at 0.5 or below a class "
+            "of one sample trains on it)")])
 
 
 def output_node(ir):

@@ -97,11 +97,13 @@ class Classify:
     def check_classes(self, config: TrainConfig, ir, classes: int) -> None:
         check_classes(config, ir, classes)
 
-    def load_data(self, source: str, shape, config: TrainConfig):
-        from ..data import load_data
+    def load_data(self, source: str, shape, config: TrainConfig,
+                  max_bytes: float | None = None):
+        from ..data import DATA_BYTES, load_data
         return load_data(source, shape, val_fraction=config.val_split, seed=config.seed,
                          classes=config.data_classes, cache=config.cache,
-                         max_pixels=config.max_image_pixels)
+                         max_pixels=config.max_image_pixels,
+                         max_bytes=max_bytes or DATA_BYTES)
 
     def loss(self, config: TrainConfig, classes: int, device) -> Callable:
         return WeightedSum([(t.weight, Objective(t.loss, classes, device,

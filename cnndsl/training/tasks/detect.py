@@ -177,10 +177,14 @@ class Detect:
                 help=f"set the network's `classes` to {classes} (`--set classes={classes}`)"
                 if "classes" in ir.params else None)])
 
-    def load_data(self, source: str, shape, config: TrainConfig):
+    def load_data(self, source: str, shape, config: TrainConfig,
+                  max_bytes: float | None = None):
+        from ..data import DATA_BYTES
         from ..detdata import load_detection_data
         return load_detection_data(source, shape, val_fraction=config.val_split,
-                                   seed=config.seed)
+                                   seed=config.seed, cache=config.cache,
+                                   max_pixels=config.max_image_pixels,
+                                   max_bytes=max_bytes or DATA_BYTES)
 
     def loss(self, config: TrainConfig, classes: int, device) -> Callable:
         (term,) = config.summed_losses

@@ -152,7 +152,9 @@ class Segment:
     def check_classes(self, config: TrainConfig, ir, classes: int) -> None:
         check_count(ir, classes)
 
-    def load_data(self, source: str, shape, config: TrainConfig):
+    def load_data(self, source: str, shape, config: TrainConfig,
+                  max_bytes: float | None = None):
+        from ..data import DATA_BYTES
         from ..segdata import load_masks
         if config.data_classes is not None:
             raise CnnError([Diagnostic(code="E-train", message="`data_classes` picks classes "
@@ -160,7 +162,8 @@ class Segment:
                                            "data_classes"))])
         return load_masks(source, shape, val_fraction=config.val_split, seed=config.seed,
                           ignore_index=config.ignore_index, cache=config.cache,
-                          max_pixels=config.max_image_pixels)
+                          max_pixels=config.max_image_pixels,
+                          max_bytes=max_bytes or DATA_BYTES)
 
     def loss(self, config: TrainConfig, classes: int, device) -> Callable:
         return WeightedSum([(t.weight, PixelLoss(t.loss, classes, config.ignore_index, device,
