@@ -190,6 +190,23 @@ def test_a_class_the_split_leaves_without_a_training_sample_is_refused(tmp_path,
     assert main(["train", str(spec), "--out", str(out), "--set", "val_split=0.4"]) == 0
 
 
+@pytest.mark.parametrize("classes", [None, ["cat"]])
+def test_data_of_one_class_is_refused_for_a_classifier(tmp_path, capsys, classes):
+    """One class (a folder of one class, labels all 0) cannot train a softmax classifier:
+    every answer is right. It was an internal error in the metrics (num_classes=1)."""
+    from cnndsl.cli import main
+    extra = {"classes": np.array(classes)} if classes else {}
+    np.savez(tmp_path / "d.npz", x=np.zeros((8, 8, 8), np.uint8), y=np.zeros(8, np.int64),
+             **extra)
+    spec = _spec(tmp_path, "")
+    out = tmp_path / "run"
+    assert main(["train", str(spec), "--out", str(out), "--set", "classes=1"]) == 1
+    err = capsys.readouterr().err
+    assert "error[E-data]: the data has 1 class: a classifier needs 2 or more" in err, err
+    assert f"--> {spec}:9:5" in err and "internal error" not in err
+    assert not out.exists()
+
+
 ONE_VALUE_NORM = """network pooled(classes: int = 2) {
     input image: 1 x 8 x 8
     x = image -> conv(4, 3, padding=same) -> relu
