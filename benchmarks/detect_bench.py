@@ -142,11 +142,13 @@ def run_cnndsl(yaml: Path, spec: Path, epochs: int, threads: int, out: Path) -> 
 
 
 def child(kind: str, args) -> None:
+    started = time.perf_counter()
     if kind == "ultralytics":
         result = run_ultralytics(Path(args.yaml), args.epochs, args.threads, Path(args.out))
     else:
         result = run_cnndsl(Path(args.yaml), Path(args.spec), args.epochs, args.threads,
                             Path(args.out))
+    result["wall"] = time.perf_counter() - started
     print("RESULT " + json.dumps(result), flush=True)
 
 
@@ -158,7 +160,7 @@ def spawn(kind: str, yaml: Path, args, out: Path) -> subprocess.Popen:
                "--spec", str(args.spec)]
     process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, text=True, cwd=out)
-    process.kind, process.started = kind, time.perf_counter()
+    process.kind = kind
     return process
 
 
@@ -167,7 +169,7 @@ def collect(process: subprocess.Popen) -> dict:
     lines = [line for line in stdout.splitlines() if line.startswith("RESULT ")]
     if process.returncode or not lines:
         sys.exit(f"{process.kind} failed:\n{stdout[-3000:]}\n{stderr[-3000:]}")
-    return {**json.loads(lines[-1][7:]), "wall": time.perf_counter() - process.started}
+    return json.loads(lines[-1][7:])
 
 
 def main() -> None:
@@ -202,12 +204,12 @@ def main() -> None:
           f"average (1/5/15 min, the higher of start and end) "
           f"{load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f}")
     print(f"{'':28} {'params':>10} {'mAP50':>7} {'mAP50-95':>9} {'train img/s':>12}"
-          f"   (own figures: mAP50, mAP50-95)")
+          f"   (own figures: mAP50, mAP50-95; training s, process s)")
     for r in results:
         r["rate"] = r["images"] / r["seconds"]
         print(f"{r['name']:28} {r['params']:>10,} {r['map50']:7.4f} {r['map']:9.4f} "
-              f"{r['rate']:12.1f}   ({r['own_map50']:.4f}, {r['own_map']:.4f}; "
-              f"{r['wall']:.0f} s in all)")
+              f"{r['rate']:12.2f}   ({r['own_map50']:.4f}, {r['own_map']:.4f}; "
+              f"{r['seconds']:.0f} s, {r['wall']:.0f} s)")
     print(f"{'cnndsl / Ultralytics':28} {'':>10} {ours['map50'] / max(theirs['map50'], 1e-9):6.2f}x"
           f" {ours['map'] / max(theirs['map'], 1e-9):8.2f}x "
           f"{ours['rate'] / theirs['rate']:11.2f}x")
