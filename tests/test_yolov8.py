@@ -48,6 +48,14 @@ def test_the_parameters_are_ultralytics_count(ultralytics_model):
         p.numel() for p in model.to_torch().parameters() if p.requires_grad)  # the DFL
 
 
+@pytest.mark.parametrize("classes", [3, 120])
+def test_the_class_branch_widens_as_ultralytics_does(classes):
+    """Ultralytics' class branch is max(64, min(classes, 100)) wide: 64 at 3 classes."""
+    ours = cnndsl.load(SPECS / "yolov8n.cnn", classes=classes)
+    theirs = tasks.DetectionModel("yolov8n.yaml", nc=classes, verbose=False)
+    assert ours.params == sum(p.numel() for p in theirs.parameters())
+
+
 @pytest.mark.parametrize("size, anchors", [(160, 525), (320, 2100)])
 def test_decoded_detections_match_ultralytics(ultralytics_model, size, anchors, tmp_path):
     model = cnndsl.load(SPECS / "yolov8n.cnn", size=size)

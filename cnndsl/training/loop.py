@@ -155,6 +155,31 @@ def build_schedule(config: TrainConfig, optimizer, steps_per_epoch: int):
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
+class WeightAverage:
+    """An exponential moving average of a module's weights and buffers (`ema:`, as
+    Ultralytics' ModelEMA; torch's swa_utils has no ramped decay): after each optimizer
+    step, average = d * average + (1 - d) * weights, d = decay * (1 - exp(-steps / tau)).
+    Evaluation, plots and checkpoints use the average."""
+
+    def __init__(self, model: nn.Module, decay: float, tau: float):
+        import copy
+        self.module = copy.deepcopy(_plain(model)).eval()
+        for param in self.module.parameters():
+            param.requires_grad_(False)
+        self.decay, self.tau, self.updates = decay, tau, 0
+        self._pairs: tuple[list, list] | None = None
+
+    def update(self, model: nn.Module) -> None:
+        self.updates += 1
+        weight = 1.0 - self.decay * (1.0 - math.exp(-self.updates / self.tau))
+        if self._pairs is None:
+            own, theirs = self.module.state_dict(), _plain(model).state_dict()
+            floats = [k for k, v in own.items() if v.dtype.is_floating_point]
+            self._pairs = [own[k] for k in floats], [theirs[k] for k in floats]
+        with torch.no_grad():
+            torch._foreach_lerp_(self._pairs[0], self._pairs[1], weight)
+
+
 # ---- checkpoints -------------------------------------------------------------------------
 
 
@@ -271,6 +296,7 @@ class Trainer:
         self._interrupted: int | bool = False  # the stop signal's number, once one came
         self._backbone: list[nn.Parameter] = []  # frozen parameters, until they train
         self._frozen_norms: list[nn.Module] = []  # batch norms kept in eval mode
+        self.average: WeightAverage | None = None  # `ema:` the weights evaluated and saved
 
     def _check_one_value_norm(self) -> None:
         """Batches that would give a rank one sample for a batch norm over one value per
@@ -305,6 +331,8 @@ class Trainer:
         optimizer = build_optimizer(config, [p for p in model.parameters() if p.requires_grad])
         schedule = build_schedule(config, optimizer, steps)
         scaler = torch.amp.GradScaler(enabled=config.amp == "fp16")
+        if config.ema:
+            self.average = WeightAverage(model, config.ema["decay"], config.ema["tau"])
         progress = Progress()
         if resume is not None:
             progress = self._restore(resume, model, optimizer, schedule, scaler, steps)
@@ -334,9 +362,16 @@ class Trainer:
                 self.folder.release()
         return self._done(model, progress)
 
+    def evaluated(self, model: nn.Module) -> nn.Module:
+        """What is evaluated, plotted and saved: the average of the weights (`ema:`), else
+        the weights themselves."""
+        return self.average.module if self.average is not None else model
+
     def _done(self, model, progress: Progress, complete: Path | None = None) -> dict:
         """The summary; `complete`: the folder of a finished run resumed, nothing done."""
         self.close()
+        if self.average is not None:  # the module returned is the one evaluated and saved
+            _plain(model).load_state_dict(self.average.module.state_dict())
         summary = self._summary(progress)
         summary["written"] = [n for n in self.written if n != STATE_FILE and
                               n not in self.beside]
@@ -451,6 +486,8 @@ class Trainer:
             scaler.step(optimizer)
             scaler.update()
             schedule.step()
+            if self.average is not None:
+                self.average.update(net)
             progress.loss_sum += float(total.detach())
             progress.loss_den += float(den)
             correct, counted = self.task.counts(logits, y, config)
@@ -509,7 +546,7 @@ class Trainer:
         sums = self._all_sum(torch.tensor([progress.loss_sum, progress.loss_den,
                                            float(progress.correct), float(progress.seen),
                                            float(progress.samples)], dtype=torch.float64))
-        val = self.evaluate(model, self.data.val)
+        val = self.evaluate(self.evaluated(model), self.data.val)
         record = {"epoch": progress.epoch + 1, "train_loss": float(sums[0] / sums[1]),
                   "train_accuracy": float(sums[2] / max(float(sums[3]), 1.0)),
                   "train_samples": int(sums[4]), "val_loss": val["loss"],
@@ -534,7 +571,8 @@ class Trainer:
         try:
             if self.out is not None and self.ranks.main:
                 self._write_epoch(model, optimizer, schedule, scaler, progress, improved)
-                self._plots(model, progress, val)  # last: a plot that fails leaves a state
+                # last: a plot that fails leaves a state
+                self._plots(self.evaluated(model), progress, val)
         except CnnError as exc:
             error = exc
         self._agree(error)
@@ -545,8 +583,8 @@ class Trainer:
         """The epoch's checkpoints, metrics and state: all of them, or (a full disk)
         none, the folder as the last epoch left it."""
         def files() -> dict[str, bytes]:
-            weights = weights_bytes(model, self.out / ("best.safetensors" if improved
-                                                       else "last.safetensors"))
+            weights = weights_bytes(self.evaluated(model), self.out / (
+                "best.safetensors" if improved else "last.safetensors"))
             return {**self.beside, **({"best.safetensors": weights} if improved else {}),
                     "last.safetensors": weights, METRICS: json.dumps(
                         json_safe(progress.history), indent=2, allow_nan=False).encode()
@@ -576,6 +614,9 @@ class Trainer:
         if self.ranks.distributed:
             for buffer in model.buffers():
                 dist.broadcast(buffer.data, src=0)
+            if self.average is not None:  # averaged from each rank's own statistics
+                for tensor in self.average.module.state_dict().values():
+                    dist.broadcast(tensor, src=0)
 
     def rank_divergence(self, model: nn.Module) -> float:
         """Largest difference of any weight between this rank and rank 0 (0.0 alone)."""
@@ -698,7 +739,9 @@ class Trainer:
             "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
             "scaler": scaler.state_dict(), "rng": torch.get_rng_state(),
             "progress": json.dumps(progress.to_dict()), "fingerprint": json.dumps(
-                self.fingerprint, sort_keys=True)})
+                self.fingerprint, sort_keys=True), **({"ema": {
+                    k: v.detach().cpu() for k, v in self.average.module.state_dict().items()}}
+                    if self.average is not None else {})})
 
     def _restore(self, folder: Path, model, optimizer, schedule, scaler,
                  steps: int) -> Progress:
@@ -715,6 +758,9 @@ class Trainer:
             saved_state.check_progress(saved, Progress, steps)
             progress = Progress(**saved)
             saved_state.check_model(state["model"], _plain(model).state_dict())
+            if self.average is not None:
+                saved_state.check_model(state.get("ema"), self.average.module.state_dict(),
+                                        "ema")
             self._unfreeze_if_due(progress, optimizer)  # as it was when the state was saved
             saved_state.check_optimizer(state["optimizer"], optimizer)
             saved_state.check_schedule(state["schedule"], schedule,
@@ -725,7 +771,9 @@ class Trainer:
                                ("optimizer", optimizer.load_state_dict),
                                ("schedule", schedule.load_state_dict),
                                ("scaler", scaler.load_state_dict),
-                               ("rng", torch.set_rng_state)):
+                               ("rng", torch.set_rng_state),
+                               *((("ema", self.average.module.load_state_dict),)
+                                 if self.average is not None else ())):
                 try:
                     load(state[part])
                 except Exception as exc:  # noqa: BLE001 - what the checks above missed
@@ -734,6 +782,8 @@ class Trainer:
         except saved_state.NotAStateError as exc:
             raise saved_state.not_a_state(path, str(exc)) from None
         self.resumed = True
+        if self.average is not None:
+            self.average.updates = progress.epoch * steps + progress.step
         return progress
 
     @contextmanager

@@ -210,6 +210,9 @@ EARLY_STOP = (Arg("patience", _positive_int, REQUIRED),
               Arg("metric", _word("val_loss", "val_accuracy", "val_miou", "val_map",
                                    "val_map50"), None, False),
               Arg("min_delta", _nonnegative_number, 0.0, False))
+# an exponential moving average of the weights (Ultralytics' ModelEMA): its decay ramps up
+# as decay * (1 - exp(-steps / tau)), so the first steps' weights are soon forgotten
+EMA = (Arg("decay", _open_fraction, REQUIRED), Arg("tau", _positive_number, 2000.0, False))
 AUGMENT: dict[str, tuple[Arg, ...]] = {
     name: tuple(Arg(a, AUGMENT_COERCE.get((name, a), _nonnegative_number), d)
                 for a, d in args.items())
@@ -240,7 +243,8 @@ SCALARS: dict[str, tuple[Any, Any]] = {
 LAYER_SETTINGS = ("freeze", "reinit")
 CALLS = {"loss": LOSSES, "optimizer": OPTIMIZERS, "schedule": SCHEDULES}
 DEFAULT_CALLS = {"loss": "cross_entropy", "optimizer": "adam", "schedule": "constant"}
-SETTINGS = (*SCALARS, *CALLS, "early_stop", "augment", *LAYER_SETTINGS)
+SETTINGS = (*SCALARS, *CALLS, "early_stop", "ema", "augment", *LAYER_SETTINGS)
+ARG_SETTINGS = {"early_stop": EARLY_STOP, "ema": EMA}  # `name: first` or `name(first, ...)`
 
 
 class Choice(BaseModel):
@@ -292,6 +296,7 @@ class TrainConfig(BaseModel):
                                                   "eps": 1e-8, "weight_decay": 0.0})
     schedule: Choice = Choice(name="constant", args={"warmup": 0})
     early_stop: dict[str, Any] | None = None
+    ema: dict[str, Any] | None = None  # {decay, tau}: evaluate and save averaged weights
     augment: tuple[Choice, ...] = ()
     data_classes: tuple[str, ...] | None = None
     freeze: Layers | None = None
@@ -323,6 +328,9 @@ class TrainConfig(BaseModel):
             call(self.loss)
         parts = [f"epochs {self.epochs}", f"batch {self.batch}", call(self.optimizer), loss,
                  f"schedule {call(self.schedule)}", f"seed {self.seed}"]
+        if self.ema:
+            parts.append(f"ema(decay={describe(self.ema['decay'])}, "
+                         f"tau={describe(self.ema['tau'])})")
         if self.augment:
             parts.append("augment " + " -> ".join(call(a) for a in self.augment))
         if self.freeze is not None:
@@ -434,11 +442,11 @@ def _bind_setting(setting: ast.Setting, params: dict[str, Any]) -> Any:
                              lambda call: _bind_call(call, LOSSES, "loss", params), LOSSES)
     if name in CALLS:
         return _bind_call(setting.values[0], CALLS[name], name, params)
-    if name == "early_stop":
+    if name in ARG_SETTINGS:
         value = setting.values[0]
         if not isinstance(value, ast.Func):  # `early_stop: 5` is the patience
-            value = ast.Func("early_stop", (value,), value.span)
-        return _bind_args(value, EARLY_STOP, "early_stop", params)
+            value = ast.Func(name, (value,), value.span)
+        return _bind_args(value, ARG_SETTINGS[name], name, params)
     coerce = SCALARS[name][0]
     expr = setting.values[0]
     return _coerce(coerce, evaluate(expr, params), expr.span, f"`{name}`")
@@ -536,6 +544,10 @@ def _override(values: dict[str, Any], key: str, value: Any) -> None:
         values[setting] = value if isinstance(value, Layers) else Layers(
             names=tuple(str(v) for v in (value if isinstance(value, tuple) else (value,))))
         return
+    if setting == "ema" and not arg:  # `--set ema=0.999`: the decay, tau as it was
+        current = dict(values.get("ema") or {a.name: a.default for a in EMA})
+        values["ema"] = {**current, "decay": EMA[0].coerce(value)}
+        return
     if setting not in SETTINGS or setting in ("augment", "early_stop") and not arg:
         raise LayerError(f"no training setting `{setting}`",
                          help=did_you_mean(setting, SETTINGS) or "settings: " +
@@ -543,10 +555,11 @@ def _override(values: dict[str, Any], key: str, value: Any) -> None:
     if setting in SCALARS and not arg:
         values[setting] = SCALARS[setting][0](value)
         return
-    if setting == "early_stop":
-        current = dict(values.get("early_stop") or {a.name: a.default for a in EARLY_STOP})
-        table = {"early_stop": EARLY_STOP}
-        name = "early_stop"
+    if setting in ARG_SETTINGS:
+        current = dict(values.get(setting) or {a.name: a.default
+                                                for a in ARG_SETTINGS[setting]})
+        table = ARG_SETTINGS
+        name = setting
     else:
         table = CALLS.get(setting)
         if table is None:
@@ -562,7 +575,11 @@ def _override(values: dict[str, Any], key: str, value: Any) -> None:
         raise LayerError(f"`{name}` has no argument `{arg}`",
                          help=did_you_mean(arg, signature) or _signature(name, table[name]))
     current[arg] = signature[arg].coerce(value)
-    values[setting] = current if setting == "early_stop" else Choice(
+    missing = [k for k, v in current.items() if v is REQUIRED]
+    if missing:
+        raise LayerError(f"`{setting}` is off: give its `{missing[0]}` too (`--set "
+                         f"{setting}.{missing[0]}=...`)")
+    values[setting] = current if setting in ARG_SETTINGS else Choice(
         name=name, args=current, spans={k: v for k, v in choice.spans.items() if k != arg})
 
 

@@ -25,6 +25,7 @@ from ..diagnostics import CnnError, Diagnostic
 from ..files import load_json
 
 KEYS = ("model", "optimizer", "schedule", "scaler", "rng", "progress", "fingerprint")
+OPTIONAL = ("ema",)  # the average of the weights, with `ema:`
 COUNTERS = ("epoch", "step", "correct", "seen", "samples", "best_epoch", "bad_epochs")
 AMOUNTS = ("loss_sum", "loss_den", "lr")
 MOST_EPOCHS = 1_000_000  # as --epochs
@@ -71,7 +72,7 @@ def check_top(state: Any) -> tuple[dict, dict]:
     missing = [k for k in KEYS if k not in state]
     if missing:
         raise NotAStateError(f"no {', '.join(f'`{k}`' for k in missing)}")
-    extra = sorted(str(k) for k in state if k not in KEYS)
+    extra = sorted(str(k) for k in state if k not in KEYS + OPTIONAL)
     if extra:
         raise NotAStateError(f"unknown field {', '.join(f'`{k}`' for k in extra[:3])}")
     return _json_dict(state, "fingerprint"), _json_dict(state, "progress")
@@ -168,18 +169,18 @@ def _in_range(name: str, value: int, low: int, high: int) -> None:
         raise NotAStateError(f"the progress's `{name}` is {value}, outside {low}..{high}")
 
 
-def check_model(saved: Any, module_state: dict[str, torch.Tensor]) -> None:
-    _tensor_dict(saved, "model")
+def check_model(saved: Any, module_state: dict[str, torch.Tensor], what: str = "model") -> None:
+    _tensor_dict(saved, what)
     missing = [k for k in module_state if k not in saved]
     extra = [k for k in saved if k not in module_state]
     if missing or extra:
-        what = (f"no `{missing[0]}`" if missing else f"`{extra[0]}` is not in the network")
-        raise NotAStateError(f"the model's weights do not fit the network ({what})")
+        why = (f"no `{missing[0]}`" if missing else f"`{extra[0]}` is not in the network")
+        raise NotAStateError(f"the {what}'s weights do not fit the network ({why})")
     for name, tensor in module_state.items():
         found = saved[name]
         if found.shape != tensor.shape or found.dtype != tensor.dtype:
-            raise NotAStateError(f"the model's `{name}` is {_shape(found)} {found.dtype}, the "
-                            f"network's {_shape(tensor)} {tensor.dtype}")
+            raise NotAStateError(f"the {what}'s `{name}` is {_shape(found)} {found.dtype}, "
+                                 f"the network's {_shape(tensor)} {tensor.dtype}")
 
 
 def _tensor_dict(value: Any, what: str) -> None:
