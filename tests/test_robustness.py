@@ -63,10 +63,10 @@ REGRESSIONS = {
 @pytest.mark.parametrize("name", sorted(REGRESSIONS))
 def test_regression(name):
     text, (code, line, column) = REGRESSIONS[name]
-    start = time.perf_counter()
+    start = time.process_time()  # CPU time: the bound is on the work, not on the load
     with pytest.raises(CnnError) as info:
         cnndsl.loads(text, name="case.cnn")
-    assert time.perf_counter() - start < 10
+    assert time.process_time() - start < 10
     first = info.value.diagnostics[0]
     assert (first.code, first.span.line, first.span.column) == (code, line, column), first
     info.value.render()
