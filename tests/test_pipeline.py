@@ -76,12 +76,14 @@ def test_a_bad_file_is_skipped_whatever_a_plugin_in_pillows_open_raises(tmp_path
     def patched(path, *args, **kwargs):
         try:
             return original(path, *args, **kwargs)
-        except PIL.Image.UnidentifiedImageError:
-            raise ModuleNotFoundError("No module named 'pi_heif'") from None
+        except PIL.Image.UnidentifiedImageError:  # as Ultralytics' patch, no `from`
+            raise ModuleNotFoundError("No module named 'pi_heif'")  # noqa: B904
 
     monkeypatch.setattr(PIL.Image, "open", patched)
     folder = class_folder(tmp_path / "images")
     for cache in ("none", "memory"):
         data = load_data(folder, (3, 12, 12), cache=cache)
         assert [Path(f).name for f, _ in data.skipped] == ["broken.png"]
-        assert "pi_heif" in data.skipped[0][1]
+        # the file's own failure, not the plugin's (segmentation predict printed "unreadable
+        # image (No module named 'pi_heif')" after test_yolov8 had imported Ultralytics)
+        assert data.skipped[0][1] == "not an image"

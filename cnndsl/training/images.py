@@ -31,8 +31,15 @@ class UnreadableImageError(Exception):
 
 def _reason(exc: BaseException) -> UnreadableImageError:
     from PIL import UnidentifiedImageError
-    if isinstance(exc, UnidentifiedImageError):
-        return UnreadableImageError("not an image")
+    # a plugin that failed while handling Pillow's own verdict (Ultralytics' open retries
+    # with a HEIF plugin) leaves that verdict in the exception's context
+    cause: BaseException | None = exc
+    for _ in range(8):
+        if cause is None:
+            break
+        if isinstance(cause, UnidentifiedImageError):
+            return UnreadableImageError("not an image")
+        cause = cause.__context__
     text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
     return UnreadableImageError(f"unreadable image ({text})")
 
