@@ -207,6 +207,24 @@ def test_data_of_one_class_is_refused_for_a_classifier(tmp_path, capsys, classes
     assert not out.exists()
 
 
+def test_masks_of_one_class_are_refused_for_segmentation(tmp_path, capsys):
+    """Masks of one class (all background): an internal error in the metrics as well."""
+    from cnndsl.cli import main
+    np.savez(tmp_path / "seg.npz", x=np.zeros((8, 1, 8, 8), np.float32),
+             masks=np.zeros((8, 8, 8), np.int64))
+    spec = tmp_path / "seg.cnn"
+    spec.write_text('network seg(classes: int = 1) {\n    input image: 1 x 8 x 8\n'
+                    '    conv(4, 3, padding=same) -> relu -> conv(classes, 1)\n}\n\n'
+                    'train seg() {\n    task: segment\n    data: "seg.npz"\n'
+                    '    epochs: 1\n    batch: 4\n}\n')
+    out = tmp_path / "run"
+    assert main(["train", str(spec), "--out", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert "error[E-data]: the data has 1 class: a segmentation network needs 2 or more" \
+        in err, err
+    assert f"--> {spec}:8:5" in err and not out.exists()
+
+
 ONE_VALUE_NORM = """network pooled(classes: int = 2) {
     input image: 1 x 8 x 8
     x = image -> conv(4, 3, padding=same) -> relu

@@ -217,6 +217,18 @@ def where(config: TrainConfig, ir, setting: str = "loss") -> dict[str, Any]:
             "related": (Label(span=span, text="the output"),) if span and written else ()}
 
 
+def check_two_classes(config: TrainConfig, classes: int, network: str) -> None:
+    """Scores over one class are always right: nothing to learn, no metric defined (it
+    was an internal error in the metrics, num_classes=1)."""
+    if classes < 2:
+        raise CnnError([Diagnostic(
+            code="E-data", message=f"the data has {classes} class: a {network} needs 2 or "
+            "more", span=config.spans.get("data"), label="one class",
+            help="add the other classes' images (or masks that mark them), or pick them "
+            "with `data_classes`" if network == "classifier" else
+            "add masks that mark the objects (the background is a class too)")])
+
+
 def class_weights(args: dict, classes: int, device, span=None):
     """A loss's `weights=(...)`, one per class, as a tensor on `device` (None without)."""
     weights = args.get("weights")

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from ...diagnostics import CnnError, Diagnostic
 from ..spec import TrainConfig, check_classes, check_loss_fits
-from . import WeightedSum, argmax, class_weights, keep, unchanged, where
+from . import WeightedSum, argmax, check_two_classes, class_weights, keep, unchanged, where
 
 LOSSES = ("cross_entropy", "nll", "bce_with_logits", "mse")
 
@@ -95,12 +95,7 @@ class Classify:
     initialise = staticmethod(unchanged)
 
     def check_classes(self, config: TrainConfig, ir, classes: int) -> None:
-        if classes < 2:  # every answer right: nothing to learn, no metric defined
-            raise CnnError([Diagnostic(
-                code="E-data", message=f"the data has {classes} class: a classifier needs "
-                "2 or more", span=config.spans.get("data"), label="one class",
-                help="add the other classes' images (a folder per class), or pick them "
-                "with `data_classes`")])
+        check_two_classes(config, classes, "classifier")
         check_classes(config, ir, classes)
 
     def load_data(self, source: str, shape, config: TrainConfig,

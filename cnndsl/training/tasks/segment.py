@@ -13,7 +13,16 @@ from ...diagnostics import CnnError, Diagnostic
 from ...layers import REGISTRY
 from ..ops import v2_transforms
 from ..spec import TrainConfig, check_count
-from . import WeightedSum, argmax, class_weights, keep, output_node, unchanged, where
+from . import (
+    WeightedSum,
+    argmax,
+    check_two_classes,
+    class_weights,
+    keep,
+    output_node,
+    unchanged,
+    where,
+)
 
 LOSSES = ("cross_entropy", "dice", "focal")
 
@@ -150,6 +159,7 @@ class Segment:
     initialise = staticmethod(unchanged)
 
     def check_classes(self, config: TrainConfig, ir, classes: int) -> None:
+        check_two_classes(config, classes, "segmentation network")
         check_count(ir, classes)
 
     def load_data(self, source: str, shape, config: TrainConfig,
