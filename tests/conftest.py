@@ -91,6 +91,19 @@ def path_without_dot(scratch: Path) -> str:
     return path
 
 
+def save_with_random_norms(module, path: Path) -> None:
+    """`module`'s weights saved to `path` (safetensors), its batch norms given running
+    statistics that are not the identity, so that a wrong normalisation shows."""
+    import torch
+    from safetensors.torch import save_file
+    with torch.no_grad():
+        for m in module.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.5, 0.5)
+                m.running_var.uniform_(0.5, 2.0)
+    save_file({k: v.contiguous() for k, v in module.state_dict().items()}, str(path))
+
+
 def import_file(path: Path, name: str = "generated_model"):
     spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)

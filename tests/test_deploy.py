@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import cnndsl
-from conftest import run_cli
+from conftest import run_cli, save_with_random_norms
 
 SPEC = """
 network tiny(classes: int = 3) {
@@ -35,7 +35,6 @@ def project(tmp_path_factory) -> Path:
     """A spec, random weights, and images/{train,val}/{cat,dog,owl} of odd sizes (resized
     on loading), with one corrupt file in predict/."""
     from PIL import Image
-    from safetensors.torch import save_file
     root = tmp_path_factory.mktemp("deploy")
     (root / "tiny.cnn").write_text(SPEC)
     rng = np.random.default_rng(0)
@@ -49,13 +48,7 @@ def project(tmp_path_factory) -> Path:
     model = cnndsl.load(root / "tiny.cnn")
     torch.manual_seed(1)
     module = model.to_torch()
-    with torch.no_grad():  # batch norm statistics that are not the identity
-        for m in module.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                m.running_mean.uniform_(-0.5, 0.5)
-                m.running_var.uniform_(0.5, 2.0)
-    save_file({k: v.contiguous() for k, v in module.state_dict().items()},
-              str(root / "w.safetensors"))
+    save_with_random_norms(module, root / "w.safetensors")
     return root
 
 

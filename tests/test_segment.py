@@ -13,7 +13,7 @@ import torch
 
 import cnndsl
 from cnndsl.training.segdata import generate_shapes
-from conftest import ROOT, run_cli
+from conftest import ROOT, run_cli, save_with_random_norms
 
 torch.set_num_threads(1)
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -408,7 +408,6 @@ def test_onnx_eval_gives_pytorchs_miou_and_predictions_are_written(trained, smal
 def seg_project(tmp_path_factory) -> Path:
     """A mask folder of 20 x 28 images (train/, val/, classes.txt) for a 16 x 16 U-Net that
     normalises, and random weights with batch-norm statistics that are not the identity."""
-    from safetensors.torch import save_file
     root = tmp_path_factory.mktemp("segpredict")
     for part in ("train", "val"):
         mask_folder(root / "data" / part, count=4, size=20, width=28)
@@ -419,13 +418,7 @@ def seg_project(tmp_path_factory) -> Path:
                             "flip -> normalize(mean=(0.5, 0.4, 0.3), std=(0.2, 0.25, 0.3))"))
     torch.manual_seed(3)
     module = cnndsl.load(spec).to_torch()
-    with torch.no_grad():
-        for m in module.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                m.running_mean.uniform_(-0.5, 0.5)
-                m.running_var.uniform_(0.5, 2.0)
-    save_file({k: v.contiguous() for k, v in module.state_dict().items()},
-              str(root / "w.safetensors"))
+    save_with_random_norms(module, root / "w.safetensors")
     return root
 
 
