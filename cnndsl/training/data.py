@@ -301,6 +301,17 @@ def in_memory(cache: str, need: float, max_bytes: float) -> bool:
     return cache == "memory" or cache == "auto" and need <= min(CACHE_BYTES, max_bytes)
 
 
+def hold_in_memory(parts: tuple, cache: str, need: float, max_bytes: float, where,
+                   what: str) -> tuple:
+    """File-backed parts (train, val) decoded into memory where `cache` says so (refused
+    over the limit), else as they are, read as needed."""
+    if not in_memory(cache, need, max_bytes):
+        return parts
+    if need > max_bytes:
+        raise over_limit(where, what, need, max_bytes, True)
+    return tuple(p.in_memory() for p in parts)
+
+
 def over_limit(where, what: str, need: float, max_bytes: float, streams: bool = False):
     """The one-line refusal of data that would need more memory than allowed."""
     from ..report import human_bytes

@@ -43,9 +43,8 @@ from .data import (
     Dataset,
     _check_size,
     _fit,
+    hold_in_memory,
     image_tensor,
-    in_memory,
-    over_limit,
     untrained_classes,
 )
 from .datafiles import class_file, read_bounded, read_data_yaml, yaml_class_names
@@ -622,11 +621,8 @@ def load_detection_data(source: str, shape: tuple[int, int, int], *,
              BoxFiles(val, classes, shape, size, max_pixels))
     count = len(train) + len(val)
     need = (math.prod(shape) * 4 + size * 20) * count
-    if in_memory(cache, need, max_bytes):
-        if need > max_bytes:
-            raise over_limit(path, f"{count:,} images at {' x '.join(map(str, shape))} with "
-                             "their boxes", need, max_bytes, True)
-        parts = tuple(p.in_memory() for p in parts)
+    parts = hold_in_memory(parts, cache, need, max_bytes, path, f"{count:,} images at "
+                           f"{' x '.join(map(str, shape))} with their boxes")
     trained, held = ({int(c) for _, rows in part for c in rows[:, 0]} for part in (train, val))
     return Data(parts[0], parts[1], str(path), presplit=presplit,
                 warnings=untrained_classes(trained, held, classes, "image"))

@@ -31,8 +31,7 @@ from .data import (
     Dataset,
     _fit,
     decode_image,
-    in_memory,
-    over_limit,
+    hold_in_memory,
     untrained_classes,
 )
 from .datafiles import class_file
@@ -151,11 +150,9 @@ def _folder(root: Path, shape, val_fraction: float, seed: int, ignore: int,
     parts = (MaskFiles(train, classes, shape, max_pixels),
              MaskFiles(val, classes, shape, max_pixels))
     need = (math.prod(shape) * 4 + shape[1] * shape[2]) * (len(train) + len(val))
-    if in_memory(cache, need, max_bytes):
-        if need > max_bytes:
-            raise over_limit(root, f"{len(train) + len(val):,} images at "
-                             f"{' x '.join(map(str, shape))} with masks", need, max_bytes, True)
-        parts = tuple(p.in_memory() for p in parts)
+    count = len(train) + len(val)
+    parts = hold_in_memory(parts, cache, need, max_bytes, root, f"{count:,} images at "
+                           f"{' x '.join(map(str, shape))} with masks")
     return Data(parts[0], parts[1], str(root), presplit=presplit,
                 warnings=untrained_classes(trained, held, classes, "mask"))
 
