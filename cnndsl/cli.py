@@ -651,6 +651,11 @@ def cmd_predict(args) -> int:
         _say(f"{args.model}: {len(files)} image(s), {predictor.info.task}, "
              f"running on {predictor.runtime}")
     out = Path(args.out) if args.out else None
+    if (out is not None and predictor.info.task != "classification" and out.is_dir()
+            and any(f.resolve().parent == out.resolve() for f in files)):
+        # NNNNN_STEM.png masks (boxes drawn) among the inputs would overwrite an input
+        raise UsageError(f"--out {args.out} holds input images: write the "
+                         f"{predictor.info.task} images to another folder")
     if out is not None:  # a task writes its images as it goes
         out.mkdir(parents=True, exist_ok=True)
     folders = any(Path(p).is_dir() for p in args.inputs)

@@ -576,3 +576,21 @@ def test_an_overlay_blended_in_strips_is_the_whole_image_blended(tmp_path):
     write_overlay(image, mask, tmp_path / "strips.png", rows=3)
     whole = (overlay(image.astype(np.float32) / 255, mask) * 255).round().astype(np.uint8)
     assert np.array_equal(read_pixels(tmp_path / "strips.png", "RGB"), whole)
+
+
+def test_predict_refuses_an_out_folder_that_holds_its_input_images(seg_project, tmp_path,
+                                                                   capsys):
+    # the second image's mask, 00001_b.png, would have overwritten the first input image
+    folder = tmp_path / "pictures"
+    folder.mkdir()
+    picture = (seg_project / "data" / "val" / "images" / "s0.png").read_bytes()
+    (folder / "00001_b.png").write_bytes(picture)
+    (folder / "b.png").write_bytes(picture)
+    (tmp_path / "link").symlink_to(folder)
+    common = ("predict", str(seg_project / "net.cnn"), "--weights",
+              str(seg_project / "w.safetensors"), str(folder))
+    for out in (folder, tmp_path / "link"):
+        result = cnndsl_main(capsys, *common, "--out", str(out))
+        assert result.returncode == 2 and "holds input images" in result.stderr, result.stderr
+        assert sorted(p.name for p in folder.iterdir()) == ["00001_b.png", "b.png"]
+        assert (folder / "00001_b.png").read_bytes() == picture

@@ -158,3 +158,12 @@ def test_a_resume_with_another_setting_names_it(option, value, setting, spec, sa
     err = capsys.readouterr().err
     assert f"error[E-train]: {saved} was trained with another setup: {setting}\n" in err
     assert hashes(saved) == before
+
+
+def test_a_renamed_spec_with_a_line_added_names_only_the_changed_setting(spec, saved, capsys):
+    moved = spec.with_name("renamed.cnn")  # beside data.npz; its loss: a line lower
+    moved.write_text("# a comment\n" + spec.read_text())
+    assert main(["train", str(moved), "--resume", str(saved), "--epochs", "3",
+                 "--lr", "0.01"]) == 1
+    err = capsys.readouterr().err
+    assert "another setup: `optimizer.lr` was 0.001, now 0.01\n" in err, err

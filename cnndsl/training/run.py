@@ -109,8 +109,10 @@ def fit_model(model, data=None, *, out: str | Path | None = None, device: str = 
         task.initialise(module, model.ir)
     fingerprint = {"network": model.name, "params": model.params, "data": dataset.source,
                    "classes": dataset.train.classes, "train": len(dataset.train),
-                   "config": config.model_dump(mode="json", exclude={
-                       "spans", "epochs", "workers", "cache"})}
+                   "config": config.model_dump(mode="json", exclude={  # where a loss was
+                       # written is no setting: a renamed or re-commented spec resumes
+                       "spans": True, "epochs": True, "workers": True, "cache": True,
+                       "losses": {"__all__": {"span", "output_span"}}})}
     frozen = selected_layers(config.freeze, model.ir) if config.freeze else set()
     out = Path(out) if out is not None else None
     claim = None
